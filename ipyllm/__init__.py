@@ -1,0 +1,66 @@
+"""ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
+
+``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
+``complete``, ``embed``, ``usage``; ``ipyllm.testing`` is an OpenAI-compatible stub server for offline use.
+Importing ipyllm does not import litellm, pandas or IPython; each is imported when first needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ipyllm._api import SESSION_ID, complete, embed, usage
+from ipyllm._client import Embeddings, Reply, warm_up
+from ipyllm._config import LLMConfig, SettingError, config
+from ipyllm._errors import (
+    AuthenticationError,
+    LLMError,
+    MissingKeyError,
+    ProviderUnavailableError,
+    RateLimitError,
+    RequestRejectedError,
+    StreamBrokenError,
+    UnknownModelError,
+)
+from ipyllm._ledger import COLUMNS, UsageRow
+from ipyllm._retry import RetryNote
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COLUMNS",
+    "SESSION_ID",
+    "AuthenticationError",
+    "Embeddings",
+    "LLMConfig",
+    "LLMError",
+    "MissingKeyError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "Reply",
+    "RequestRejectedError",
+    "RetryNote",
+    "SettingError",
+    "StreamBrokenError",
+    "UnknownModelError",
+    "UsageRow",
+    "complete",
+    "config",
+    "embed",
+    "usage",
+    "warm_up",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext ipyllm``: register the magics and warm litellm up in the background."""
+    from ipyllm._magics import load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext ipyllm``: remove the magics; the configuration and the usage rows stay."""
+    from ipyllm._magics import unload
+
+    unload(ipython)

@@ -1,0 +1,361 @@
+"""The session configuration: one traitlets object shared by the magics, the widget and the Python API.
+
+Precedence, lowest first: built-in default < ``LLM_*`` environment variable < ``ipython_config.py`` /
+``%config`` < an explicit assignment. Every trait parses strings (so the environment, ``%llm_config
+key=value`` and the widget all go through the same code) and refuses a bad value with one line naming the
+setting and what is allowed; the old value stays.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any
+from urllib.parse import urlsplit
+
+from traitlets import Bool, Dict, TraitError, TraitType, validate
+from traitlets.config import Configurable
+
+__all__ = ["LLMConfig", "Secret", "SettingError", "Settings", "config"]
+
+
+class SettingError(TraitError, ValueError):
+    """A setting was given a value it does not allow; the old value stays."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+    @classmethod
+    def refused(cls, name: str, value: Any, allowed: str) -> SettingError:
+        shown = "the API key" if name == "api_key" else repr(value)
+        return cls(f"{name} must be {allowed} (got {shown}); the old value stays.", name)
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython prints this instead of a traceback.
+        return [f"SettingError: {self}"]
+
+
+class Secret(str):
+    """A string whose repr and str are masked, so a key cannot leak through display or formatting.
+
+    ``reveal()`` gives the plain text for the one place that needs it: the provider call.
+    """
+
+    __slots__ = ()
+
+    def reveal(self) -> str:
+        return str.__str__(self)
+
+    def masked(self) -> str:
+        plain = self.reveal()
+        return "****" + plain[-4:] if len(plain) >= 16 else "****"
+
+    def __repr__(self) -> str:
+        return repr(self.masked())
+
+    __str__ = masked
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling (e.g. to a worker) keeps the mask on the other side.
+        return (Secret, (self.reveal(),))
+
+
+# -- trait types that parse strings and explain refusals -------------------------------------------
+
+
+class _Setting(TraitType[Any, Any]):
+    """A trait whose ``allowed`` text appears in the one-line refusal."""
+
+    allowed = "a valid value"
+
+    def __init__(self, default_value: Any = None, *, allowed: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_none", default_value is None)
+        super().__init__(default_value, **kwargs)
+        if allowed is not None:
+            self.allowed = allowed
+        self.tag(config=True)
+
+    def refuse(self, value: Any) -> SettingError:
+        return SettingError.refused(self.name or "setting", value, self.allowed)
+
+    def error(self, obj: Any, value: Any, error: Exception | None = None, info: str | None = None) -> Any:
+        raise self.refuse(value)
+
+    def validate(self, obj: Any, value: Any) -> Any:
+        if value is None or (isinstance(value, str) and not value.strip() and self.allow_none):
+            if self.allow_none:
+                return None
+            raise self.refuse(value)
+        return self.parse(value)
+
+    def parse(self, value: Any) -> Any:
+        raise NotImplementedError
+
+
+class Number(_Setting):
+    def __init__(
+        self, default_value: float | None = None, *, low: float, high: float = math.inf, integer: bool = False, **kwargs: Any
+    ) -> None:
+        self.low, self.high, self.integer = low, high, integer
+        what = "a whole number" if integer else "a number"
+        upper = "" if math.isinf(high) else f" to {high:g}"
+        allowed = f"{what} from {low:g}{upper}" if upper else f"{what} >= {low:g}"
+        super().__init__(default_value, allowed=kwargs.pop("allowed", allowed), **kwargs)
+
+    def parse(self, value: Any) -> float | int:
+        if isinstance(value, bool):
+            raise self.refuse(value)
+        try:
+            number = float(value.strip()) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError):
+            raise self.refuse(value) from None
+        if math.isnan(number) or not self.low <= number <= self.high:
+            raise self.refuse(value)
+        if self.integer:
+            if not number.is_integer():
+                raise self.refuse(value)
+            return int(number)
+        return number
+
+
+class Text(_Setting):
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.refuse(value)
+        return value.strip()
+
+
+class URL(_Setting):
+    allowed = "an http:// or https:// URL, e.g. http://localhost:11434"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.refuse(value)
+        text = value.strip()
+        parts = urlsplit(text)
+        if parts.scheme not in ("http", "https") or not parts.netloc or " " in text:
+            raise self.refuse(value)
+        return text.rstrip("/")
+
+
+class Key(_Setting):
+    allowed = "a non-empty string without spaces"
+
+    def parse(self, value: Any) -> Secret:
+        if not isinstance(value, str):
+            raise self.refuse(value)
+        plain = value.reveal() if isinstance(value, Secret) else value.strip()
+        if any(c.isspace() for c in plain):
+            raise self.refuse(value)
+        return Secret(plain)
+
+
+class Flag(Bool):  # type: ignore[type-arg]
+    _TRUE = {"1", "true", "yes", "on"}
+    _FALSE = {"0", "false", "no", "off", ""}
+
+    def __init__(self, default_value: bool = False, **kwargs: Any) -> None:
+        super().__init__(default_value, **kwargs)
+        self.tag(config=True)
+
+    def validate(self, obj: Any, value: Any) -> bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in self._TRUE | self._FALSE:
+            return value.strip().lower() in self._TRUE
+        raise SettingError.refused(self.name or "setting", value, "on or off (true/false, 1/0, yes/no)")
+
+
+# -- the configuration ---------------------------------------------------------------------------------
+
+#: Setting name -> environment variable read at start.
+ENVIRONMENT = {
+    "model": "LLM_MODEL",
+    "api_key": "LLM_API_KEY",
+    "base_url": "LLM_BASE_URL",
+    "api_version": "LLM_API_VERSION",
+    "embedding_model": "LLM_EMBEDDING_MODEL",
+    "embedding_deployment": "LLM_EMBEDDING_DEPLOYMENT_NAME",
+    "num_retries": "LLM_NUM_RETRIES",
+    "retry_min_wait": "LLM_RETRY_MIN_WAIT",
+    "retry_max_wait": "LLM_RETRY_MAX_WAIT",
+    "timeout": "LLM_TIMEOUT",
+    "budget_usd": "LLM_BUDGET_USD",
+    "daily_budget_usd": "LLM_DAILY_BUDGET_USD",
+    "usage_db": "LLM_USAGE_DB",
+    "cache": "LLM_CACHE",
+}
+
+
+class LLMConfig(Configurable):
+    """ipyllm's session configuration (``ipyllm.config``).
+
+    Settable as attributes, with ``%llm_config key=value``, ``%config LLMConfig.key = value``, in
+    ``ipython_config.py`` (``c.LLMConfig.key = value``), in the model picker, and from ``LLM_*`` variables.
+    """
+
+    model = Text(
+        "gpt-4o-mini", allowed="a model name litellm knows, e.g. gpt-4o-mini or ollama/llama3", help="Model for chat calls (LLM_MODEL)."
+    )
+    api_key = Key(None, help="API key (LLM_API_KEY); unset: the provider's own variable, e.g. OPENAI_API_KEY. Never shown.")
+    base_url = URL(None, help="API base URL for a proxy, Azure or a local server (LLM_BASE_URL).")
+    api_version = Text(None, allowed="an API version string, e.g. 2024-02-01", help="API version, for Azure (LLM_API_VERSION).")
+    embedding_model = Text(
+        "text-embedding-3-small", allowed="an embedding model name", help="Model for ipyllm.embed (LLM_EMBEDDING_MODEL)."
+    )
+    embedding_deployment = Text(
+        None, allowed="an Azure deployment name", help="Azure deployment for embeddings (LLM_EMBEDDING_DEPLOYMENT_NAME)."
+    )
+    num_retries = Number(5, low=0, high=100, integer=True, help="Retries after the first attempt (LLM_NUM_RETRIES).")
+    retry_min_wait = Number(3.0, low=0, high=3600, help="Shortest wait between attempts, seconds (LLM_RETRY_MIN_WAIT).")
+    retry_max_wait = Number(60.0, low=0, high=3600, help="Longest wait between attempts, seconds (LLM_RETRY_MAX_WAIT).")
+    timeout = Number(
+        600.0, low=0.001, high=86400, allowed="a number of seconds from 0.001 to 86400", help="Seconds per attempt (LLM_TIMEOUT)."
+    )
+    temperature = Number(None, low=0, high=2, help="Sampling temperature; unset: the provider's default.")
+    max_tokens = Number(None, low=1, high=10_000_000, integer=True, help="Most tokens in a reply; unset: the provider's default.")
+    system = Text(None, allowed="a string", help="System prompt sent before every chat call.")
+    budget_usd = Number(None, low=0, allowed="a number of US dollars >= 0", help="Spending limit for this session, USD (LLM_BUDGET_USD).")
+    daily_budget_usd = Number(
+        None,
+        low=0,
+        allowed="a number of US dollars >= 0",
+        help="Spending limit since local midnight, all sessions, USD (LLM_DAILY_BUDGET_USD).",
+    )
+    usage_db = Text(None, allowed="a file path or :memory:", help="SQLite usage ledger (LLM_USAGE_DB); unset: the Jupyter data directory.")
+    cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
+    prices = Dict(
+        {},
+        help=(
+            "Prices for models litellm cannot price: {model: base_model} or "
+            "{model: {'input_cost_per_token': x, 'output_cost_per_token': y}}."
+        ),
+    ).tag(config=True)
+
+    def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if environ is not None:
+            self.load_environment(environ, skip=set(kwargs))
+
+    def load_environment(self, environ: Mapping[str, str], skip: Collection[str] = ()) -> None:
+        """Apply ``LLM_*`` variables to settings not set by config files or arguments.
+
+        A bad variable does not stop ipyllm from loading: it is reported in one warning and skipped.
+        """
+        configured = set(self.config.get(type(self).__name__, {}))
+        for name, variable in ENVIRONMENT.items():
+            if name in skip or name in configured or variable not in environ:
+                continue
+            try:
+                setattr(self, name, environ[variable])
+            except SettingError as error:
+                warnings.warn(f"ignoring {variable}: {error}", stacklevel=2)
+
+    # -- validation across settings --------------------------------------------------------------------
+    @validate("retry_min_wait", "retry_max_wait")
+    def _check_waits(self, proposal: Any) -> float:
+        value = proposal["value"]
+        name = proposal["trait"].name
+        low = value if name == "retry_min_wait" else self.retry_min_wait
+        high = value if name == "retry_max_wait" else self.retry_max_wait
+        if low > high:
+            if name == "retry_min_wait":
+                raise SettingError.refused(name, value, f"at most retry_max_wait ({high:g} s)")
+            raise SettingError.refused(name, value, f"at least retry_min_wait ({low:g} s)")
+        return value
+
+    @validate("prices")
+    def _check_prices(self, proposal: Any) -> dict[str, Any]:
+        allowed = "a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}"
+        prices = proposal["value"]
+        for model, price in prices.items():
+            if isinstance(price, str) and price.strip():
+                continue
+            if isinstance(price, dict) and price and set(price) <= {"input_cost_per_token", "output_cost_per_token"}:
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in price.values()):
+                    continue
+            raise SettingError.refused("prices", {model: price}, allowed)
+        return dict(prices)
+
+    # -- several at once -------------------------------------------------------------------------------
+    def update(self, **values: Any) -> None:
+        """Set several settings at once: all are applied, or none (the first refusal is raised)."""
+        unknown = [name for name in values if name not in SETTING_NAMES]
+        if unknown:
+            raise unknown_setting(unknown[0])
+        with self.hold_trait_notifications():
+            for name, value in values.items():
+                setattr(self, name, value)
+
+    def settings(self) -> dict[str, Any]:
+        """The current values, by name (the key stays a masked ``Secret``)."""
+        return {name: getattr(self, name) for name in SETTING_NAMES}
+
+    def snapshot(self, **overrides: Any) -> Settings:
+        """Freeze the settings for one call, with per-call overrides validated like any setting."""
+        values = self.settings()
+        if overrides:
+            scratch = LLMConfig()
+            scratch.update(**values)
+            scratch.update(**overrides)
+            values = scratch.settings()
+        return Settings(**values)
+
+    @contextmanager
+    def using(self, **values: Any) -> Iterator[LLMConfig]:
+        """Apply settings for the duration of a ``with`` block, then restore the old values."""
+        old = {name: getattr(self, name) for name in values}
+        self.update(**values)
+        try:
+            yield self
+        finally:
+            self.update(**old)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.settings().items() if value not in (None, {}))
+        return f"LLMConfig({shown})"
+
+
+def unknown_setting(name: str) -> SettingError:
+    import difflib
+
+    close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return SettingError(f"no setting named {name!r}: {hint}settings are {', '.join(SETTING_NAMES)}", name)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one call, frozen: what the client reads (it never sees the live object)."""
+
+    model: str
+    api_key: Secret | None
+    base_url: str | None
+    api_version: str | None
+    embedding_model: str
+    embedding_deployment: str | None
+    num_retries: int
+    retry_min_wait: float
+    retry_max_wait: float
+    timeout: float
+    temperature: float | None
+    max_tokens: int | None
+    system: str | None
+    budget_usd: float | None
+    daily_budget_usd: float | None
+    usage_db: str | None
+    cache: bool
+    prices: dict[str, Any] = field(default_factory=dict)
+
+
+#: Setting names in the order they are documented and shown.
+SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
+assert set(SETTING_NAMES) == set(LLMConfig.class_traits(config=True)), "Settings and LLMConfig must list the same settings"
+
+#: The one configuration object of this session.
+config = LLMConfig(environ=os.environ)

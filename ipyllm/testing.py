@@ -1,0 +1,484 @@
+"""An OpenAI-compatible stub server on loopback, with scripted faults.
+
+Use it to run notebooks and tests offline, without a key and without spending money::
+
+    from ipyllm.testing import StubServer, Fault
+
+    with StubServer() as stub:
+        stub.script(Fault.rate_limit(retry_after=1), Fault.status(503))
+        ipyllm.config.base_url = stub.base_url
+        ipyllm.config.api_key = "sk-stub"
+        ipyllm.complete("hello")          # answered on the third request
+        assert len(stub.requests) == 3
+
+The server speaks the parts of the OpenAI API that ipyllm uses: ``POST /v1/chat/completions`` (plain
+and streamed, with ``usage`` on the last chunk when ``stream_options.include_usage`` is asked for),
+``POST /v1/embeddings``, ``GET /v1/models``, and the Azure forms
+``/openai/deployments/{name}/chat/completions`` and ``.../embeddings``. Replies are deterministic:
+``"[{model}] {echo of the last user message}"``; tokens are counted as words and punctuation marks.
+
+Faults are consumed one per model request (chat or embeddings), in order; when the script is empty the
+server answers normally. ``POST /_stub/script`` with a JSON list of faults scripts a running server from
+another process (the form ``python -m ipyllm.testing`` prints how).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+__all__ = ["Fault", "RecordedRequest", "StubServer", "count_tokens"]
+
+STUB_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "stub-local")
+EMBEDDING_DIMENSIONS = 8
+_TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+_AZURE_PATH = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<endpoint>chat/completions|embeddings)$")
+
+
+def count_tokens(text: str) -> int:
+    """The stub's own tokenizer: words and punctuation marks (at least 1 for a non-empty text)."""
+    return len(_TOKEN_RE.findall(text))
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One scripted misbehaviour, applied to one model request.
+
+    kind is ``status`` (answer with HTTP error ``code``), ``drop`` (close the connection without an answer),
+    ``slow`` (wait ``delay`` seconds, then answer normally), ``break_stream`` (a streamed answer that
+    sends ``after_chunks`` content chunks, then drops the connection).
+    """
+
+    kind: str
+    code: int = 0
+    retry_after: float | None = None
+    delay: float = 0.0
+    after_chunks: int = 0
+    message: str = ""
+
+    @classmethod
+    def status(cls, code: int, message: str = "", retry_after: float | None = None) -> Fault:
+        """Answer with HTTP ``code`` (and a ``Retry-After`` header when given)."""
+        return cls("status", code=code, message=message, retry_after=retry_after)
+
+    @classmethod
+    def rate_limit(cls, retry_after: float | None = 1.0) -> Fault:
+        return cls.status(429, "Rate limit reached (stub)", retry_after)
+
+    @classmethod
+    def drop(cls) -> Fault:
+        return cls("drop")
+
+    @classmethod
+    def slow(cls, delay: float) -> Fault:
+        return cls("slow", delay=delay)
+
+    @classmethod
+    def break_stream(cls, after_chunks: int = 0) -> Fault:
+        return cls("break_stream", after_chunks=after_chunks)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Fault:
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        """Parse the command-line form: ``429``, ``429:2`` (Retry-After 2 s), ``drop``, ``slow:3``,
+        ``break:2``."""
+        name, _, arg = text.partition(":")
+        if name.isdigit():
+            return cls.status(int(name), retry_after=float(arg) if arg else None)
+        if name == "drop":
+            return cls.drop()
+        if name == "slow":
+            return cls.slow(float(arg or 1))
+        if name == "break":
+            return cls.break_stream(int(arg or 0))
+        raise ValueError(f"unknown fault {text!r}: use a status code (429, 429:2), drop, slow:SECONDS or break:N")
+
+
+@dataclass
+class RecordedRequest:
+    """What the server received: method, path, query, headers and the JSON body."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict[str, Any] = field(default_factory=dict)
+    fault: str = ""
+
+    @property
+    def model(self) -> str | None:
+        return self.body.get("model")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+        pass
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read_body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"_raw": raw.decode(errors="replace")}
+        return body if isinstance(body, dict) else {"_raw": body}
+
+    # -- routes ---------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path in ("/v1/models", "/models"):
+            data = [{"id": m, "object": "model", "created": 0, "owned_by": "ipyllm-stub"} for m in STUB_MODELS]
+            self._send_json(200, {"object": "list", "data": data})
+        elif path in ("/", "/health", "/_stub/health"):
+            self._send_json(200, {"status": "ok"})
+        else:
+            self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        body = self._read_body()
+        if path == "/_stub/script":
+            faults = body.get("faults", [])
+            self.server.stub.script(*(Fault.from_dict(f) if isinstance(f, dict) else Fault.parse(str(f)) for f in faults))
+            self._send_json(200, {"scripted": len(faults)})
+            return
+        if path == "/_stub/reset":
+            self.server.stub.reset()
+            self._send_json(200, {"reset": True})
+            return
+
+        endpoint = None
+        deployment = None
+        if path in ("/v1/chat/completions", "/chat/completions"):
+            endpoint = "chat"
+        elif path in ("/v1/embeddings", "/embeddings"):
+            endpoint = "embeddings"
+        elif (match := _AZURE_PATH.match(path)) is not None:
+            endpoint = "chat" if match["endpoint"] == "chat/completions" else "embeddings"
+            deployment = match["deployment"]
+        if endpoint is None:
+            self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+            return
+
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        fault = self.server.stub._next_fault()
+        self.server.stub._record(
+            RecordedRequest(
+                method="POST",
+                path=path,
+                query=query,
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=body,
+                fault=fault.kind if fault else "",
+            )
+        )
+        model = body.get("model") or deployment or "stub"
+        if fault is not None:
+            if fault.kind == "status":
+                self._send_error(fault)
+                return
+            if fault.kind == "drop":
+                self._drop()
+                return
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+        if endpoint == "embeddings":
+            self._embeddings(model, body)
+        elif body.get("stream"):
+            self._chat_stream(model, body, fault)
+        else:
+            self._chat(model, body)
+
+    def _send_error(self, fault: Fault) -> None:
+        status = fault.code
+        headers = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = f"{fault.retry_after:g}"
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = "Error"
+        error_type = {400: "invalid_request_error", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
+        message = fault.message or f"{phrase} (stub)"
+        payload = {"error": {"message": message, "type": error_type.get(status, "server_error"), "code": error_type.get(status)}}
+        self._send_json(status, payload, headers)
+
+    # -- answers --------------------------------------------------------------------------------------
+    def _chat(self, model: str, body: dict[str, Any]) -> None:
+        text, usage = _reply(model, body)
+        payload = {
+            "id": "chatcmpl-stub",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        self._send_json(200, payload)
+
+    def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None) -> None:
+        text, usage = _reply(model, body)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.server.stub.usage_in_stream
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        created = int(time.time())
+
+        def event(delta: dict[str, Any], finish: str | None = None, with_usage: bool = False) -> bytes:
+            chunk: dict[str, Any] = {
+                "id": "chatcmpl-stub",
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if not with_usage else [],
+            }
+            if with_usage:
+                chunk["usage"] = usage
+            return f"data: {json.dumps(chunk)}\n\n".encode()
+
+        pieces = re.findall(r"\S+\s*", text)
+        try:
+            self.wfile.write(event({"role": "assistant", "content": ""}))
+            for index, piece in enumerate(pieces):
+                if fault is not None and fault.kind == "break_stream" and index >= fault.after_chunks:
+                    self.wfile.flush()
+                    self._drop()
+                    return
+                self.wfile.write(event({"content": piece}))
+                self.wfile.flush()
+                if self.server.stub.chunk_delay:
+                    time.sleep(self.server.stub.chunk_delay)
+            self.wfile.write(event({}, finish="stop"))
+            if include_usage:
+                self.wfile.write(event({}, with_usage=True))
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def _embeddings(self, model: str, body: dict[str, Any]) -> None:
+        inputs = body.get("input", [])
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        data = []
+        tokens = 0
+        for index, item in enumerate(inputs):
+            text = item if isinstance(item, str) else " ".join(map(str, item))
+            tokens += max(1, count_tokens(text))
+            data.append({"object": "embedding", "index": index, "embedding": _vector(text)})
+        payload = {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        self._send_json(200, payload)
+
+
+def _message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts
+        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return "" if content is None else str(content)
+
+
+def _reply(model: str, body: dict[str, Any]) -> tuple[str, dict[str, int]]:
+    messages = body.get("messages") or []
+    last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    prompt = _message_text(last_user.get("content"))
+    text = f"[{model}] {prompt}".strip()
+    if (max_tokens := body.get("max_tokens") or body.get("max_completion_tokens")) is not None:
+        words = re.findall(r"\S+\s*", text)
+        text = "".join(words[: int(max_tokens)]).rstrip()
+    # Each message costs its words plus 3, as OpenAI's own accounting roughly does.
+    prompt_tokens = sum(count_tokens(_message_text(m.get("content"))) + 3 for m in messages) + 3
+    completion_tokens = count_tokens(text)
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+    return text, usage
+
+
+def _vector(text: str) -> list[float]:
+    # Deterministic and cheap: a normalised histogram of character codes.
+    counts = [0.0] * EMBEDDING_DIMENSIONS
+    for char in text:
+        counts[ord(char) % EMBEDDING_DIMENSIONS] += 1.0
+    norm = sum(c * c for c in counts) ** 0.5 or 1.0
+    return [c / norm for c in counts]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    stub: StubServer
+
+
+class StubServer:
+    """An OpenAI-compatible server on 127.0.0.1 for tests and offline notebooks.
+
+    Parameters
+    ----------
+    port
+        0 (the default) picks a free port.
+    usage_in_stream
+        When False, streamed answers never carry ``usage`` (as some providers do), so clients must count.
+    chunk_delay
+        Seconds between streamed chunks, to watch a reply arrive.
+    """
+
+    def __init__(self, port: int = 0, *, host: str = "127.0.0.1", usage_in_stream: bool = True, chunk_delay: float = 0.0) -> None:
+        self.host = host
+        self.port = port
+        self.usage_in_stream = usage_in_stream
+        self.chunk_delay = chunk_delay
+        self.requests: list[RecordedRequest] = []
+        self._faults: deque[Fault] = deque()
+        self._lock = threading.Lock()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> StubServer:
+        if self._server is not None:
+            return self
+        server = _Server((self.host, self.port), _Handler)
+        server.stub = self
+        self.port = server.server_address[1]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="ipyllm-stub", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is None:
+            return
+        self._server.shutdown()
+        self._server.server_close()
+        self._server = None
+
+    def __enter__(self) -> StubServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (``.../v1``) to give ``LLM_BASE_URL`` / ``config.base_url``."""
+        return f"{self.url}/v1"
+
+    # -- scripting ------------------------------------------------------------------------------------
+    def script(self, *faults: Fault) -> StubServer:
+        """Queue faults; each model request takes the next one."""
+        with self._lock:
+            self._faults.extend(faults)
+        return self
+
+    def reset(self) -> None:
+        """Forget scripted faults and recorded requests."""
+        with self._lock:
+            self._faults.clear()
+            self.requests.clear()
+
+    @property
+    def pending_faults(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+    def _next_fault(self) -> Fault | None:
+        with self._lock:
+            return self._faults.popleft() if self._faults else None
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self.requests.append(request)
+
+    def __repr__(self) -> str:
+        state = "running" if self._server is not None else "stopped"
+        return f"<StubServer {self.base_url} {state}, {len(self.requests)} requests>"
+
+
+def script_remote(url: str, *faults: Fault | str) -> None:
+    """Script the faults of a stub server running in another process (``url`` as ``StubServer.url``)."""
+    import urllib.request
+
+    items = [asdict(f) if isinstance(f, Fault) else f for f in faults]
+    request = urllib.request.Request(
+        f"{url.rstrip('/').removesuffix('/v1')}/_stub/script",
+        data=json.dumps({"faults": items}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        response.read()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ipyllm.testing", description="Run ipyllm's OpenAI-compatible stub server on loopback.")
+    parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
+    parser.add_argument(
+        "--fault", action="append", default=[], metavar="F", help="queue a fault: 429, 429:2 (Retry-After), 503, drop, slow:3, break:2"
+    )
+    parser.add_argument("--no-stream-usage", action="store_true", help="never send usage in streamed answers")
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
+    args = parser.parse_args(argv)
+    try:
+        faults = [Fault.parse(f) for f in args.fault]
+    except ValueError as error:
+        parser.error(str(error))
+    stub = StubServer(args.port, usage_in_stream=not args.no_stream_usage, chunk_delay=args.chunk_delay).start()
+    stub.script(*faults)
+    print(f"ipyllm stub server on {stub.base_url}", flush=True)
+    print(f"  export LLM_BASE_URL={stub.base_url} LLM_API_KEY=sk-stub", flush=True)
+    print(f'  script faults: curl -d \'{{"faults": ["429", "503"]}}\' {stub.url}/_stub/script', flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        stub.stop()
+
+
+if __name__ == "__main__":
+    main()
