@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -58,6 +59,8 @@ def load_litellm() -> ModuleType:
                     os.environ.setdefault(name, value)
                 import litellm
 
+                # Pydantic complains about litellm's own types the first time they are used.
+                warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier", category=UserWarning)
                 litellm.suppress_debug_info = True
                 litellm.set_verbose = False
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
@@ -271,8 +274,14 @@ class Client:
     ) -> Any:
         settings, row = call.settings, call.row
         policy = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep, on_retry=on_retry)
+        row.attempts = 0
+
+        def counted() -> Any:
+            row.attempts += 1
+            return attempt()
+
         try:
-            response = policy(attempt)
+            response = policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
             return response
@@ -280,14 +289,13 @@ class Client:
             row.status, row.error = "interrupted", "KeyboardInterrupt: interrupted by the user"
             raise
         except Exception as exc:
-            error = explain(exc, call, _attempts(policy))
+            error = explain(exc, call, row.attempts)
             row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
             if isinstance(error, StreamBrokenError) and messages is not None:
                 self._count_locally(call, messages, error.partial)
             error.usage = row
             raise error from exc
         finally:
-            row.attempts = _attempts(policy)
             if row.status != "ok":
                 row.latency_s = self.clock() - call.start
             report(row)
@@ -315,10 +323,6 @@ class Client:
         row.prompt_tokens, row.completion_tokens = prompt, completion
         row.total_tokens = (prompt or 0) + completion
         row.cost_usd = price(call.settings, call.model, row.provider, prompt or 0, completion, call.kind)
-
-
-def _attempts(policy: Any) -> int:
-    return int(policy.statistics.get("attempt_number", 1))
 
 
 def resolve_provider(model: str, base_url: str | None) -> str | None:

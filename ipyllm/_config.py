@@ -32,7 +32,7 @@ class SettingError(TraitError, ValueError):
 
     @classmethod
     def refused(cls, name: str, value: Any, allowed: str) -> SettingError:
-        shown = "the API key" if name == "api_key" else repr(value)
+        shown = "the API key" if name == "api_key" else f"{value:g}" if isinstance(value, float) else repr(value)
         return cls(f"{name} must be {allowed} (got {shown}); the old value stays.", name)
 
     def _render_traceback_(self) -> list[str]:
@@ -125,7 +125,7 @@ class Number(_Setting):
 
 class Text(_Setting):
     def parse(self, value: Any) -> str:
-        if not isinstance(value, str):
+        if not isinstance(value, str) or not value.strip():
             raise self.refuse(value)
         return value.strip()
 

@@ -1,0 +1,81 @@
+"""The usage frame: exact columns and dtypes, empty or full, one row per call in call order."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+
+import pandas as pd
+
+import ipyllm
+from ipyllm import _api
+from ipyllm._ledger import COLUMNS, MemoryLedger, UsageRow, to_frame
+from ipyllm.testing import Fault, StubServer
+
+SPEC_DTYPES = {
+    "timestamp": "datetime64[ns, UTC]",
+    "session": "string",
+    "cell": "Int64",
+    "source": "string",
+    "kind": "string",
+    "model": "string",
+    "provider": "string",
+    "prompt_tokens": "Int64",
+    "completion_tokens": "Int64",
+    "total_tokens": "Int64",
+    "cost_usd": "float64",
+    "latency_s": "float64",
+    "attempts": "Int64",
+    "status": "string",
+    "error": "string",
+}
+
+
+def dtypes(frame: pd.DataFrame) -> dict[str, str]:
+    return {name: str(dtype) for name, dtype in frame.dtypes.items()}
+
+
+def test_the_empty_frame_has_every_column_and_dtype(session: _api.Session) -> None:
+    frame = ipyllm.usage()
+    assert frame.empty
+    assert list(frame.columns) == list(SPEC_DTYPES)
+    assert dtypes(frame) == SPEC_DTYPES
+    assert COLUMNS == SPEC_DTYPES
+
+
+def test_a_full_frame_keeps_the_dtypes_and_missing_values(live: StubServer) -> None:
+    ipyllm.complete("first")
+    live.script(Fault.status(400))
+    try:
+        ipyllm.complete("second")
+    except ipyllm.LLMError:
+        pass
+    ipyllm.embed(["third"])
+    frame = ipyllm.usage()
+    assert dtypes(frame) == SPEC_DTYPES
+    assert list(frame["kind"]) == ["chat", "chat", "embedding"]
+    assert list(frame["status"]) == ["ok", "error", "ok"]
+    assert frame["timestamp"].is_monotonic_increasing
+    assert frame["error"].isna().tolist() == [True, False, True]
+    assert frame.loc[1, "prompt_tokens"] is pd.NA and math.isnan(frame.loc[1, "cost_usd"])
+    assert frame["cell"].isna().all(), "outside IPython there is no cell"
+    assert (frame["session"] == ipyllm.SESSION_ID).all()
+    assert frame["cost_usd"].sum() > 0
+
+
+def test_all_sessions_includes_other_sessions_rows(session: _api.Session) -> None:
+    ledger = session.ledger
+    assert isinstance(ledger, MemoryLedger)
+    ledger.append(UsageRow(session=ipyllm.SESSION_ID, model="a"))
+    ledger.append(UsageRow(session="someone-else", model="b"))
+    assert list(ipyllm.usage()["model"]) == ["a"]
+    assert list(ipyllm.usage(all_sessions=True)["model"]) == ["a", "b"]
+
+
+def test_to_frame_accepts_rows_built_by_hand() -> None:
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    rows = [UsageRow(timestamp=when, session="s", cell=3, model="m", prompt_tokens=1, completion_tokens=2, total_tokens=3, cost_usd=0.5)]
+    frame = to_frame(rows)
+    assert frame.loc[0, "timestamp"] == pd.Timestamp(when)
+    assert frame.loc[0, "cell"] == 3 and frame.loc[0, "total_tokens"] == 3
+    assert dtypes(frame) == SPEC_DTYPES

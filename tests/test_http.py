@@ -1,0 +1,228 @@
+"""The real path: litellm over HTTP to the stub server on 127.0.0.1, one request per attempt."""
+
+from __future__ import annotations
+
+import logging
+import re
+import math
+
+import pytest
+
+import ipyllm
+from ipyllm import _api
+from ipyllm.testing import Fault, StubServer, count_tokens
+
+from .conftest import SECRET, SleepRecorder
+
+
+def test_a_plain_call_returns_the_reply_and_leaves_one_row(live: StubServer) -> None:
+    reply = ipyllm.complete("Hello, stub!")
+    assert str(reply) == "[gpt-4o-mini] Hello, stub!"
+    assert isinstance(reply, str) and reply.text == "[gpt-4o-mini] Hello, stub!"
+    sent = live.requests[0]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.body["messages"] == [{"role": "user", "content": "Hello, stub!"}]
+    assert sent.headers["authorization"] == f"Bearer {SECRET}"
+    row = reply.usage
+    assert (row.model, row.provider, row.kind, row.source, row.status, row.attempts) == ("gpt-4o-mini", "openai", "chat", "api", "ok", 1)
+    # The stub counts 3 per message + 3, plus the words: "Hello , stub !" -> 4.
+    assert (row.prompt_tokens, row.completion_tokens) == (4 + 3 + 3, count_tokens("[gpt-4o-mini] Hello, stub!"))
+    assert row.total_tokens == row.prompt_tokens + row.completion_tokens
+    # gpt-4o-mini: $0.15 / $0.60 per million tokens in litellm's bundled price map.
+    assert row.cost_usd == pytest.approx(row.prompt_tokens * 0.15e-6 + row.completion_tokens * 0.60e-6)
+    assert row.latency_s > 0 and row.session == ipyllm.SESSION_ID
+    assert _api.session.ledger.rows() == [row]
+
+
+def test_settings_and_overrides_reach_the_server(live: StubServer) -> None:
+    ipyllm.config.update(system="Be brief.", temperature=0.3)
+    ipyllm.complete("Hi", model="gpt-4o", max_tokens=50, top_p=0.5)
+    body = live.requests[0].body
+    assert body["model"] == "gpt-4o" and body["temperature"] == 0.3 and body["max_tokens"] == 50 and body["top_p"] == 0.5
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert ipyllm.config.model == "gpt-4o-mini", "an override is for one call only"
+
+
+def test_streamed_and_plain_calls_give_the_same_tokens(live: StubServer) -> None:
+    pieces: list[str] = []
+    plain = ipyllm.complete("Count these tokens, please.")
+    streamed = ipyllm.complete("Count these tokens, please.", stream=True, on_text=pieces.append)
+    assert str(streamed) == str(plain) == "".join(pieces)
+    assert len(pieces) > 1, "the reply should arrive in several pieces"
+    assert live.requests[1].body["stream"] is True
+    assert live.requests[1].body["stream_options"] == {"include_usage": True}
+    assert (streamed.usage.prompt_tokens, streamed.usage.completion_tokens) == (plain.usage.prompt_tokens, plain.usage.completion_tokens)
+    assert streamed.usage.cost_usd == pytest.approx(plain.usage.cost_usd)
+
+
+def test_a_stream_without_usage_is_counted_locally(live: StubServer) -> None:
+    live.usage_in_stream = False
+    reply = ipyllm.complete("Count these tokens locally.", stream=True)
+    row = reply.usage
+    assert row.prompt_tokens is not None and row.prompt_tokens > 0
+    assert row.completion_tokens is not None and row.completion_tokens > 0
+    assert not math.isnan(row.cost_usd)
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault.rate_limit(retry_after=2), Fault.status(500), Fault.status(502), Fault.status(503), Fault.status(504), Fault.drop()],
+    ids=["429", "500", "502", "503", "504", "drop"],
+)
+def test_transient_faults_are_retried_with_one_request_per_attempt(live: StubServer, sleeps: SleepRecorder, fault: Fault) -> None:
+    ipyllm.config.num_retries = 3
+    live.script(fault, fault)
+    reply = ipyllm.complete("hello")
+    assert str(reply) == "[gpt-4o-mini] hello"
+    assert len(live.requests) == 3, "two failures and a success: three requests, no hidden retries"
+    assert reply.usage.attempts == 3 and reply.usage.status == "ok"
+    assert len(sleeps.waits) == 2
+    if fault.retry_after is not None:
+        assert sleeps.waits == [2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        (Fault.rate_limit(retry_after=1), ipyllm.RateLimitError),
+        (Fault.status(503), ipyllm.ProviderUnavailableError),
+        (Fault.drop(), ipyllm.ProviderUnavailableError),
+    ],
+    ids=["429", "503", "drop"],
+)
+def test_beyond_num_retries_the_call_fails_with_one_line(live: StubServer, sleeps: SleepRecorder, fault: Fault, error: type) -> None:
+    ipyllm.config.num_retries = 2
+    live.script(*[fault] * 5)
+    with pytest.raises(error) as caught:
+        ipyllm.complete("hello")
+    assert len(live.requests) == 3
+    assert len(caught.value._render_traceback_()) == 1
+    assert "after 3 attempts" in caught.value.message
+    row = caught.value.usage
+    assert (row.status, row.attempts) == ("error", 3)
+    assert row.error.startswith(f"{error.__name__}: ")
+    assert _api.session.ledger.rows() == [row]
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "words"),
+    [
+        (400, ipyllm.RequestRejectedError, "rejected the request (400)"),
+        (401, ipyllm.AuthenticationError, "refused the API key (401)"),
+        (403, ipyllm.AuthenticationError, "refused the API key (403)"),
+        (404, ipyllm.UnknownModelError, "does not serve 'gpt-4o-mini'"),
+    ],
+)
+def test_request_errors_are_not_retried(live: StubServer, sleeps: SleepRecorder, status: int, error: type, words: str) -> None:
+    live.script(Fault.status(status))
+    with pytest.raises(error, match=re.escape(words)) as caught:
+        ipyllm.complete("hello")
+    assert len(live.requests) == 1 and sleeps.waits == []
+    assert caught.value.usage.attempts == 1
+
+
+def test_a_slow_answer_times_out_and_is_retried(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(timeout=0.5, num_retries=1)
+    live.script(Fault.slow(2))
+    reply = ipyllm.complete("hello")
+    assert reply.usage.attempts == 2 and len(live.requests) == 2
+
+
+def test_a_slow_answer_past_every_retry_says_to_raise_the_timeout(live: StubServer) -> None:
+    ipyllm.config.update(timeout=0.3, num_retries=1)
+    live.script(Fault.slow(1), Fault.slow(1))
+    with pytest.raises(ipyllm.ProviderUnavailableError, match=r"no answer within 0.3 s after 2 attempts.*raise timeout"):
+        ipyllm.complete("hello")
+
+
+def test_a_stream_broken_before_its_first_token_is_retried(live: StubServer) -> None:
+    live.script(Fault.break_stream(after_chunks=0))
+    reply = ipyllm.complete("one two three", stream=True)
+    assert str(reply) == "[gpt-4o-mini] one two three"
+    assert reply.usage.attempts == 2 and len(live.requests) == 2
+
+
+def test_a_stream_broken_after_text_keeps_what_came_and_records_an_error(live: StubServer) -> None:
+    live.script(Fault.break_stream(after_chunks=2))
+    pieces: list[str] = []
+    with pytest.raises(ipyllm.StreamBrokenError) as caught:
+        ipyllm.complete("one two three four", stream=True, on_text=pieces.append)
+    assert caught.value.partial == "".join(pieces) == "[gpt-4o-mini] one "
+    assert len(live.requests) == 1, "text was shown: not retried"
+    row = caught.value.usage
+    assert row.status == "error" and row.completion_tokens and row.completion_tokens > 0
+
+
+def test_a_refused_connection_names_the_url(session: _api.Session, clean_config: ipyllm.LLMConfig) -> None:
+    with StubServer() as gone:
+        url = gone.base_url
+    clean_config.update(base_url=url, api_key=SECRET, num_retries=1)
+    with pytest.raises(ipyllm.ProviderUnavailableError, match=f"could not connect to {url} after 2 attempts"):
+        ipyllm.complete("hello")
+
+
+def test_a_missing_key_names_the_variables_and_is_not_retried(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.api_key = None
+    with pytest.raises(ipyllm.MissingKeyError, match="no API key for openai: set LLM_API_KEY or OPENAI_API_KEY"):
+        ipyllm.complete("hello")
+    assert sleeps.waits == [] and live.requests == []
+
+
+def test_an_unknown_model_suggests_close_names(live: StubServer) -> None:
+    with pytest.raises(ipyllm.UnknownModelError, match=r"unknown model 'gpt-4o-mnii': did you mean gpt-4o-mini"):
+        ipyllm.complete("hello", model="gpt-4o-mnii")
+    assert _api.session.ledger.rows()[0].status == "error"
+
+
+def test_an_unpriced_model_costs_nan_unless_prices_are_given(live: StubServer) -> None:
+    reply = ipyllm.complete("hello", model="openai/my-local-model")
+    assert math.isnan(reply.usage.cost_usd), "unknown price: NaN, never a made-up 0"
+    ipyllm.config.prices = {"my-local-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}}
+    reply = ipyllm.complete("hello", model="openai/my-local-model")
+    assert reply.usage.cost_usd == pytest.approx(reply.usage.prompt_tokens * 1e-6 + reply.usage.completion_tokens * 2e-6)
+    ipyllm.config.prices = {"openai/my-local-model": "gpt-4o-mini"}
+    reply = ipyllm.complete("hello", model="openai/my-local-model")
+    assert reply.usage.cost_usd == pytest.approx(reply.usage.prompt_tokens * 0.15e-6 + reply.usage.completion_tokens * 0.6e-6)
+
+
+def test_embeddings_reach_the_server_and_leave_a_row(live: StubServer) -> None:
+    vectors = ipyllm.embed(["alpha beta", "gamma"])
+    assert len(vectors) == 2 and len(vectors[0]) == 8
+    sent = live.requests[0]
+    assert sent.path == "/v1/embeddings" and sent.body["input"] == ["alpha beta", "gamma"]
+    assert sent.body["model"] == "text-embedding-3-small"
+    row = vectors.usage
+    assert (row.kind, row.model, row.prompt_tokens, row.status) == ("embedding", "text-embedding-3-small", 3, "ok")
+    assert row.cost_usd == pytest.approx(3 * 0.02e-6)
+
+
+def test_azure_embeddings_use_the_deployment_and_api_version(live: StubServer) -> None:
+    ipyllm.config.update(base_url=live.url, embedding_deployment="embed-prod", api_version="2024-02-01")
+    vectors = ipyllm.embed("one text")
+    sent = live.requests[0]
+    assert sent.path == "/openai/deployments/embed-prod/embeddings"
+    assert sent.query == {"api-version": "2024-02-01"}
+    assert sent.headers["api-key"] == SECRET
+    assert vectors.usage.provider == "azure"
+    import litellm
+
+    azure_price = litellm.model_cost["azure/text-embedding-3-small"]["input_cost_per_token"]
+    assert vectors.usage.cost_usd == pytest.approx(2 * azure_price), "priced as Azure's base embedding model"
+
+
+def test_the_key_never_reaches_rows_errors_or_logs(live: StubServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    live.script(Fault.status(401, message=f"Incorrect API key provided: {SECRET}"), Fault.status(400, message=f"bad {SECRET}"))
+    errors = []
+    for _ in range(2):
+        with pytest.raises(ipyllm.LLMError) as caught:
+            ipyllm.complete("hello")
+        errors.append(caught.value)
+    ipyllm.complete("hello")
+    frame = ipyllm.usage()
+    assert len(frame) == 3
+    shown = [frame.to_csv(), repr(ipyllm.config), caplog.text, *capfd.readouterr()]
+    shown += [str(e) + "".join(e._render_traceback_()) + repr(e.usage) for e in errors]
+    for text in shown:
+        assert SECRET not in text
+        assert SECRET[8:] not in text

@@ -1,0 +1,206 @@
+"""The retry policy in isolation: predicate, waits, Retry-After, attempt counts (no network)."""
+
+from __future__ import annotations
+
+import email.utils
+from typing import Any
+
+import httpx
+import litellm
+import pytest
+
+from ipyllm import _retry
+from ipyllm._client import Client
+from ipyllm._config import LLMConfig
+from ipyllm._errors import ProviderUnavailableError, RateLimitError, RequestRejectedError, StreamBrokenError
+from ipyllm._ledger import UsageRow
+
+from .conftest import SleepRecorder
+
+
+def response(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
+    return httpx.Response(status, headers=headers or {}, request=httpx.Request("POST", "http://127.0.0.1/v1/chat/completions"))
+
+
+def make(name: str, status: int | None = None, headers: dict[str, str] | None = None) -> Exception:
+    """Build each exception class litellm raises, as litellm itself builds it."""
+    common: dict[str, Any] = {"message": f"{name} (test)", "llm_provider": "openai", "model": "gpt-4o-mini"}
+    cls = getattr(litellm, name)
+    if name == "APIError":
+        return cls(status_code=status or 500, response=response(status or 500), **common)
+    if name == "APIConnectionError":
+        return cls(request=httpx.Request("POST", "http://127.0.0.1"), **common)
+    if name == "Timeout":
+        return cls(exception_status_code=status, **common)
+    return cls(response=response(status or 400, headers), **common)
+
+
+RETRIED = [
+    ("RateLimitError", None),
+    ("APIConnectionError", None),
+    ("Timeout", None),
+    ("Timeout", 504),
+    ("InternalServerError", None),
+    ("ServiceUnavailableError", None),
+    ("BadGatewayError", None),
+    ("APIError", 500),
+    ("APIError", 502),
+]
+NOT_RETRIED = [
+    ("BadRequestError", None),
+    ("AuthenticationError", None),
+    ("PermissionDeniedError", None),
+    ("NotFoundError", None),
+    ("ContextWindowExceededError", None),
+    ("ContentPolicyViolationError", None),
+    ("UnprocessableEntityError", None),
+    ("APIError", 403),
+    ("APIError", 400),
+]
+
+
+@pytest.mark.parametrize(("name", "status"), RETRIED)
+def test_transient_failures_are_retried(name: str, status: int | None) -> None:
+    assert _retry.should_retry(make(name, status)) is True
+
+
+@pytest.mark.parametrize(("name", "status"), NOT_RETRIED)
+def test_request_failures_are_not_retried(name: str, status: int | None) -> None:
+    assert _retry.should_retry(make(name, status)) is False
+
+
+def test_a_missing_key_is_not_retried_although_litellm_calls_it_a_500() -> None:
+    exc = litellm.InternalServerError(message="OpenAIException - Missing credentials. Please pass an `api_key`", llm_provider="openai", model="m")
+    assert exc.status_code == 500
+    assert _retry.should_retry(exc) is False
+
+
+def test_plain_transport_errors_and_interrupts() -> None:
+    assert _retry.should_retry(ConnectionResetError()) is True
+    assert _retry.should_retry(TimeoutError()) is True
+    assert _retry.should_retry(ValueError("bug")) is False
+    assert _retry.should_retry(KeyboardInterrupt()) is False
+    assert _retry.should_retry(StreamBrokenError("broke", partial="x")) is False
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"retry-after": "7"}, 7.0),
+        ({"Retry-After": "2.5"}, 2.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),
+        ({}, None),
+        ({"retry-after": "soon"}, None),
+    ],
+)
+def test_retry_after_is_read_from_the_response_headers(headers: dict[str, str], expected: float | None) -> None:
+    assert _retry.retry_after_seconds(make("RateLimitError", 429, headers)) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    now = 1_700_000_000.0
+    exc = make("RateLimitError", 429, {"retry-after": email.utils.formatdate(now + 30, usegmt=True)})
+    assert _retry.retry_after_seconds(exc, now=lambda: now) == pytest.approx(30, abs=1)
+
+
+# -- the whole loop, with an injected completion function and sleep -----------------------------------
+
+
+class Scripted:
+    """A completion function that fails as scripted, then answers."""
+
+    def __init__(self, *failures: Exception) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls += 1
+        assert kwargs["max_retries"] == 0 and "num_retries" not in kwargs
+        if self.failures:
+            raise self.failures.pop(0)
+        return litellm.ModelResponse(
+            model=kwargs["model"],
+            choices=[{"index": 0, "message": {"role": "assistant", "content": "fine"}, "finish_reason": "stop"}],
+            usage={"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12},
+        )
+
+
+def run(completion: Scripted, sleeps: SleepRecorder, **settings: Any) -> tuple[Any, list[UsageRow], list[str]]:
+    rows: list[UsageRow] = []
+    notes: list[str] = []
+    cfg = LLMConfig()
+    cfg.update(**settings)
+    client = Client(completion=completion, sleep=sleeps)
+    try:
+        reply: Any = client.chat(cfg.snapshot(), [{"role": "user", "content": "hi"}], report=rows.append, on_retry=lambda n: notes.append(str(n)))
+    except Exception as exc:
+        reply = exc
+    return reply, rows, notes
+
+
+def test_waits_grow_exponentially_with_jitter_between_the_bounds(sleeps: SleepRecorder) -> None:
+    failures = [make("ServiceUnavailableError", 503) for _ in range(5)]
+    reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=5, retry_min_wait=3, retry_max_wait=60)
+    assert str(reply) == "fine"
+    assert len(sleeps.waits) == 5
+    for attempt, wait in enumerate(sleeps.waits, start=1):
+        assert 3 <= wait <= min(60, 3 * 2 ** (attempt - 1))
+    assert rows[0].attempts == 6 and rows[0].status == "ok"
+    assert notes[0].startswith("server error (503), attempt 2/6 in ")
+
+
+def test_jitter_differs_between_runs(sleeps: SleepRecorder) -> None:
+    for _ in range(5):
+        run(Scripted(make("RateLimitError", 429), make("RateLimitError", 429)), sleeps, num_retries=2, retry_min_wait=1, retry_max_wait=60)
+    second_waits = sleeps.waits[1::2]
+    assert len(set(second_waits)) > 1, "jitter: the second wait should vary from run to run"
+
+
+def test_waits_never_pass_the_maximum(sleeps: SleepRecorder) -> None:
+    failures = [make("ServiceUnavailableError", 503) for _ in range(8)]
+    run(Scripted(*failures), sleeps, num_retries=8, retry_min_wait=1, retry_max_wait=5)
+    assert max(sleeps.waits) <= 5 and min(sleeps.waits) >= 1
+
+
+def test_retry_after_is_honoured_and_capped(sleeps: SleepRecorder) -> None:
+    failures = [make("RateLimitError", 429, {"retry-after": "7"}), make("RateLimitError", 429, {"retry-after": "600"})]
+    reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=3, retry_min_wait=1, retry_max_wait=20)
+    assert sleeps.waits == [7.0, 20.0]
+    assert notes == ["rate limited (429), attempt 2/4 in 7.0 s", "rate limited (429), attempt 3/4 in 20.0 s"]
+
+
+def test_attempts_stop_after_num_retries(sleeps: SleepRecorder) -> None:
+    completion = Scripted(*[make("RateLimitError", 429) for _ in range(10)])
+    error, rows, _ = run(completion, sleeps, num_retries=2, retry_min_wait=0, retry_max_wait=0)
+    assert isinstance(error, RateLimitError)
+    assert completion.calls == 3 and len(sleeps.waits) == 2
+    assert len(rows) == 1 and rows[0].attempts == 3 and rows[0].status == "error"
+    assert rows[0].error == f"RateLimitError: {error.message}"
+    assert "after 3 attempts" in error.message
+
+
+def test_zero_retries_means_one_attempt(sleeps: SleepRecorder) -> None:
+    completion = Scripted(make("APIConnectionError"))
+    error, rows, _ = run(completion, sleeps, num_retries=0)
+    assert isinstance(error, ProviderUnavailableError)
+    assert completion.calls == 1 and sleeps.waits == [] and rows[0].attempts == 1
+
+
+def test_a_bad_request_fails_at_once(sleeps: SleepRecorder) -> None:
+    completion = Scripted(make("BadRequestError", 400))
+    error, rows, _ = run(completion, sleeps)
+    assert isinstance(error, RequestRejectedError)
+    assert completion.calls == 1 and sleeps.waits == []
+
+
+def test_an_interrupt_during_a_wait_stops_at_once_and_records_the_row() -> None:
+    def interrupted_sleep(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    rows: list[UsageRow] = []
+    completion = Scripted(make("RateLimitError", 429), make("RateLimitError", 429))
+    client = Client(completion=completion, sleep=interrupted_sleep)
+    with pytest.raises(KeyboardInterrupt):
+        client.chat(LLMConfig().snapshot(), [{"role": "user", "content": "hi"}], report=rows.append)
+    assert completion.calls == 1
+    assert [(r.status, r.attempts) for r in rows] == [("interrupted", 1)]
