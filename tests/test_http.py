@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import re
 import math
+import re
 
 import pytest
 
@@ -210,7 +210,9 @@ def test_azure_embeddings_use_the_deployment_and_api_version(live: StubServer) -
     assert vectors.usage.cost_usd == pytest.approx(2 * azure_price), "priced as Azure's base embedding model"
 
 
-def test_the_key_never_reaches_rows_errors_or_logs(live: StubServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
+def test_the_key_never_reaches_rows_errors_or_logs(
+    live: StubServer, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
     caplog.set_level(logging.DEBUG)
     live.script(Fault.status(401, message=f"Incorrect API key provided: {SECRET}"), Fault.status(400, message=f"bad {SECRET}"))
     errors = []

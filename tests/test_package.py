@@ -24,7 +24,10 @@ def test_import_is_fast_and_does_not_import_litellm_pandas_or_ipython() -> None:
 
 def test_the_stub_server_runs_from_the_command_line() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "ipyllm.testing", "--fault", "503"], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        [sys.executable, "-m", "ipyllm.testing", "--fault", "503"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         assert process.stdout is not None

@@ -70,7 +70,9 @@ def test_request_failures_are_not_retried(name: str, status: int | None) -> None
 
 
 def test_a_missing_key_is_not_retried_although_litellm_calls_it_a_500() -> None:
-    exc = litellm.InternalServerError(message="OpenAIException - Missing credentials. Please pass an `api_key`", llm_provider="openai", model="m")
+    exc = litellm.InternalServerError(
+        message="OpenAIException - Missing credentials. Please pass an `api_key`", llm_provider="openai", model="m"
+    )
     assert exc.status_code == 500
     assert _retry.should_retry(exc) is False
 
@@ -132,7 +134,9 @@ def run(completion: Scripted, sleeps: SleepRecorder, **settings: Any) -> tuple[A
     cfg.update(**settings)
     client = Client(completion=completion, sleep=sleeps)
     try:
-        reply: Any = client.chat(cfg.snapshot(), [{"role": "user", "content": "hi"}], report=rows.append, on_retry=lambda n: notes.append(str(n)))
+        reply: Any = client.chat(
+            cfg.snapshot(), [{"role": "user", "content": "hi"}], report=rows.append, on_retry=lambda n: notes.append(str(n))
+        )
     except Exception as exc:
         reply = exc
     return reply, rows, notes
@@ -164,7 +168,7 @@ def test_waits_never_pass_the_maximum(sleeps: SleepRecorder) -> None:
 
 def test_retry_after_is_honoured_and_capped(sleeps: SleepRecorder) -> None:
     failures = [make("RateLimitError", 429, {"retry-after": "7"}), make("RateLimitError", 429, {"retry-after": "600"})]
-    reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=3, retry_min_wait=1, retry_max_wait=20)
+    _reply, _rows, notes = run(Scripted(*failures), sleeps, num_retries=3, retry_min_wait=1, retry_max_wait=20)
     assert sleeps.waits == [7.0, 20.0]
     assert notes == ["rate limited (429), attempt 2/4 in 7.0 s", "rate limited (429), attempt 3/4 in 20.0 s"]
 
@@ -188,7 +192,7 @@ def test_zero_retries_means_one_attempt(sleeps: SleepRecorder) -> None:
 
 def test_a_bad_request_fails_at_once(sleeps: SleepRecorder) -> None:
     completion = Scripted(make("BadRequestError", 400))
-    error, rows, _ = run(completion, sleeps)
+    error, _rows, _ = run(completion, sleeps)
     assert isinstance(error, RequestRejectedError)
     assert completion.calls == 1 and sleeps.waits == []
 
