@@ -50,11 +50,12 @@ session = Session()
 
 
 def current_cell() -> int | None:
-    """The execution count of the running cell, or None outside IPython."""
+    """The execution count of the running cell (its ``In[N]``), or None outside IPython."""
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython is not None else None
-    count = getattr(shell, "execution_count", None)
-    return count if isinstance(count, int) else None
+    # The displayhook numbers Out[N] as In[N]; IPython 9 has already counted the running cell, 8 had not.
+    count = getattr(getattr(shell, "displayhook", None), "prompt_count", None)
+    return count if isinstance(count, int) and count > 0 else None
 
 
 def split_overrides(overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:

@@ -85,17 +85,25 @@ class Reply(str):
     usage: UsageRow
     messages: Messages
     response: Any
+    #: How Jupyter shows the reply: markdown, text, code, json or html.
+    display_format: str
 
     def __new__(cls, text: str, usage: UsageRow, messages: Messages | None = None, response: Any = None) -> Reply:
         reply = super().__new__(cls, text)
         reply.usage = usage
         reply.messages = messages or []
         reply.response = response
+        reply.display_format = "markdown"
         return reply
 
     @property
     def text(self) -> str:
         return str.__str__(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from ipyllm._display import footer, render
+
+        return render(self.text, self.display_format, footer(self.usage))
 
 
 class Embeddings(list[list[float]]):
@@ -323,6 +331,40 @@ class Client:
         row.prompt_tokens, row.completion_tokens = prompt, completion
         row.total_tokens = (prompt or 0) + completion
         row.cost_usd = price(call.settings, call.model, row.provider, prompt or 0, completion, call.kind)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """What a chat call would cost before it is sent: the prompt's tokens and prices per token."""
+
+    model: str
+    provider: str | None
+    prompt_tokens: int
+    input_cost: float
+    output_cost_per_token: float
+    max_tokens: int | None
+
+    @property
+    def max_output_cost(self) -> float | None:
+        return None if self.max_tokens is None else self.output_cost_per_token * self.max_tokens
+
+
+def estimate(settings: Settings, messages: Messages) -> Estimate:
+    """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
+    litellm = load_litellm()
+    provider = resolve_provider(settings.model, settings.base_url)
+    try:
+        tokens = int(litellm.token_counter(model=settings.model, messages=messages))
+    except Exception:
+        tokens = int(litellm.token_counter(messages=messages))
+    return Estimate(
+        model=settings.model,
+        provider=provider,
+        prompt_tokens=tokens,
+        input_cost=price(settings, settings.model, provider, tokens, 0),
+        output_cost_per_token=price(settings, settings.model, provider, 0, 1),
+        max_tokens=settings.max_tokens,
+    )
 
 
 def resolve_provider(model: str, base_url: str | None) -> str | None:

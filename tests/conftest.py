@@ -67,3 +67,23 @@ def live(stub: StubServer, session: _api.Session, clean_config: ipyllm.LLMConfig
     """The session pointed at the stub server, with a secret key, short timeouts and recorded waits."""
     clean_config.update(base_url=stub.base_url, api_key=SECRET, timeout=5)
     return stub
+
+
+@pytest.fixture
+def ip(live: StubServer) -> Iterator[object]:
+    """A fresh IPython shell (history off) with ipyllm loaded, pointed at the stub server."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    from ipyllm import _magics
+
+    InteractiveShell.clear_instance()
+    settings = Config()
+    settings.HistoryManager.enabled = False
+    shell = InteractiveShell.instance(config=settings)
+    shell.run_line_magic("load_ext", "ipyllm")
+    _magics.conversation.clear()
+    yield shell
+    shell.run_line_magic("unload_ext", "ipyllm")
+    _magics.conversation.clear()
+    InteractiveShell.clear_instance()

@@ -1,0 +1,104 @@
+"""How replies, footers and notes look: MIME bundles built from plain strings (no IPython import).
+
+The magics publish these bundles to a display that is updated in place; ``Reply`` uses the same
+``render`` for its rich repr, so ``answer`` shown later looks as it did when it arrived.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import time
+import uuid
+from typing import Any
+
+from ipyllm._ledger import UsageRow
+
+__all__ = ["FORMATS", "LiveOutput", "footer", "format_cost", "render"]
+
+FORMATS = ("markdown", "text", "code", "json", "html")
+Bundle = dict[str, Any]
+
+
+def format_cost(cost: float | None) -> str:
+    """``$0.000053``: two significant digits below a cent, cents above; unknown prices say so."""
+    if cost is None or (isinstance(cost, float) and math.isnan(cost)):
+        return "cost unknown"
+    if cost == 0:
+        return "$0"
+    digits = max(2, 1 - math.floor(math.log10(abs(cost))))
+    return f"${cost:.{digits}f}"
+
+
+def footer(row: UsageRow) -> str:
+    """``gpt-4o-mini · 12→85 tokens · $0.000053 · 1.4 s · 1 attempt``."""
+    parts = [row.model]
+    if row.prompt_tokens is not None:
+        tokens = f"{row.prompt_tokens}→{row.completion_tokens or 0} tokens" if row.kind == "chat" else f"{row.prompt_tokens} tokens"
+        parts.append(tokens)
+    parts.append(format_cost(row.cost_usd))
+    parts.append(f"{row.latency_s:.1f} s")
+    parts.append(f"{row.attempts} attempt{'s' if row.attempts != 1 else ''}")
+    if row.status not in ("ok",):
+        parts.append(row.status)
+    return " · ".join(parts)
+
+
+def _small(text: str) -> str:
+    return f'<div style="color: #777; font-size: 0.85em; margin-top: 0.4em">{html.escape(text)}</div>'
+
+
+def render(text: str, fmt: str = "markdown", note: str | None = None) -> Bundle:
+    """A MIME bundle showing ``text`` as ``fmt``, with ``note`` (the footer) in small type under it."""
+    plain = text if note is None else f"{text}\n\n{note}"
+    bundle: Bundle = {"text/plain": plain}
+    tail_md = "" if note is None else f"\n\n<sub>{html.escape(note)}</sub>"
+    if fmt == "markdown":
+        bundle["text/markdown"] = text + tail_md
+    elif fmt == "code":
+        fence = "````" if "```" in text else "```"
+        bundle["text/markdown"] = f"{fence}\n{text}\n{fence}{tail_md}"
+    elif fmt == "json":
+        try:
+            pretty = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+        except ValueError:
+            pretty, tail_md = text, tail_md + ("\n\n<sub>(not valid JSON)</sub>" if note is not None else "")
+        bundle["text/markdown"] = f"```json\n{pretty}\n```{tail_md}"
+    elif fmt == "html":
+        bundle["text/html"] = text + ("" if note is None else _small(note))
+    # "text": text/plain alone.
+    return bundle
+
+
+def note_bundle(text: str) -> Bundle:
+    """A passing note (e.g. a retry wait), shown in the reply's place until the reply arrives."""
+    return {"text/plain": f"⏳ {text}", "text/html": f'<div style="color: #a60">⏳ {html.escape(text)}</div>'}
+
+
+class LiveOutput:
+    """One output area, updated in place through the shell's display publisher.
+
+    Streaming pieces arrive far faster than a browser wants to redraw, so updates are throttled to
+    ``interval`` seconds; ``show(..., final=True)`` always goes out.
+    """
+
+    def __init__(self, publisher: Any, interval: float = 0.1) -> None:
+        self._publish = publisher.publish
+        self.display_id = uuid.uuid4().hex
+        self.interval = interval
+        self.shown = False
+        self._last = 0.0
+
+    def show(self, bundle: Bundle, *, final: bool = False) -> None:
+        now = time.monotonic()
+        if not final and self.shown and now - self._last < self.interval:
+            return
+        self._publish(data=bundle, metadata={}, transient={"display_id": self.display_id}, update=self.shown)
+        self.shown = True
+        self._last = now
+
+    def clear(self) -> None:
+        """Leave nothing visible where the note or the stream was."""
+        if self.shown:
+            self.show({"text/plain": ""}, final=True)

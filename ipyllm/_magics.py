@@ -1,0 +1,465 @@
+"""The ``%llm`` / ``%%llm``, ``%llm_config`` and ``%llm_usage`` magics.
+
+The only module that raises ``UsageError`` (IPython's own class: IPython prints a subclass with a full
+traceback). Pure logic comes first; the thin ``Magics`` class follows the ``# IPython connectivity`` line.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import keyword
+import re
+import shlex
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+
+from ipyllm import _api
+from ipyllm._client import Reply, as_messages, estimate, warm_up
+from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
+from ipyllm._display import FORMATS, LiveOutput, format_cost, note_bundle, render
+from ipyllm._errors import LLMError, StreamBrokenError
+
+if TYPE_CHECKING:
+    import argparse
+
+    import pandas as pd
+
+__all__ = ["LLMMagics", "load", "unload"]
+
+
+# -- prompts -------------------------------------------------------------------------------------------
+
+
+class _Namespace(Mapping[str, Any]):
+    """The user namespace as ``str.format`` sees it; a missing name is reported, not left as is."""
+
+    def __init__(self, namespace: Mapping[str, Any]) -> None:
+        self._namespace = namespace
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._namespace:
+            raise UsageError(f"unknown name {{{name}}} in the prompt: define {name} first, or write {{{{ and }}}} for literal braces")
+        return self._namespace[name]
+
+    def __iter__(self) -> Any:
+        return iter(self._namespace)
+
+    def __len__(self) -> int:
+        return len(self._namespace)
+
+
+def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
+    """Replace ``{name}`` (and ``{In[3]}``, ``{obj.attr}``, ``{x:.2f}``) from the namespace; ``{{ }}`` are braces."""
+    try:
+        return string.Formatter().vformat(template, (), _Namespace(namespace))
+    except UsageError:
+        raise
+    except (IndexError, KeyError) as error:
+        raise UsageError(f"cannot fill {error} in the prompt: write {{{{ and }}}} for literal braces") from None
+    except (ValueError, AttributeError, TypeError) as error:
+        raise UsageError(f"cannot fill the prompt's {{...}} fields ({error}): write {{{{ and }}}} for literal braces") from None
+
+
+def parse_options(parser: argparse.ArgumentParser, options: str) -> argparse.Namespace:
+    """Parse options with shell quoting (``-s "Be brief."``); argparse errors become ``UsageError``."""
+    try:
+        words = shlex.split(options)
+    except ValueError as error:
+        raise UsageError(f"cannot read the options ({error}): close the quote") from None
+    return parser.parse_args(words)
+
+
+def split_prompt(parser: argparse.ArgumentParser, line: str) -> tuple[str, str]:
+    """Split ``-m gpt-4o -t 0.2 What's up?`` into its options and the prompt, kept exactly as typed.
+
+    Options come first; the prompt starts at the first word that is not an option or an option's
+    value (``--`` ends the options explicitly, for a prompt that starts with a dash).
+    """
+    takes_value = {name: action.nargs != 0 for name, action in parser._option_string_actions.items()}
+    stream = io.StringIO(line)
+    lexer = shlex.shlex(stream, posix=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    end_of_options = 0
+    expecting_value = False
+    while True:
+        try:
+            token = lexer.get_token()
+        except ValueError:  # an unbalanced quote belongs to the prompt
+            break
+        if token is None or token == lexer.eof:
+            end_of_options = len(line)
+            break
+        position = stream.tell()
+        if expecting_value:
+            expecting_value = False
+        elif token == "--":
+            return line[:end_of_options], line[position:].strip()
+        elif token.startswith("-") and len(token) > 1:
+            # An unknown option stays with the options, so that argparse names it.
+            expecting_value = takes_value.get(token.split("=", 1)[0], False) and "=" not in token
+        else:
+            break
+        end_of_options = position
+    return line[:end_of_options].strip(), line[end_of_options:].strip()
+
+
+# -- conversation --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Turn:
+    cell_id: str | None
+    prompt: str
+    reply: str
+
+
+@dataclass
+class Conversation:
+    """The ``--chat`` history of this session; a re-run cell replaces its own earlier turn."""
+
+    turns: list[Turn] = field(default_factory=list)
+
+    def history(self, cell_id: str | None) -> list[dict[str, str]]:
+        messages = []
+        for turn in self.turns:
+            if cell_id is not None and turn.cell_id == cell_id:
+                continue
+            messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.reply}]
+        return messages
+
+    def record(self, cell_id: str | None, prompt: str, reply: str) -> None:
+        if cell_id is not None:
+            self.turns = [t for t in self.turns if t.cell_id != cell_id]
+        self.turns.append(Turn(cell_id, prompt, reply))
+
+    def clear(self) -> None:
+        self.turns.clear()
+
+
+conversation = Conversation()
+
+
+# -- settings from the magic line ---------------------------------------------------------------------
+
+_NONE_WORDS = {"none", "null", "unset", ""}
+
+
+_ASSIGNMENT = re.compile(r"\s*(?P<name>[^\s=]+)=")
+_CLOSING = {"{": "}", "[": "]"}
+
+
+def split_assignments(line: str) -> list[tuple[str, str]]:
+    """``model=gpt-4o system="Be brief." prices={"m": "gpt-4o"}`` -> name/value pairs, quotes removed.
+
+    A value is a quoted string, a bracketed literal (kept whole, spaces and quotes included), or a word.
+    """
+    pairs = []
+    position = 0
+    while position < len(line.rstrip()):
+        match = _ASSIGNMENT.match(line, position)
+        if match is None:
+            word = line[position:].split()[0]
+            raise UsageError(f"expected setting=value, got {word!r}: e.g. %llm_config model=gpt-4o temperature=0.2")
+        start = match.end()
+        opener = line[start : start + 1]
+        if opener in ("'", '"'):
+            end = line.find(opener, start + 1)
+            if end < 0:
+                raise UsageError(f"the value of {match['name']} has no closing {opener}")
+            value, position = line[start + 1 : end], end + 1
+        elif opener in _CLOSING:
+            depth, end = 0, start
+            while end < len(line):
+                depth += {opener: 1, _CLOSING[opener]: -1}.get(line[end], 0)
+                end += 1
+                if depth == 0:
+                    break
+            value, position = line[start:end], end
+        else:
+            end = start
+            while end < len(line) and not line[end].isspace():
+                end += 1
+            value, position = line[start:end], end
+        pairs.append((match["name"], value))
+    return pairs
+
+
+def parse_assignments(line: str) -> dict[str, Any]:
+    """``model=gpt-4o temperature=0.2 max_tokens=none`` -> values for ``config.update``."""
+    values: dict[str, Any] = {}
+    for name, value in split_assignments(line):
+        if name not in SETTING_NAMES:
+            raise UsageError(str(unknown_setting(name)))
+        trait = config.traits()[name]
+        if name == "prices":
+            try:
+                values[name] = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                raise UsageError('prices must be a Python dict, e.g. prices={"my-model": "gpt-4o-mini"}') from None
+        elif trait.allow_none and value.strip().lower() in _NONE_WORDS:
+            values[name] = None
+        else:
+            values[name] = value
+    return values
+
+
+def settings_text() -> str:
+    """The settings, one per line, the key masked."""
+    width = max(map(len, SETTING_NAMES))
+    lines = []
+    for name, value in config.settings().items():
+        shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value
+        lines.append(f"{name:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+# -- usage ---------------------------------------------------------------------------------------------
+
+
+def usage_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Spend by model: calls, tokens, cost, errors, retries, with a total row."""
+    import pandas as pd
+
+    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries"]
+    if frame.empty:
+        return pd.DataFrame(columns=columns, index=pd.Index(["total"], name="model")).fillna(0)
+    grouped = frame.assign(
+        errors=(frame["status"] == "error").astype("Int64"),
+        retries=(frame["attempts"] - 1).clip(lower=0),
+    ).groupby("model", sort=True)
+    table = pd.DataFrame(
+        {
+            "calls": grouped.size(),
+            "input_tokens": grouped["prompt_tokens"].sum(),
+            "output_tokens": grouped["completion_tokens"].sum(),
+            "cost_usd": grouped["cost_usd"].sum(min_count=1),
+            "errors": grouped["errors"].sum(),
+            "retries": grouped["retries"].sum(),
+        }
+    )
+    total = table.sum(numeric_only=True, min_count=1).rename("total")
+    table = pd.concat([table, total.to_frame().T])
+    table.index.name = "model"
+    return table.astype({"calls": "Int64", "input_tokens": "Int64", "output_tokens": "Int64", "errors": "Int64", "retries": "Int64"})
+
+
+_LINE_MAGIC = re.compile(r"^(?P<indent>\s*)(?P<target>[\w.]+\s*=\s*)?%llm(?P<rest>\s.*\S)\s*$")
+
+
+def keep_question_marks(lines: list[str]) -> list[str]:
+    """``%llm What is pi?`` must send the question, not open IPython's help for ``pi``.
+
+    IPython reads a line ending in ``?`` as a help request; this rewrites such ``%llm`` lines into the
+    magic call first. ``%llm?`` alone still shows the magic's help.
+    """
+    rewritten = []
+    for line in lines:
+        match = _LINE_MAGIC.match(line.rstrip("\n"))
+        if match is None or not match["rest"].rstrip().endswith("?") or match["rest"].strip() in ("?", "??"):
+            rewritten.append(line)
+            continue
+        newline = "\n" if line.endswith("\n") else ""
+        call = f"get_ipython().run_line_magic('llm', {match['rest'].strip()!r})"
+        rewritten.append(f"{match['indent']}{match['target'] or ''}{call}{newline}")
+    return rewritten
+
+
+# -- IPython connectivity -------------------------------------------------------------------------------
+
+
+@magics_class
+class LLMMagics(Magics):
+    """ipyllm's magics; the session configuration is ``ipyllm.config`` (also ``%config LLMConfig``)."""
+
+    shell: Any
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.cell_id: str | None = None
+
+    def pre_run_cell(self, info: Any) -> None:
+        self.cell_id = getattr(info, "cell_id", None)
+
+    # -- %llm / %%llm ----------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-m", "--model", help="model for this call only; the session setting is unchanged")
+    @argument("-s", "--system", help="system prompt for this call")
+    @argument("-t", "--temperature", help="sampling temperature for this call (0 to 2)")
+    @argument("--max-tokens", dest="max_tokens", help="most tokens in the reply, for this call")
+    @argument("-f", "--format", default="markdown", choices=FORMATS, help="how the reply is shown (default: markdown)")
+    @argument("-o", "--output", metavar="VAR", help="also store the reply text in the user namespace as VAR")
+    @argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming it into the cell")
+    @argument("--chat", action="store_true", help="continue this session's conversation (a re-run cell replaces its turn)")
+    @argument("--dry-run", action="store_true", help="send nothing: show the model, messages, token count and estimated cost")
+    @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
+    @no_var_expand
+    @line_cell_magic
+    def llm(self, line: str, cell: str | None = None) -> Reply | None:
+        """Send a prompt to the session's model and show the reply as it arrives.
+
+        ``%llm [options] PROMPT`` sends the rest of the line and returns the reply (``answer = %llm ...``);
+        ``%%llm [options]`` sends the cell body. ``{name}`` in the prompt is replaced by ``name`` from the
+        user namespace (``{{`` and ``}}`` are literal braces). Under the reply, a footer gives the model,
+        tokens, cost, latency and attempts.
+        """
+        parser = self.llm.parser
+        if cell is None:
+            options, template = split_prompt(parser, line)
+        else:
+            options, template = line, cell.strip()
+        args = parse_options(parser, options)
+        if cell is not None and args.prompt:
+            raise UsageError("%%llm takes options on its first line and the prompt in the cell body: move the words below")
+        if not template.strip():
+            raise UsageError("nothing to send: write a prompt after %llm, or in the body of a %%llm cell")
+        if args.output is not None and (not args.output.isidentifier() or keyword.iskeyword(args.output)):
+            raise UsageError(f"-o needs a variable name, got {args.output!r}")
+        prompt = interpolate(template, self.shell.user_ns)
+        overrides = {
+            k: v
+            for k, v in {"model": args.model, "system": args.system, "temperature": args.temperature, "max_tokens": args.max_tokens}.items()
+            if v is not None
+        }
+        history = conversation.history(self.cell_id) if args.chat else []
+        messages = [*history, {"role": "user", "content": prompt}]
+        try:
+            settings, _ = _api.split_overrides(overrides)
+        except SettingError as error:
+            raise UsageError(str(error)) from None
+        if args.dry_run:
+            self._dry_run(settings, as_messages(messages, settings.system))
+            return None
+
+        output = LiveOutput(self.shell.display_pub)
+        fmt = args.format
+        pieces: list[str] = []
+
+        def on_text(piece: str) -> None:
+            pieces.append(piece)
+            output.show(render("".join(pieces), "text" if fmt == "json" else fmt))
+
+        try:
+            reply = _api.chat(
+                messages,
+                source="magic",
+                stream=not args.no_stream,
+                on_text=on_text,
+                on_retry=lambda note: output.show(note_bundle(str(note)), final=True),
+                **overrides,
+            )
+        except StreamBrokenError as error:
+            output.show(render(error.partial.rstrip() + " …", fmt, "the reply broke off here"), final=True)
+            raise
+        except (LLMError, KeyboardInterrupt):
+            output.clear()
+            raise
+        except SettingError as error:
+            output.clear()
+            raise UsageError(str(error)) from None
+        reply.display_format = fmt
+        if args.chat:
+            conversation.record(self.cell_id, prompt, reply.text)
+        if args.output:
+            self.shell.user_ns[args.output] = reply
+        if cell is None:
+            # The line magic's value shows itself (or is assigned); the live area steps aside.
+            output.clear()
+            return reply
+        output.show(reply._repr_mimebundle_(), final=True)
+        return None
+
+    def _dry_run(self, settings: Any, messages: list[dict[str, Any]]) -> None:
+        guess = estimate(settings, messages)
+        per_million = format_cost(guess.output_cost_per_token * 1e6)
+        output_part = f"output {per_million} per 1M tokens"
+        if guess.max_output_cost is not None:
+            output_part += f" (at most {format_cost(guess.max_output_cost)} for max_tokens={guess.max_tokens})"
+        summary = (
+            f"dry run, nothing sent · {guess.model} ({guess.provider or 'provider unknown'}) · "
+            f"prompt {guess.prompt_tokens} tokens · input {format_cost(guess.input_cost)} · {output_part}"
+        )
+        body = json.dumps(messages, indent=2, ensure_ascii=False)
+        bundle = render(body, "json", summary)
+        self.shell.display_pub.publish(data=bundle, metadata={})
+
+    # -- %llm_config ------------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--show", action="store_true", help="print the settings, the API key masked")
+    @argument("assignments", nargs="*", help="setting=value pairs, e.g. model=gpt-4o temperature=0.2 (none unsets)")
+    @line_magic
+    def llm_config(self, line: str) -> None:
+        """Show or change the session configuration (shared with the model picker and ``ipyllm.config``).
+
+        ``%llm_config model=gpt-4o temperature=0.2`` sets settings (all or none: a refused value changes
+        nothing); ``%llm_config --show`` prints them with the key masked.
+        """
+        show = re.search(r"(^|\s)--show(\s|$)", line) is not None
+        assignments = re.sub(r"(^|\s)--show(?=\s|$)", " ", line).strip()
+        if assignments.startswith("-"):
+            parse_argstring(self.llm_config, line)  # reports the unknown option in argparse's words
+        if assignments:
+            values = parse_assignments(assignments)
+            try:
+                config.update(**values)
+            except SettingError as error:
+                raise UsageError(str(error)) from None
+            if values.get("api_key"):
+                print("api_key set. A key typed into a cell is saved with the notebook: prefer LLM_API_KEY or the picker.")
+            if not show:
+                return
+        print(settings_text())
+
+    # -- %llm_usage ------------------------------------------------------------------------------------
+    @magic_arguments()
+    @line_magic
+    def llm_usage(self, line: str) -> pd.DataFrame:
+        """Show this session's spend by model: calls, tokens, cost (USD), errors, retries, and a total."""
+        parse_argstring(self.llm_usage, line)
+        return usage_table(_api.usage())
+
+
+def load(shell: Any) -> None:
+    """Register the magics on ``shell``; make ``ipyllm.config`` reachable through ``%config``."""
+    magics = LLMMagics(shell)
+    shell.register_magics(magics)
+    shell.events.register("pre_run_cell", magics.pre_run_cell)
+    if keep_question_marks not in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.append(keep_question_marks)
+    if config not in shell.configurables:
+        shell.configurables.append(config)
+        # ipython_config.py (c.LLMConfig.x = ...) wins over the environment, as everywhere in Jupyter.
+        if type(config).__name__ in shell.config:
+            config.update_config(shell.config)
+    _loaded[id(shell)] = magics
+    warm_up()
+
+
+def unload(shell: Any) -> None:
+    """Remove the magics; the configuration, the conversation and the usage rows stay."""
+    magics = _loaded.pop(id(shell), None)
+    if magics is None:
+        return
+    try:
+        shell.events.unregister("pre_run_cell", magics.pre_run_cell)
+    except ValueError:
+        pass
+    for kind, names in magics.magics.items():
+        for name in names:
+            shell.magics_manager.magics[kind].pop(name, None)
+    shell.magics_manager.registry.pop(type(magics).__name__, None)
+    if config in shell.configurables:
+        shell.configurables.remove(config)
+    if keep_question_marks in shell.input_transformers_cleanup:
+        shell.input_transformers_cleanup.remove(keep_question_marks)
+
+
+_loaded: dict[int, LLMMagics] = {}

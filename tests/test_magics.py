@@ -1,0 +1,306 @@
+"""The magics in a fresh IPython shell per test, over real HTTP to the stub server."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
+
+import ipyllm
+from ipyllm import _api, _magics
+from ipyllm.testing import Fault, StubServer
+
+from .conftest import SECRET
+
+
+def outputs(captured: Any) -> list[dict[str, Any]]:
+    return [o.data for o in captured.outputs]
+
+
+def test_cell_magic_streams_into_one_display_then_shows_the_footer(ip: Any, live: StubServer) -> None:
+    with capture_output() as captured:
+        result = ip.run_cell_magic("llm", "", "Tell me about otters.")
+    assert result is None
+    shown = captured.outputs
+    assert len({o.transient["display_id"] if o.transient else None for o in shown}) == 1, "one display, updated in place"
+    final = shown[-1].data
+    assert final["text/markdown"].startswith("[gpt-4o-mini] Tell me about otters.")
+    assert "gpt-4o-mini · " in final["text/markdown"] and "tokens · $" in final["text/markdown"] and "1 attempt" in final["text/markdown"]
+    row = _api.session.ledger.rows()[-1]
+    assert (row.source, row.status) == ("magic", "ok")
+    assert live.requests[0].body["stream"] is True
+
+
+def test_no_stream_sends_one_plain_request(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell_magic("llm", "--no-stream", "hi")
+    assert "stream" not in live.requests[0].body
+
+
+def test_line_magic_returns_the_reply(ip: Any) -> None:
+    with capture_output() as captured:
+        ip.run_cell("answer = %llm What's up, doc?")
+    answer = ip.user_ns["answer"]
+    assert answer == "[gpt-4o-mini] What's up, doc?"
+    assert isinstance(answer, ipyllm.Reply) and answer.usage.source == "magic"
+    assert outputs(captured)[-1] == {"text/plain": ""}, "the live area steps aside for the returned value"
+    bundle = answer._repr_mimebundle_()
+    assert "1 attempt" in bundle["text/markdown"]
+
+
+def test_the_cell_column_is_the_execution_count(ip: Any) -> None:
+    with capture_output():
+        ip.run_cell("%llm first", store_history=True)
+        ip.run_cell("%llm second", store_history=True)
+    cells = [r.cell for r in _api.session.ledger.rows()]
+    assert cells == [1, 2]
+
+
+def test_options_apply_to_this_call_only(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell_magic("llm", "-m gpt-4o -s 'Be brief.' -t 0.2 --max-tokens 40 -o saved", "hello")
+    body = live.requests[0].body
+    assert body["model"] == "gpt-4o" and body["temperature"] == 0.2 and body["max_tokens"] == 40
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    assert ip.user_ns["saved"] == "[gpt-4o] hello"
+    assert ipyllm.config.model == "gpt-4o-mini" and ipyllm.config.temperature is None
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime", "expected"),
+    [
+        ("markdown", "text/markdown", "**bold**"),
+        ("code", "text/markdown", "```\n[gpt-4o-mini] **bold**\n```"),
+        ("html", "text/html", "[gpt-4o-mini] **bold**<div"),
+        ("text", "text/plain", "[gpt-4o-mini] **bold**\n\ngpt-4o-mini"),
+    ],
+)
+def test_formats(ip: Any, fmt: str, mime: str, expected: str) -> None:
+    with capture_output() as captured:
+        ip.run_cell_magic("llm", f"-f {fmt}", "**bold**")
+    final = outputs(captured)[-1]
+    assert expected in final[mime]
+    if fmt == "text":
+        assert set(final) == {"text/plain"}
+
+
+def test_json_format_pretty_prints_valid_json(ip: Any) -> None:
+    bundle = _magics.render('{"a": [1, 2]}', "json", "footer")
+    assert bundle["text/markdown"].startswith('```json\n{\n  "a": [\n    1,')
+    assert "(not valid JSON)" in _magics.render("{oops", "json", "footer")["text/markdown"]
+
+
+def test_interpolation_fills_names_and_keeps_escaped_braces(ip: Any, live: StubServer) -> None:
+    ip.user_ns.update(topic="otters", n=3)
+    with capture_output():
+        ip.run_cell_magic("llm", "", "Give {n} facts about {topic} as {{json}}.")
+    assert live.requests[0].body["messages"][-1]["content"] == "Give 3 facts about otters as {json}."
+
+
+def test_interpolation_reaches_in_and_attributes() -> None:
+    namespace = {"In": ["", "df.describe()"], "x": 3.14159, "obj": argparse.Namespace(name="Ada")}
+    assert _magics.interpolate("{In[1]} / {x:.2f} / {obj.name}", namespace) == "df.describe() / 3.14 / Ada"
+
+
+def test_an_unknown_name_fails_before_anything_is_sent(ip: Any, live: StubServer) -> None:
+    with pytest.raises(UsageError, match=r"unknown name \{missing\} in the prompt") as caught:
+        ip.run_cell_magic("llm", "", "hello {missing}")
+    assert type(caught.value) is UsageError
+    assert live.requests == [] and _api.session.ledger.rows() == []
+
+
+@pytest.mark.parametrize(
+    ("line", "cell", "message"),
+    [
+        ("--bogus", "hi", "unrecognized arguments: --bogus"),
+        ("-t 5", "hi", "temperature must be a number from 0 to 2"),
+        ("-f yaml", "hi", "invalid choice: 'yaml'"),
+        ("-o 2x", "hi", "-o needs a variable name"),
+        ("", "   ", "nothing to send"),
+        ("stray words", "body", "%%llm takes options on its first line"),
+    ],
+)
+def test_bad_input_is_one_usage_error(ip: Any, live: StubServer, line: str, cell: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message) as caught:
+        ip.run_cell_magic("llm", line, cell)
+    assert type(caught.value) is UsageError, "IPython prints a UsageError subclass with a full traceback"
+    assert live.requests == []
+
+
+def test_a_bad_line_magic_flag_is_reported_not_sent(ip: Any, live: StubServer) -> None:
+    with pytest.raises(UsageError, match="unrecognized arguments: --bogus"):
+        ip.run_line_magic("llm", "--bogus hi")
+    assert live.requests == []
+
+
+@pytest.mark.parametrize(
+    ("line", "options", "prompt"),
+    [
+        ("-m gpt-4o What's up?", "-m gpt-4o", "What's up?"),
+        ("--model=gpt-4o -t 0.1 hello  world ", "--model=gpt-4o -t 0.1", "hello  world"),
+        ('-s "Be brief" --chat Tell me "more"', '-s "Be brief" --chat', 'Tell me "more"'),
+        ("-- -5 degrees is cold", "", "-5 degrees is cold"),
+        ("just a prompt -m here", "", "just a prompt -m here"),
+    ],
+)
+def test_the_line_prompt_is_kept_as_typed(ip: Any, line: str, options: str, prompt: str) -> None:
+    parser = ip.magics_manager.registry["LLMMagics"].llm.parser
+    assert _magics.split_prompt(parser, line) == (options, prompt)
+
+
+def test_chat_keeps_history_and_a_rerun_replaces_its_turn(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nMy name is Ada.", cell_id="cell-a")
+        ip.run_cell("%%llm --chat\nWhat is my name?", cell_id="cell-b")
+        ip.run_cell("%%llm --chat\nMy name is Grace.", cell_id="cell-a")  # re-run of the first cell
+        ip.run_cell("%%llm --chat\nAnd now?", cell_id="cell-c")
+    second = live.requests[1].body["messages"]
+    assert [m["content"] for m in second] == ["My name is Ada.", "[gpt-4o-mini] My name is Ada.", "What is my name?"]
+    rerun = live.requests[2].body["messages"]
+    assert [m["content"] for m in rerun] == ["What is my name?", "[gpt-4o-mini] What is my name?", "My name is Grace."], (
+        "the cell's own earlier turn is not sent again"
+    )
+    last = [m["content"] for m in live.requests[3].body["messages"]]
+    assert "My name is Ada." not in last and "My name is Grace." in last
+    assert [t.cell_id for t in _magics.conversation.turns] == ["cell-b", "cell-a", "cell-c"]
+
+
+def test_without_chat_no_history_is_sent(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nRemember this.", cell_id="a")
+        ip.run_cell("%%llm\nStandalone.", cell_id="b")
+    assert len(live.requests[1].body["messages"]) == 1
+
+
+def test_dry_run_sends_nothing_and_shows_tokens_and_cost(ip: Any, live: StubServer) -> None:
+    with capture_output() as captured:
+        ip.run_cell_magic("llm", "--dry-run --max-tokens 100 -s 'Be brief.'", "hello there")
+    assert live.requests == [] and _api.session.ledger.rows() == []
+    text = outputs(captured)[-1]["text/plain"]
+    assert '"content": "Be brief."' in text and '"content": "hello there"' in text
+    assert "dry run, nothing sent · gpt-4o-mini (openai) · prompt " in text
+    assert "at most $0.000060 for max_tokens=100" in text
+
+
+def test_retry_notes_are_replaced_by_the_reply(ip: Any, live: StubServer) -> None:
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01)
+    live.script(Fault.rate_limit(retry_after=0), Fault.status(503))
+    with capture_output() as captured:
+        ip.run_cell_magic("llm", "", "hello")
+    shown = outputs(captured)
+    assert shown[0]["text/plain"].startswith("⏳ rate limited (429), attempt 2/6 in 0.0 s")
+    assert shown[1]["text/plain"].startswith("⏳ server error (503), attempt 3/6 in ")
+    assert "3 attempts" in shown[-1]["text/markdown"]
+    assert {o.transient["display_id"] for o in captured.outputs} == {captured.outputs[0].transient["display_id"]}
+
+
+def test_provider_failures_print_one_line(ip: Any, live: StubServer) -> None:
+    live.script(Fault.status(401))
+    with capture_output() as captured:
+        ip.run_cell("%llm hello")
+    lines = [line for line in captured.stderr.splitlines() + captured.stdout.splitlines() if line.strip()]
+    assert lines == [
+        "AuthenticationError: openai refused the API key (401): check it, or set LLM_API_KEY or OPENAI_API_KEY, or ipyllm.config.api_key"
+    ]
+    assert _api.session.ledger.rows()[-1].status == "error"
+
+
+def test_a_broken_stream_keeps_what_came(ip: Any, live: StubServer) -> None:
+    live.script(Fault.break_stream(after_chunks=2))
+    with capture_output() as captured:
+        ip.run_cell("%%llm\none two three four five")
+    assert "[gpt-4o-mini] one …" in outputs(captured)[-1]["text/markdown"]
+    assert "StreamBrokenError: the reply broke off" in captured.stdout + captured.stderr
+
+
+def test_llm_config_sets_shows_and_refuses(ip: Any) -> None:
+    ip.run_line_magic("llm_config", "model=gpt-4o temperature=0.5 system='Be brief.' max_tokens=none")
+    assert (ipyllm.config.model, ipyllm.config.temperature, ipyllm.config.system, ipyllm.config.max_tokens) == (
+        "gpt-4o",
+        0.5,
+        "Be brief.",
+        None,
+    )
+    with pytest.raises(UsageError, match="temperature must be a number from 0 to 2") as caught:
+        ip.run_line_magic("llm_config", "model=gpt-4.1 temperature=7")
+    assert type(caught.value) is UsageError
+    assert ipyllm.config.model == "gpt-4o", "all or nothing"
+    with pytest.raises(UsageError, match="did you mean temperature"):
+        ip.run_line_magic("llm_config", "temprature=1")
+    with pytest.raises(UsageError, match="expected setting=value"):
+        ip.run_line_magic("llm_config", "gpt-4o")
+    ip.run_line_magic("llm_config", 'prices={"my-model": "gpt-4o-mini"}')
+    assert ipyllm.config.prices == {"my-model": "gpt-4o-mini"}
+    with capture_output() as captured:
+        ip.run_line_magic("llm_config", "--show")
+        ip.run_line_magic("llm_config", "")
+    assert "model" in captured.stdout and "gpt-4o" in captured.stdout
+    assert SECRET not in captured.stdout and "****" in captured.stdout
+
+
+def test_config_magic_reaches_the_same_object(ip: Any) -> None:
+    ip.run_line_magic("config", "LLMConfig.model = 'gpt-4.1-mini'")
+    assert ipyllm.config.model == "gpt-4.1-mini"
+    with capture_output() as captured:
+        ip.run_line_magic("config", "LLMConfig")
+    assert "Current: 'gpt-4.1-mini'" in captured.stdout
+    assert SECRET not in captured.stdout
+
+
+def test_llm_usage_shows_spend_by_model_with_a_total(ip: Any, live: StubServer) -> None:
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0)
+    live.script(Fault.status(503))
+    with capture_output():
+        ip.run_cell("%llm one")
+        ip.run_cell("%llm -m gpt-4o two")
+    live.script(Fault.status(400))
+    with capture_output():
+        ip.run_cell("%llm three")
+    table = ip.run_line_magic("llm_usage", "")
+    assert list(table.index) == ["gpt-4o", "gpt-4o-mini", "total"]
+    assert list(table.columns) == ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries"]
+    assert table.loc["gpt-4o-mini", "calls"] == 2 and table.loc["gpt-4o-mini", "errors"] == 1
+    assert table.loc["gpt-4o-mini", "retries"] == 1
+    assert table.loc["total", "calls"] == 3
+    assert table.loc["total", "cost_usd"] == pytest.approx(ipyllm.usage()["cost_usd"].sum())
+
+
+def test_help_is_generated_from_the_arguments(ip: Any) -> None:
+    doc = ip.magics_manager.registry["LLMMagics"].llm.__doc__
+    assert doc.splitlines()[0].startswith("::")
+    for option in ("--model", "--system", "--temperature", "--max-tokens", "--format", "--output", "--no-stream", "--chat", "--dry-run"):
+        assert option in doc
+
+
+def test_unload_and_reload(ip: Any) -> None:
+    ip.run_line_magic("unload_ext", "ipyllm")
+    assert "llm" not in ip.magics_manager.magics["line"]
+    ip.run_line_magic("load_ext", "ipyllm")
+    ipyllm.config.model = "gpt-4o"
+    ip.run_line_magic("reload_ext", "ipyllm")
+    assert "llm" in ip.magics_manager.magics["cell"] and "llm_usage" in ip.magics_manager.magics["line"]
+    import ipyllm as again
+
+    assert again.config.model == "gpt-4o", "the session configuration survives a reload"
+    assert ip.configurables.count(again.config) == 1
+
+
+def test_a_line_prompt_ending_in_a_question_mark_is_sent_not_taken_for_help(ip: Any, live: StubServer) -> None:
+    with capture_output() as captured:
+        ip.run_cell("answer = %llm What is pi?")
+        ip.run_cell("%llm -t 0.1 Why?")
+    assert ip.user_ns["answer"] == "[gpt-4o-mini] What is pi?"
+    assert [r.body["messages"][-1]["content"] for r in live.requests] == ["What is pi?", "Why?"]
+    assert "Object `pi` not found" not in captured.stdout
+
+
+def test_the_magics_own_help_still_works(ip: Any) -> None:
+    assert _magics.keep_question_marks(["%llm?\n"]) == ["%llm?\n"]
+    assert _magics.keep_question_marks(["%llm_config x?\n"]) == ["%llm_config x?\n"]
+    assert _magics.keep_question_marks(["  x = %llm Why 'so'?\n"]) == ["  x = get_ipython().run_line_magic('llm', \"Why 'so'?\")\n"]
+    with capture_output() as captured:
+        ip.run_cell("%llm?")
+    assert "--dry-run" in captured.stdout
