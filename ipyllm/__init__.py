@@ -14,6 +14,7 @@ from ipyllm._client import Embeddings, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
+    BudgetExceededError,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -31,6 +32,7 @@ __all__ = [
     "COLUMNS",
     "SESSION_ID",
     "AuthenticationError",
+    "BudgetExceededError",
     "Embeddings",
     "LLMConfig",
     "LLMError",

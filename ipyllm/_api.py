@@ -1,19 +1,27 @@
 """The session: the Python API over the configuration, the client and the ledger.
 
-Data flows one way: caller -> ``config.snapshot(**overrides)`` -> ``Client`` (retries) -> reply and
-usage row -> ledger -> frame. Every call leaves exactly one row, whatever its outcome.
+Data flows one way: caller -> ``config.snapshot(**overrides)`` -> cache? -> budget? -> ``Client``
+(retries) -> reply and usage row -> ledger (memory, then the SQLite file) -> frame. Every call leaves
+exactly one row, whatever its outcome: ``ok``, ``error``, ``cached``, ``over_budget`` or ``interrupted``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import sys
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from ipyllm._client import Client, Embeddings, Reply, as_messages
+from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
-from ipyllm._ledger import Ledger, MemoryLedger, UsageRow, to_frame
+from ipyllm._errors import BudgetExceededError
+from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
 
 if TYPE_CHECKING:
@@ -21,29 +29,148 @@ if TYPE_CHECKING:
 
 __all__ = ["SESSION_ID", "chat", "complete", "embed", "session", "usage"]
 
+T = TypeVar("T")
+
 #: This kernel session's id, in every row it writes.
 SESSION_ID = uuid.uuid4().hex[:12]
+
+#: Output tokens assumed by the budget check when ``max_tokens`` is unset.
+DEFAULT_OUTPUT_TOKENS = 1024
 
 # Arguments ipyllm sets itself: passing them would let litellm or the OpenAI SDK retry beneath our policy.
 _RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages": "prompt_or_messages"}
 
 
-class Session:
-    """The ledger and client of this process (tests swap them for their own)."""
+def warn(message: str) -> None:
+    """One line on stderr: what happened and what to do."""
+    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
-    def __init__(self, ledger: Ledger | None = None, client: Client | None = None) -> None:
+
+def usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 1 or round(amount, 2) == amount else f"${amount:.4f}"
+
+
+def local_midnight() -> datetime:
+    return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+class Session:
+    """This process's rows (in memory, always complete), its ledger file, its cache and its client."""
+
+    def __init__(self, ledger: MemoryLedger | None = None, client: Client | None = None) -> None:
         self.id = SESSION_ID
-        self.ledger: Ledger = ledger or MemoryLedger()
+        self.ledger = ledger or MemoryLedger()
         self.client = client or Client()
+        self._stores: dict[str, SQLiteStore] = {}
+        self._warned: set[str] = set()
+        self._memory_cache: dict[str, str] = {}
+
+    # -- the ledger file ---------------------------------------------------------------------------------
+    def store(self) -> SQLiteStore | None:
+        """The SQLite ledger named by ``usage_db`` (None for ``:memory:`` or a file already found broken)."""
+        name = config.usage_db
+        if name == ":memory:":
+            return None
+        path = str(Path(name).expanduser()) if name else str(default_usage_db())
+        if f"store:{path}" in self._warned:
+            return None
+        if path not in self._stores:
+            self._stores[path] = SQLiteStore(path)
+        return self._stores[path]
+
+    def using_store(self, action: Callable[[SQLiteStore], T]) -> T | None:
+        """Run ``action`` on the ledger file; if it cannot be used, say so once and return None."""
+        store = self.store()
+        if store is None:
+            return None
+        try:
+            return action(store)
+        except LedgerUnavailableError as error:
+            self.warn_once(f"store:{store.path}", str(error))
+            return None
+
+    def warn_once(self, key: str, message: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            warn(message)
+
+    def record(self, row: UsageRow) -> None:
+        self.using_store(lambda store: store.append(row))
+        self.ledger.append(row)
 
     def recorder(self, source: str) -> Callable[[UsageRow], None]:
         cell = current_cell()
 
         def record(row: UsageRow) -> None:
             row.session, row.cell, row.source = self.id, cell, source
-            self.ledger.append(row)
+            self.record(row)
 
         return record
+
+    def frame(self, all_sessions: bool = False) -> pd.DataFrame:
+        mine = to_frame(self.ledger.rows(None if all_sessions else self.id))
+        if not all_sessions:
+            return mine
+        others = self.using_store(lambda store: store.frame(exclude_session=self.id))
+        if others is None or others.empty:
+            return mine
+        import pandas as pd
+
+        both = pd.concat([others, mine], ignore_index=True) if not mine.empty else others
+        return both.sort_values("timestamp", kind="stable", ignore_index=True)
+
+    # -- budgets -----------------------------------------------------------------------------------------
+    def check_budget(
+        self, settings: Settings, kind: str, model: str, guess: Callable[[], float], record: Callable[[UsageRow], None]
+    ) -> None:
+        """Refuse (and record an ``over_budget`` row) when spend so far plus this call's estimate passes a limit."""
+        if settings.budget_usd is None and settings.daily_budget_usd is None:
+            return
+        cost = guess()
+        if math.isnan(cost):
+            self.warn_once(
+                f"unpriced:{model}",
+                f"no price is known for {model}: budget checks count its calls as unknown (not as free); set prices to count them",
+            )
+            cost = 0.0
+        limits = []
+        if settings.budget_usd is not None:
+            limits.append((self.ledger.spend(), settings.budget_usd, "this session", "budget_usd"))
+        if settings.daily_budget_usd is not None:
+            midnight = local_midnight()
+            others = self.using_store(lambda store: store.spend(midnight, exclude_session=self.id)) or 0.0
+            limits.append((self.ledger.spend(since=midnight) + others, settings.daily_budget_usd, "today", "daily_budget_usd"))
+        for spent, limit, scope, setting in limits:
+            if spent + cost > limit:
+                message = (
+                    f"budget: spent {usd(spent)} of {usd(limit)} {scope}; this call may cost up to {usd(cost)}: raise {setting} to go on"
+                )
+                row = UsageRow(
+                    kind=kind,
+                    model=model,
+                    provider=resolve_provider(model, settings.base_url),
+                    cost_usd=0.0,
+                    attempts=0,
+                    status="over_budget",
+                    error=f"BudgetExceededError: {message}",
+                )
+                record(row)
+                raise BudgetExceededError(message, usage=row)
+
+    # -- the response cache ------------------------------------------------------------------------------
+    def cache_get(self, key: str) -> dict[str, Any] | None:
+        if self.store() is None:
+            payload = self._memory_cache.get(key)
+        else:
+            payload = self.using_store(lambda store: store.cache_get(key))
+        return json.loads(payload) if payload else None
+
+    def cache_put(self, key: str, kind: str, model: str, value: dict[str, Any]) -> None:
+        payload = json.dumps(value)
+        if self.store() is None:
+            self._memory_cache[key] = payload
+        else:
+            self.using_store(lambda store: store.cache_put(key, kind, model, payload))
 
 
 session = Session()
@@ -68,6 +195,38 @@ def split_overrides(overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]
     return config.snapshot(**known), extra
 
 
+def cache_key(kind: str, settings: Settings, payload: Any, extra: dict[str, Any]) -> str:
+    """Everything that changes the answer: model, input, sampling, endpoint and extra parameters."""
+    material = {
+        "kind": kind,
+        "model": settings.model if kind == "chat" else settings.embedding_model,
+        "deployment": settings.embedding_deployment if kind == "embedding" else None,
+        "input": payload,
+        "temperature": settings.temperature,
+        "max_tokens": settings.max_tokens if kind == "chat" else None,
+        "base_url": settings.base_url,
+        "api_version": settings.api_version,
+        "extra": extra,
+    }
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cached_row(kind: str, model: str, settings: Settings, hit: dict[str, Any], started: float) -> UsageRow:
+    prompt, completion = hit.get("prompt_tokens"), hit.get("completion_tokens")
+    return UsageRow(
+        kind=kind,
+        model=model,
+        provider=resolve_provider(model, settings.base_url),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=None if prompt is None else prompt + (completion or 0),
+        cost_usd=0.0,
+        latency_s=time.perf_counter() - started,
+        attempts=0,
+        status="cached",
+    )
+
+
 def chat(
     prompt_or_messages: str | Sequence[dict[str, Any]],
     *,
@@ -75,13 +234,35 @@ def chat(
     stream: bool = False,
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
+    use_cache: bool = True,
     **overrides: Any,
 ) -> Reply:
+    started = time.perf_counter()
     settings, extra = split_overrides(overrides)
     messages = as_messages(prompt_or_messages, settings.system)
-    return session.client.chat(
-        settings, messages, report=session.recorder(source), stream=stream, on_text=on_text, on_retry=on_retry, extra=extra
-    )
+    record = session.recorder(source)
+    key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
+    if key is not None and (hit := session.cache_get(key)) is not None:
+        row = _cached_row("chat", settings.model, settings, hit, started)
+        record(row)
+        if on_text is not None:
+            on_text(hit["text"])
+        return Reply(hit["text"], row, messages)
+
+    def guess() -> float:
+        return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+
+    session.check_budget(settings, "chat", settings.model, guess, record)
+    reply = session.client.chat(settings, messages, report=record, stream=stream, on_text=on_text, on_retry=on_retry, extra=extra)
+    if key is not None:
+        row = reply.usage
+        session.cache_put(
+            key,
+            "chat",
+            settings.model,
+            {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+        )
+    return reply
 
 
 def complete(
@@ -103,8 +284,8 @@ def complete(
     on_retry
         Called with a ``RetryNote`` before each retry wait.
     **overrides
-        Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ...); other
-        keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` as they are.
+        Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
+        other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` as they are.
 
     Returns
     -------
@@ -114,7 +295,8 @@ def complete(
     Raises
     ------
     ipyllm.LLMError
-        When the call fails after its retries (a subclass says why; ``.usage`` is the row).
+        When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
+        the row).
     """
     return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, **overrides)
 
@@ -124,13 +306,30 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
 
     ``model=`` is accepted for ``embedding_model=``. Returns one vector per text, with ``.usage``.
     """
+    started = time.perf_counter()
     if "model" in overrides:
         overrides["embedding_model"] = overrides.pop("model")
     settings, extra = split_overrides(overrides)
     items = [texts] if isinstance(texts, str) else list(texts)
-    return session.client.embed(settings, items, report=session.recorder("api"), on_retry=on_retry, extra=extra)
+    record = session.recorder("api")
+    model = settings.embedding_model
+    key = cache_key("embedding", settings, items, extra) if settings.cache else None
+    if key is not None and (hit := session.cache_get(key)) is not None:
+        row = _cached_row("embedding", model, settings, hit, started)
+        record(row)
+        return Embeddings(hit["vectors"], row)
+    session.check_budget(settings, "embedding", model, lambda: estimate_embedding(settings, items), record)
+    vectors = session.client.embed(settings, items, report=record, on_retry=on_retry, extra=extra)
+    if key is not None:
+        session.cache_put(
+            key, "embedding", model, {"vectors": list(vectors), "prompt_tokens": vectors.usage.prompt_tokens, "completion_tokens": 0}
+        )
+    return vectors
 
 
 def usage(all_sessions: bool = False) -> pd.DataFrame:
-    """The usage frame: one row per call, in call order (this session only unless ``all_sessions``)."""
-    return to_frame(session.ledger.rows(None if all_sessions else session.id))
+    """The usage frame: one row per call, in call order.
+
+    This session's calls; with ``all_sessions``, every call in the ledger file (``usage_db``) too.
+    """
+    return session.frame(all_sessions)

@@ -348,6 +348,10 @@ class Estimate:
     def max_output_cost(self) -> float | None:
         return None if self.max_tokens is None else self.output_cost_per_token * self.max_tokens
 
+    def upper_bound(self, default_output_tokens: int) -> float:
+        """Input cost plus ``max_tokens`` (or ``default_output_tokens``) at the output price; NaN if unpriced."""
+        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens)
+
 
 def estimate(settings: Settings, messages: Messages) -> Estimate:
     """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
@@ -365,6 +369,15 @@ def estimate(settings: Settings, messages: Messages) -> Estimate:
         output_cost_per_token=price(settings, settings.model, provider, 0, 1),
         max_tokens=settings.max_tokens,
     )
+
+
+def estimate_embedding(settings: Settings, texts: list[str]) -> float:
+    """What embedding ``texts`` would cost (NaN when the price is unknown)."""
+    litellm = load_litellm()
+    model = settings.embedding_model
+    target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
+    tokens = sum(int(litellm.token_counter(model=model, text=text)) for text in texts)
+    return price(settings, model, resolve_provider(target, settings.base_url), tokens, 0, "embedding")
 
 
 def resolve_provider(model: str, base_url: str | None) -> str | None:

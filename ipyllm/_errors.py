@@ -5,13 +5,14 @@
     Exception
      ├── SettingError (traitlets.TraitError, ValueError)   a setting was refused; the old value stays
      └── LLMError                                           a model call failed; ``.usage`` is its row
-          ├── MissingKeyError                                no API key for the provider
+          ├── MissingKeyError                               no API key for the provider
           ├── AuthenticationError                           the provider refused the key (401, 403)
-          ├── UnknownModelError                              neither litellm nor the provider knows the model
-          ├── RateLimitError                                    still rate limited (429) after every retry
-          ├── ProviderUnavailableError                            connection errors, timeouts, 5xx after every retry
-          ├── RequestRejectedError                                400/422, context window, content policy
-          └── StreamBrokenError                                   the stream broke after text arrived; ``.partial``
+          ├── UnknownModelError                             neither litellm nor the provider knows the model
+          ├── RateLimitError                                still rate limited (429) after every retry
+          ├── ProviderUnavailableError                      connection errors, timeouts, 5xx after every retry
+          ├── RequestRejectedError                          400/422, context window, content policy
+          ├── StreamBrokenError                             the stream broke after text arrived; ``.partial``
+          └── BudgetExceededError                           not sent: the call could pass a spending limit
 
 ``KeyboardInterrupt`` is never wrapped: an interrupted call records an ``interrupted`` row and re-raises it.
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "BudgetExceededError",
     "LLMError",
     "MissingKeyError",
     "ProviderUnavailableError",
@@ -83,3 +85,7 @@ class StreamBrokenError(LLMError):
     def __init__(self, message: str, *, partial: str = "", **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.partial = partial
+
+
+class BudgetExceededError(LLMError):
+    """The call was not sent: with its estimated cost, spending would pass ``budget_usd`` or ``daily_budget_usd``."""

@@ -1,24 +1,30 @@
-"""Usage rows: one per logical call, kept by a ledger, read as a pandas frame. Knows nothing of litellm.
+"""Usage rows: one per logical call, kept in memory and in a SQLite ledger, read as a pandas frame.
 
-A ledger is anything with ``append(row)`` and ``rows(session=None)``; ``MemoryLedger`` keeps this
-session's rows in memory. A persistent store implements the same two methods, so the call path does not
-change when it arrives.
+Knows nothing of litellm. ``MemoryLedger`` holds this session's rows (always complete, whatever happens
+to the file); ``SQLiteStore`` persists every row as its call ends, one committed insert per call, in WAL
+mode with a busy timeout, so several kernels can share one file and a killed kernel loses no finished
+call. A store that cannot be opened or written (corrupt, locked, read-only) never breaks a call: it says
+so once, in one line, and the rows stay in memory.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import sqlite3
+import sys
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from operator import attrgetter
-from typing import TYPE_CHECKING, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "Ledger", "MemoryLedger", "UsageRow", "to_frame"]
+__all__ = ["COLUMNS", "MemoryLedger", "SQLiteStore", "UsageRow", "default_usage_db", "to_frame"]
 
 #: The usage frame's columns and their dtypes (SPEC section 5).
 COLUMNS: dict[str, str] = {
@@ -72,45 +78,245 @@ class UsageRow:
 
 
 assert [f.name for f in fields(UsageRow)] == list(COLUMNS), "UsageRow and COLUMNS must agree"
+_as_tuple = attrgetter(*COLUMNS)
 
 
-class Ledger(Protocol):
-    def append(self, row: UsageRow) -> None: ...
-
-    def rows(self, session: str | None = None) -> list[UsageRow]: ...
+def _micros(moment: datetime) -> int:
+    return int(moment.timestamp() * 1_000_000)
 
 
 class MemoryLedger:
-    """Rows kept in this process, in call order; safe to append from several threads."""
+    """This session's rows, in call order; safe to append from several threads.
+
+    ``subscribe(callback)`` calls ``callback(row)`` after each append (from the appending thread) and
+    returns a function that unsubscribes.
+    """
 
     def __init__(self) -> None:
         self._rows: list[UsageRow] = []
         self._lock = threading.Lock()
+        self._listeners: list[Callable[[UsageRow], object]] = []
 
     def append(self, row: UsageRow) -> None:
         with self._lock:
             self._rows.append(row)
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(row)
+            except Exception as error:  # a broken display must not break the call that was recorded
+                print(f"ipyllm: a usage listener failed: {error!r}", file=sys.stderr)
 
     def rows(self, session: str | None = None) -> list[UsageRow]:
         with self._lock:
             rows = list(self._rows)
         return rows if session is None else [r for r in rows if r.session == session]
 
+    def subscribe(self, callback: Callable[[UsageRow], object]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def spend(self, since: datetime | None = None) -> float:
+        """USD recorded in memory (since ``since``), unknown prices counted as 0."""
+        return sum(r.cost_usd for r in self.rows() if not math.isnan(r.cost_usd) and (since is None or r.timestamp >= since))
+
     def __len__(self) -> int:
         return len(self._rows)
 
 
-def to_frame(rows: Sequence[UsageRow] | Iterable[tuple[object, ...]]) -> pd.DataFrame:
-    """The usage frame of SPEC section 5: exact columns and dtypes, also when there are no rows."""
+# -- the frame -----------------------------------------------------------------------------------------
+
+
+def frame_from_columns(columns: dict[str, Sequence[Any]], timestamps_in_micros: bool = False) -> pd.DataFrame:
+    """Build the usage frame from column lists (the fast path for 100,000 rows)."""
+    import numpy as np
     import pandas as pd
 
-    as_tuple = attrgetter(*COLUMNS)
-    records = [as_tuple(r) if isinstance(r, UsageRow) else r for r in rows]
-    columns = list(zip(*records, strict=True)) if records else [()] * len(COLUMNS)
-    data = {}
-    for (name, dtype), values in zip(COLUMNS.items(), columns, strict=True):
+    data: dict[str, Any] = {}
+    for name, dtype in COLUMNS.items():
+        values = columns[name]
         if name == "timestamp":
-            data[name] = pd.to_datetime(pd.Series(values, dtype="object"), utc=True).astype(dtype)
+            micros = np.asarray(values if timestamps_in_micros else [_micros(v) for v in values], dtype="int64")
+            data[name] = pd.to_datetime(micros, unit="us", utc=True).as_unit("ns")
+        elif dtype == "float64":
+            data[name] = np.asarray([math.nan if v is None else v for v in values], dtype="float64")
         else:
-            data[name] = pd.Series(values, dtype="object").astype(dtype) if dtype != "float64" else pd.Series(values, dtype=dtype)
+            data[name] = pd.array(list(values), dtype=dtype)
     return pd.DataFrame(data, columns=list(COLUMNS))
+
+
+def to_frame(rows: Iterable[UsageRow]) -> pd.DataFrame:
+    """The usage frame of SPEC section 5: exact columns and dtypes, also when there are no rows."""
+    records = [_as_tuple(r) for r in rows]
+    columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
+    return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)))
+
+
+# -- the SQLite ledger ---------------------------------------------------------------------------------
+
+
+def default_usage_db() -> Path:
+    """``ipyllm/usage.sqlite`` under the user's Jupyter data directory."""
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+
+        base = Path(jupyter_data_dir())
+    except ImportError:  # jupyter_core's own rules, for a plain IPython without Jupyter
+        if os.environ.get("JUPYTER_DATA_DIR"):
+            base = Path(os.environ["JUPYTER_DATA_DIR"])
+        elif sys.platform == "darwin":
+            base = Path.home() / "Library" / "Jupyter"
+        elif os.name == "nt":
+            base = Path(os.environ.get("APPDATA", Path.home())) / "jupyter"
+        else:
+            base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "jupyter"
+    return base / "ipyllm" / "usage.sqlite"
+
+
+_ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
+
+#: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE IF NOT EXISTS usage (
+            id INTEGER PRIMARY KEY,
+            timestamp_us INTEGER NOT NULL,
+            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            cost_usd REAL, latency_s REAL, attempts INTEGER, status TEXT, error TEXT)""",
+        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
+    ),
+    (
+        """CREATE TABLE IF NOT EXISTS cache (
+            key TEXT PRIMARY KEY, created_us INTEGER NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class LedgerUnavailableError(Exception):
+    """The ledger file cannot be used; the message says what to do."""
+
+
+class SQLiteStore:
+    """The persistent ledger (and the response cache) in one SQLite file.
+
+    Opened on first use. Every method raises ``LedgerUnavailableError`` with a one-line explanation when the
+    file cannot be used; callers keep rows in memory instead.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(connection)
+        except (sqlite3.Error, OSError) as error:
+            raise self._unavailable(error) from error
+        self._connection = connection
+        return connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
+        if version == SCHEMA_VERSION:
+            return
+        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _unavailable(self, error: BaseException) -> LedgerUnavailableError:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
+            advice = "make it writable or set LLM_USAGE_DB to a writable file"
+        elif "locked" in reason or "busy" in reason:
+            advice = "another program holds it; close it or set LLM_USAGE_DB to another file"
+        elif "not a database" in reason or "malformed" in reason:
+            advice = "move the broken file away or set LLM_USAGE_DB to another file"
+        else:
+            advice = "set LLM_USAGE_DB to a file that can be written"
+        return LedgerUnavailableError(
+            f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {advice}"
+        )
+
+    def _run(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            connection = self._connect()
+            try:
+                return connection.execute(sql, parameters).fetchall()
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    # -- usage rows ------------------------------------------------------------------------------------
+    def append(self, row: UsageRow) -> None:
+        """Insert one row, committed at once (autocommit)."""
+        values = list(_as_tuple(row))
+        values[0] = _micros(row.timestamp)
+        if isinstance(values[10], float) and math.isnan(values[10]):  # cost_usd: unknown is NULL
+            values[10] = None
+        placeholders = ", ".join("?" * len(values))
+        self._run(f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({placeholders})", values)
+
+    def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
+        """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
+        where, parameters = ("WHERE session IS NOT ?", [exclude_session]) if exclude_session else ("", [])
+        records = self._run(f"SELECT {_ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters)
+        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
+        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+
+    def spend(self, since: datetime, exclude_session: str | None = None) -> float:
+        """USD recorded since ``since`` (unknown prices count as 0)."""
+        rows = self._run(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ?",
+            [_micros(since), exclude_session],
+        )
+        return float(rows[0][0])
+
+    def count(self) -> int:
+        return int(self._run("SELECT COUNT(*) FROM usage")[0][0])
+
+    # -- the response cache ----------------------------------------------------------------------------
+    def cache_get(self, key: str) -> str | None:
+        rows = self._run("SELECT payload FROM cache WHERE key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)",
+            [key, _micros(_now()), kind, model, payload],
+        )

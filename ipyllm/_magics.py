@@ -10,11 +10,13 @@ import ast
 import io
 import json
 import keyword
+import math
 import re
 import shlex
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
@@ -225,17 +227,24 @@ def settings_text() -> str:
 # -- usage ---------------------------------------------------------------------------------------------
 
 
-def usage_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Spend by model: calls, tokens, cost, errors, retries, with a total row."""
+GROUPINGS = ("model", "day", "cell")
+
+
+def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
+    """Spend grouped by model, day (local) or cell: calls, tokens, cost, errors, retries, mean latency, total."""
     import pandas as pd
 
-    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries"]
+    counts = ["calls", "input_tokens", "output_tokens", "errors", "retries"]
+    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries", "mean_latency_s"]
     if frame.empty:
-        return pd.DataFrame(columns=columns, index=pd.Index(["total"], name="model")).fillna(0)
-    grouped = frame.assign(
-        errors=(frame["status"] == "error").astype("Int64"),
-        retries=(frame["attempts"] - 1).clip(lower=0),
-    ).groupby("model", sort=True)
+        empty = pd.DataFrame({c: [0] for c in columns}, index=pd.Index(["total"], name=by)).astype(dict.fromkeys(counts, "Int64"))
+        return empty.assign(cost_usd=0.0, mean_latency_s=math.nan)
+    if by == "day":
+        key = frame["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.date.rename("day")
+    else:
+        key = frame[by]
+    work = frame.assign(errors=(frame["status"] == "error").astype("Int64"), retries=(frame["attempts"] - 1).clip(lower=0))
+    grouped = work.groupby(key, sort=True)
     table = pd.DataFrame(
         {
             "calls": grouped.size(),
@@ -244,12 +253,38 @@ def usage_table(frame: pd.DataFrame) -> pd.DataFrame:
             "cost_usd": grouped["cost_usd"].sum(min_count=1),
             "errors": grouped["errors"].sum(),
             "retries": grouped["retries"].sum(),
+            "mean_latency_s": grouped["latency_s"].mean(),
         }
     )
-    total = table.sum(numeric_only=True, min_count=1).rename("total")
-    table = pd.concat([table, total.to_frame().T])
-    table.index.name = "model"
-    return table.astype({"calls": "Int64", "input_tokens": "Int64", "output_tokens": "Int64", "errors": "Int64", "retries": "Int64"})
+    total = table.drop(columns="mean_latency_s").sum(numeric_only=True, min_count=1)
+    total["mean_latency_s"] = work["latency_s"].mean()
+    table.index = table.index.astype(object)
+    table = pd.concat([table, total.rename("total").to_frame().T])
+    table.index.name = by
+    return table.astype(dict.fromkeys(counts, "Int64"))
+
+
+def plot_usage(frame: pd.DataFrame) -> Any:
+    """Cumulative cost over time and cost by model (needs matplotlib)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install matplotlib (or pip install 'ipyllm[plot]')") from None
+    figure, (over_time, by_model) = plt.subplots(1, 2, figsize=(11, 3.6))
+    costs = frame.assign(cost_usd=frame["cost_usd"].fillna(0.0)).sort_values("timestamp")
+    if costs.empty:
+        over_time.text(0.5, 0.5, "no calls yet", ha="center", va="center", transform=over_time.transAxes)
+    else:
+        local = costs["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.tz_localize(None)
+        over_time.step(local, costs["cost_usd"].cumsum(), where="post")
+        spend = costs.groupby("model")["cost_usd"].sum().sort_values()
+        by_model.barh(spend.index.astype(str), spend.to_numpy())
+    over_time.set_title("cumulative cost (USD)")
+    over_time.tick_params(axis="x", labelrotation=30)
+    by_model.set_title("cost by model (USD)")
+    figure.tight_layout()
+    plt.close(figure)  # shown once, by the magic
+    return figure
 
 
 _LINE_MAGIC = re.compile(r"^(?P<indent>\s*)(?P<target>[\w.]+\s*=\s*)?%llm(?P<rest>\s.*\S)\s*$")
@@ -300,6 +335,7 @@ class LLMMagics(Magics):
     @argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming it into the cell")
     @argument("--chat", action="store_true", help="continue this session's conversation (a re-run cell replaces its turn)")
     @argument("--dry-run", action="store_true", help="send nothing: show the model, messages, token count and estimated cost")
+    @argument("--no-cache", action="store_true", help="send the request even when the cache holds an identical one")
     @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
     @no_var_expand
     @line_cell_magic
@@ -354,6 +390,7 @@ class LLMMagics(Magics):
                 stream=not args.no_stream,
                 on_text=on_text,
                 on_retry=lambda note: output.show(note_bundle(str(note)), final=True),
+                use_cache=not args.no_cache,
                 **overrides,
             )
         except StreamBrokenError as error:
@@ -420,11 +457,27 @@ class LLMMagics(Magics):
 
     # -- %llm_usage ------------------------------------------------------------------------------------
     @magic_arguments()
+    @argument("--all", action="store_true", help="include earlier sessions from the ledger (usage_db)")
+    @argument("--by", choices=GROUPINGS, default="model", help="group by model (default), day or cell")
+    @argument("--plot", action="store_true", help="draw cost over time and by model (needs matplotlib)")
     @line_magic
-    def llm_usage(self, line: str) -> pd.DataFrame:
-        """Show this session's spend by model: calls, tokens, cost (USD), errors, retries, and a total."""
-        parse_argstring(self.llm_usage, line)
-        return usage_table(_api.usage())
+    def llm_usage(self, line: str) -> pd.DataFrame | None:
+        """Show the spend so far: calls, tokens, cost (USD), errors, retries and mean latency, with a total."""
+        args = parse_options(self.llm_usage.parser, line)
+        frame = _api.usage(all_sessions=args.all)
+        if args.plot:
+            figure = plot_usage(frame)
+            self.shell.display_pub.publish(data=_figure_bundle(figure), metadata={})
+            return None
+        return usage_table(frame, args.by)
+
+
+def _figure_bundle(figure: Any) -> dict[str, Any]:
+    import base64
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return {"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<ipyllm usage plot>"}
 
 
 def load(shell: Any) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 
+# Nothing a test does may touch the user's own Jupyter data (the default ledger lives there).
+os.environ["JUPYTER_DATA_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ipyllm-tests-{os.getpid()}", "jupyter-data")
+
 # Before anything imports litellm: bundled price map, no tokenizer or catalogue downloads.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
@@ -11,6 +14,7 @@ for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "LLM_AP
     os.environ.pop(variable, None)
 
 from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -47,8 +51,12 @@ def session(sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.fixture
-def clean_config() -> Iterator[ipyllm.LLMConfig]:
-    """The session configuration at its defaults for the test, restored afterwards."""
+def clean_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ipyllm.LLMConfig]:
+    """The session configuration at its defaults for the test, restored afterwards.
+
+    The default ledger lands in this test's own Jupyter data directory, never the user's.
+    """
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
     saved = ipyllm.config.settings()
     defaults = {name: trait.default() for name, trait in ipyllm.config.traits(config=True).items()}
     ipyllm.config.update(**defaults)
