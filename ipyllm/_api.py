@@ -46,8 +46,9 @@ def warn(message: str) -> None:
     print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
 
-def usd(amount: float) -> str:
-    return f"${amount:.2f}" if amount >= 1 or round(amount, 2) == amount else f"${amount:.4f}"
+def usd(amount: float, *, limit: bool = False) -> str:
+    """Spend to a hundredth of a cent (``$0.4812``); a limit as it was set (``$0.50``)."""
+    return f"${amount:.2f}" if limit and round(amount, 2) == amount else f"${amount:.4f}"
 
 
 def local_midnight() -> datetime:
@@ -142,9 +143,8 @@ class Session:
             limits.append((self.ledger.spend(since=midnight) + others, settings.daily_budget_usd, "today", "daily_budget_usd"))
         for spent, limit, scope, setting in limits:
             if spent + cost > limit:
-                message = (
-                    f"budget: spent {usd(spent)} of {usd(limit)} {scope}; this call may cost up to {usd(cost)}: raise {setting} to go on"
-                )
+                message = f"budget: spent {usd(spent)} of {usd(limit, limit=True)} {scope}; this call may cost up to {usd(cost)}"
+                message += f": raise {setting} to go on"
                 row = UsageRow(
                     kind=kind,
                     model=model,

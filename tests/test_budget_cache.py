@@ -1,0 +1,206 @@
+"""Spending limits and the response cache, over real HTTP to the stub server."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython.utils.capture import capture_output
+
+import ipyllm
+from ipyllm import _api
+from ipyllm._ledger import SQLiteStore, UsageRow, default_usage_db
+from ipyllm.testing import StubServer
+
+BUDGET_LINE = re.compile(
+    r"^budget: spent \$\d+\.\d{2,4} of \$\d+\.\d{2,4} (this session|today); this call may cost up to \$\d+\.\d{4}: raise \w+ to go on$"
+)
+
+
+def test_a_session_budget_refuses_the_call_that_could_pass_it(live: StubServer) -> None:
+    first = ipyllm.complete("first call", max_tokens=10)
+    # Room for what was spent, not for another call of up to 1024 output tokens at $0.60 per million.
+    ipyllm.config.budget_usd = first.usage.cost_usd + 0.0001
+    with pytest.raises(ipyllm.BudgetExceededError) as caught:
+        ipyllm.complete("second call")
+    assert BUDGET_LINE.match(caught.value.message), caught.value.message
+    assert "this session" in caught.value.message
+    assert len(live.requests) == 1, "nothing was sent"
+    row = caught.value.usage
+    assert (row.status, row.attempts, row.cost_usd) == ("over_budget", 0, 0.0)
+    assert list(ipyllm.usage()["status"]) == ["ok", "over_budget"]
+    # A small max_tokens fits the remaining room.
+    assert ipyllm.complete("third", max_tokens=5).usage.status == "ok"
+
+
+def test_the_estimate_counts_the_prompt_and_max_tokens(live: StubServer) -> None:
+    ipyllm.config.update(budget_usd=0.001, max_tokens=100)
+    ipyllm.complete("fits")
+    ipyllm.config.max_tokens = 10_000  # 10,000 * $0.60 per million = $0.006 > $0.001
+    with pytest.raises(ipyllm.BudgetExceededError, match=r"this call may cost up to \$0\.0060"):
+        ipyllm.complete("does not fit")
+    assert len(live.requests) == 1
+
+
+def test_a_daily_budget_counts_every_session_since_local_midnight(live: StubServer) -> None:
+    store = SQLiteStore(default_usage_db())
+    now = datetime.now(timezone.utc)
+    store.append(UsageRow(timestamp=now, session="another-kernel", model="gpt-4o", cost_usd=0.40))
+    store.append(UsageRow(timestamp=now - timedelta(days=2), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    store.close()
+    ipyllm.config.daily_budget_usd = 0.40
+    with pytest.raises(ipyllm.BudgetExceededError) as caught:
+        ipyllm.complete("hello")
+    assert caught.value.message.startswith("budget: spent $0.4000 of $0.40 today; ")
+    assert live.requests == []
+    ipyllm.config.daily_budget_usd = 0.50
+    assert ipyllm.complete("hello", max_tokens=20).usage.status == "ok"
+
+
+def test_embeddings_are_checked_too(live: StubServer) -> None:
+    ipyllm.config.budget_usd = 0
+    with pytest.raises(ipyllm.BudgetExceededError):
+        ipyllm.embed(["a text"])
+    assert live.requests == [] and ipyllm.usage()["kind"].tolist() == ["embedding"]
+
+
+def test_an_unpriced_model_is_said_once_and_not_counted_as_free(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
+    ipyllm.config.budget_usd = 1.0
+    ipyllm.complete("one", model="openai/my-local-model")
+    ipyllm.complete("two", model="openai/my-local-model")
+    warnings = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert warnings == [
+        "ipyllm: no price is known for openai/my-local-model: budget checks count its calls as unknown (not as free);"
+        " set prices to count them"
+    ]
+    assert ipyllm.usage()["cost_usd"].isna().all()
+
+
+def test_the_magic_prints_the_budget_line(ip: Any, live: StubServer) -> None:
+    ipyllm.config.budget_usd = 0
+    with capture_output() as captured:
+        ip.run_cell("%llm hello")
+    lines = [line for line in (captured.stdout + captured.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("BudgetExceededError: budget: spent $0.0000 of $0.00 this session; ")
+    assert live.requests == []
+
+
+# -- the cache -------------------------------------------------------------------------------------------
+
+
+def test_an_identical_request_is_answered_from_the_cache(live: StubServer) -> None:
+    ipyllm.config.cache = True
+    first = ipyllm.complete("cache me", temperature=0.2)
+    pieces: list[str] = []
+    second = ipyllm.complete("cache me", temperature=0.2, stream=True, on_text=pieces.append)
+    assert second == first and "".join(pieces) == first
+    assert len(live.requests) == 1, "the second answer came from the cache"
+    row = second.usage
+    assert (row.status, row.cost_usd, row.attempts) == ("cached", 0.0, 0)
+    assert (row.prompt_tokens, row.completion_tokens) == (first.usage.prompt_tokens, first.usage.completion_tokens)
+    with sqlite3.connect(default_usage_db()) as connection:
+        assert connection.execute("SELECT COUNT(*) FROM cache").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("change", [{"temperature": 0.3}, {"model": "gpt-4o"}, {"max_tokens": 5}, {"system": "Be brief."}, {"top_p": 0.5}])
+def test_a_change_that_alters_the_answer_misses(live: StubServer, change: dict[str, Any]) -> None:
+    ipyllm.config.cache = True
+    ipyllm.complete("cache me", temperature=0.2)
+    reply = ipyllm.complete("cache me", **{"temperature": 0.2, **change})
+    assert reply.usage.status == "ok" and len(live.requests) == 2
+
+
+def test_the_cache_is_off_by_default_and_outlives_the_session(live: StubServer) -> None:
+    ipyllm.complete("same")
+    ipyllm.complete("same")
+    assert len(live.requests) == 2
+    ipyllm.config.cache = True
+    ipyllm.complete("kept")
+    _api.session.__init__(client=_api.session.client)  # a new kernel on the same ledger file
+    assert ipyllm.complete("kept").usage.status == "cached"
+    assert len(live.requests) == 3
+
+
+def test_embeddings_are_cached(live: StubServer) -> None:
+    ipyllm.config.cache = True
+    first = ipyllm.embed(["x y", "z"])
+    second = ipyllm.embed(["x y", "z"])
+    assert second == first and second.usage.status == "cached" and len(live.requests) == 1
+
+
+def test_the_cache_in_memory_mode(live: StubServer) -> None:
+    ipyllm.config.update(cache=True, usage_db=":memory:")
+    ipyllm.complete("in memory")
+    assert ipyllm.complete("in memory").usage.status == "cached" and len(live.requests) == 1
+    assert not Path(default_usage_db()).exists()
+
+
+def test_no_cache_on_the_magic_sends_anyway(ip: Any, live: StubServer) -> None:
+    ipyllm.config.cache = True
+    with capture_output() as captured:
+        ip.run_cell("%llm cached prompt")
+        ip.run_cell("%llm cached prompt")
+        ip.run_cell("%llm --no-cache cached prompt")
+    assert len(live.requests) == 2
+    assert [r.status for r in _api.session.ledger.rows()] == ["ok", "cached", "ok"]
+    assert captured.stderr == ""
+
+
+# -- %llm_usage ------------------------------------------------------------------------------------------
+
+
+def test_llm_usage_all_by_day_and_cell(ip: Any, live: StubServer) -> None:
+    store = SQLiteStore(default_usage_db())
+    yesterday = datetime.now(timezone.utc) - timedelta(days=1)
+    store.append(
+        UsageRow(
+            timestamp=yesterday,
+            session="earlier",
+            cell=1,
+            model="gpt-4o",
+            prompt_tokens=10,
+            completion_tokens=5,
+            cost_usd=0.5,
+            latency_s=2.0,
+        )
+    )
+    store.close()
+    with capture_output():
+        ip.run_cell("%llm today", store_history=True)
+    mine = ip.run_line_magic("llm_usage", "")
+    assert list(mine.index) == ["gpt-4o-mini", "total"]
+    everything = ip.run_line_magic("llm_usage", "--all")
+    assert list(everything.index) == ["gpt-4o", "gpt-4o-mini", "total"]
+    assert everything.loc["total", "cost_usd"] == pytest.approx(0.5 + mine.loc["total", "cost_usd"])
+    assert everything.loc["gpt-4o", "mean_latency_s"] == 2.0
+    by_day = ip.run_line_magic("llm_usage", "--all --by day")
+    assert len(by_day) == 3 and by_day.index.name == "day"
+    by_cell = ip.run_line_magic("llm_usage", "--by cell")
+    assert list(by_cell.index) == [1, "total"]
+    with pytest.raises(Exception, match="invalid choice: 'week'"):
+        ip.run_line_magic("llm_usage", "--by week")
+
+
+def test_llm_usage_plot(ip: Any, live: StubServer) -> None:
+    pytest.importorskip("matplotlib")
+    with capture_output() as captured:
+        ip.run_cell("%llm one")
+        ip.run_cell("%llm -m gpt-4o two")
+        ip.run_line_magic("llm_usage", "--plot")
+    image = captured.outputs[-1].data["image/png"]
+    assert len(image) > 1000
+
+
+def test_llm_usage_plot_without_matplotlib_says_what_to_install(ip: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from IPython.core.error import UsageError
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    with pytest.raises(UsageError, match=r"--plot needs matplotlib: pip install matplotlib"):
+        ip.run_line_magic("llm_usage", "--plot")
