@@ -43,8 +43,11 @@ def call_overhead(n: int = 200) -> None:
     from ipyllm.testing import StubServer
 
     litellm = load_litellm()
-    with StubServer() as stub:
-        ipyllm.config.update(base_url=stub.base_url, api_key="sk-bench")
+    import tempfile
+
+    with StubServer() as stub, tempfile.TemporaryDirectory() as folder:
+        # A real ledger file, as in a session (never the user's own).
+        ipyllm.config.update(base_url=stub.base_url, api_key="sk-bench", usage_db=f"{folder}/usage.sqlite")
         kwargs = {"model": "gpt-4o-mini", "api_base": stub.base_url, "api_key": "sk-bench", "max_retries": 0, "timeout": 600}
         messages = [{"role": "user", "content": "benchmark"}]
         for _ in range(20):  # warm both paths
@@ -64,31 +67,64 @@ def call_overhead(n: int = 200) -> None:
 
 
 def frame_at_scale(rows: int = 100_000) -> None:
-    from ipyllm._ledger import MemoryLedger, UsageRow, to_frame
+    import tempfile
+    from pathlib import Path
+
+    import pandas  # noqa: F401 - imported once per session; not what is measured here
+
+    from ipyllm._ledger import MemoryLedger, SQLiteStore, UsageRow, to_frame
 
     ledger = MemoryLedger()
     now = datetime.now(timezone.utc)
-    t = time.perf_counter()
-    for i in range(rows):
-        ledger.append(
-            UsageRow(
-                timestamp=now,
-                session="s",
-                cell=i,
-                model="gpt-4o-mini",
-                provider="openai",
-                prompt_tokens=10,
-                completion_tokens=20,
-                total_tokens=30,
-                cost_usd=1e-5,
-            )
+    made = [
+        UsageRow(
+            timestamp=now,
+            session="s",
+            cell=i,
+            model="gpt-4o-mini",
+            provider="openai",
+            prompt_tokens=10,
+            completion_tokens=20,
+            total_tokens=30,
+            cost_usd=1e-5,
         )
+        for i in range(rows)
+    ]
+    t = time.perf_counter()
+    for row in made:
+        ledger.append(row)
     appended = time.perf_counter() - t
     t = time.perf_counter()
     frame = to_frame(ledger.rows())
     built = time.perf_counter() - t
-    print(f"ledger append:        {appended / rows * 1e6:.1f} us per row ({rows:,} rows)")
-    print(f"usage frame:          {built * 1000:.0f} ms for {len(frame):,} rows")
+    print(f"memory append:        {appended / rows * 1e6:.1f} us per row ({rows:,} rows)")
+    print(f"usage():              {built * 1000:.0f} ms for {len(frame):,} rows in memory")
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = SQLiteStore(Path(folder) / "usage.sqlite")
+        t = time.perf_counter()
+        for row in made[:2000]:
+            store.append(row)  # one committed insert per call, as in a session
+        committed = (time.perf_counter() - t) / 2000
+        with store._lock:
+            connection = store._connect()
+            connection.execute("BEGIN")
+            connection.executemany(
+                "INSERT INTO usage (timestamp_us, session, cell, model, provider, prompt_tokens, completion_tokens, total_tokens, "
+                "cost_usd, status) VALUES (?, 'other', ?, 'gpt-4o', 'openai', 10, 20, 30, 1e-5, 'ok')",
+                [(int(now.timestamp() * 1e6), i) for i in range(rows - 2000)],
+            )
+            connection.execute("COMMIT")
+        t = time.perf_counter()
+        everything = store.frame()
+        read = time.perf_counter() - t
+        t = time.perf_counter()
+        store.spend(now)
+        spend = time.perf_counter() - t
+        store.close()
+    print(f"ledger append:        {committed * 1e6:.0f} us per committed row (SQLite, WAL)")
+    print(f"usage(all_sessions):  {read * 1000:.0f} ms for {len(everything):,} rows from SQLite")
+    print(f"daily spend query:    {spend * 1000:.1f} ms over {rows:,} rows")
 
 
 if __name__ == "__main__":
