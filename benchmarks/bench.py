@@ -38,32 +38,39 @@ def load_time() -> None:
 
 
 def call_overhead(n: int = 200) -> None:
+    """ipyllm's own time per call: the whole ``ipyllm.complete`` minus the time spent inside litellm."""
+    import tempfile
+
     import ipyllm
-    from ipyllm._client import load_litellm
+    from ipyllm import _api
+    from ipyllm._client import Client, load_litellm
     from ipyllm.testing import StubServer
 
     litellm = load_litellm()
-    import tempfile
+    inside: list[float] = []
 
+    def timed_completion(**kwargs: object) -> object:
+        started = time.perf_counter()
+        try:
+            return litellm.completion(**kwargs)
+        finally:
+            inside.append(time.perf_counter() - started)
+
+    _api.session.client = Client(completion=timed_completion)
     with StubServer() as stub, tempfile.TemporaryDirectory() as folder:
         # A real ledger file, as in a session (never the user's own).
         ipyllm.config.update(base_url=stub.base_url, api_key="sk-bench", usage_db=f"{folder}/usage.sqlite")
-        kwargs = {"model": "gpt-4o-mini", "api_base": stub.base_url, "api_key": "sk-bench", "max_retries": 0, "timeout": 600}
-        messages = [{"role": "user", "content": "benchmark"}]
-        for _ in range(20):  # warm both paths
-            litellm.completion(messages=messages, **kwargs)
+        for _ in range(20):
             ipyllm.complete("benchmark")
-        raw, ours = [], []
+        inside.clear()
+        total = []
         for _ in range(n):
-            t = time.perf_counter()
-            litellm.completion(messages=messages, **kwargs)
-            raw.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            started = time.perf_counter()
             ipyllm.complete("benchmark")
-            ours.append(time.perf_counter() - t)
-    r, o = statistics.median(raw) * 1000, statistics.median(ours) * 1000
-    print(f"litellm.completion:   median {r:.2f} ms per call to the stub ({n} calls)")
-    print(f"ipyllm.complete:      median {o:.2f} ms per call (+{o - r:.2f} ms: retry policy, usage row, cost)")
+            total.append(time.perf_counter() - started)
+    own = [t - i for t, i in zip(total, inside, strict=True)]
+    print(f"litellm.completion:   median {statistics.median(inside) * 1000:.2f} ms per call to the stub ({n} calls)")
+    print(f"ipyllm's own time:    median {statistics.median(own) * 1000:.2f} ms per call (retry policy, usage row, cost, ledger insert)")
 
 
 def frame_at_scale(rows: int = 100_000) -> None:

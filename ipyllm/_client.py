@@ -8,6 +8,7 @@ the layer above decides where the row goes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -380,8 +381,12 @@ def estimate_embedding(settings: Settings, texts: list[str]) -> float:
     return price(settings, model, resolve_provider(target, settings.base_url), tokens, 0, "embedding")
 
 
+@functools.lru_cache(maxsize=256)
 def resolve_provider(model: str, base_url: str | None) -> str | None:
-    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None."""
+    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None.
+
+    Memoized: litellm's lookup scans its endpoint list (about 1 ms) and depends only on these two.
+    """
     try:
         return str(load_litellm().get_llm_provider(model, api_base=base_url)[1])
     except Exception:
