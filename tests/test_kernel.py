@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
-from ipyllm.testing import StubServer
+from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET
 
@@ -209,3 +210,48 @@ def test_a_rerun_cell_replaces_its_chat_turn_in_a_real_kernel(kernel_env: StubSe
             pass
         client.stop_channels()
         manager.shutdown_kernel(now=True)
+
+
+@pytest.mark.parametrize(
+    ("fault", "attempts"),
+    [(Fault.slow(30), 1), (Fault.status(503), 1)],
+    ids=["during-a-slow-answer", "during-a-retry-wait"],
+)
+def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
+    kernel_env: StubServer, monkeypatch: pytest.MonkeyPatch, fault: Fault, attempts: int
+) -> None:
+    monkeypatch.setenv("LLM_RETRY_MIN_WAIT", "30")
+    monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "60")
+    manager, client = start_new_kernel(kernel_name="python3")
+    try:
+        assert client.execute("%load_ext ipyllm", reply=True, timeout=60)["content"]["status"] == "ok"
+        kernel_env.script(fault)
+        client.execute("%llm hello")
+        deadline = time.monotonic() + 30
+        while not kernel_env.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the slow answer, or inside the 30 s wait
+        interrupted_at = time.monotonic()
+        manager.interrupt_kernel()
+        while True:
+            reply = client.get_shell_msg(timeout=30)
+            if reply["msg_type"] == "execute_reply":
+                break
+        assert time.monotonic() - interrupted_at < 5, "stops at once"
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        check = client.execute(
+            "import ipyllm", user_expressions={"rows": "ipyllm.usage()[['status', 'attempts']].values.tolist()"}, reply=True, timeout=60
+        )
+        assert check["content"]["user_expressions"]["rows"]["data"]["text/plain"] == f"[['interrupted', {attempts}]]"
+        assert len(kernel_env.requests) == 1
+    finally:
+        client.stop_channels()
+        manager.shutdown_kernel(now=True)
+
+
+def test_no_library_noise_reaches_the_cells(executed: tuple[Any, StubServer, str]) -> None:
+    nb, _, _ = executed
+    for index in [0, 1, 2, 3, 4, 5, 6, 8, 9, 10, 11, 14, 16, 17]:
+        noise = [o for o in nb.cells[index].outputs if o["output_type"] == "stream" and o["name"] == "stderr"]
+        assert noise == [], (index, noise)
+        assert not any("Give Feedback" in text_of(o) or "LiteLLM" in text_of(o) for o in nb.cells[index].outputs)
