@@ -1,13 +1,14 @@
 """ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
-``complete``, ``embed``, ``usage``; ``ipyllm.testing`` is an OpenAI-compatible stub server for offline use.
-Importing ipyllm does not import litellm, pandas or IPython; each is imported when first needed.
+``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
+OpenAI-compatible stub server for offline use.
+Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ipyllm._api import SESSION_ID, complete, embed, usage
 from ipyllm._client import Embeddings, Reply, warm_up
@@ -25,6 +26,9 @@ from ipyllm._errors import (
 )
 from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._retry import RetryNote
+
+if TYPE_CHECKING:
+    from ipyllm._widget import Picker
 
 __version__ = "0.1.0"
 
@@ -49,9 +53,17 @@ __all__ = [
     "complete",
     "config",
     "embed",
+    "picker",
     "usage",
     "warm_up",
 ]
+
+
+def picker() -> Picker:
+    """The model picker: an ipywidgets panel bound both ways to ``ipyllm.config`` (``close()`` unbinds it)."""
+    from ipyllm._widget import picker as make_picker
+
+    return make_picker()
 
 
 def load_ipython_extension(ipython: Any) -> None:

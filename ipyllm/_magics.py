@@ -436,8 +436,9 @@ class LLMMagics(Magics):
     def llm_config(self, line: str) -> None:
         """Show or change the session configuration (shared with the model picker and ``ipyllm.config``).
 
-        ``%llm_config model=gpt-4o temperature=0.2`` sets settings (all or none: a refused value changes
-        nothing); ``%llm_config --show`` prints them with the key masked.
+        ``%llm_config`` alone shows the model picker; ``%llm_config model=gpt-4o temperature=0.2`` sets
+        settings (all or none: a refused value changes nothing); ``%llm_config --show`` prints them with the
+        key masked.
         """
         show = re.search(r"(^|\s)--show(\s|$)", line) is not None
         assignments = re.sub(r"(^|\s)--show(?=\s|$)", " ", line).strip()
@@ -453,6 +454,13 @@ class LLMMagics(Magics):
                 print("api_key set. A key typed into a cell is saved with the notebook: prefer LLM_API_KEY or the picker.")
             if not show:
                 return
+        if not show:
+            from IPython.display import display
+
+            from ipyllm._widget import picker
+
+            display(picker())
+            return
         print(settings_text())
 
     # -- %llm_usage ------------------------------------------------------------------------------------
