@@ -47,6 +47,8 @@ WATCHED = ("model", "api_key", "prices", *TEXT_SETTINGS)
 
 _LABEL_WIDTH = "110px"
 _WIDTH = "600px"
+#: Lines of text (model info, messages, spend) start under the fields, not under their labels.
+_INDENTED = {"width": "480px", "margin": "2px 0 2px 120px"}
 
 
 # -- litellm's catalogue -------------------------------------------------------------------------------
@@ -119,11 +121,11 @@ class ModelInfo:
     key_note: str
 
     def summary(self) -> str:
-        """One line: ``gpt-4o-mini (openai) · input $0.15 · output $0.60 per 1M tokens · context 128,000 tokens``."""
+        """Two lines: the model, its provider and context window; its prices per million tokens."""
         context = "unknown" if self.context_window is None else f"{self.context_window:,} tokens"
         return (
-            f"{self.model} ({self.provider or 'provider unknown'}) · input {_per_million(self.input_per_million)} · "
-            f"output {_per_million(self.output_per_million)} per 1M tokens · context {context}"
+            f"{self.model} ({self.provider or 'provider unknown'}) · context window {context}\n"
+            f"per 1M tokens: input {_per_million(self.input_per_million)} · output {_per_million(self.output_per_million)}"
         )
 
 
@@ -220,7 +222,7 @@ class Picker(widgets.VBox):
             layout=wide,
         )
         self.models = widgets.Select(options=(), rows=rows, style=style, layout=wide, description=" ")
-        self.info = widgets.HTML(layout=widgets.Layout(width=_WIDTH, margin="0 0 6px 0"))
+        self.info = widgets.HTML(layout=widgets.Layout(**_INDENTED))
         self.fields: dict[str, widgets.Text] = {
             name: widgets.Text(
                 description=label,
@@ -233,8 +235,8 @@ class Picker(widgets.VBox):
             for name, (label, placeholder) in TEXT_SETTINGS.items()
         }
         self.api_key = widgets.Password(description="API key", continuous_update=False, style=style, layout=wide)
-        self.message = widgets.HTML(layout=widgets.Layout(width=_WIDTH))
-        self.spend = widgets.HTML(layout=widgets.Layout(width=_WIDTH))
+        self.message = widgets.HTML(layout=widgets.Layout(**_INDENTED))
+        self.spend = widgets.HTML(layout=widgets.Layout(**_INDENTED))
         header = widgets.HTML("<b>ipyllm</b> · model picker <span style='color:#777'>(the session configuration)</span>")
         children = [
             header,
@@ -250,6 +252,7 @@ class Picker(widgets.VBox):
             self.message,
             self.spend,
         ]
+        kwargs.setdefault("layout", widgets.Layout(width="fit-content", padding="6px 10px", border="1px solid #ddd"))
         super().__init__(children=children, **kwargs)
         self.add_class("ipyllm-picker")
 
@@ -382,10 +385,9 @@ class Picker(widgets.VBox):
     def _show_info(self) -> None:
         info = describe_model(config.snapshot())
         key_color = "#080" if info.key_available else "#b00"
-        self.info.value = (
-            f"<div style='line-height:1.5'>{html.escape(info.summary())}<br>"
-            f"<span style='color:{key_color}'>{html.escape(info.key_note)}</span></div>"
-        )
+        model, prices = (html.escape(line) for line in info.summary().splitlines())
+        key = f"<span style='color:{key_color}'>{html.escape(info.key_note)}</span>"
+        self.info.value = f"<div style='line-height:1.45'>{model}<br>{prices}<br>{key}</div>"
 
     def _show_key(self) -> None:
         self.api_key.placeholder = (

@@ -124,7 +124,7 @@ def test_a_typed_model_name_gets_the_providers_prefix(make_picker: Callable[[], 
     assert picker.models.value == "openai/my-local-model"
     # The stub answers as the model it was asked for: litellm routed the typed name to the base URL.
     assert str(ipyllm.complete("hi")) == "[my-local-model] hi"
-    assert "input unknown · output unknown per 1M tokens · context unknown" in picker.info.value
+    assert "context window unknown<br>per 1M tokens: input unknown · output unknown" in picker.info.value
     # A catalogue name, or one with its own prefix, is taken as it is.
     assert typed_model("gpt-4o", "ollama") == "gpt-4o"
     assert typed_model("ollama/llama3", "openai") == "ollama/llama3"
@@ -198,7 +198,10 @@ def test_the_model_info_comes_from_litellms_catalogue(make_picker: Callable[[], 
 
     unknown = describe_model(ipyllm.config.snapshot(model="openai/not-in-any-catalogue"))
     assert unknown.context_window is None
-    assert "input unknown · output unknown per 1M tokens · context unknown" in unknown.summary()
+    assert unknown.summary().splitlines() == [
+        "openai/not-in-any-catalogue (openai) · context window unknown",
+        "per 1M tokens: input unknown · output unknown",
+    ]
     priced = describe_model(ipyllm.config.snapshot(model="openai/not-in-any-catalogue", prices={"not-in-any-catalogue": "gpt-4o-mini"}))
     assert priced.input_per_million == pytest.approx(info.input_per_million), "the session's prices apply"
 
