@@ -421,6 +421,12 @@ class Picker(widgets.VBox):
             text += f" of {format_cost(config.budget_usd)} budget"
         self.spend.value = f"<b>{html.escape(text)}</b>"
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        # Where widgets cannot show (a terminal, a notebook viewer), one line instead of the widget's repr.
+        bundle = dict(super()._repr_mimebundle_(**kwargs))
+        bundle["text/plain"] = f"ipyllm model picker (model {config.model}): a Jupyter widget; %llm_config --show lists the settings"
+        return bundle
+
     # -- lifecycle -----------------------------------------------------------------------------------------
     def close(self) -> None:
         """Unbind from the config and the ledger, and close every part of the picker."""

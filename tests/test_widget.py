@@ -276,6 +276,7 @@ def test_bare_llm_config_shows_the_picker(ip: Any) -> None:
         ip.run_line_magic("llm_config", "")
     views = [o.data for o in captured.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
     assert len(views) == 1
+    assert views[0]["text/plain"] == ("ipyllm model picker (model gpt-4o-mini): a Jupyter widget; %llm_config --show lists the settings")
     model_id = views[0]["application/vnd.jupyter.widget-view+json"]["model_id"]
     shown = widget_instances[model_id]
     assert isinstance(shown, Picker)
