@@ -31,6 +31,8 @@ import ipyllm
 from ipyllm import testing
 from ipyllm.testing import StubServer, offline_unless_configured, provider_configured
 
+from .conftest import SECRET
+
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {path.stem: path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 INSTALL_CHECKS = os.environ.get("IPYLLM_INSTALL_CHECKS") == "1"
@@ -60,11 +62,11 @@ def all_text(nb: nbformat.NotebookNode) -> str:
     return "\n".join(text_of(o) for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs)
 
 
-def check_executed(nb: nbformat.NotebookNode) -> None:
-    """What every executed notebook must show: the stub notice first, and only the expected errors, each in one line."""
+def check_executed(nb: nbformat.NotebookNode, first_says: str = "stub server") -> None:
+    """What every executed notebook must show: where replies come from, first; only the expected errors, each in one line."""
     code_cells = [cell for cell in nb.cells if cell.cell_type == "code"]
     first = next(o for cell in code_cells for o in cell.outputs)
-    assert first["output_type"] == "stream" and "stub server" in first["text"], first
+    assert first["output_type"] == "stream" and first_says in first["text"], first
     for cell in code_cells:
         errors = [o for o in cell.outputs if o["output_type"] == "error"]
         if "raises-exception" in cell.metadata.get("tags", []):
@@ -101,26 +103,25 @@ def test_notebooks_are_committed_without_outputs(name: str) -> None:
 # -- executed in a fresh kernel -------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, nbformat.NotebookNode]:
-    """Every notebook run once, in its own kernel, working directory, Jupyter data directory and ledger."""
-    results: dict[str, nbformat.NotebookNode] = {}
+def run_notebook(path: Path, work: Path, **environment: str) -> nbformat.NotebookNode:
+    """Execute ``path`` in a fresh ``python3`` kernel started in ``work``, with no provider settings but ``environment``."""
     saved = dict(os.environ)
     try:
-        for name, path in NOTEBOOKS.items():
-            work = tmp_path_factory.mktemp(name)
-            os.environ.clear()
-            os.environ.update(offline_environment(saved, work / "jupyter-data", work / "usage.sqlite"))
-            nb = nbformat.read(path, as_version=4)
-            started = time.perf_counter()
-            NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
-            nb.metadata["ipyllm_test_seconds"] = round(time.perf_counter() - started, 1)
-            nbformat.write(nb, work / path.name)
-            results[name] = nb
+        os.environ.clear()
+        os.environ.update(offline_environment(saved, work / "jupyter-data", work / "usage.sqlite"), **environment)
+        nb = nbformat.read(path, as_version=4)
+        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    return results
+    nbformat.write(nb, work / path.name)
+    return nb
+
+
+@pytest.fixture(scope="module")
+def executed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, nbformat.NotebookNode]:
+    """Every notebook run once, offline, in its own kernel, working directory, Jupyter data directory and ledger."""
+    return {name: run_notebook(path, tmp_path_factory.mktemp(name)) for name, path in NOTEBOOKS.items()}
 
 
 @pytest.mark.kernel
@@ -179,7 +180,7 @@ def test_retries_show_attempts_notes_and_one_line_failures(executed: dict[str, n
 @pytest.mark.kernel
 def test_cost_analysis_refuses_over_budget_and_plots(executed: dict[str, nbformat.NotebookNode]) -> None:
     nb = executed["cost-analysis"]
-    refused = text_of(outputs_of(nb, "%%llm --max-tokens 200000")[-1])
+    refused = text_of(outputs_of(nb, "%%llm --max-tokens 20000")[-1])
     assert refused.startswith("BudgetExceededError: budget: spent $") and "raise budget_usd to go on" in refused
     assert "refused: budget: spent" in text_of(outputs_of(nb, "ipyllm.config.update(budget_usd=None")[0])
     assert any("image/png" in o.get("data", {}) for o in outputs_of(nb, "%llm_usage --all --plot"))
@@ -187,6 +188,23 @@ def test_cost_analysis_refuses_over_budget_and_plots(executed: dict[str, nbforma
         assert "text/html" in outputs_of(nb, start)[-1]["data"], start
     table = text_of(outputs_of(nb, "%llm_usage --all\n", exact=True)[0])
     assert "gpt-4o " in table and "gpt-4o-mini" in table and "total" in table
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize(
+    ("name", "first_says"),
+    [("quickstart", "calls go to the server at"), ("cost-analysis", "calls go to the server at"), ("retries", "stub server")],
+)
+def test_notebooks_run_unchanged_with_a_configured_provider(stub: StubServer, tmp_path: Path, name: str, first_says: str) -> None:
+    """A provider configured the way users do (LLM_BASE_URL, LLM_API_KEY), played by a stub server outside the kernel."""
+    nb = run_notebook(NOTEBOOKS[name], tmp_path, LLM_BASE_URL=stub.base_url, LLM_API_KEY=SECRET)
+    check_executed(nb, first_says)
+    saved = (tmp_path / NOTEBOOKS[name].name).read_text()
+    assert SECRET not in saved and SECRET[-8:] not in saved
+    if name == "retries":
+        assert stub.requests == [], "the retries notebook scripts faults, so it uses a stub server of its own"
+    else:
+        assert stub.requests and all(r.headers["authorization"] == f"Bearer {SECRET}" for r in stub.requests)
 
 
 # -- the one place that chooses between a real provider and the stub ------------------------------------
