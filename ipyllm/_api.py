@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
+from ipyllm._display import format_cost
 from ipyllm._errors import BudgetExceededError
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
@@ -47,8 +48,11 @@ def warn(message: str) -> None:
 
 
 def usd(amount: float, *, limit: bool = False) -> str:
-    """Spend to a hundredth of a cent (``$0.4812``); a limit as it was set (``$0.50``)."""
-    return f"${amount:.2f}" if limit and round(amount, 2) == amount else f"${amount:.4f}"
+    """Spend to a hundredth of a cent (``$0.4812``), smaller amounts to two digits (``$0.000042``);
+    a limit as it was set (``$0.50``)."""
+    if limit and round(amount, 2) == amount:
+        return f"${amount:.2f}"
+    return format_cost(amount) if 0 < amount < 0.0001 else f"${amount:.4f}"
 
 
 def local_midnight() -> datetime:

@@ -16,9 +16,9 @@ from ipyllm import _api
 from ipyllm._ledger import SQLiteStore, UsageRow, default_usage_db
 from ipyllm.testing import StubServer
 
-BUDGET_LINE = re.compile(
-    r"^budget: spent \$\d+\.\d{2,4} of \$\d+\.\d{2,4} (this session|today); this call may cost up to \$\d+\.\d{4}: raise \w+ to go on$"
-)
+# Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).
+USD = r"\$(\d+\.\d{4}|0\.0000\d{2,3}|\d+\.\d{2})"
+BUDGET_LINE = re.compile(rf"^budget: spent {USD} of {USD} (this session|today); this call may cost up to {USD}: raise \w+ to go on$")
 
 
 def test_a_session_budget_refuses_the_call_that_could_pass_it(live: StubServer) -> None:
@@ -204,3 +204,7 @@ def test_llm_usage_plot_without_matplotlib_says_what_to_install(ip: Any, monkeyp
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(UsageError, match=r"--plot needs matplotlib: pip install matplotlib"):
         ip.run_line_magic("llm_usage", "--plot")
+
+
+def test_amounts_below_a_hundredth_of_a_cent_keep_two_digits() -> None:
+    assert (_api.usd(0.4812), _api.usd(0.000042), _api.usd(0.0), _api.usd(0.5, limit=True)) == ("$0.4812", "$0.000042", "$0.0000", "$0.50")
