@@ -471,14 +471,37 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     return LLMError(f"{name}: {said}", status_code=status if isinstance(status, int) else None)
 
 
+@dataclass(frozen=True)
+class KeyCheck:
+    """litellm's environment check for a model: is a key there, and which variables are missing."""
+
+    in_environment: bool
+    missing: tuple[str, ...]
+
+    @property
+    def keyless(self) -> bool:
+        """Only a server address is missing (Ollama and other local servers need no key)."""
+        return bool(self.missing) and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in self.missing)
+
+    @property
+    def available(self) -> bool:
+        return self.in_environment or self.keyless
+
+
+def check_environment(model: str) -> KeyCheck:
+    """Whether the provider's own key variable (``OPENAI_API_KEY``, ...) is set, via ``litellm.validate_environment``."""
+    try:
+        check = load_litellm().validate_environment(model)
+    except Exception:
+        return KeyCheck(False, ())
+    return KeyCheck(bool(check.get("keys_in_environment")), tuple(str(name) for name in check.get("missing_keys") or ()))
+
+
 def _key_variable(call: _Call) -> str | None:
     """The provider's own key variable (``OPENAI_API_KEY``, ...), from litellm's environment check."""
-    try:
-        missing = load_litellm().validate_environment(call.model).get("missing_keys") or []
-    except Exception:
-        missing = []
+    missing = check_environment(call.model).missing
     if missing:
-        return str(missing[0])
+        return missing[0]
     return f"{call.row.provider.upper()}_API_KEY" if call.row.provider else None
 
 

@@ -27,7 +27,7 @@ import ipywidgets as widgets
 from traitlets import TraitError
 
 from ipyllm import _api
-from ipyllm._client import load_litellm, price, resolve_provider
+from ipyllm._client import check_environment, load_litellm, price, resolve_provider
 from ipyllm._config import Settings, config
 from ipyllm._display import format_cost
 from ipyllm._ledger import UsageRow
@@ -164,16 +164,12 @@ def key_status(model: str, provider: str | None, settings: Settings) -> tuple[bo
     """Whether a key is there for the model's provider: the session's own, or litellm's environment check."""
     if settings.api_key:
         return True, "key: set for this session (LLM_API_KEY, %llm_config or this picker)"
-    try:
-        check = load_litellm().validate_environment(model)
-    except Exception:
-        check = {"keys_in_environment": False, "missing_keys": []}
-    missing = [str(name) for name in check.get("missing_keys") or []]
-    if check.get("keys_in_environment"):
+    check = check_environment(model)
+    if check.in_environment:
         return True, f"key: found in the environment for {provider or 'this provider'}"
-    if missing and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in missing):
+    if check.keyless:
         return True, "key: none needed (a local server)"
-    wanted = " or ".join(["LLM_API_KEY", *missing[:2]])
+    wanted = " or ".join(["LLM_API_KEY", *check.missing[:2]])
     return False, f"key: none for {provider or 'this provider'}: set {wanted}, or type one below"
 
 

@@ -472,7 +472,7 @@ def provider_configured() -> str | None:
     model's own key variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...) in the environment. A model of a
     local server that needs no key (``ollama/llama3``) counts too.
     """
-    from ipyllm._client import load_litellm, resolve_provider
+    from ipyllm._client import check_environment, resolve_provider
     from ipyllm._config import config
 
     if config.base_url:
@@ -481,14 +481,10 @@ def provider_configured() -> str | None:
     where = f"{provider or 'the provider'} (model {config.model})"
     if config.api_key:
         return f"{where}, with the session's API key"
-    try:
-        check = load_litellm().validate_environment(config.model)
-    except Exception:
-        return None
-    missing = [str(name) for name in check.get("missing_keys") or []]
-    if provider is not None and check.get("keys_in_environment"):
+    check = check_environment(config.model)
+    if provider is not None and check.in_environment:
         return f"{where}, with its key from the environment"
-    if provider is not None and missing and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in missing):
+    if provider is not None and check.keyless:
         return f"{where}, a local server that needs no key"
     return None
 
