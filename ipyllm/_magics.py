@@ -367,11 +367,11 @@ class LLMMagics(Magics):
         }
         history = conversation.history(self.cell_id) if args.chat else []
         messages = [*history, {"role": "user", "content": prompt}]
-        try:
-            settings, _ = _api.split_overrides(overrides)
-        except SettingError as error:
-            raise UsageError(str(error)) from None
         if args.dry_run:
+            try:
+                settings, _ = _api.split_overrides(overrides)
+            except SettingError as error:
+                raise UsageError(str(error)) from None
             self._dry_run(settings, as_messages(messages, settings.system))
             return None
 
