@@ -483,10 +483,6 @@ class KeyCheck:
         """Only a server address is missing (Ollama and other local servers need no key)."""
         return bool(self.missing) and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in self.missing)
 
-    @property
-    def available(self) -> bool:
-        return self.in_environment or self.keyless
-
 
 def check_environment(model: str) -> KeyCheck:
     """Whether the provider's own key variable (``OPENAI_API_KEY``, ...) is set, via ``litellm.validate_environment``."""
