@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
-from ipyllm._display import format_cost
-from ipyllm._errors import BudgetExceededError
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "chat", "complete", "embed", "session", "usage"]
+__all__ = ["SESSION_ID", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
@@ -47,18 +44,6 @@ def warn(message: str) -> None:
     print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
 
-def usd(amount: float, *, limit: bool = False) -> str:
-    """Spend to a hundredth of a cent (``$0.4812``), smaller amounts to two digits (``$0.000042``);
-    a limit as it was set (``$0.50``)."""
-    if limit and round(amount, 2) == amount:
-        return f"${amount:.2f}"
-    return format_cost(amount) if 0 < amount < 0.0001 else f"${amount:.4f}"
-
-
-def local_midnight() -> datetime:
-    return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
-
-
 class Session:
     """This process's rows (in memory, always complete), its ledger file, its cache and its client."""
 
@@ -69,6 +54,7 @@ class Session:
         self._stores: dict[str, SQLiteStore] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
+        self.budgets = Budgets(self.id, self.ledger, self.store, self.warn_once)
 
     # -- the ledger file ---------------------------------------------------------------------------------
     def store(self) -> SQLiteStore | None:
@@ -99,18 +85,25 @@ class Session:
             self._warned.add(key)
             warn(message)
 
-    def record(self, row: UsageRow) -> None:
-        self.using_store(lambda store: store.append(row))
+    def record(self, row: UsageRow, release: str | None = None) -> None:
+        """File a finished call's row: committed to the ledger (settling the hold ``release``), then in memory."""
+        self.using_store(lambda store: store.append(row, release))
         self.ledger.append(row)
 
-    def recorder(self, source: str) -> Callable[[UsageRow], None]:
+    def recorder(self, source: str, batch: str | None = None) -> Callable[..., None]:
+        """A report callback that stamps rows with this session, the running cell, ``source``, who and where."""
         cell = current_cell()
+        user, host = config.user or user_name(), host_name()
 
-        def record(row: UsageRow) -> None:
-            row.session, row.cell, row.source = self.id, cell, source
-            self.record(row)
+        def record(row: UsageRow, release: str | None = None) -> None:
+            row.session, row.cell, row.source, row.batch, row.user, row.host = self.id, cell, source, batch, user, host
+            self.record(row, release)
 
         return record
+
+    def reserve(self, settings: Settings, kind: str, model: str, guess: Callable[[], float], record: Callable[..., None]) -> Reservation:
+        """Hold the call's estimated cost against every limit set, or refuse it (``BudgetExceededError``)."""
+        return self.budgets.reserve(settings, kind, model, resolve_provider(model, settings.base_url), guess, record)
 
     def frame(self, all_sessions: bool = False) -> pd.DataFrame:
         mine = to_frame(self.ledger.rows(None if all_sessions else self.id))
@@ -123,43 +116,6 @@ class Session:
 
         both = pd.concat([others, mine], ignore_index=True) if not mine.empty else others
         return both.sort_values("timestamp", kind="stable", ignore_index=True)
-
-    # -- budgets -----------------------------------------------------------------------------------------
-    def check_budget(
-        self, settings: Settings, kind: str, model: str, guess: Callable[[], float], record: Callable[[UsageRow], None]
-    ) -> None:
-        """Refuse (and record an ``over_budget`` row) when spend so far plus this call's estimate passes a limit."""
-        if settings.budget_usd is None and settings.daily_budget_usd is None:
-            return
-        cost = guess()
-        if math.isnan(cost):
-            self.warn_once(
-                f"unpriced:{model}",
-                f"no price is known for {model}: budget checks count its calls as unknown (not as free); set prices to count them",
-            )
-            cost = 0.0
-        limits = []
-        if settings.budget_usd is not None:
-            limits.append((self.ledger.spend(), settings.budget_usd, "this session", "budget_usd"))
-        if settings.daily_budget_usd is not None:
-            midnight = local_midnight()
-            others = self.using_store(lambda store: store.spend(midnight, exclude_session=self.id)) or 0.0
-            limits.append((self.ledger.spend(since=midnight) + others, settings.daily_budget_usd, "today", "daily_budget_usd"))
-        for spent, limit, scope, setting in limits:
-            if spent + cost > limit:
-                message = f"budget: spent {usd(spent)} of {usd(limit, limit=True)} {scope}; this call may cost up to {usd(cost)}"
-                message += f": raise {setting} to go on"
-                row = UsageRow(
-                    kind=kind,
-                    model=model,
-                    provider=resolve_provider(model, settings.base_url),
-                    cost_usd=0.0,
-                    attempts=0,
-                    status="over_budget",
-                    error=f"BudgetExceededError: {message}",
-                )
-                record(row)
-                raise BudgetExceededError(message, usage=row)
 
     # -- the response cache ------------------------------------------------------------------------------
     def cache_get(self, key: str) -> dict[str, Any] | None:
@@ -256,8 +212,10 @@ def chat(
     def guess() -> float:
         return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
 
-    session.check_budget(settings, "chat", settings.model, guess, record)
-    reply = session.client.chat(settings, messages, report=record, stream=stream, on_text=on_text, on_retry=on_retry, extra=extra)
+    with session.reserve(settings, "chat", settings.model, guess, record) as reservation:
+        reply = session.client.chat(
+            settings, messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=extra
+        )
     if key is not None:
         row = reply.usage
         session.cache_put(
@@ -322,8 +280,8 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
         row = _cached_row("embedding", model, settings, hit, started)
         record(row)
         return Embeddings(hit["vectors"], row)
-    session.check_budget(settings, "embedding", model, lambda: estimate_embedding(settings, items), record)
-    vectors = session.client.embed(settings, items, report=record, on_retry=on_retry, extra=extra)
+    with session.reserve(settings, "embedding", model, lambda: estimate_embedding(settings, items), record) as reservation:
+        vectors = session.client.embed(settings, items, report=reservation.report, on_retry=on_retry, extra=extra)
     if key is not None:
         session.cache_put(
             key, "embedding", model, {"vectors": list(vectors), "prompt_tokens": vectors.usage.prompt_tokens, "completion_tokens": 0}

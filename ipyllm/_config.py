@@ -187,7 +187,9 @@ ENVIRONMENT = {
     "timeout": "LLM_TIMEOUT",
     "budget_usd": "LLM_BUDGET_USD",
     "daily_budget_usd": "LLM_DAILY_BUDGET_USD",
+    "user_daily_budget_usd": "LLM_USER_DAILY_BUDGET_USD",
     "usage_db": "LLM_USAGE_DB",
+    "user": "LLM_USER",
     "cache": "LLM_CACHE",
 }
 
@@ -227,7 +229,14 @@ class LLMConfig(Configurable):
         allowed="a number of US dollars >= 0",
         help="Spending limit since local midnight, all sessions, USD (LLM_DAILY_BUDGET_USD).",
     )
+    user_daily_budget_usd = Number(
+        None,
+        low=0,
+        allowed="a number of US dollars >= 0",
+        help="Spending limit since local midnight for this user, all sessions, USD (LLM_USER_DAILY_BUDGET_USD).",
+    )
     usage_db = Text(None, allowed="a file path or :memory:", help="SQLite usage ledger (LLM_USAGE_DB); unset: the Jupyter data directory.")
+    user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
     cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
     prices = Dict(
         {},
@@ -348,7 +357,9 @@ class Settings:
     system: str | None
     budget_usd: float | None
     daily_budget_usd: float | None
+    user_daily_budget_usd: float | None
     usage_db: str | None
+    user: str | None
     cache: bool
     prices: dict[str, Any] = field(default_factory=dict)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from operator import attrgetter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "MemoryLedger", "SQLiteStore", "UsageRow", "default_usage_db", "to_frame"]
+__all__ = ["COLUMNS", "Hold", "Limit", "MemoryLedger", "Refusal", "SQLiteStore", "Store", "UsageRow", "default_usage_db", "to_frame"]
 
 #: The usage frame's columns and their dtypes (SPEC section 5).
 COLUMNS: dict[str, str] = {
@@ -38,11 +38,16 @@ COLUMNS: dict[str, str] = {
     "prompt_tokens": "Int64",
     "completion_tokens": "Int64",
     "total_tokens": "Int64",
+    "cached_tokens": "Int64",
+    "tokens_estimated": "boolean",
     "cost_usd": "float64",
     "latency_s": "float64",
     "attempts": "Int64",
     "status": "string",
     "error": "string",
+    "batch": "string",
+    "user": "string",
+    "host": "string",
 }
 
 STATUSES = ("ok", "error", "cached", "over_budget", "interrupted")
@@ -66,11 +71,19 @@ class UsageRow:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    #: Prompt tokens the provider served from its prompt cache (priced at its cached rate).
+    cached_tokens: int | None = None
+    #: True when the token counts were counted locally, not reported by the provider.
+    tokens_estimated: bool = False
     cost_usd: float = math.nan
     latency_s: float = 0.0
     attempts: int = 1
     status: str = "ok"
     error: str | None = None
+    #: The ``ipyllm.map`` batch this call belongs to (None for single calls).
+    batch: str | None = None
+    user: str | None = None
+    host: str | None = None
 
     @property
     def retries(self) -> int:
@@ -79,6 +92,39 @@ class UsageRow:
 
 assert [f.name for f in fields(UsageRow)] == list(COLUMNS), "UsageRow and COLUMNS must agree"
 _as_tuple = attrgetter(*COLUMNS)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A budget reservation: the estimated cost of one call in flight, counted as spent until the call's
+    row settles it. ``expires`` bounds it, so a hold left by a kernel that died never blocks a budget."""
+
+    id: str
+    amount: float
+    session: str
+    user: str | None
+    host: str | None
+    pid: int
+    created: datetime
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A spending limit checked against the ledger: spend since ``since`` (of ``user`` only, when set)."""
+
+    setting: str
+    limit: float
+    since: datetime
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The limit a hold would pass, and what was spent (rows and holds) against it."""
+
+    limit: Limit
+    spent: float
 
 
 def _micros(moment: datetime) -> int:
@@ -94,12 +140,15 @@ class MemoryLedger:
 
     def __init__(self) -> None:
         self._rows: list[UsageRow] = []
+        self._spent: dict[str, float] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[UsageRow], object]] = []
 
     def append(self, row: UsageRow) -> None:
         with self._lock:
             self._rows.append(row)
+            if not math.isnan(row.cost_usd):
+                self._spent[row.session] = self._spent.get(row.session, 0.0) + row.cost_usd
             listeners = list(self._listeners)
         for listener in listeners:
             try:
@@ -123,9 +172,19 @@ class MemoryLedger:
 
         return unsubscribe
 
-    def spend(self, since: datetime | None = None) -> float:
-        """USD recorded in memory (since ``since``), unknown prices counted as 0."""
-        return sum(r.cost_usd for r in self.rows() if not math.isnan(r.cost_usd) and (since is None or r.timestamp >= since))
+    def spend(self, since: datetime | None = None, *, session: str | None = None, user: str | None = None) -> float:
+        """USD recorded in memory (since ``since``; of ``session`` / ``user`` only), unknown prices counted as 0.
+
+        A session's total is kept as rows arrive, so the per-call budget check does not rescan the rows.
+        """
+        if since is None and user is None:
+            with self._lock:
+                return sum(self._spent.values()) if session is None else self._spent.get(session, 0.0)
+        return sum(
+            r.cost_usd
+            for r in self.rows(session)
+            if not math.isnan(r.cost_usd) and (since is None or r.timestamp >= since) and (user is None or r.user == user)
+        )
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -181,6 +240,30 @@ def default_usage_db() -> Path:
 
 
 _ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
+_INSERT_ROW = f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_COST = list(COLUMNS).index("cost_usd")
+
+
+def row_values(row: UsageRow) -> list[Any]:
+    """A row as the ledger stores it: the timestamp in microseconds, an unknown cost as NULL."""
+    values = list(_as_tuple(row))
+    values[0] = _micros(row.timestamp)
+    if isinstance(values[_COST], float) and math.isnan(values[_COST]):
+        values[_COST] = None
+    return values
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
 
 #: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
 MIGRATIONS: list[tuple[str, ...]] = [
@@ -198,12 +281,41 @@ MIGRATIONS: list[tuple[str, ...]] = [
         """CREATE TABLE IF NOT EXISTS cache (
             key TEXT PRIMARY KEY, created_us INTEGER NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)""",
     ),
+    (
+        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER",
+        "ALTER TABLE usage ADD COLUMN batch TEXT",
+        "ALTER TABLE usage ADD COLUMN user TEXT",
+        "ALTER TABLE usage ADD COLUMN host TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_user ON usage (user, timestamp_us)",
+        # Budget holds of calls in flight, in every kernel writing this ledger (see Hold).
+        """CREATE TABLE IF NOT EXISTS holds (
+            id TEXT PRIMARY KEY, session TEXT, user TEXT, host TEXT, pid INTEGER,
+            amount REAL NOT NULL, created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL)""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
 class LedgerUnavailableError(Exception):
-    """The ledger file cannot be used; the message says what to do."""
+    """The ledger cannot be used; the message says what to do."""
+
+
+class Store(Protocol):
+    """A persistent ledger: usage rows, budget holds and the response cache. Every method raises
+    ``LedgerUnavailableError`` (one line, saying what to do) when the store cannot be used."""
+
+    #: How the store is named to the user (a path, or a URL without its password).
+    name: str
+
+    def append(self, row: UsageRow, release: str | None = None) -> None: ...
+    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None: ...
+    def release(self, hold_id: str) -> None: ...
+    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float: ...
+    def frame(self, exclude_session: str | None = None) -> pd.DataFrame: ...
+    def cache_get(self, key: str) -> str | None: ...
+    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class SQLiteStore:
@@ -215,6 +327,7 @@ class SQLiteStore:
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
         self.path = Path(path)
+        self.name = str(self.path)
         self.busy_timeout = busy_timeout
         self._connection: sqlite3.Connection | None = None
         self._lock = threading.Lock()
@@ -283,14 +396,78 @@ class SQLiteStore:
                 self._connection = None
 
     # -- usage rows ------------------------------------------------------------------------------------
-    def append(self, row: UsageRow) -> None:
-        """Insert one row, committed at once (autocommit)."""
-        values = list(_as_tuple(row))
-        values[0] = _micros(row.timestamp)
-        if isinstance(values[10], float) and math.isnan(values[10]):  # cost_usd: unknown is NULL
-            values[10] = None
-        placeholders = ", ".join("?" * len(values))
-        self._run(f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({placeholders})", values)
+    def append(self, row: UsageRow, release: str | None = None) -> None:
+        """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
+        values = row_values(row)
+        with self._lock:
+            connection = self._connect()
+            try:
+                if release is None:
+                    connection.execute(_INSERT_ROW, values)
+                    return
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.execute(_INSERT_ROW, values)
+                    connection.execute("DELETE FROM holds WHERE id = ?", [release])
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
+    # -- budgets ---------------------------------------------------------------------------------------
+    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
+
+        One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file take holds one at a time, so together
+        they cannot pass a limit. Holds of processes on this host that have died are dropped first.
+        """
+        now = _micros(_now())
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    self._drop_dead_holds(connection, hold.host, now)
+                    for limit in limits:
+                        spent = self._spent(connection, limit.since, limit.user, now)
+                        if spent + hold.amount > limit.limit:
+                            connection.execute("ROLLBACK")
+                            return Refusal(limit, spent)
+                    connection.execute(
+                        "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+                    )
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+        return None
+
+    def release(self, hold_id: str) -> None:
+        """Drop a hold whose call left no row to settle it (it failed before sending)."""
+        self._run("DELETE FROM holds WHERE id = ?", [hold_id])
+
+    @staticmethod
+    def _spent(connection: sqlite3.Connection, since: datetime, user: str | None, now: int) -> float:
+        user_filter = "" if user is None else " AND user = ?"
+        extra = [] if user is None else [user]
+        rows = connection.execute(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(since), *extra]
+        ).fetchone()
+        held = connection.execute(f"SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]).fetchone()
+        return float(rows[0]) + float(held[0])
+
+    @staticmethod
+    def _drop_dead_holds(connection: sqlite3.Connection, host: str | None, now: int) -> None:
+        connection.execute("DELETE FROM holds WHERE expires_us <= ?", [now])
+        for hold_id, pid in connection.execute("SELECT id, pid FROM holds WHERE host IS ?", [host]).fetchall():
+            if pid and not _process_alive(int(pid)):
+                connection.execute("DELETE FROM holds WHERE id = ?", [hold_id])
 
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
         """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
@@ -299,11 +476,11 @@ class SQLiteStore:
         columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
         return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
 
-    def spend(self, since: datetime, exclude_session: str | None = None) -> float:
-        """USD recorded since ``since`` (unknown prices count as 0)."""
+    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
+        """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
         rows = self._run(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ?",
-            [_micros(since), exclude_session],
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ? AND (? IS NULL OR user = ?)",
+            [_micros(since), exclude_session, user, user],
         )
         return float(rows[0][0])
 

@@ -330,8 +330,10 @@ def _reply(model: str, body: dict[str, Any]) -> tuple[str, dict[str, int]]:
     prompt = _message_text(last_user.get("content"))
     text = f"[{model}] {prompt}".strip()
     if (max_tokens := body.get("max_tokens") or body.get("max_completion_tokens")) is not None:
-        words = re.findall(r"\S+\s*", text)
-        text = "".join(words[: int(max_tokens)]).rstrip()
+        # Cut after the last whole token that fits, as a provider stops at max_tokens.
+        tokens = list(_TOKEN_RE.finditer(text))
+        if len(tokens) > int(max_tokens):
+            text = text[: tokens[int(max_tokens) - 1].end()] if int(max_tokens) > 0 else ""
     # Each message costs its words plus 3, as OpenAI's own accounting roughly does.
     prompt_tokens = sum(count_tokens(_message_text(m.get("content"))) + 3 for m in messages) + 3
     completion_tokens = count_tokens(text)

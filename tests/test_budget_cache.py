@@ -68,15 +68,24 @@ def test_embeddings_are_checked_too(live: StubServer) -> None:
     assert live.requests == [] and ipyllm.usage()["kind"].tolist() == ["embedding"]
 
 
-def test_an_unpriced_model_is_said_once_and_not_counted_as_free(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
+def test_with_a_budget_an_unpriced_model_is_refused_before_sending(live: StubServer) -> None:
     ipyllm.config.budget_usd = 1.0
+    for _ in range(2):
+        with pytest.raises(ipyllm.BudgetExceededError) as caught:
+            ipyllm.complete("one", model="openai/my-local-model")
+        assert caught.value.message.startswith("no price is known for openai/my-local-model, so budget_usd cannot count it: ")
+        assert "prices" in caught.value.message and "unset budget_usd" in caught.value.message
+    assert live.requests == []
+    assert ipyllm.usage()["status"].tolist() == ["over_budget", "over_budget"]
+    # Given a price, it is counted and sent.
+    ipyllm.config.prices = {"openai/my-local-model": "gpt-4o-mini"}
+    reply = ipyllm.complete("two", model="openai/my-local-model")
+    assert reply.usage.cost_usd > 0 and len(live.requests) == 1
+
+
+def test_without_a_budget_an_unpriced_model_is_sent_with_an_unknown_cost(live: StubServer) -> None:
     ipyllm.complete("one", model="openai/my-local-model")
-    ipyllm.complete("two", model="openai/my-local-model")
-    warnings = [line for line in capfd.readouterr().err.splitlines() if line]
-    assert warnings == [
-        "ipyllm: no price is known for openai/my-local-model: budget checks count its calls as unknown (not as free);"
-        " set prices to count them"
-    ]
+    assert len(live.requests) == 1
     assert ipyllm.usage()["cost_usd"].isna().all()
 
 

@@ -23,11 +23,16 @@ SPEC_DTYPES = {
     "prompt_tokens": "Int64",
     "completion_tokens": "Int64",
     "total_tokens": "Int64",
+    "cached_tokens": "Int64",
+    "tokens_estimated": "boolean",
     "cost_usd": "float64",
     "latency_s": "float64",
     "attempts": "Int64",
     "status": "string",
     "error": "string",
+    "batch": "string",
+    "user": "string",
+    "host": "string",
 }
 
 
