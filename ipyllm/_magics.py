@@ -227,7 +227,7 @@ def settings_text() -> str:
 # -- usage ---------------------------------------------------------------------------------------------
 
 
-GROUPINGS = ("model", "day", "cell")
+GROUPINGS = ("model", "day", "cell", "batch", "user", "host")
 
 
 def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
@@ -241,10 +241,13 @@ def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
         return empty.assign(cost_usd=0.0, mean_latency_s=math.nan)
     if by == "day":
         key = frame["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.date.rename("day")
+    elif by == "cell" and frame["session"].nunique() > 1:
+        # Cell 2 of one session is not cell 2 of another.
+        key = (frame["session"] + " In[" + frame["cell"].astype("string").fillna("-") + "]").rename("cell")
     else:
         key = frame[by]
     work = frame.assign(errors=(frame["status"] == "error").astype("Int64"), retries=(frame["attempts"] - 1).clip(lower=0))
-    grouped = work.groupby(key, sort=True)
+    grouped = work.groupby(key, sort=True, dropna=False)
     table = pd.DataFrame(
         {
             "calls": grouped.size(),
@@ -466,7 +469,7 @@ class LLMMagics(Magics):
     # -- %llm_usage ------------------------------------------------------------------------------------
     @magic_arguments()
     @argument("--all", action="store_true", help="include earlier sessions from the ledger (usage_db)")
-    @argument("--by", choices=GROUPINGS, default="model", help="group by model (default), day or cell")
+    @argument("--by", choices=GROUPINGS, default="model", help="group by model (default), day, cell, batch, user or host")
     @argument("--plot", action="store_true", help="draw cost over time and by model (needs matplotlib)")
     @line_magic
     def llm_usage(self, line: str) -> pd.DataFrame | None:
