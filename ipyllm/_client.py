@@ -440,7 +440,8 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
         return AuthenticationError(f"{provider} refused the API key ({status}): check it, or {key_hint}", status_code=status)
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
-        return UnknownModelError(unknown_model_message(model, said if status == 404 else ""), status_code=status)
+        advice = unknown_model_message(model, said if status == 404 else "", base_url=settings.base_url, api_key=settings.api_key)
+        return UnknownModelError(advice, status_code=status)
     if name == "ContextWindowExceededError":
         return RequestRejectedError(
             f"the prompt is longer than {model}'s context window: shorten it or choose a model with a larger one", status_code=status
@@ -501,11 +502,32 @@ def _key_variable(call: _Call) -> str | None:
     return f"{call.row.provider.upper()}_API_KEY" if call.row.provider else None
 
 
-def unknown_model_message(model: str, provider_said: str = "") -> str:
+def unknown_model_message(model: str, provider_said: str = "", *, base_url: str | None = None, api_key: str | None = None) -> str:
+    """What to do about a model the provider does not serve: close matches, or what the ``base_url`` server offers.
+
+    With ``base_url`` set, the server's own list (``GET {base_url}/models``) names the alternatives; the
+    advice to use ``openai/<name>`` with ``base_url`` is only given to a user who has not done so already.
+    """
     import difflib
 
-    names = model_names()
     said = f" ({provider_said})" if provider_said else ""
+    if base_url:
+        from ipyllm._models import server_models
+
+        offered = server_models(base_url, api_key, timeout=5.0)
+        bare = model.removeprefix("openai/")
+        if offered and bare in offered and not model.startswith("openai/"):
+            return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
+        if offered:
+            suggestion = (difflib.get_close_matches(bare, offered, n=1, cutoff=0.5) or offered)[0]
+            shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
+            return (
+                f"the server at {base_url} does not serve {model!r}{said}; it offers: {shown}: "
+                f"use one of them, e.g. %llm_config model=openai/{suggestion.removeprefix('openai/')}"
+            )
+        if model.startswith("openai/"):
+            return f"the server at {base_url} does not serve {model!r}{said}: check the name against the server's own model list"
+    names = model_names()
     if model in names:
         return f"the provider does not serve {model!r}{said}: check that your account, deployment or server offers it"
     matches = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
