@@ -440,7 +440,8 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
         return AuthenticationError(f"{provider} refused the API key ({status}): check it, or {key_hint}", status_code=status)
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
-        advice = unknown_model_message(model, said if status == 404 else "", base_url=settings.base_url, api_key=settings.api_key)
+        sent = status == 404  # else litellm refused the name before sending it
+        advice = unknown_model_message(model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent)
         return UnknownModelError(advice, status_code=status)
     if name == "ContextWindowExceededError":
         return RequestRejectedError(
@@ -502,11 +503,14 @@ def _key_variable(call: _Call) -> str | None:
     return f"{call.row.provider.upper()}_API_KEY" if call.row.provider else None
 
 
-def unknown_model_message(model: str, provider_said: str = "", *, base_url: str | None = None, api_key: str | None = None) -> str:
+def unknown_model_message(
+    model: str, provider_said: str = "", *, base_url: str | None = None, api_key: str | None = None, sent: bool = True
+) -> str:
     """What to do about a model the provider does not serve: close matches, or what the ``base_url`` server offers.
 
     With ``base_url`` set, the server's own list (``GET {base_url}/models``) names the alternatives; the
     advice to use ``openai/<name>`` with ``base_url`` is only given to a user who has not done so already.
+    ``sent`` is False when litellm refused the name before any request (no provider prefix it knows).
     """
     import difflib
 
@@ -516,8 +520,10 @@ def unknown_model_message(model: str, provider_said: str = "", *, base_url: str 
 
         offered = server_models(base_url, api_key, timeout=5.0)
         bare = model.removeprefix("openai/")
-        if offered and bare in offered and not model.startswith("openai/"):
+        if offered and bare in offered and not sent:
             return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
+        if offered and bare in offered:
+            return f"the server at {base_url} lists {bare!r} but answered 404{said}: check base_url (OpenAI-style servers end in /v1)"
         if offered:
             suggestion = (difflib.get_close_matches(bare, offered, n=1, cutoff=0.5) or offered)[0]
             shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
