@@ -148,7 +148,7 @@ def server_models(base_url: str, api_key: str | None = None, timeout: float = 5.
 
 def _server_context(item: dict[str, Any]) -> int | None:
     """The context window a server states: vLLM's ``max_model_len``, OpenRouter's ``context_length``, llama.cpp's ``meta``."""
-    meta = item.get("meta") if isinstance(item.get("meta"), dict) else {}
+    meta: dict[str, Any] = item["meta"] if isinstance(item.get("meta"), dict) else {}
     stated = (item.get("max_model_len"), item.get("context_length"), item.get("context_window"), meta.get("n_ctx"), meta.get("n_ctx_train"))
     for value in stated:
         if isinstance(value, (int, float)) and value > 0:
