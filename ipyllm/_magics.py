@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import json
 import keyword
 import math
@@ -292,7 +293,7 @@ class LLMMagics(Magics):
         # The running cell: its id when the frontend sends one, and its source (for --chat and for output cleanup).
         self.cell_id = getattr(info, "cell_id", None)
         self.cell_source = getattr(info, "raw_cell", None)
-        self.run += 1
+        self.run = next(_runs)
 
     def post_run_cell(self, result: Any) -> None:
         # A magic called outside a cell (run_line_magic from code) must not take the last cell for its own.
@@ -560,5 +561,7 @@ def unload(shell: Any) -> None:
 
 
 _loaded: dict[int, LLMMagics] = {}
+#: Numbers the cell runs of the process (not of one load: turns recorded before a reload keep theirs).
+_runs = itertools.count(1)
 #: Shells whose configuration (ipython_config.py, %config) has been applied: once per shell, not per load.
 _configured: weakref.WeakSet[Any] = weakref.WeakSet()

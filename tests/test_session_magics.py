@@ -214,3 +214,12 @@ def test_the_magics_cell_tracking_resets_after_each_cell(ip: Any) -> None:
     magics = _magics._loaded[id(ip)]
     ip.run_cell("x = 1", cell_id="abc")
     assert magics.cell_id is None and magics.cell_source is None
+
+
+def test_a_reload_does_not_confuse_runs_before_it_with_runs_after_it(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nMy name is Ada.")
+        ip.run_line_magic("reload_ext", "ipyllm")
+        ip.run_cell("%%llm --chat\nMy name is Ada.")
+    assert [t.prompt for t in _chat.conversation.turns] == ["My name is Ada."]
+    assert len(live.requests[-1].body["messages"]) == 1
