@@ -520,17 +520,19 @@ def unknown_model_message(
 
         offered = server_models(base_url, api_key, timeout=5.0)
         bare = model.removeprefix("openai/")
-        if offered and bare in offered and not sent:
-            return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
         if offered and bare in offered:
-            return f"the server at {base_url} lists {bare!r} but answered 404{said}: check base_url (OpenAI-style servers end in /v1)"
+            if not sent:
+                return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
+            where = f"the server at {base_url}"
+            return f"{where} does not serve {model!r}{said}, though it lists it: check base_url (OpenAI-style ones end in /v1)"
         if offered:
-            suggestion = (difflib.get_close_matches(bare, offered, n=1, cutoff=0.5) or offered)[0]
+            close = difflib.get_close_matches(bare, offered, n=3, cutoff=0.6)
             shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
-            return (
-                f"the server at {base_url} does not serve {model!r}{said}; it offers: {shown}: "
-                f"use one of them, e.g. %llm_config model=openai/{suggestion.removeprefix('openai/')}"
-            )
+            example = f"e.g. %llm_config model=openai/{(close or offered)[0].removeprefix('openai/')}"
+            if not sent:  # litellm did not know the name: the closest names the server offers
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                return f"unknown model {model!r}{said}: {hint}the server at {base_url} offers: {shown}: {example}"
+            return f"the server at {base_url} does not serve {model!r}{said}; it offers: {shown}: use one of them, {example}"
         if model.startswith("openai/"):
             return f"the server at {base_url} does not serve {model!r}{said}: check the name against the server's own model list"
     names = model_names()

@@ -224,7 +224,18 @@ def test_a_404_for_a_model_the_server_lists_does_not_blame_the_prefix(session: _
     finally:
         server.close()
     assert server.posts == 1
-    assert caught.value.message.startswith(
-        f"the server at {server.base_url} lists 'gpt-4o-mini' but answered 404 (The model does not exist)"
+    assert caught.value.message == (
+        f"the server at {server.base_url} does not serve 'gpt-4o-mini' (The model does not exist), though it lists it: "
+        "check base_url (OpenAI-style ones end in /v1)"
     )
     assert "name it openai/" not in caught.value.message
+
+
+def test_a_name_litellm_does_not_know_gets_the_servers_closest_names(live: StubServer) -> None:
+    with pytest.raises(ipyllm.UnknownModelError) as caught:
+        ipyllm.complete("hello", model="stub-locl")
+    assert caught.value.message == (
+        "unknown model 'stub-locl': did you mean stub-local? the server at "
+        f"{live.base_url} offers: gpt-4o-mini, gpt-4o, text-embedding-3-small, stub-local: e.g. %llm_config model=openai/stub-local"
+    )
+    assert live.requests == []
