@@ -167,11 +167,10 @@ def _matches(name: str, words: list[str]) -> bool:
 def _frame(rows: dict[str, dict[str, Any]]) -> pd.DataFrame:
     import pandas as pd
 
-    frame = pd.DataFrame.from_dict(rows, orient="index", columns=list(MODEL_COLUMNS)) if rows else pd.DataFrame(columns=list(MODEL_COLUMNS))
-    frame = frame.astype(MODEL_COLUMNS)
-    frame.index = frame.index.astype("string")
-    frame.index.name = "model"
-    return frame
+    # Column by column: building 4,000 rows as dicts through from_dict takes seconds, this takes milliseconds.
+    index = pd.Index(list(rows), dtype="string", name="model")
+    data = {name: pd.array([row[name] for row in rows.values()], dtype=dtype) for name, dtype in MODEL_COLUMNS.items()}
+    return pd.DataFrame(data, index=index)
 
 
 def models(filter: str | None = None, provider: str | None = None) -> pd.DataFrame:  # noqa: A002 - the documented name
@@ -244,7 +243,7 @@ def _server_rows(listing: list[dict[str, Any]], words: list[str]) -> dict[str, d
         entry = known.get(model_id)
         rows[name] = {
             "provider": "openai",
-            "mode": entry.mode if entry else "chat",
+            "mode": entry.mode if entry else None,
             "context_window": _server_context(item) or (entry.context_window if entry else None),
             "input_usd_per_1m": price(settings, name, "openai", 1_000_000, 0),
             "output_usd_per_1m": price(settings, name, "openai", 0, 1_000_000),

@@ -120,6 +120,7 @@ def test_with_base_url_the_servers_list_is_shown_and_the_key_sent_as_bearer(clea
         assert list(frame["context_window"]) == [32768, 32768], "the server's own max_model_len"
         assert frame.loc["openai/gpt-4o-mini", "input_usd_per_1m"] == pytest.approx(0.15)
         assert math.isnan(frame.loc["openai/my-finetune", "input_usd_per_1m"])
+        assert frame.loc["openai/gpt-4o-mini", "mode"] == "chat" and frame["mode"].isna().tolist() == [False, True], "unknown, not guessed"
         assert server.authorization == [f"Bearer {SECRET}"]
         assert SECRET not in captured.stdout + captured.stderr + frame.to_string() + frame.to_html()
         # The session's prices apply to the server's models too.
