@@ -441,7 +441,10 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
         return AuthenticationError(f"{provider} refused the API key ({status}): check it, or {key_hint}", status_code=status)
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
         sent = status == 404  # else litellm refused the name before sending it
-        advice = unknown_model_message(model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent)
+        setting = "embedding_model" if call.kind == "embedding" else "model"
+        advice = unknown_model_message(
+            model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent, setting=setting
+        )
         return UnknownModelError(advice, status_code=status)
     if name == "ContextWindowExceededError":
         return RequestRejectedError(
@@ -504,13 +507,20 @@ def _key_variable(call: _Call) -> str | None:
 
 
 def unknown_model_message(
-    model: str, provider_said: str = "", *, base_url: str | None = None, api_key: str | None = None, sent: bool = True
+    model: str,
+    provider_said: str = "",
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    sent: bool = True,
+    setting: str = "model",
 ) -> str:
     """What to do about a model the provider does not serve: close matches, or what the ``base_url`` server offers.
 
     With ``base_url`` set, the server's own list (``GET {base_url}/models``) names the alternatives; the
     advice to use ``openai/<name>`` with ``base_url`` is only given to a user who has not done so already.
-    ``sent`` is False when litellm refused the name before any request (no provider prefix it knows).
+    ``sent`` is False when litellm refused the name before any request (no provider prefix it knows);
+    ``setting`` is the one to change (``embedding_model`` for an embedding call).
     """
     import difflib
 
@@ -528,7 +538,7 @@ def unknown_model_message(
         if offered:
             close = difflib.get_close_matches(bare, offered, n=3, cutoff=0.6)
             shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
-            example = f"e.g. %llm_config model=openai/{(close or offered)[0].removeprefix('openai/')}"
+            example = f"e.g. %llm_config {setting}=openai/{(close or offered)[0].removeprefix('openai/')}"
             if not sent:  # litellm did not know the name: the closest names the server offers
                 hint = f"did you mean {', '.join(close)}? " if close else ""
                 return f"unknown model {model!r}{said}: {hint}the server at {base_url} offers: {shown}: {example}"

@@ -509,7 +509,7 @@ class LLMMagics(Magics):
 
 def _api_warnings() -> int:
     """How many one-line warnings the session has printed (a cell showing one must not be cleared)."""
-    return len(_api.session._warned)
+    return len(getattr(_api.session, "_warned", ()))
 
 
 def _figure_bundle(figure: Any) -> dict[str, Any]:

@@ -240,3 +240,11 @@ def test_a_name_litellm_does_not_know_gets_the_servers_closest_names(live: StubS
         f"{live.base_url} offers: gpt-4o-mini, gpt-4o, text-embedding-3-small, stub-local: e.g. %llm_config model=openai/stub-local"
     )
     assert live.requests == []
+
+
+def test_a_404_for_an_embedding_model_names_the_embedding_setting(live: StubServer) -> None:
+    live.script(Fault.status(404, "no such embedding model"))
+    with pytest.raises(ipyllm.UnknownModelError) as caught:
+        ipyllm.embed(["hello"], model="openai/fake-embedder")
+    assert "does not serve 'openai/fake-embedder'" in caught.value.message
+    assert "e.g. %llm_config embedding_model=openai/" in caught.value.message
