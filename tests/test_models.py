@@ -248,3 +248,25 @@ def test_a_404_for_an_embedding_model_names_the_embedding_setting(live: StubServ
         ipyllm.embed(["hello"], model="openai/fake-embedder")
     assert "does not serve 'openai/fake-embedder'" in caught.value.message
     assert "e.g. %llm_config embedding_model=openai/" in caught.value.message
+
+
+def test_an_interrupt_while_listing_leaves_the_key_in_no_frame_and_no_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ipyllm._config import Secret
+
+    def interrupted_urlopen(request: Any, timeout: float) -> Any:
+        header = request.get_header("Authorization")  # what urllib's own frames hold while a request is under way
+        assert header == f"Bearer {SECRET}"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_models.urllib.request, "urlopen", interrupted_urlopen)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        _models.server_models("http://127.0.0.1:9/v1", Secret(SECRET))
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    frames = []
+    traceback = caught.value.__traceback__
+    while traceback is not None:
+        frames.append(traceback.tb_frame)
+        traceback = traceback.tb_next
+    assert [f.f_code.co_name for f in frames][-2:] == ["server_models", "_server_listing"]
+    for frame in frames:
+        assert SECRET not in repr(frame.f_locals), frame.f_code.co_name
