@@ -1,7 +1,8 @@
 """ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
-``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
+``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget), ``models`` (the model list),
+``chat_history`` / ``chat_reset`` (the ``--chat`` conversation); ``ipyllm.testing`` is an
 OpenAI-compatible stub server for offline use.
 Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._api import SESSION_ID, complete, embed, usage
+from ipyllm._chat import chat_history, chat_reset
 from ipyllm._client import Embeddings, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
@@ -28,6 +30,8 @@ from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._retry import RetryNote
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from ipyllm._widget import Picker
 
 __version__ = "0.1.0"
@@ -50,9 +54,12 @@ __all__ = [
     "StreamBrokenError",
     "UnknownModelError",
     "UsageRow",
+    "chat_history",
+    "chat_reset",
     "complete",
     "config",
     "embed",
+    "models",
     "picker",
     "usage",
     "warm_up",
@@ -64,6 +71,17 @@ def picker() -> Picker:
     from ipyllm._widget import picker as make_picker
 
     return make_picker()
+
+
+def models(filter: str | None = None, provider: str | None = None) -> pd.DataFrame:  # noqa: A002 - the documented name
+    """Models with context window and USD per 1M tokens: litellm's catalogue, or the ``base_url`` server's own list.
+
+    ``filter`` keeps names containing all its words; ``provider`` keeps one provider's catalogue models.
+    See ``%llm_models``.
+    """
+    from ipyllm._models import models as list_models
+
+    return list_models(filter, provider)
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -440,7 +440,12 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
         return AuthenticationError(f"{provider} refused the API key ({status}): check it, or {key_hint}", status_code=status)
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
-        return UnknownModelError(unknown_model_message(model, said if status == 404 else ""), status_code=status)
+        sent = status == 404  # else litellm refused the name before sending it
+        setting = "embedding_model" if call.kind == "embedding" else "model"
+        advice = unknown_model_message(
+            model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent, setting=setting
+        )
+        return UnknownModelError(advice, status_code=status)
     if name == "ContextWindowExceededError":
         return RequestRejectedError(
             f"the prompt is longer than {model}'s context window: shorten it or choose a model with a larger one", status_code=status
@@ -501,11 +506,46 @@ def _key_variable(call: _Call) -> str | None:
     return f"{call.row.provider.upper()}_API_KEY" if call.row.provider else None
 
 
-def unknown_model_message(model: str, provider_said: str = "") -> str:
+def unknown_model_message(
+    model: str,
+    provider_said: str = "",
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    sent: bool = True,
+    setting: str = "model",
+) -> str:
+    """What to do about a model the provider does not serve: close matches, or what the ``base_url`` server offers.
+
+    With ``base_url`` set, the server's own list (``GET {base_url}/models``) names the alternatives; the
+    advice to use ``openai/<name>`` with ``base_url`` is only given to a user who has not done so already.
+    ``sent`` is False when litellm refused the name before any request (no provider prefix it knows);
+    ``setting`` is the one to change (``embedding_model`` for an embedding call).
+    """
     import difflib
 
-    names = model_names()
     said = f" ({provider_said})" if provider_said else ""
+    if base_url:
+        from ipyllm._models import server_models
+
+        offered = server_models(base_url, api_key, timeout=5.0)
+        bare = model.removeprefix("openai/")
+        if offered and bare in offered:
+            if not sent:
+                return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
+            where = f"the server at {base_url}"
+            return f"{where} does not serve {model!r}{said}, though it lists it: check base_url (OpenAI-style ones end in /v1)"
+        if offered:
+            close = difflib.get_close_matches(bare, offered, n=3, cutoff=0.6)
+            shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
+            example = f"e.g. %llm_config {setting}=openai/{(close or offered)[0].removeprefix('openai/')}"
+            if not sent:  # litellm did not know the name: the closest names the server offers
+                hint = f"did you mean {', '.join(close)}? " if close else ""
+                return f"unknown model {model!r}{said}: {hint}the server at {base_url} offers: {shown}: {example}"
+            return f"the server at {base_url} does not serve {model!r}{said}; it offers: {shown}: use one of them, {example}"
+        if model.startswith("openai/"):
+            return f"the server at {base_url} does not serve {model!r}{said}: check the name against the server's own model list"
+    names = model_names()
     if model in names:
         return f"the provider does not serve {model!r}{said}: check that your account, deployment or server offers it"
     matches = difflib.get_close_matches(model, names, n=3, cutoff=0.6)

@@ -79,14 +79,22 @@ def note_bundle(text: str) -> Bundle:
 class LiveOutput:
     """One output area, updated in place through the shell's display publisher.
 
-    Streaming pieces arrive far faster than a browser wants to redraw, so updates are throttled to
-    ``interval`` seconds; ``show(..., final=True)`` always goes out.
+    Nothing is published until there is something to show, so a call that shows nothing (a line magic,
+    a request refused at once) leaves no output at all. Streaming pieces arrive far faster than a browser
+    wants to redraw, so updates are throttled to ``interval`` seconds; ``show(..., final=True)`` always
+    goes out.
+
+    A display cannot be taken back out of a notebook: an update to an empty bundle still leaves an (empty)
+    output in the saved file, and only clearing the cell's whole output removes it. So ``withdraw`` clears
+    the cell when the caller says this display is all the cell shows (``can_clear``), and otherwise turns
+    the display into a short trace line rather than leaving it empty.
     """
 
-    def __init__(self, publisher: Any, interval: float = 0.1) -> None:
-        self._publish = publisher.publish
+    def __init__(self, publisher: Any, interval: float = 0.1, *, can_clear: bool = False) -> None:
+        self._publisher = publisher
         self.display_id = uuid.uuid4().hex
         self.interval = interval
+        self.can_clear = can_clear
         self.shown = False
         self._last = 0.0
 
@@ -94,11 +102,17 @@ class LiveOutput:
         now = time.monotonic()
         if not final and self.shown and now - self._last < self.interval:
             return
-        self._publish(data=bundle, metadata={}, transient={"display_id": self.display_id}, update=self.shown)
+        self._publisher.publish(data=bundle, metadata={}, transient={"display_id": self.display_id}, update=self.shown)
         self.shown = True
         self._last = now
 
-    def clear(self) -> None:
-        """Leave nothing visible where the note or the stream was."""
-        if self.shown:
-            self.show({"text/plain": ""}, final=True)
+    def withdraw(self, trace: str) -> None:
+        """Take back what was shown (a passing note): clear the cell if allowed, else leave ``trace`` in its place."""
+        if not self.shown:
+            return
+        if self.can_clear and hasattr(self._publisher, "clear_output"):
+            self._publisher.clear_output(wait=False)
+            # A later show() starts a new display: the old one is gone from the cell.
+            self.display_id, self.shown = uuid.uuid4().hex, False
+            return
+        self.show({"text/plain": trace, "text/html": _small(trace)}, final=True)

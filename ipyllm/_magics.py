@@ -1,4 +1,4 @@
-"""The ``%llm`` / ``%%llm``, ``%llm_config`` and ``%llm_usage`` magics.
+"""The ``%llm`` / ``%%llm``, ``%llm_config``, ``%llm_usage``, ``%llm_chat`` and ``%llm_models`` magics.
 
 The only module that raises ``UsageError`` (IPython's own class: IPython prints a subclass with a full
 traceback). Pure logic comes first; the thin ``Magics`` class follows the ``# IPython connectivity`` line.
@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import ast
 import io
+import itertools
 import json
 import keyword
 import math
 import re
 import shlex
 import string
+import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
 from ipyllm import _api
+from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
 from ipyllm._display import FORMATS, LiveOutput, format_cost, note_bundle, render
@@ -112,42 +114,6 @@ def split_prompt(parser: argparse.ArgumentParser, line: str) -> tuple[str, str]:
             break
         end_of_options = position
     return line[:end_of_options].strip(), line[end_of_options:].strip()
-
-
-# -- conversation --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Turn:
-    cell_id: str | None
-    prompt: str
-    reply: str
-
-
-@dataclass
-class Conversation:
-    """The ``--chat`` history of this session; a re-run cell replaces its own earlier turn."""
-
-    turns: list[Turn] = field(default_factory=list)
-
-    def history(self, cell_id: str | None) -> list[dict[str, str]]:
-        messages = []
-        for turn in self.turns:
-            if cell_id is not None and turn.cell_id == cell_id:
-                continue
-            messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.reply}]
-        return messages
-
-    def record(self, cell_id: str | None, prompt: str, reply: str) -> None:
-        if cell_id is not None:
-            self.turns = [t for t in self.turns if t.cell_id != cell_id]
-        self.turns.append(Turn(cell_id, prompt, reply))
-
-    def clear(self) -> None:
-        self.turns.clear()
-
-
-conversation = Conversation()
 
 
 # -- settings from the magic line ---------------------------------------------------------------------
@@ -323,9 +289,18 @@ class LLMMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.cell_id: str | None = None
+        self.cell_source: str | None = None
+        self.run = 0
 
     def pre_run_cell(self, info: Any) -> None:
+        # The running cell: its id when the frontend sends one, and its source (for --chat and for output cleanup).
         self.cell_id = getattr(info, "cell_id", None)
+        self.cell_source = getattr(info, "raw_cell", None)
+        self.run = next(_runs)
+
+    def post_run_cell(self, result: Any) -> None:
+        # A magic called outside a cell (run_line_magic from code) must not take the last cell for its own.
+        self.cell_id = self.cell_source = None
 
     # -- %llm / %%llm ----------------------------------------------------------------------------------
     @magic_arguments()
@@ -368,7 +343,8 @@ class LLMMagics(Magics):
             for k, v in {"model": args.model, "system": args.system, "temperature": args.temperature, "max_tokens": args.max_tokens}.items()
             if v is not None
         }
-        history = conversation.history(self.cell_id) if args.chat else []
+        key = cell_key(self.cell_id, self.cell_source)
+        history = conversation.history(key, self.run) if args.chat else []
         messages = [*history, {"role": "user", "content": prompt}]
         if args.dry_run:
             try:
@@ -378,14 +354,17 @@ class LLMMagics(Magics):
             self._dry_run(settings, as_messages(messages, settings.system))
             return None
 
-        output = LiveOutput(self.shell.display_pub)
+        # Only %%llm streams into the cell: the line magic's value is the reply (shown once, or assigned).
+        output = LiveOutput(self.shell.display_pub, can_clear=self._cell_is_this_call(cell))
         fmt = args.format
         pieces: list[str] = []
 
         def on_text(piece: str) -> None:
             pieces.append(piece)
-            output.show(render("".join(pieces), "text" if fmt == "json" else fmt))
+            if cell is not None:
+                output.show(render("".join(pieces), "text" if fmt == "json" else fmt))
 
+        warnings_before = _api_warnings()
         try:
             reply = _api.chat(
                 messages,
@@ -399,23 +378,37 @@ class LLMMagics(Magics):
         except StreamBrokenError as error:
             output.show(render(error.partial.rstrip() + " …", fmt, "the reply broke off here"), final=True)
             raise
-        except (LLMError, KeyboardInterrupt):
-            output.clear()
+        except (LLMError, KeyboardInterrupt) as error:
+            output.can_clear &= _api_warnings() == warnings_before
+            attempts = getattr(getattr(error, "usage", None), "attempts", None)
+            output.withdraw("interrupted" if isinstance(error, KeyboardInterrupt) else f"gave up after {attempts or 'several'} attempts")
             raise
         except SettingError as error:
-            output.clear()
             raise UsageError(str(error)) from None
         reply.display_format = fmt
         if args.chat:
-            conversation.record(self.cell_id, prompt, reply.text)
+            conversation.record(self.cell_id, prompt, reply.text, reply.usage, key=key, run=self.run)
         if args.output:
             self.shell.user_ns[args.output] = reply
         if cell is None:
-            # The line magic's value shows itself (or is assigned); the live area steps aside.
-            output.clear()
+            # The retry notes step aside for the returned value (shown by IPython, or assigned).
+            output.can_clear &= _api_warnings() == warnings_before
+            output.withdraw(f"answered after {reply.usage.attempts} attempts")
             return reply
         output.show(reply._repr_mimebundle_(), final=True)
         return None
+
+    def _cell_is_this_call(self, cell: str | None) -> bool:
+        """Whether this call is all the running cell does, so clearing the cell's output loses nothing else.
+
+        A ``%%llm`` cell is; a line magic is when the cell is that one line (``answer = %llm ...``).
+        """
+        if cell is not None:
+            return True
+        if self.cell_source is None:
+            return False
+        lines = [line for line in self.cell_source.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        return len(lines) == 1 and _LINE_MAGIC.match(lines[0]) is not None
 
     def _dry_run(self, settings: Any, messages: list[dict[str, Any]]) -> None:
         guess = estimate(settings, messages)
@@ -482,6 +475,45 @@ class LLMMagics(Magics):
             return None
         return usage_table(frame, args.by)
 
+    # -- %llm_chat -------------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("--reset", action="store_true", help="forget the conversation and start a new one (the usage rows stay)")
+    @line_magic
+    def llm_chat(self, line: str) -> None:
+        """Show the ``--chat`` conversation: each turn with its tokens and cost; ``--reset`` starts a new one.
+
+        The same in Python: ``ipyllm.chat_history()`` (a DataFrame) and ``ipyllm.chat_reset()``.
+        """
+        args = parse_options(self.llm_chat.parser, line)
+        if args.reset:
+            forgotten = chat_reset()
+            print(f"new conversation: {forgotten} turn{'s' if forgotten != 1 else ''} forgotten (their usage rows stay)")
+            return
+        self.shell.display_pub.publish(data=conversation.bundle(), metadata={})
+
+    # -- %llm_models -----------------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-p", "--provider", help="only this provider's models (litellm's catalogue, even with base_url set)")
+    @argument("filter", nargs="*", help="words the model name must contain, e.g. gpt 4o")
+    @line_magic
+    def llm_models(self, line: str) -> pd.DataFrame:
+        """List models with their context window and prices in USD per 1M tokens (``ipyllm.models()``).
+
+        litellm's catalogue; with ``base_url`` set, the models the server lists at ``GET {base_url}/models``.
+        """
+        from ipyllm._models import models
+
+        args = parse_options(self.llm_models.parser, line)
+        try:
+            return models(" ".join(args.filter) or None, provider=args.provider)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+
+
+def _api_warnings() -> int:
+    """How many one-line warnings the session has printed (a cell showing one must not be cleared)."""
+    return len(getattr(_api.session, "_warned", ()))
+
 
 def _figure_bundle(figure: Any) -> dict[str, Any]:
     import base64
@@ -496,11 +528,15 @@ def load(shell: Any) -> None:
     magics = LLMMagics(shell)
     shell.register_magics(magics)
     shell.events.register("pre_run_cell", magics.pre_run_cell)
+    shell.events.register("post_run_cell", magics.post_run_cell)
     if keep_question_marks not in shell.input_transformers_cleanup:
         shell.input_transformers_cleanup.append(keep_question_marks)
     if config not in shell.configurables:
         shell.configurables.append(config)
-        # ipython_config.py (c.LLMConfig.x = ...) wins over the environment, as everywhere in Jupyter.
+    if shell not in _configured:
+        # ipython_config.py (c.LLMConfig.x = ...) wins over the environment, as everywhere in Jupyter; applied
+        # on the first load only, so that %reload_ext keeps what the session set since.
+        _configured.add(shell)
         if type(config).__name__ in shell.config:
             config.update_config(shell.config)
     _loaded[id(shell)] = magics
@@ -512,10 +548,11 @@ def unload(shell: Any) -> None:
     magics = _loaded.pop(id(shell), None)
     if magics is None:
         return
-    try:
-        shell.events.unregister("pre_run_cell", magics.pre_run_cell)
-    except ValueError:
-        pass
+    for event, callback in (("pre_run_cell", magics.pre_run_cell), ("post_run_cell", magics.post_run_cell)):
+        try:
+            shell.events.unregister(event, callback)
+        except ValueError:
+            pass
     for kind, names in magics.magics.items():
         for name in names:
             shell.magics_manager.magics[kind].pop(name, None)
@@ -527,3 +564,7 @@ def unload(shell: Any) -> None:
 
 
 _loaded: dict[int, LLMMagics] = {}
+#: Numbers the cell runs of the process (not of one load: turns recorded before a reload keep theirs).
+_runs = itertools.count(1)
+#: Shells whose configuration (ipython_config.py, %config) has been applied: once per shell, not per load.
+_configured: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -31,8 +31,9 @@ from ipyllm._client import check_environment, load_litellm, price, resolve_provi
 from ipyllm._config import Settings, config
 from ipyllm._display import format_cost
 from ipyllm._ledger import UsageRow
+from ipyllm._models import Catalogue, catalogue
 
-__all__ = ["ModelInfo", "Picker", "describe_model", "picker"]
+__all__ = ["Catalogue", "ModelInfo", "Picker", "catalogue", "describe_model", "picker"]
 
 #: Settings typed into a text field: name -> (label, placeholder shown while unset).
 TEXT_SETTINGS: dict[str, tuple[str, str]] = {
@@ -51,36 +52,7 @@ _WIDTH = "600px"
 _INDENTED = {"width": "480px", "margin": "2px 0 2px 120px"}
 
 
-# -- litellm's catalogue -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Catalogue:
-    """litellm's chat models by provider, and the provider prefixes litellm routes."""
-
-    chat_models: dict[str, tuple[str, ...]]
-    provider_of: dict[str, str]
-    prefixes: frozenset[str]
-
-    @property
-    def providers(self) -> list[str]:
-        return sorted(self.chat_models)
-
-
-@functools.lru_cache(maxsize=1)
-def catalogue() -> Catalogue:
-    """Read litellm's price map once (about 2 ms after litellm's import)."""
-    litellm = load_litellm()
-    by_provider: dict[str, list[str]] = {}
-    provider_of: dict[str, str] = {}
-    for name, entry in litellm.model_cost.items():
-        if not isinstance(entry, dict) or entry.get("mode") != "chat" or not entry.get("litellm_provider"):
-            continue
-        provider = str(entry["litellm_provider"])
-        by_provider.setdefault(provider, []).append(name)
-        provider_of[name] = provider
-    prefixes = frozenset(str(getattr(p, "value", p)) for p in litellm.provider_list)
-    return Catalogue({p: tuple(sorted(names, key=str.lower)) for p, names in by_provider.items()}, provider_of, prefixes)
+# -- litellm's catalogue (shared with %llm_models, in ipyllm._models) ---------------------------------
 
 
 def provider_of(model: str, base_url: str | None) -> str | None:
