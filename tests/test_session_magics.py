@@ -7,6 +7,7 @@ tests/test_session_kernel.py.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -192,12 +193,14 @@ def test_a_retried_line_magic_among_other_code_leaves_a_trace_not_an_empty_outpu
     assert all(o["text/plain"].strip() for o in outputs)
 
 
-def test_a_warning_printed_during_the_call_is_never_cleared(ip: Any, live: StubServer) -> None:
-    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1, budget_usd=1.0, model="openai/unpriced-model")
+def test_a_warning_printed_during_the_call_is_never_cleared(ip: Any, live: StubServer, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not a database" * 100)
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1, usage_db=str(broken))
     live.script(Fault.status(503), Fault.status(503))
     with capture_output() as captured:
         ip.run_cell("%%llm\nhello")
-    assert "no price is known for openai/unpriced-model" in captured.stderr
+    assert f"cannot use the usage ledger {broken}" in captured.stderr
     assert shown(captured)[-1]["text/plain"] == "gave up after 2 attempts"
 
 
