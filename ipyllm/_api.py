@@ -24,6 +24,7 @@ from ipyllm._display import format_cost
 from ipyllm._errors import BudgetExceededError
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
+from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -243,7 +244,11 @@ def chat(
 ) -> Reply:
     started = time.perf_counter()
     settings, extra = split_overrides(overrides)
+    # Bad input is refused here, before the cache, the budget or the provider see it (no row, nothing sent).
+    check_prompt(prompt_or_messages)
     messages = as_messages(prompt_or_messages, settings.system)
+    check_encodable(messages)
+    check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
     record = session.recorder(source)
     key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
     if key is not None and (hit := session.cache_get(key)) is not None:
@@ -314,7 +319,8 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
     if "model" in overrides:
         overrides["embedding_model"] = overrides.pop("model")
     settings, extra = split_overrides(overrides)
-    items = [texts] if isinstance(texts, str) else list(texts)
+    items = check_texts(texts)
+    check_keywords("embedding", settings.embedding_model, resolve_provider(settings.embedding_model, settings.base_url), extra)
     record = session.recorder("api")
     model = settings.embedding_model
     key = cache_key("embedding", settings, items, extra) if settings.cache else None

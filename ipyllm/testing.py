@@ -140,7 +140,9 @@ class Fault:
             return cls.empty_stream()
         if name == "permanent":
             return cls.permanent(arg) if arg else cls.permanent()
-        raise ValueError(f"unknown fault {text!r}: use a status code (429, 429:2), drop, slow:SECONDS, break:N, echo, zero, empty or permanent")
+        raise ValueError(
+            f"unknown fault {text!r}: use a status code (429, 429:2), drop, slow:SECONDS, break:N, echo, zero, empty or permanent"
+        )
 
 
 @dataclass
@@ -249,7 +251,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send_error(fault)
                 return
             if fault.kind == "echo_key":
-                self._send_error(Fault.status(fault.code, f"Incorrect API key provided: {_sent_key(self.headers)}", error_type="invalid_request_error"))
+                self._send_error(
+                    Fault.status(fault.code, f"Incorrect API key provided: {_sent_key(self.headers)}", error_type="invalid_request_error")
+                )
                 return
             if fault.kind == "empty_stream":
                 self._send_empty()
