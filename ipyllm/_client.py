@@ -191,7 +191,7 @@ class Client:
         kwargs.update(extra or {})
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
-        call.check_key = "api_key" not in kwargs and "api_base" not in kwargs
+        call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
 
         def attempt() -> Any:
             if not stream:
@@ -231,7 +231,7 @@ class Client:
         kwargs.update(extra or {})
         embedding = self._embedding or litellm.embedding
         call = self._begin("embedding", model, settings, target)
-        call.check_key = "api_key" not in kwargs and "api_base" not in kwargs
+        call.check_key = self._embedding is None and "api_key" not in kwargs and "api_base" not in kwargs
         response = self._run(call, lambda: embedding(**kwargs), on_retry, report, None)
         vectors = [item["embedding"] if isinstance(item, dict) else item.embedding for item in response.data]
         return Embeddings(vectors, call.row)
@@ -446,68 +446,71 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     provider = call.row.provider or "the provider"
     where = settings.base_url or provider
     said = provider_words(exc, settings)
-    quoted = f" ({said})" if said else ""
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
     key_variable = _key_variable(call)
     key_hint = f"set LLM_API_KEY{f' or {key_variable}' if key_variable else ''}, or ipyllm.config.api_key"
 
-    def error(cls: type[LLMError], message: str) -> LLMError:
-        return cls(message, status_code=status, provider_message=said)
+    def error(cls: type[LLMError], what: str, advice: str) -> LLMError:
+        # One line: what happened: "what the provider said"; what to do.
+        told = f'{what}: "{said}"; {advice}' if said else f"{what}: {advice}"
+        return cls(told, status_code=status, provider_message=said)
 
     if is_missing_key(exc):
-        return error(MissingKeyError, f"no API key for {provider}: {key_hint}")
+        return MissingKeyError(f"no API key for {provider}: {key_hint}", status_code=status)
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
-        return error(
-            AuthenticationError, f"{provider} refused the API key ({status}{f': {said}' if said else ''}): check it, or {key_hint}"
-        )
+        return error(AuthenticationError, f"{provider} refused the API key ({status})", f"check it, or {key_hint}")
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
-        return error(UnknownModelError, unknown_model_message(model, said if status == 404 else ""))
+        return UnknownModelError(unknown_model_message(model, said if status == 404 else ""), status_code=status, provider_message=said)
     if name == "ContextWindowExceededError":
         return error(
-            RequestRejectedError,
-            f"the prompt is longer than {model}'s context window{quoted}: shorten it or choose a model with a larger one",
+            RequestRejectedError, f"the prompt is longer than {model}'s context window", "shorten it or choose a model with a larger one"
         )
     if name == "ContentPolicyViolationError":
-        return error(RequestRejectedError, f"{provider} refused the request under its content policy{quoted}: rephrase the prompt")
+        return error(RequestRejectedError, f"{provider} refused the request under its content policy", "rephrase the prompt")
     if status == 429:
-        return error(
-            RateLimitError, f"rate limited (429) {tries}{quoted}: wait a minute and run again, or raise num_retries / retry_max_wait"
-        )
+        return error(RateLimitError, f"rate limited (429) {tries}", "wait a minute and run again, or raise num_retries / retry_max_wait")
     reason = describe(exc)
     if reason == "litellm's repeated-chunk guard":
-        return error(LLMError, _broken_message(exc, 0))
+        return error(LLMError, "litellm's repeated-chunk guard stopped the reply (the model sent one piece over and over)", "try again")
     if reason == "the stream broke before any text":
         return error(
             ProviderUnavailableError,
-            f"the reply stream from {where} broke before any text {tries}{quoted}: try again later, or call without streaming",
+            f"the reply stream from {where} broke before any text {tries}",
+            "try again later, or call without streaming",
         )
     if reason == "connection error":
-        return error(ProviderUnavailableError, f"could not connect to {where} {tries}: check that it is up and that base_url is right")
+        return ProviderUnavailableError(
+            f"could not connect to {where} {tries}: check that it is up and that base_url is right",
+            status_code=status,
+            provider_message=said,
+        )
     if reason == "gateway timeout (504)":
         return error(
             ProviderUnavailableError,
-            f"{where} answered 504 gateway timeout {tries}{quoted}: a gateway before the model gave up waiting; try again later",
+            f"{where} answered 504 gateway timeout {tries}",
+            "a gateway before the model gave up waiting; try again later",
         )
     if reason == "request timeout (408) from the server":
-        return error(ProviderUnavailableError, f"{where} answered 408 request timeout {tries}{quoted}: the server gave up; try again later")
-    if reason == "timed out":
         return error(
-            ProviderUnavailableError,
-            f"no answer from {where} within {settings.timeout:g} s {tries}: try again later, or raise timeout (LLM_TIMEOUT)",
+            ProviderUnavailableError, f"{where} answered 408 request timeout {tries}", "the server gave up on the request; try again later"
+        )
+    if reason == "timed out":
+        return ProviderUnavailableError(
+            f"no answer within {settings.timeout:g} s {tries} from {where}: try again later, or raise timeout (LLM_TIMEOUT)",
+            status_code=status,
+            provider_message=said,
         )
     if status is not None and status >= 500 and is_permanent(exc):
         return error(
             ProviderUnavailableError,
-            f"{where} cannot serve this request ({status}{f': {said}' if said else ''}); not retried, since no retry can fix it: "
+            f"{where} cannot serve this request ({status}, not retried: no retry can fix it)",
             "change the server's setup or the model",
         )
     if status is not None and status >= 500:
-        return error(
-            ProviderUnavailableError, f"{where} failed with {status} {tries}{quoted}: the provider is having trouble; try again later"
-        )
+        return error(ProviderUnavailableError, f"{where} failed with {status} {tries}", "the provider is having trouble; try again later")
     if status is not None and 400 <= status < 500:
-        return error(RequestRejectedError, f"{provider} rejected the request ({status}){f': {said}' if said else ''}")
-    return error(LLMError, f"{name}{f': {said}' if said else ''}")
+        return error(RequestRejectedError, f"{provider} rejected the request ({status})", "fix what it names and run again")
+    return error(LLMError, f"{name} from {provider}", "see what it says, and run again")
 
 
 def _broken_message(exc: BaseException, pieces: int) -> str:
