@@ -16,6 +16,7 @@ from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
     BudgetExceededError,
+    InvalidInputError,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -38,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "Embeddings",
+    "InvalidInputError",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",

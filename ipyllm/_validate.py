@@ -94,14 +94,15 @@ def check_encodable(messages: Sequence[Mapping[str, Any]] | None = None, texts: 
     for where, text in items:
         try:
             text.encode("utf-8")
+            continue
         except UnicodeEncodeError as error:
-            char = text[error.start]
-            around = text[max(0, error.start - 10) : error.start + 10].encode("utf-8", "backslashreplace").decode()
-            raise InvalidInputError(
-                f"{where} cannot be sent as UTF-8: position {error.start} holds {char!r}, a lone surrogate (in {around!r}); "
-                "text read with errors='surrogateescape' (e.g. a file name) must be repaired first, "
-                "e.g. text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')"
-            ) from None
+            position = error.start
+        # Raised outside the except block: the one line says it all.
+        raise InvalidInputError(
+            f"{where} cannot be sent as UTF-8: position {position} holds {text[position]!r}, a lone surrogate (text read with "
+            "errors='surrogateescape', e.g. a file name?): repair it, e.g. text.encode('utf-8', 'surrogateescape')"
+            ".decode('utf-8', 'replace')"
+        )
 
 
 def check_texts(texts: Any) -> list[str]:
