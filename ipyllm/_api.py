@@ -294,7 +294,8 @@ def complete(
         Called with a ``RetryNote`` before each retry wait.
     **overrides
         Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
-        other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` as they are.
+        other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` once checked against
+        what litellm accepts for the model; provider-specific extras go in ``extra_body={...}``.
 
     Returns
     -------
@@ -306,6 +307,9 @@ def complete(
     ipyllm.LLMError
         When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
         the row).
+    ipyllm.InvalidInputError
+        Before sending (no row): a prompt or message of the wrong shape, text that is not valid UTF-8, an
+        unknown keyword (named with its close match).
     """
     return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, **overrides)
 
