@@ -88,8 +88,11 @@ class _PromptFormatter(string.Formatter):
 
 def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     """Replace ``{name}`` (and ``{In[3]}``, ``{obj.attr}``, ``{x:.2f}``) from the namespace; ``{{ }}`` are braces."""
+    formatter = _PromptFormatter()
     try:
-        return _PromptFormatter().vformat(template, (), _Namespace(namespace))
+        if any(field == "" for _, field, _, _ in formatter.parse(template)):
+            raise UsageError("{}: positional fields are not supported, name a variable (write {{ and }} for literal braces)")
+        return formatter.vformat(template, (), _Namespace(namespace))
     except UsageError:
         raise
     except (IndexError, KeyError) as error:
