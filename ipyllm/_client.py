@@ -507,7 +507,7 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
             "change the server's setup or the model",
         )
     if status is not None and status >= 500:
-        return error(ProviderUnavailableError, f"{where} failed with {status} {tries}", "the provider is having trouble; try again later")
+        return error(ProviderUnavailableError, f"{provider} failed with {status} {tries}", "the provider is having trouble; try again later")
     if status is not None and 400 <= status < 500:
         return error(RequestRejectedError, f"{provider} rejected the request ({status})", "fix what it names and run again")
     return error(LLMError, f"{name} from {provider}", "see what it says, and run again")

@@ -163,8 +163,8 @@ def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[s
     for name in extra:
         if name in _INSTEAD:
             raise InvalidInputError(_INSTEAD[name])
-    if not extra:
-        return
+    if not extra or provider is None:
+        return  # an unknown model: litellm's own error about it says more than a keyword check could
     provider_names = _provider_parameters(kind, model, provider)
     known = provider_names | _litellm_arguments(kind) | _ALWAYS
     for name in extra:
