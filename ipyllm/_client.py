@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from ipyllm._answers import broken_message, has_answer, one_choice
 from ipyllm._config import Settings
 from ipyllm._errors import (
     AuthenticationError,
@@ -195,15 +196,15 @@ class Client:
 
         def attempt() -> Any:
             if not stream:
-                return _one_choice(completion(**kwargs), call)
+                return one_choice(completion(**kwargs), call.row.provider)
             response = self._stream_once(completion, kwargs, on_text)
-            if _has_answer(response):
+            if has_answer(response):
                 return response
             # An empty 200 stream says nothing: llama.cpp sends one for a prompt longer than its context window.
             # Asked again without streaming (one more request, counted as an attempt), the server says why.
             call.row.attempts += 1
-            response = _one_choice(completion(**kwargs), call)
-            if not _has_answer(response):
+            response = one_choice(completion(**kwargs), call.row.provider)
+            if not has_answer(response):
                 raise LLMError(f"{call.row.provider or 'the provider'} sent an empty reply, streamed and not: try again, or another model")
             if on_text is not None:
                 on_text(response.choices[0].message.content or "")
@@ -269,7 +270,7 @@ class Client:
         except Exception as exc:
             if not pieces:
                 raise  # nothing shown yet: the retry policy decides
-            broken = StreamBrokenError(_broken_message(exc, len(pieces)), partial="".join(pieces), provider_message=provider_words(exc))
+            broken = StreamBrokenError(broken_message(exc, len(pieces)), partial="".join(pieces), provider_message=provider_words(exc))
         if broken is not None:
             raise broken  # outside the except block: litellm's exception is not chained
         # Usage from the provider's last chunk, or counted locally when the provider sent none.
@@ -507,49 +508,12 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
             "change the server's setup or the model",
         )
     if status is not None and status >= 500:
-        return error(ProviderUnavailableError, f"{provider} failed with {status} {tries}", "the provider is having trouble; try again later")
+        return error(
+            ProviderUnavailableError, f"{provider} failed with {status} {tries}", "the provider is having trouble; try again later"
+        )
     if status is not None and 400 <= status < 500:
         return error(RequestRejectedError, f"{provider} rejected the request ({status})", "fix what it names and run again")
     return error(LLMError, f"{name} from {provider}", "see what it says, and run again")
-
-
-def _broken_message(exc: BaseException, pieces: int) -> str:
-    """Why a stream stopped after ``pieces`` pieces of text, naming litellm's repeated-chunk guard when it fired."""
-    reason = describe(exc)
-    if reason == "litellm's repeated-chunk guard":
-        limit = getattr(load_litellm(), "REPEATED_STREAMING_CHUNK_LIMIT", 100)
-        return (
-            f"litellm's repeated-chunk guard stopped the reply after {pieces} pieces: the model sent the same piece {limit} times "
-            "in a row; try again, or raise temperature"
-        )
-    if reason == "the stream broke before any text":
-        reason = "the connection closed before the end"
-    return f"the reply broke off after {pieces} pieces ({reason}): what came is kept; run again for the whole reply"
-
-
-def _one_choice(response: Any, call: _Call) -> Any:
-    """A chat answer with no choice is an error, with the provider's finish reason when it gave one."""
-    if getattr(response, "choices", None):
-        return response
-    reason = getattr(response, "finish_reason", None) or (response.get("finish_reason") if isinstance(response, dict) else None)
-    provider = call.row.provider or "the provider"
-    cls = RequestRejectedError if reason == "content_filter" else LLMError
-    why = f" (finish reason: {reason})" if reason else ""
-    advice = "rephrase the prompt" if reason == "content_filter" else "try again, or another model"
-    error = cls(f"{provider} answered with no reply (zero choices){why}: {advice}", provider_message=str(reason or ""))
-    usage = getattr(response, "usage", None)
-    if usage is not None and getattr(usage, "prompt_tokens", None) is not None:
-        error.reported_usage = (usage.prompt_tokens, usage.completion_tokens or 0)  # type: ignore[attr-defined]
-    raise error
-
-
-def _has_answer(response: Any) -> bool:
-    """Text or a tool call in the first choice."""
-    choices = getattr(response, "choices", None)
-    if not choices:
-        return False
-    message = choices[0].message
-    return bool(message.content or getattr(message, "tool_calls", None) or getattr(message, "function_call", None))
 
 
 def _check_key(call: _Call) -> None:
