@@ -614,7 +614,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ipyllm.testing", description="Run ipyllm's OpenAI-compatible stub server on loopback.")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="F", help="queue a fault: 429, 429:2 (Retry-After), 503, drop, slow:3, break:2"
+        "--fault",
+        action="append",
+        default=[],
+        metavar="F",
+        help="queue a fault: 429, 429:2 (Retry-After), 503, drop, slow:3, break:2, echo, zero, empty, permanent",
     )
     parser.add_argument("--no-stream-usage", action="store_true", help="never send usage in streamed answers")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")

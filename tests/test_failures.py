@@ -119,6 +119,15 @@ def test_a_missing_key_of_any_provider_is_found_before_sending(
     assert (row.status, row.attempts, row.provider) == ("error", 0, "anthropic")
 
 
+def test_a_missing_embedding_key_is_found_before_sending(session: _api.Session, clean_config: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    sent: list[Any] = []
+    monkeypatch.setattr(load_litellm(), "embedding", lambda **kwargs: sent.append(kwargs))
+    with pytest.raises(ipyllm.MissingKeyError, match="no API key for openai: set LLM_API_KEY or OPENAI_API_KEY") as caught:
+        ipyllm.embed("hello")
+    assert sent == [] and (caught.value.usage.kind, caught.value.usage.attempts) == ("embedding", 0)
+
+
 # -- empty answers -----------------------------------------------------------------------------------------
 
 

@@ -90,6 +90,10 @@ def test_settings_serialise_without_the_key(clean_config: LLMConfig) -> None:
     for value in (clean_config.api_key, settings, snapshot):
         with pytest.raises(TypeError, match="cannot be pickled"):
             pickle.dumps(value)
+    for copied in (copy.copy(clean_config), copy.deepcopy(clean_config)):
+        assert not leaks(repr(copied)) and copied.api_key.reveal() == KEY
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        pickle.dumps(clean_config)
     assert clean_config.api_key.reveal() == KEY and vars(clean_config.api_key) == {"_key": RevealedKey(KEY)}
     assert not leaks(repr(vars(clean_config.api_key)))
 
