@@ -129,6 +129,9 @@ def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: 
         errors = [content for content in published if "ename" in content]
         assert errors and errors[0]["ename"] == "KeyboardInterrupt"
         assert not leaks(repr(published))
+        shown = "\n".join(errors[0]["traceback"])
+        if len(shown.splitlines()) > 3:  # a full traceback; an interrupt told in one line shows no variables at all
+            assert f"****{KEY[-4:]}" in shown and "api_key" in shown, "Verbose showed the variables, the key masked"
     finally:
         try:
             while True:
