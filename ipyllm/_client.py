@@ -519,12 +519,15 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
 def _check_key(call: _Call) -> None:
     """Before sending: with no session key and no base_url, the provider's key variable must be set.
 
-    Only for providers whose key is an ``*_API_KEY`` variable: AWS and Google find credentials in files too.
+    Only for providers whose key is an ``*_API_KEY`` variable: AWS and Google find credentials in files too,
+    and Azure takes Azure AD credentials instead of a key.
     """
     check = check_environment(call.target or call.model)
     wanted = [name for name in check.missing if name.endswith("_API_KEY")]
     if check.in_environment or check.keyless or not wanted:
         return
+    if call.row.provider == "azure" and any(os.environ.get(name) for name in ("AZURE_AD_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_USERNAME")):
+        return  # Azure AD credentials stand in for the key
     provider = call.row.provider or "the provider"
     raise MissingKeyError(f"no API key for {provider}: set LLM_API_KEY or {wanted[0]}, or ipyllm.config.api_key")
 
