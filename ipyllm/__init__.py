@@ -18,6 +18,7 @@ from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
     BudgetExceededError,
+    InvalidInputError,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -42,6 +43,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "Embeddings",
+    "InvalidInputError",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",

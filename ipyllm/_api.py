@@ -21,6 +21,7 @@ from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, est
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
+from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,7 +200,11 @@ def chat(
 ) -> Reply:
     started = time.perf_counter()
     settings, extra = split_overrides(overrides)
+    # Bad input is refused here, before the cache, the budget or the provider see it (no row, nothing sent).
+    check_prompt(prompt_or_messages)
     messages = as_messages(prompt_or_messages, settings.system)
+    check_encodable(messages)
+    check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
     record = session.recorder(source)
     key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
     if key is not None and (hit := session.cache_get(key)) is not None:
@@ -247,7 +252,8 @@ def complete(
         Called with a ``RetryNote`` before each retry wait.
     **overrides
         Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
-        other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` as they are.
+        other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` once checked against
+        what litellm accepts for the model; provider-specific extras go in ``extra_body={...}``.
 
     Returns
     -------
@@ -259,6 +265,9 @@ def complete(
     ipyllm.LLMError
         When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
         the row).
+    ipyllm.InvalidInputError
+        Before sending (no row): a prompt or message of the wrong shape, text that is not valid UTF-8, an
+        unknown keyword (named with its close match).
     """
     return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, **overrides)
 
@@ -272,7 +281,8 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
     if "model" in overrides:
         overrides["embedding_model"] = overrides.pop("model")
     settings, extra = split_overrides(overrides)
-    items = [texts] if isinstance(texts, str) else list(texts)
+    items = check_texts(texts)
+    check_keywords("embedding", settings.embedding_model, resolve_provider(settings.embedding_model, settings.base_url), extra)
     record = session.recorder("api")
     model = settings.embedding_model
     key = cache_key("embedding", settings, items, extra) if settings.cache else None

@@ -12,7 +12,6 @@ import functools
 import logging
 import math
 import os
-import re
 import threading
 import time
 import warnings
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from ipyllm._answers import broken_message, has_answer, one_choice
 from ipyllm._config import Settings
 from ipyllm._errors import (
     AuthenticationError,
@@ -31,11 +31,13 @@ from ipyllm._errors import (
     RequestRejectedError,
     StreamBrokenError,
     UnknownModelError,
+    provider_words,
+    redact,
 )
 from ipyllm._ledger import UsageRow
-from ipyllm._retry import RetryNote, describe, is_missing_key, retrying
+from ipyllm._retry import RetryNote, describe, is_missing_key, is_permanent, retrying
 
-__all__ = ["Client", "Embeddings", "Reply", "load_litellm", "warm_up"]
+__all__ = ["Client", "Embeddings", "Reply", "load_litellm", "redact", "warm_up"]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
@@ -128,25 +130,6 @@ def as_messages(prompt_or_messages: str | Sequence[dict[str, Any]], system: str 
     return messages
 
 
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}")
-
-
-def redact(text: str, settings: Settings | None) -> str:
-    """Remove the session's key, and anything shaped like a key, from text shown or stored."""
-    if settings is not None and settings.api_key:
-        text = text.replace(settings.api_key.reveal(), "****")
-    return _KEY_PATTERN.sub(r"\1****", text)
-
-
-def _provider_message(exc: BaseException) -> str:
-    """The provider's own words, without litellm's prefixes, on one line."""
-    text = str(getattr(exc, "message", None) or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^(litellm\.)?\w+(Error|Exception|Timeout)?: ", "", text)
-    text = re.sub(r"^(litellm\.)?\w+(Error|Exception): ", "", text)
-    text = re.sub(r"^\w+Exception - ", "", text)
-    return text[:200]
-
-
 @dataclass
 class _Call:
     """What the retry loop needs to know about the call it runs."""
@@ -157,6 +140,10 @@ class _Call:
     row: UsageRow
     start: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The model as litellm is asked for it (``azure/<deployment>`` for Azure embeddings).
+    target: str = ""
+    #: Neither a session key nor a server address: the provider's own variable must hold the key.
+    check_key: bool = False
 
 
 class Client:
@@ -205,11 +192,23 @@ class Client:
         kwargs.update(extra or {})
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
+        call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
 
         def attempt() -> Any:
             if not stream:
-                return completion(**kwargs)
-            return self._stream_once(completion, kwargs, on_text)
+                return one_choice(completion(**kwargs), call.row.provider)
+            response = self._stream_once(completion, kwargs, on_text)
+            if has_answer(response):
+                return response
+            # An empty 200 stream says nothing: llama.cpp sends one for a prompt longer than its context window.
+            # Asked again without streaming (one more request, counted as an attempt), the server says why.
+            call.row.attempts += 1
+            response = one_choice(completion(**kwargs), call.row.provider)
+            if not has_answer(response):
+                raise LLMError(f"{call.row.provider or 'the provider'} sent an empty reply, streamed and not: try again, or another model")
+            if on_text is not None:
+                on_text(response.choices[0].message.content or "")
+            return response
 
         response = self._run(call, attempt, on_retry, report, messages)
         text = response.choices[0].message.content or ""
@@ -233,6 +232,7 @@ class Client:
         kwargs.update(extra or {})
         embedding = self._embedding or litellm.embedding
         call = self._begin("embedding", model, settings, target)
+        call.check_key = self._embedding is None and "api_key" not in kwargs and "api_base" not in kwargs
         response = self._run(call, lambda: embedding(**kwargs), on_retry, report, None)
         vectors = [item["embedding"] if isinstance(item, dict) else item.embedding for item in response.data]
         return Embeddings(vectors, call.row)
@@ -251,13 +251,14 @@ class Client:
 
     def _begin(self, kind: str, model: str, settings: Settings, target: str | None = None) -> _Call:
         row = UsageRow(kind=kind, model=model, provider=resolve_provider(target or model, settings.base_url))
-        return _Call(kind, model, settings, row, start=self.clock())
+        return _Call(kind, model, settings, row, start=self.clock(), target=target or model)
 
     def _stream_once(self, completion: Callable[..., Any], kwargs: dict[str, Any], on_text: Callable[[str], Any] | None) -> Any:
         litellm = load_litellm()
         chunks: list[Any] = []
         pieces: list[str] = []
         stream = completion(stream=True, stream_options={"include_usage": True}, **kwargs)
+        broken: StreamBrokenError | None = None
         try:
             for chunk in stream:
                 chunks.append(chunk)
@@ -269,7 +270,9 @@ class Client:
         except Exception as exc:
             if not pieces:
                 raise  # nothing shown yet: the retry policy decides
-            raise StreamBrokenError(f"the reply broke off after {len(pieces)} pieces ({describe(exc)})", partial="".join(pieces)) from exc
+            broken = StreamBrokenError(broken_message(exc, len(pieces)), partial="".join(pieces), provider_message=provider_words(exc))
+        if broken is not None:
+            raise broken  # outside the except block: litellm's exception is not chained
         # Usage from the provider's last chunk, or counted locally when the provider sent none.
         return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
 
@@ -289,7 +292,10 @@ class Client:
             row.attempts += 1
             return attempt()
 
+        error: LLMError | None = None
         try:
+            if call.check_key:
+                _check_key(call)
             response = policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
@@ -302,12 +308,19 @@ class Client:
             row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
             if isinstance(error, StreamBrokenError) and messages is not None:
                 self._count_locally(call, messages, error.partial)
+            reported = getattr(error, "reported_usage", None)
+            if reported is not None:
+                self._set_tokens(call, reported[0], reported[1])
             error.usage = row
-            raise error from exc
         finally:
             if row.status != "ok":
                 row.latency_s = self.clock() - call.start
             report(row)
+        # Raised outside the except block, so neither __cause__ nor __context__ carries litellm's exception
+        # (which can repeat the key), and a fresh traceback starts here, above litellm's frames.
+        assert error is not None
+        error.__cause__ = error.__context__ = None
+        raise error.with_traceback(None)
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
         usage = getattr(response, "usage", None)
@@ -423,57 +436,105 @@ def model_names() -> list[str]:
 
 
 def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
-    """Turn what litellm raised into one of ipyllm's errors: what happened, what to do next."""
+    """Turn what litellm raised into one of ipyllm's errors: what the provider said (key removed, one line) and
+    what to do next. The result never refers to ``exc``, which can repeat the key."""
     settings, model = call.settings, call.model
     if isinstance(exc, LLMError):
         return exc
     status = getattr(exc, "status_code", None)
+    status = int(status) if isinstance(status, (int, str)) and str(status).isdigit() else None
     name = type(exc).__name__
     provider = call.row.provider or "the provider"
-    said = redact(_provider_message(exc), settings)
+    where = settings.base_url or provider
+    said = provider_words(exc, settings)
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
     key_variable = _key_variable(call)
     key_hint = f"set LLM_API_KEY{f' or {key_variable}' if key_variable else ''}, or ipyllm.config.api_key"
 
+    def error(cls: type[LLMError], what: str, advice: str) -> LLMError:
+        # One line: what happened: "what the provider said"; what to do.
+        told = f'{what}: "{said}"; {advice}' if said else f"{what}: {advice}"
+        return cls(told, status_code=status, provider_message=said)
+
     if is_missing_key(exc):
         return MissingKeyError(f"no API key for {provider}: {key_hint}", status_code=status)
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
-        return AuthenticationError(f"{provider} refused the API key ({status}): check it, or {key_hint}", status_code=status)
+        return error(AuthenticationError, f"{provider} refused the API key ({status})", f"check it, or {key_hint}")
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
         sent = status == 404  # else litellm refused the name before sending it
         setting = "embedding_model" if call.kind == "embedding" else "model"
         advice = unknown_model_message(
             model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent, setting=setting
         )
-        return UnknownModelError(advice, status_code=status)
+        return UnknownModelError(advice, status_code=status, provider_message=said)
     if name == "ContextWindowExceededError":
-        return RequestRejectedError(
-            f"the prompt is longer than {model}'s context window: shorten it or choose a model with a larger one", status_code=status
+        return error(
+            RequestRejectedError, f"the prompt is longer than {model}'s context window", "shorten it or choose a model with a larger one"
         )
     if name == "ContentPolicyViolationError":
-        return RequestRejectedError(f"{provider} refused the request under its content policy: {said}", status_code=status)
+        return error(RequestRejectedError, f"{provider} refused the request under its content policy", "rephrase the prompt")
     if status == 429:
-        return RateLimitError(
-            f"rate limited (429) {tries}: wait a minute and run again, or raise num_retries / retry_max_wait", status_code=status
-        )
+        return error(RateLimitError, f"rate limited (429) {tries}", "wait a minute and run again, or raise num_retries / retry_max_wait")
     reason = describe(exc)
+    if reason == "litellm's repeated-chunk guard":
+        return error(LLMError, "litellm's repeated-chunk guard stopped the reply (the model sent one piece over and over)", "try again")
+    if reason == "the stream broke before any text":
+        return error(
+            ProviderUnavailableError,
+            f"the reply stream from {where} broke before any text {tries}",
+            "try again later, or call without streaming",
+        )
     if reason == "connection error":
-        where = settings.base_url or provider
         return ProviderUnavailableError(
-            f"could not connect to {where} {tries}: check that it is up and that base_url is right", status_code=status
-        )
-    if reason in ("timed out", "gateway timeout (504)"):
-        return ProviderUnavailableError(
-            f"{reason}: no answer within {settings.timeout:g} s {tries}: try again later, or raise timeout (LLM_TIMEOUT)",
+            f"could not connect to {where} {tries}: check that it is up and that base_url is right",
             status_code=status,
+            provider_message=said,
         )
-    if isinstance(status, int) and status >= 500:
+    if reason == "gateway timeout (504)":
+        return error(
+            ProviderUnavailableError,
+            f"{where} answered 504 gateway timeout {tries}",
+            "a gateway before the model gave up waiting; try again later",
+        )
+    if reason == "request timeout (408) from the server":
+        return error(
+            ProviderUnavailableError, f"{where} answered 408 request timeout {tries}", "the server gave up on the request; try again later"
+        )
+    if reason == "timed out":
         return ProviderUnavailableError(
-            f"{provider} failed with {status} {tries}: the provider is having trouble; try again later", status_code=status
+            f"no answer within {settings.timeout:g} s {tries} from {where}: try again later, or raise timeout (LLM_TIMEOUT)",
+            status_code=status,
+            provider_message=said,
         )
-    if isinstance(status, int) and 400 <= status < 500:
-        return RequestRejectedError(f"{provider} rejected the request ({status}): {said}", status_code=status)
-    return LLMError(f"{name}: {said}", status_code=status if isinstance(status, int) else None)
+    if status is not None and status >= 500 and is_permanent(exc):
+        return error(
+            ProviderUnavailableError,
+            f"{where} cannot serve this request ({status}, not retried: no retry can fix it)",
+            "change the server's setup or the model",
+        )
+    if status is not None and status >= 500:
+        return error(
+            ProviderUnavailableError, f"{provider} failed with {status} {tries}", "the provider is having trouble; try again later"
+        )
+    if status is not None and 400 <= status < 500:
+        return error(RequestRejectedError, f"{provider} rejected the request ({status})", "fix what it names and run again")
+    return error(LLMError, f"{name} from {provider}", "see what it says, and run again")
+
+
+def _check_key(call: _Call) -> None:
+    """Before sending: with no session key and no base_url, the provider's key variable must be set.
+
+    Only for providers whose key is an ``*_API_KEY`` variable: AWS and Google find credentials in files too,
+    and Azure takes Azure AD credentials instead of a key.
+    """
+    check = check_environment(call.target or call.model)
+    wanted = [name for name in check.missing if name.endswith("_API_KEY")]
+    if check.in_environment or check.keyless or not wanted:
+        return
+    if call.row.provider == "azure" and any(os.environ.get(name) for name in ("AZURE_AD_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_USERNAME")):
+        return  # Azure AD credentials stand in for the key
+    provider = call.row.provider or "the provider"
+    raise MissingKeyError(f"no API key for {provider}: set LLM_API_KEY or {wanted[0]}, or ipyllm.config.api_key")
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 from traitlets import Bool, Dict, TraitError, TraitType, validate
 from traitlets.config import Configurable
 
-__all__ = ["LLMConfig", "Secret", "SettingError", "Settings", "config"]
+__all__ = ["LLMConfig", "RevealedKey", "Secret", "SettingError", "Settings", "config"]
 
 
 class SettingError(TraitError, ValueError):
@@ -40,29 +40,68 @@ class SettingError(TraitError, ValueError):
         return [f"SettingError: {self}"]
 
 
-class Secret(str):
-    """A string whose repr and str are masked, so a key cannot leak through display or formatting.
+def _mask(plain: str) -> str:
+    return "****" + plain[-4:] if len(plain) >= 16 else "****"
 
-    ``reveal()`` gives the plain text for the one place that needs it: the provider call.
+
+class RevealedKey(str):
+    """The key in plain text, as handed to litellm: its text is the key, its ``repr`` is masked.
+
+    litellm and the OpenAI SDK keep this object in their frames while a request runs, so a traceback that
+    prints locals (``%xmode Verbose``), or a dict of arguments shown with ``repr``, shows ``'****'``.
     """
 
     __slots__ = ()
 
-    def reveal(self) -> str:
-        return str.__str__(self)
+    def __repr__(self) -> str:
+        return repr(_mask(str.__str__(self)))
+
+
+class Secret(str):
+    """The API key as the session keeps it: a string whose *text* is the masked form (``****`` and at most
+    the last four characters), so ``repr``, ``str``, ``json.dumps`` and formatting never show the key.
+
+    ``reveal()`` gives the key for the one place that needs it, the provider call. Two secrets are equal
+    when their keys are. ``copy`` and ``deepcopy`` return the same object; pickling is refused, since a
+    pickle would hold the key in plain text.
+    """
+
+    _key: RevealedKey
+
+    def __new__(cls, plain: str) -> Secret:
+        text = plain.reveal() if isinstance(plain, Secret) else str.__str__(plain)
+        secret = super().__new__(cls, _mask(text))
+        secret.__dict__["_key"] = RevealedKey(text)
+        return secret
+
+    def reveal(self) -> RevealedKey:
+        return self._key
 
     def masked(self) -> str:
-        plain = self.reveal()
-        return "****" + plain[-4:] if len(plain) >= 16 else "****"
+        return str.__str__(self)
 
-    def __repr__(self) -> str:
-        return repr(self.masked())
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a Secret cannot be changed")
 
-    __str__ = masked
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Secret):
+            return str.__eq__(self._key, other._key)
+        return NotImplemented
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Pickling (e.g. to a worker) keeps the mask on the other side.
-        return (Secret, (self.reveal(),))
+    def __ne__(self, other: object) -> bool:
+        return not self == other if isinstance(other, Secret) else NotImplemented
+
+    def __hash__(self) -> int:
+        return str.__hash__(self._key)
+
+    def __copy__(self) -> Secret:
+        return self
+
+    def __deepcopy__(self, memo: Any) -> Secret:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError("the API key cannot be pickled (a pickle would hold it in plain text): set LLM_API_KEY where it is loaded")
 
 
 # -- trait types that parse strings and explain refusals -------------------------------------------
@@ -149,10 +188,20 @@ class Key(_Setting):
     def parse(self, value: Any) -> Secret:
         if not isinstance(value, str):
             raise self.refuse(value)
-        plain = value.reveal() if isinstance(value, Secret) else value.strip()
+        plain = str.__str__(value.reveal()) if isinstance(value, Secret) else value.strip()
         if any(c.isspace() for c in plain):
             raise self.refuse(value)
         return Secret(plain)
+
+
+_PRICES_ALLOWED = "a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}"
+
+
+class Prices(Dict):  # type: ignore[type-arg]
+    """A dict of prices; anything else is refused in one line, like every other setting."""
+
+    def error(self, obj: Any, value: Any, error: Exception | None = None, info: str | None = None) -> Any:
+        raise SettingError.refused(self.name or "prices", value, _PRICES_ALLOWED)
 
 
 class Flag(Bool):  # type: ignore[type-arg]
@@ -238,7 +287,7 @@ class LLMConfig(Configurable):
     usage_db = Text(None, allowed="a file path or :memory:", help="SQLite usage ledger (LLM_USAGE_DB); unset: the Jupyter data directory.")
     user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
     cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
-    prices = Dict(
+    prices = Prices(
         {},
         help=(
             "Prices for models litellm cannot price: {model: base_model} or "
@@ -280,7 +329,7 @@ class LLMConfig(Configurable):
 
     @validate("prices")
     def _check_prices(self, proposal: Any) -> dict[str, Any]:
-        allowed = "a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}"
+        allowed = _PRICES_ALLOWED
         prices = proposal["value"]
         for model, price in prices.items():
             if isinstance(price, str) and price.strip():

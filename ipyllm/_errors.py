@@ -12,23 +12,32 @@
           ├── ProviderUnavailableError                      connection errors, timeouts, 5xx after every retry
           ├── RequestRejectedError                          400/422, context window, content policy
           ├── StreamBrokenError                             the stream broke after text arrived; ``.partial``
-          └── BudgetExceededError                           not sent: the call could pass a spending limit
+          ├── BudgetExceededError                           not sent: the call could pass a spending limit
+          └── InvalidInputError (TypeError, ValueError)     not sent: a bad prompt, text or keyword; no row
 
 ``KeyboardInterrupt`` is never wrapped: an interrupted call records an ``interrupted`` row and re-raises it.
+
+A provider's failure is never chained: litellm's exception can repeat the key (OpenAI echoes a wrong one), so
+ipyllm raises its own error with neither ``__cause__`` nor ``__context__``, and keeps the provider's own words,
+the key removed, as ``.provider_message``.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._config import SettingError
 
 if TYPE_CHECKING:
+    from ipyllm._config import Settings
     from ipyllm._ledger import UsageRow
 
 __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
+    "InvalidInputError",
     "LLMError",
     "MissingKeyError",
     "ProviderUnavailableError",
@@ -45,11 +54,13 @@ class LLMError(Exception):
 
     status_code: int | None = None
 
-    def __init__(self, message: str, *, status_code: int | None = None, usage: UsageRow | None = None) -> None:
+    def __init__(self, message: str, *, status_code: int | None = None, usage: UsageRow | None = None, provider_message: str = "") -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.usage = usage
+        #: What the provider said, on one line, the key removed ("" when it said nothing).
+        self.provider_message = provider_message
 
     def _render_traceback_(self) -> list[str]:
         return [f"{type(self).__name__}: {self.message}"]
@@ -89,3 +100,44 @@ class StreamBrokenError(LLMError):
 
 class BudgetExceededError(LLMError):
     """The call was not sent: with its estimated cost, spending would pass ``budget_usd`` or ``daily_budget_usd``."""
+
+
+class InvalidInputError(LLMError, TypeError, ValueError):
+    """Nothing was sent: the prompt, the texts or a keyword cannot make a valid request (no usage row)."""
+
+
+# -- what the provider said, safe to show ---------------------------------------------------------------
+
+_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}")
+# Environment variables whose values are credentials (OPENAI_API_KEY, AZURE_AD_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
+_SECRET_VARIABLE = re.compile(r"(_API_KEY|_KEY|_TOKEN|_SECRET|_PASSWORD)$|SECRET_ACCESS_KEY$")
+
+
+def redact(text: str, settings: Settings | None = None) -> str:
+    """Remove the session's key, any credential variable's value, and anything shaped like a key, from text."""
+    secrets = [str.__str__(settings.api_key.reveal())] if settings is not None and settings.api_key else []
+    secrets += [value for name, value in os.environ.items() if _SECRET_VARIABLE.search(name) and len(value) >= 8]
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, "****")
+    return _KEY_PATTERN.sub(r"\1****", text)
+
+
+_PREFIXES = (
+    re.compile(r"^(litellm\.)?\w+(Error|Exception|Timeout)?: "),  # litellm.AuthenticationError: AuthenticationError:
+    re.compile(r"^\w+Exception - "),  # OpenAIException - the server's words
+    re.compile(r"^Error code: \d+ - "),
+)
+
+
+def provider_words(exc: BaseException, settings: Settings | None = None, limit: int = 160) -> str:
+    """The provider's own words on one line, without litellm's prefixes, the key removed, shortened to ``limit``."""
+    body = getattr(exc, "body", None)
+    text = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else None
+    if not text:
+        text = str(getattr(exc, "message", None) or exc)
+        text = text.split(" Original exception:")[0]
+        for _ in range(4):
+            for prefix in _PREFIXES:
+                text = prefix.sub("", text.strip())
+    line = " ".join(redact(text, settings).split())
+    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"

@@ -60,10 +60,41 @@ class _Namespace(Mapping[str, Any]):
         return len(self._namespace)
 
 
+class _PromptFormatter(string.Formatter):
+    """``str.format`` over the user namespace; a field that cannot be filled is named in one line."""
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
+        import _string  # the field-name parser str.format itself uses
+
+        first, rest = _string.formatter_field_name_split(field_name)
+        if isinstance(first, int) or not first:
+            raise UsageError(
+                f"{{{field_name}}}: positional fields are not supported, name a variable (write {{{{ and }}}} for literal braces)"
+            )
+        value, path = kwargs[first], first
+        for is_attribute, key in rest:
+            try:
+                value = getattr(value, key) if is_attribute else value[key]
+            except IndexError:
+                size = f" (length {len(value)})" if hasattr(value, "__len__") else ""
+                raise UsageError(f"{{{field_name}}}: index {key} is out of range for {path}{size}") from None
+            except KeyError:
+                raise UsageError(f"{{{field_name}}}: {path} has no key {key!r}") from None
+            except AttributeError:
+                raise UsageError(f"{{{field_name}}}: {path} has no attribute {key!r}") from None
+            except TypeError as error:
+                raise UsageError(f"{{{field_name}}}: cannot look up [{key}] in {path} ({error})") from None
+            path += f".{key}" if is_attribute else f"[{key}]"
+        return value, first
+
+
 def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
     """Replace ``{name}`` (and ``{In[3]}``, ``{obj.attr}``, ``{x:.2f}``) from the namespace; ``{{ }}`` are braces."""
+    formatter = _PromptFormatter()
     try:
-        return string.Formatter().vformat(template, (), _Namespace(namespace))
+        if any(field == "" for _, field, _, _ in formatter.parse(template)):
+            raise UsageError("{}: positional fields are not supported, name a variable (write {{ and }} for literal braces)")
+        return formatter.vformat(template, (), _Namespace(namespace))
     except UsageError:
         raise
     except (IndexError, KeyError) as error:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._client import load_litellm, price
+from ipyllm._config import Secret
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -94,6 +95,11 @@ def catalogue() -> Catalogue:
 # -- an OpenAI-compatible server's own list --------------------------------------------------------------
 
 
+def _plain(api_key: str | None) -> str | None:
+    """The key itself: a ``Secret``'s text is its masked form, so it is revealed (still masked in reprs)."""
+    return api_key.reveal() if isinstance(api_key, Secret) else api_key
+
+
 def _server_listing(base_url: str, api_key: str | None, timeout: float) -> list[dict[str, Any]] | None:
     """The ``data`` items of ``GET {base_url}/models``; None when the server does not answer with a list.
 
@@ -102,7 +108,7 @@ def _server_listing(base_url: str, api_key: str | None, timeout: float) -> list[
     """
     headers = {"Accept": "application/json"}
     if api_key or os.environ.get("OPENAI_API_KEY"):
-        headers["Authorization"] = "Bearer " + str.__str__(api_key or os.environ.get("OPENAI_API_KEY", ""))
+        headers["Authorization"] = "Bearer " + str.__str__(_plain(api_key) or os.environ.get("OPENAI_API_KEY", ""))
     request = urllib.request.Request(f"{base_url.rstrip('/')}/models", headers=headers, method="GET")
     payload: Any = None
     interrupted = False

@@ -7,16 +7,28 @@ takes an injected sleep.
 from __future__ import annotations
 
 import email.utils
+import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ipyllm._errors import StreamBrokenError
 
-__all__ = ["RETRY_STATUS", "RetryNote", "describe", "retry_after_seconds", "retrying", "should_retry", "wait_retry_after"]
+__all__ = [
+    "RETRY_STATUS",
+    "RetryNote",
+    "backoff",
+    "describe",
+    "is_permanent",
+    "retry_after_seconds",
+    "retrying",
+    "should_retry",
+    "wait_retry_after",
+]
 
 #: HTTP statuses worth another attempt (408 and 504 are litellm's ``Timeout``).
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
@@ -36,9 +48,28 @@ def is_missing_key(exc: BaseException) -> bool:
     return any(marker in text for marker in _MISSING_KEY_TEXT)
 
 
+#: A server error no retry can fix: the body's error type, or its words, say the server cannot do this at all.
+_PERMANENT_TYPES = frozenset({"not_supported_error", "invalid_request_error", "not_implemented_error"})
+_PERMANENT_WORDS = re.compile(r"must be created with|not supported|does not support|unsupported|not implemented", re.IGNORECASE)
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """A 5xx that says it will never succeed: 501/505, an error type like ``not_supported_error``, or words
+    like "must be created with" / "not supported" (llama.cpp: "Llama model must be created with embedding=True")."""
+    status = getattr(exc, "status_code", None)
+    if not isinstance(status, int) or status < 500:
+        return False
+    if status in (501, 505):
+        return True
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and str(body.get("type") or "") in _PERMANENT_TYPES:
+        return True
+    return _PERMANENT_WORDS.search(str(getattr(exc, "message", None) or exc)) is not None
+
+
 def should_retry(exc: BaseException) -> bool:
     """True for rate limits, connection errors, timeouts and 500/502/503/504; False for anything else."""
-    if not isinstance(exc, Exception) or isinstance(exc, StreamBrokenError) or is_missing_key(exc):
+    if not isinstance(exc, Exception) or isinstance(exc, StreamBrokenError) or is_missing_key(exc) or is_permanent(exc):
         return False
     if any(cls.__name__ in _NEVER_RETRIED for cls in type(exc).__mro__):
         return False
@@ -86,27 +117,34 @@ def retry_after_seconds(exc: BaseException | None, now: Callable[[], float] = ti
 
 
 class wait_retry_after:  # noqa: N801 - named like tenacity's strategies
-    """Honour the provider's Retry-After (capped at ``max_wait``); otherwise use ``fallback``."""
+    """Full jitter between a floor and a growing cap; a provider's Retry-After raises the wait, never lowers it.
 
-    def __init__(self, fallback: Callable[[RetryCallState], float], max_wait: float) -> None:
-        self.fallback = fallback
+    Retry n (n = 1, 2, ...) waits ``uniform(min_wait, cap)`` with ``cap = min(max_wait, min_wait * 2**n)``,
+    so even the first retry is jittered and concurrent callers spread out. A ``Retry-After`` of r seconds
+    makes the wait ``max(r, that draw)``; no wait passes ``max_wait``.
+    """
+
+    def __init__(self, min_wait: float, max_wait: float, draw: Callable[[float, float], float] = random.uniform) -> None:
+        self.min_wait = min_wait
         self.max_wait = max_wait
+        self.draw = draw
+
+    def cap(self, retry_number: int) -> float:
+        # min_wait 0 still backs off: 1 s, 2 s, 4 s, ... up to max_wait.
+        return min(self.max_wait, max(self.min_wait, (self.min_wait or 0.5) * 2**retry_number))
 
     def __call__(self, retry_state: RetryCallState) -> float:
+        wait = self.draw(self.min_wait, self.cap(retry_state.attempt_number))
         outcome = retry_state.outcome
         hinted = retry_after_seconds(outcome.exception() if outcome is not None else None)
         if hinted is not None:
-            return min(hinted, self.max_wait)
-        return self.fallback(retry_state)
+            wait = max(wait, hinted)
+        return min(self.max_wait, max(self.min_wait, wait))
 
 
 def backoff(min_wait: float, max_wait: float) -> wait_retry_after:
-    """Exponential backoff with full jitter between ``min_wait`` and ``max_wait``, Retry-After first.
-
-    Attempt n waits a uniform draw from [min_wait, min(max_wait, min_wait * 2**(n-1))].
-    """
-    jitter = wait_random_exponential(multiplier=min_wait or 1.0, min=min_wait, max=max_wait)
-    return wait_retry_after(jitter, max_wait)
+    """The wait before each retry: see ``wait_retry_after``."""
+    return wait_retry_after(min_wait, max_wait)
 
 
 def describe(exc: BaseException) -> str:
@@ -116,10 +154,16 @@ def describe(exc: BaseException) -> str:
     text = str(exc)
     if status == 429:
         return "rate limited (429)"
+    if "repeating the same chunk" in text:
+        return "litellm's repeated-chunk guard"
+    if "Stream ended before" in text or getattr(exc, "is_pre_first_chunk", False) or name == "MidStreamFallbackError":
+        return "the stream broke before any text"
     if "Connection error" in text or "APIConnectionError" in text or name in ("APIConnectionError", "ConnectionError"):
         return "connection error"
     if status == 504:
         return "gateway timeout (504)"
+    if status == 408 and _headers(exc):
+        return "request timeout (408) from the server"
     if status == 408 or "Timeout" in name:
         return "timed out"
     if isinstance(status, int):

@@ -59,7 +59,10 @@ class Fault:
 
     kind is ``status`` (answer with HTTP error ``code``), ``drop`` (close the connection without an answer),
     ``slow`` (wait ``delay`` seconds, then answer normally), ``break_stream`` (a streamed answer that
-    sends ``after_chunks`` content chunks, then drops the connection).
+    sends ``after_chunks`` content chunks, then drops the connection), ``echo_key`` (HTTP ``code`` whose
+    message repeats the request's key, as OpenAI does for a wrong one), ``zero_choices`` (200 with
+    ``"choices": []``, streamed or not, with ``finish_reason`` in the body when given) and ``empty_stream``
+    (200 with an empty body, as llama.cpp answers a streamed prompt longer than its context window).
     """
 
     kind: str
@@ -68,11 +71,33 @@ class Fault:
     delay: float = 0.0
     after_chunks: int = 0
     message: str = ""
+    error_type: str = ""
+    finish_reason: str = ""
 
     @classmethod
-    def status(cls, code: int, message: str = "", retry_after: float | None = None) -> Fault:
-        """Answer with HTTP ``code`` (and a ``Retry-After`` header when given)."""
-        return cls("status", code=code, message=message, retry_after=retry_after)
+    def status(cls, code: int, message: str = "", retry_after: float | None = None, error_type: str = "") -> Fault:
+        """Answer with HTTP ``code`` (and a ``Retry-After`` header when given); ``error_type`` is the body's ``type``."""
+        return cls("status", code=code, message=message, retry_after=retry_after, error_type=error_type)
+
+    @classmethod
+    def permanent(cls, message: str = "Llama model must be created with embedding=True", code: int = 500) -> Fault:
+        """A server error that no retry can fix, in the server's own words (llama.cpp's, by default)."""
+        return cls.status(code, message, error_type="not_supported_error")
+
+    @classmethod
+    def echo_key(cls, code: int = 401) -> Fault:
+        """HTTP ``code`` saying ``Incorrect API key provided: <the key sent>``, as OpenAI answers a wrong key."""
+        return cls("echo_key", code=code)
+
+    @classmethod
+    def zero_choices(cls, finish_reason: str = "") -> Fault:
+        """200 with ``"choices": []`` (a filtered or truncated answer); ``finish_reason`` rides along when given."""
+        return cls("zero_choices", finish_reason=finish_reason)
+
+    @classmethod
+    def empty_stream(cls) -> Fault:
+        """200 with an empty body: what llama.cpp sends for a streamed prompt longer than its context window."""
+        return cls("empty_stream")
 
     @classmethod
     def rate_limit(cls, retry_after: float | None = 1.0) -> Fault:
@@ -97,7 +122,7 @@ class Fault:
     @classmethod
     def parse(cls, text: str) -> Fault:
         """Parse the command-line form: ``429``, ``429:2`` (Retry-After 2 s), ``drop``, ``slow:3``,
-        ``break:2``."""
+        ``break:2``, ``echo`` (``echo:403``), ``zero``, ``empty``, ``permanent``."""
         name, _, arg = text.partition(":")
         if name.isdigit():
             return cls.status(int(name), retry_after=float(arg) if arg else None)
@@ -107,7 +132,17 @@ class Fault:
             return cls.slow(float(arg or 1))
         if name == "break":
             return cls.break_stream(int(arg or 0))
-        raise ValueError(f"unknown fault {text!r}: use a status code (429, 429:2), drop, slow:SECONDS or break:N")
+        if name == "echo":
+            return cls.echo_key(int(arg or 401))
+        if name == "zero":
+            return cls.zero_choices(arg)
+        if name == "empty":
+            return cls.empty_stream()
+        if name == "permanent":
+            return cls.permanent(arg) if arg else cls.permanent()
+        raise ValueError(
+            f"unknown fault {text!r}: use a status code (429, 429:2), drop, slow:SECONDS, break:N, echo, zero, empty or permanent"
+        )
 
 
 @dataclass
@@ -215,6 +250,17 @@ class _Handler(BaseHTTPRequestHandler):
             if fault.kind == "status":
                 self._send_error(fault)
                 return
+            if fault.kind == "echo_key":
+                self._send_error(
+                    Fault.status(fault.code, f"Incorrect API key provided: {_sent_key(self.headers)}", error_type="invalid_request_error")
+                )
+                return
+            if fault.kind == "empty_stream":
+                self._send_empty()
+                return
+            if fault.kind == "zero_choices" and not body.get("stream"):
+                self._zero_choices(model, fault)
+                return
             if fault.kind == "drop":
                 self._drop()
                 return
@@ -238,8 +284,23 @@ class _Handler(BaseHTTPRequestHandler):
             phrase = "Error"
         error_type = {400: "invalid_request_error", 401: "invalid_api_key", 404: "model_not_found", 429: "rate_limit_exceeded"}
         message = fault.message or f"{phrase} (stub)"
-        payload = {"error": {"message": message, "type": error_type.get(status, "server_error"), "code": error_type.get(status)}}
+        kind = fault.error_type or error_type.get(status, "server_error")
+        payload = {"error": {"message": message, "type": kind, "code": error_type.get(status)}}
         self._send_json(status, payload, headers)
+
+    def _send_empty(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _zero_choices(self, model: str, fault: Fault) -> None:
+        payload: dict[str, Any] = {"id": "chatcmpl-stub", "object": "chat.completion", "created": int(time.time()), "model": model}
+        payload["choices"] = []
+        if fault.finish_reason:
+            payload["finish_reason"] = fault.finish_reason
+        payload["usage"] = {"prompt_tokens": 5, "completion_tokens": 0, "total_tokens": 5}
+        self._send_json(200, payload)
 
     # -- answers --------------------------------------------------------------------------------------
     def _chat(self, model: str, body: dict[str, Any]) -> None:
@@ -278,6 +339,12 @@ class _Handler(BaseHTTPRequestHandler):
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
         pieces = re.findall(r"\S+\s*", text)
+        if fault is not None and fault.kind == "zero_choices":
+            extra = {"finish_reason": fault.finish_reason} if fault.finish_reason else {}
+            chunk = {"id": "chatcmpl-stub", "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], **extra}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n".encode())
+            self.wfile.flush()
+            return
         try:
             self.wfile.write(event({"role": "assistant", "content": ""}))
             for index, piece in enumerate(pieces):
@@ -314,6 +381,12 @@ class _Handler(BaseHTTPRequestHandler):
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         self._send_json(200, payload)
+
+
+def _sent_key(headers: Any) -> str:
+    """The key a request carried: ``Authorization: Bearer <key>`` (OpenAI) or ``api-key`` (Azure)."""
+    auth = headers.get("Authorization") or ""
+    return auth.removeprefix("Bearer ").strip() or (headers.get("api-key") or "").strip()
 
 
 def _message_text(content: Any) -> str:
@@ -543,7 +616,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m ipyllm.testing", description="Run ipyllm's OpenAI-compatible stub server on loopback.")
     parser.add_argument("--port", type=int, default=0, help="port (0: any free port)")
     parser.add_argument(
-        "--fault", action="append", default=[], metavar="F", help="queue a fault: 429, 429:2 (Retry-After), 503, drop, slow:3, break:2"
+        "--fault",
+        action="append",
+        default=[],
+        metavar="F",
+        help="queue a fault: 429, 429:2 (Retry-After), 503, drop, slow:3, break:2, echo, zero, empty, permanent",
     )
     parser.add_argument("--no-stream-usage", action="store_true", help="never send usage in streamed answers")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")

@@ -70,7 +70,8 @@ def test_a_stream_without_usage_is_counted_locally(live: StubServer) -> None:
     ids=["429", "500", "502", "503", "504", "drop"],
 )
 def test_transient_faults_are_retried_with_one_request_per_attempt(live: StubServer, sleeps: SleepRecorder, fault: Fault) -> None:
-    ipyllm.config.num_retries = 3
+    # A floor below the Retry-After: the provider's 2 s then rules (a draw never passes 2 s here).
+    ipyllm.config.update(num_retries=3, retry_min_wait=0.5)
     live.script(fault, fault)
     reply = ipyllm.complete("hello")
     assert str(reply) == "[gpt-4o-mini] hello"

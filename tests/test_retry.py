@@ -147,8 +147,8 @@ def test_waits_grow_exponentially_with_jitter_between_the_bounds(sleeps: SleepRe
     reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=5, retry_min_wait=3, retry_max_wait=60)
     assert str(reply) == "fine"
     assert len(sleeps.waits) == 5
-    for attempt, wait in enumerate(sleeps.waits, start=1):
-        assert 3 <= wait <= min(60, 3 * 2 ** (attempt - 1))
+    for retry, wait in enumerate(sleeps.waits, start=1):
+        assert 3 <= wait <= min(60, 3 * 2**retry)
     assert rows[0].attempts == 6 and rows[0].status == "ok"
     assert notes[0].startswith("server error (503), attempt 2/6 in ")
 
