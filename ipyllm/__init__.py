@@ -16,6 +16,7 @@ from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
     BudgetExceededError,
+    Interrupted,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -38,6 +39,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "Embeddings",
+    "Interrupted",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",

@@ -24,6 +24,7 @@ from typing import Any
 from ipyllm._config import Settings
 from ipyllm._errors import (
     AuthenticationError,
+    Interrupted,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -35,7 +36,7 @@ from ipyllm._errors import (
 from ipyllm._ledger import UsageRow
 from ipyllm._retry import RetryNote, describe, is_missing_key, retrying
 
-__all__ = ["Client", "Embeddings", "Reply", "load_litellm", "warm_up"]
+__all__ = ["Client", "Embeddings", "Reply", "litellm_loaded", "load_litellm", "warm_up"]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
@@ -68,6 +69,11 @@ def load_litellm() -> ModuleType:
                     logging.getLogger(name).setLevel(logging.CRITICAL)
                 _litellm = litellm
     return _litellm
+
+
+def litellm_loaded() -> bool:
+    """Whether litellm is imported: a call made before then waits for the import (seconds)."""
+    return _litellm is not None
 
 
 def warm_up() -> threading.Thread:
@@ -157,6 +163,20 @@ class _Call:
     row: UsageRow
     start: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The streamed text so far (counted and kept when the call is interrupted), and whether it was shown.
+    received: list[str] = field(default_factory=list)
+    shown: bool = False
+
+    def collect(self, on_text: Callable[[str], Any] | None) -> Callable[[str], Any]:
+        """``on_text``, also keeping each piece in ``received``."""
+        self.shown = on_text is not None
+
+        def receive(piece: str) -> None:
+            self.received.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+        return receive
 
 
 class Client:
@@ -205,6 +225,7 @@ class Client:
         kwargs.update(extra or {})
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
+        on_text = call.collect(on_text)
 
         def attempt() -> Any:
             if not stream:
@@ -287,16 +308,17 @@ class Client:
 
         def counted() -> Any:
             row.attempts += 1
+            call.received.clear()  # an attempt that broke before any text is retried from the start
             return attempt()
 
+        interrupted: Interrupted | None = None
         try:
             response = policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
             return response
         except KeyboardInterrupt:
-            row.status, row.error = "interrupted", "KeyboardInterrupt: interrupted by the user"
-            raise
+            interrupted = self._interrupted(call, messages)
         except Exception as exc:
             error = explain(exc, call, row.attempts)
             row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
@@ -305,9 +327,33 @@ class Client:
             error.usage = row
             raise error from exc
         finally:
-            if row.status != "ok":
+            if row.status not in ("ok", "interrupted"):  # an interrupted row's latency ends at the interrupt
                 row.latency_s = self.clock() - call.start
             report(row)
+        # Raised outside the except block: nothing is chained to it, and IPython shows its one line.
+        assert interrupted is not None
+        raise interrupted
+
+    def _interrupted(self, call: _Call, messages: Messages | None) -> Interrupted:
+        """The row of an interrupted call: what was sent and received so far, counted locally, and its cost."""
+        row = call.row
+        row.latency_s = self.clock() - call.start
+        partial = "".join(call.received)
+        if partial:
+            where = "the partial reply is kept above" if call.shown else "the partial reply is in the exception's .partial"
+        else:
+            where = "no reply had arrived"
+        message = f"interrupted after {row.latency_s:.1f} s; {where}"
+        row.status, row.error = "interrupted", f"KeyboardInterrupt: {message}"
+        # Once an attempt went out, the provider had the prompt: count it (with whatever text came), so that
+        # spend and budgets see it. A count that fails leaves the tokens unknown rather than losing the row.
+        if row.attempts and messages is not None:
+            try:
+                self._count_locally(call, messages, partial)
+                row.tokens_estimated = True
+            except Exception:
+                pass
+        return Interrupted(message, partial=partial, usage=row)
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
         usage = getattr(response, "usage", None)

@@ -26,8 +26,8 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 from ipyllm import _api
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
-from ipyllm._display import FORMATS, LiveOutput, format_cost, note_bundle, render
-from ipyllm._errors import LLMError, StreamBrokenError
+from ipyllm._display import FORMATS, LiveOutput, footer, format_cost, note_bundle, render
+from ipyllm._errors import Interrupted, LLMError, StreamBrokenError
 
 if TYPE_CHECKING:
     import argparse
@@ -393,11 +393,19 @@ class LLMMagics(Magics):
                 stream=not args.no_stream,
                 on_text=on_text,
                 on_retry=lambda note: output.show(note_bundle(str(note)), final=True),
+                on_loading=lambda: output.show(note_bundle("loading litellm (first call in this kernel)…"), final=True),
                 use_cache=not args.no_cache,
                 **overrides,
             )
         except StreamBrokenError as error:
             output.show(render(error.partial.rstrip() + " …", fmt, "the reply broke off here"), final=True)
+            raise
+        except Interrupted as error:
+            # What came stays in the cell, its footer saying it was interrupted; a note with nothing after it goes.
+            if error.partial and error.usage is not None:
+                output.show(render(error.partial.rstrip() + " …", "text" if fmt == "json" else fmt, footer(error.usage)), final=True)
+            else:
+                output.clear()
             raise
         except (LLMError, KeyboardInterrupt):
             output.clear()
