@@ -67,12 +67,23 @@ def load_litellm() -> ModuleType:
                 litellm.set_verbose = False
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
                     logging.getLogger(name).setLevel(logging.CRITICAL)
+                _prime(litellm)
                 _litellm = litellm
     return _litellm
 
 
+def _prime(litellm: ModuleType) -> None:
+    """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
+    would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
+    try:
+        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+        litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0)
+    except Exception:  # a cold first call is slower, not wrong
+        pass
+
+
 def litellm_loaded() -> bool:
-    """Whether litellm is imported: a call made before then waits for the import (seconds)."""
+    """Whether litellm is imported and primed: a call made before then waits for it (seconds)."""
     return _litellm is not None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import queue
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,11 +19,13 @@ from typing import Any
 import pytest
 from jupyter_client.manager import start_new_kernel
 
+import ipyllm
+from ipyllm import _api
+from ipyllm._client import load_litellm
+from ipyllm._ledger import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET
-
-pytestmark = pytest.mark.kernel
 
 #: From the interrupt to the cell's reply. A one-line error takes well under a second; the margin is for a
 #: loaded 2-core machine, and stays far below the 120 s the slow answer or the Retry-After would take.
@@ -30,6 +33,93 @@ STOPS_WITHIN = 5.0
 
 #: 60 words: streamed at 0.5 s a piece, the reply would take half a minute.
 LONG_PROMPT = " ".join(f"w{i}" for i in range(60))
+
+
+PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}}
+
+
+# -- in this process, over real HTTP to the stub -------------------------------------------------------
+
+
+def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(live: StubServer, tmp_path: Path) -> None:
+    ledger = tmp_path / "usage.sqlite"
+    ipyllm.config.update(prices=PRICED, usage_db=str(ledger), daily_budget_usd=1.0)
+    live.chunk_delay = 0.05
+    pieces: list[str] = []
+    prompt = "one two three four five six seven eight"
+
+    def on_text(piece: str) -> None:
+        pieces.append(piece)
+        if len(pieces) == 3:
+            raise KeyboardInterrupt  # as Ctrl-C arrives while the third piece is shown
+
+    with pytest.raises(ipyllm.Interrupted) as caught:
+        ipyllm.complete(prompt, stream=True, on_text=on_text, max_tokens=50)
+    error = caught.value
+    assert isinstance(error, KeyboardInterrupt)
+    assert error.__context__ is None and error.__cause__ is None, "nothing chained: no frame of litellm's to reach the key"
+    assert error.partial == "".join(pieces) == "[gpt-4o-mini] one two "
+    [line] = error._render_traceback_()
+    assert line.startswith("KeyboardInterrupt: interrupted after ") and line.endswith(" s; the partial reply is kept above")
+
+    row = error.usage
+    assert row is not None and row.status == "interrupted" and row.tokens_estimated is True
+    counter = load_litellm().token_counter
+    assert row.prompt_tokens == counter(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
+    assert row.completion_tokens == counter(model="gpt-4o-mini", text=error.partial, count_response_tokens=True) > 0
+    assert row.cost_usd == pytest.approx(0.001 * row.prompt_tokens + 0.002 * row.completion_tokens)
+    assert row.error == line
+    # The row settled the call's hold, in the ledger file, in the same transaction.
+    saved = SQLiteStore(ledger).frame()
+    assert saved["status"].tolist() == ["interrupted"] and saved["cost_usd"].iloc[0] == pytest.approx(row.cost_usd)
+    assert sqlite3.connect(ledger).execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
+    assert _api.session.budgets.held == 0
+
+
+def test_ctrl_c_before_any_reply_counts_the_prompt(live: StubServer, session: _api.Session) -> None:
+    def completion(**kwargs: Any) -> Any:
+        raise KeyboardInterrupt  # while waiting for a slow answer
+
+    session.client._completion = completion
+    with pytest.raises(ipyllm.Interrupted) as caught:
+        ipyllm.complete("hello there")
+    error = caught.value
+    assert error.__context__ is None and error.partial == ""
+    assert error._render_traceback_()[0].endswith(" s; no reply had arrived")
+    row = session.ledger.rows()[-1]
+    assert (row.status, row.attempts, row.completion_tokens, row.tokens_estimated) == ("interrupted", 1, 0, True)
+    assert row.prompt_tokens and row.prompt_tokens > 0 and row.cost_usd > 0
+
+
+def test_ctrl_c_in_a_retry_wait_sends_nothing_more(live: StubServer, session: _api.Session) -> None:
+    def interrupted_sleep(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    session.client.sleep = interrupted_sleep
+    live.script(Fault.rate_limit(retry_after=30))
+    with pytest.raises(ipyllm.Interrupted) as caught:
+        ipyllm.complete("hello there")
+    assert caught.value.__context__ is None
+    assert len(live.requests) == 1
+    row = session.ledger.rows()[-1]
+    assert (row.status, row.attempts, row.tokens_estimated) == ("interrupted", 1, True) and row.prompt_tokens
+
+
+def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(live: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted_load() -> None:
+        raise KeyboardInterrupt
+
+    told: list[str] = []
+    monkeypatch.setattr(_api, "litellm_loaded", lambda: False)
+    monkeypatch.setattr(_api, "load_litellm", interrupted_load)
+    with pytest.raises(ipyllm.Interrupted) as caught:
+        _api.chat("hello", source="api", on_loading=lambda: told.append("loading"))
+    assert caught.value.__context__ is None
+    assert caught.value._render_traceback_() == ["KeyboardInterrupt: interrupted while litellm was loading; nothing was sent"]
+    assert told == ["loading"] and live.requests == []
+
+
+# -- in a real kernel ------------------------------------------------------------------------------------
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -145,6 +235,7 @@ def one_line(traceback: list[str], ending: str) -> float:
     return float(seconds)
 
 
+@pytest.mark.kernel
 @pytest.mark.parametrize("case", ["slow-answer", "mid-stream", "retry-wait"])
 def test_an_interrupted_call_is_one_line_keeps_its_text_and_is_counted(kernel: Kernel, stub: StubServer, case: str) -> None:
     # Twice in one kernel: with IPython's default traceback mode, then with %xmode Verbose (which would
