@@ -298,6 +298,12 @@ class Client:
                     pieces.append(delta)
                     if on_text is not None:
                         on_text(delta)
+        except KeyboardInterrupt:
+            # Close the connection: the provider stops generating (and charging for) the rest of the reply.
+            close = getattr(stream, "close", None)
+            if callable(close):
+                close()
+            raise
         except Exception as exc:
             if not pieces:
                 raise  # nothing shown yet: the retry policy decides

@@ -11,6 +11,7 @@ import ast
 import json
 import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -44,9 +45,9 @@ PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.001, "output_cost_per_token"
 def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(live: StubServer, tmp_path: Path) -> None:
     ledger = tmp_path / "usage.sqlite"
     ipyllm.config.update(prices=PRICED, usage_db=str(ledger), daily_budget_usd=1.0)
-    live.chunk_delay = 0.05
+    live.chunk_delay = 0.2
     pieces: list[str] = []
-    prompt = "one two three four five six seven eight"
+    prompt = " ".join(f"w{i}" for i in range(40))  # the whole reply would take 8 s
 
     def on_text(piece: str) -> None:
         pieces.append(piece)
@@ -54,11 +55,11 @@ def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(li
             raise KeyboardInterrupt  # as Ctrl-C arrives while the third piece is shown
 
     with pytest.raises(ipyllm.Interrupted) as caught:
-        ipyllm.complete(prompt, stream=True, on_text=on_text, max_tokens=50)
+        ipyllm.complete(prompt, stream=True, on_text=on_text, max_tokens=100)
     error = caught.value
     assert isinstance(error, KeyboardInterrupt)
     assert error.__context__ is None and error.__cause__ is None, "nothing chained: no frame of litellm's to reach the key"
-    assert error.partial == "".join(pieces) == "[gpt-4o-mini] one two "
+    assert error.partial == "".join(pieces) == "[gpt-4o-mini] w0 w1 "
     [line] = error._render_traceback_()
     assert line.startswith("KeyboardInterrupt: interrupted after ") and line.endswith(" s; the partial reply is kept above")
 
@@ -74,6 +75,8 @@ def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(li
     assert saved["status"].tolist() == ["interrupted"] and saved["cost_usd"].iloc[0] == pytest.approx(row.cost_usd)
     assert sqlite3.connect(ledger).execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
     assert _api.session.budgets.held == 0
+    # The connection was closed: the server stops sending (a provider stops generating, and charging).
+    wait_until(lambda: not [t for t in threading.enumerate() if "process_request" in t.name], 3, "the server to stop streaming")
 
 
 def test_ctrl_c_before_any_reply_counts_the_prompt(live: StubServer, session: _api.Session) -> None:
