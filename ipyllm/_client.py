@@ -77,7 +77,9 @@ def _prime(litellm: ModuleType) -> None:
     would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
     try:
         litellm.token_counter(model="gpt-4o-mini", text="warm up")
-        litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0)
+        # Not when the user has logging callbacks: they would record the mock call.
+        if not (litellm.callbacks or litellm.success_callback or litellm.failure_callback):
+            litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0)
     except Exception:  # a cold first call is slower, not wrong
         pass
 
