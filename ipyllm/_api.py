@@ -244,7 +244,21 @@ def chat(
         if on_text is not None:
             on_text(hit["text"])
         return Reply(hit["text"], row, messages)
-    wait_for_litellm(on_loading)
+    try:
+        wait_for_litellm(on_loading)
+    except Interrupted as interrupted:
+        # Nothing was sent; the row still says the call was made and stopped.
+        interrupted.usage = UsageRow(
+            kind="chat",
+            model=settings.model,
+            cost_usd=0.0,
+            latency_s=time.perf_counter() - started,
+            attempts=0,
+            status="interrupted",
+            error=f"KeyboardInterrupt: {interrupted.message}",
+        )
+        record(interrupted.usage)
+        raise
 
     def guess() -> float:
         return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)

@@ -303,8 +303,11 @@ class Client:
         except KeyboardInterrupt:
             # Close the connection: the provider stops generating (and charging for) the rest of the reply.
             close = getattr(stream, "close", None)
-            if callable(close):
-                close()
+            try:
+                if callable(close):
+                    close()
+            except Exception:  # the interrupt is what the user must see
+                pass
             raise
         except Exception as exc:
             if not pieces:

@@ -113,7 +113,9 @@ def test_ctrl_c_in_a_retry_wait_sends_nothing_more(live: StubServer, session: _a
     assert (row.status, row.attempts, row.tokens_estimated) == ("interrupted", 1, True) and row.prompt_tokens
 
 
-def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(live: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(
+    live: StubServer, session: _api.Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def interrupted_load() -> None:
         raise KeyboardInterrupt
 
@@ -125,6 +127,9 @@ def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(live: StubServ
     assert caught.value.__context__ is None
     assert caught.value._render_traceback_() == ["KeyboardInterrupt: interrupted while litellm was loading; nothing was sent"]
     assert told == ["loading"] and live.requests == []
+    row = session.ledger.rows()[-1]
+    assert caught.value.usage is row
+    assert (row.status, row.attempts, row.cost_usd, row.prompt_tokens) == ("interrupted", 0, 0.0, None)
 
 
 # -- in a real kernel ------------------------------------------------------------------------------------
