@@ -18,6 +18,7 @@ from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
     BudgetExceededError,
+    Interrupted,
     InvalidInputError,
     LLMError,
     MissingKeyError,
@@ -43,6 +44,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "Embeddings",
+    "Interrupted",
     "InvalidInputError",
     "LLMConfig",
     "LLMError",

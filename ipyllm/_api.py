@@ -17,8 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
-from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
+from ipyllm._client import (
+    Client,
+    Embeddings,
+    Reply,
+    as_messages,
+    estimate,
+    estimate_embedding,
+    litellm_loaded,
+    load_litellm,
+    resolve_provider,
+)
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
+from ipyllm._errors import Interrupted
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
 from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
@@ -173,11 +184,14 @@ def cache_key(kind: str, settings: Settings, payload: Any, extra: dict[str, Any]
 
 
 def _cached_row(kind: str, model: str, settings: Settings, hit: dict[str, Any], started: float) -> UsageRow:
+    """The row of a call answered from the cache: without litellm, whose import takes seconds (the entry
+    carries its provider; an entry written before it did is resolved through litellm)."""
     prompt, completion = hit.get("prompt_tokens"), hit.get("completion_tokens")
+    provider = hit["provider"] if "provider" in hit else resolve_provider(model, settings.base_url)
     return UsageRow(
         kind=kind,
         model=model,
-        provider=resolve_provider(model, settings.base_url),
+        provider=provider,
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=None if prompt is None else prompt + (completion or 0),
@@ -188,6 +202,23 @@ def _cached_row(kind: str, model: str, settings: Settings, hit: dict[str, Any], 
     )
 
 
+def wait_for_litellm(on_loading: Callable[[], Any] | None = None) -> None:
+    """Import litellm, or wait for the warm-up thread to finish importing it; ``on_loading`` is told first.
+
+    Ctrl-C during the wait is one line: nothing had been sent.
+    """
+    if litellm_loaded():
+        return
+    if on_loading is not None:
+        on_loading()
+    try:
+        load_litellm()
+        return
+    except KeyboardInterrupt:
+        pass
+    raise Interrupted("interrupted while litellm was loading; nothing was sent")
+
+
 def chat(
     prompt_or_messages: str | Sequence[dict[str, Any]],
     *,
@@ -195,16 +226,22 @@ def chat(
     stream: bool = False,
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
+    on_loading: Callable[[], Any] | None = None,
     use_cache: bool = True,
     **overrides: Any,
 ) -> Reply:
+    """One chat call: from the cache, or sent through the client within a budget reservation.
+
+    ``on_loading`` is called when the call must first wait for litellm's import (a cache hit never does).
+    """
     started = time.perf_counter()
     settings, extra = split_overrides(overrides)
     # Bad input is refused here, before the cache, the budget or the provider see it (no row, nothing sent).
     check_prompt(prompt_or_messages)
     messages = as_messages(prompt_or_messages, settings.system)
     check_encodable(messages)
-    check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
+    if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
     record = session.recorder(source)
     key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
     if key is not None and (hit := session.cache_get(key)) is not None:
@@ -213,6 +250,21 @@ def chat(
         if on_text is not None:
             on_text(hit["text"])
         return Reply(hit["text"], row, messages)
+    try:
+        wait_for_litellm(on_loading)
+    except Interrupted as interrupted:
+        # Nothing was sent; the row still says the call was made and stopped.
+        interrupted.usage = UsageRow(
+            kind="chat",
+            model=settings.model,
+            cost_usd=0.0,
+            latency_s=time.perf_counter() - started,
+            attempts=0,
+            status="interrupted",
+            error=f"KeyboardInterrupt: {interrupted.message}",
+        )
+        record(interrupted.usage)
+        raise
 
     def guess() -> float:
         return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
@@ -227,7 +279,7 @@ def chat(
             key,
             "chat",
             settings.model,
-            {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+            {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "provider": row.provider},
         )
     return reply
 
@@ -282,7 +334,8 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
         overrides["embedding_model"] = overrides.pop("model")
     settings, extra = split_overrides(overrides)
     items = check_texts(texts)
-    check_keywords("embedding", settings.embedding_model, resolve_provider(settings.embedding_model, settings.base_url), extra)
+    if extra:
+        check_keywords("embedding", settings.embedding_model, resolve_provider(settings.embedding_model, settings.base_url), extra)
     record = session.recorder("api")
     model = settings.embedding_model
     key = cache_key("embedding", settings, items, extra) if settings.cache else None
@@ -294,7 +347,15 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
         vectors = session.client.embed(settings, items, report=reservation.report, on_retry=on_retry, extra=extra)
     if key is not None:
         session.cache_put(
-            key, "embedding", model, {"vectors": list(vectors), "prompt_tokens": vectors.usage.prompt_tokens, "completion_tokens": 0}
+            key,
+            "embedding",
+            model,
+            {
+                "vectors": list(vectors),
+                "prompt_tokens": vectors.usage.prompt_tokens,
+                "completion_tokens": 0,
+                "provider": vectors.usage.provider,
+            },
         )
     return vectors
 

@@ -24,6 +24,7 @@ from ipyllm._answers import broken_message, has_answer, one_choice
 from ipyllm._config import Settings
 from ipyllm._errors import (
     AuthenticationError,
+    Interrupted,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
@@ -37,7 +38,7 @@ from ipyllm._errors import (
 from ipyllm._ledger import UsageRow
 from ipyllm._retry import RetryNote, describe, is_missing_key, is_permanent, retrying
 
-__all__ = ["Client", "Embeddings", "Reply", "load_litellm", "redact", "warm_up"]
+__all__ = ["Client", "Embeddings", "Reply", "litellm_loaded", "load_litellm", "redact", "warm_up"]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
@@ -68,8 +69,26 @@ def load_litellm() -> ModuleType:
                 litellm.set_verbose = False
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
                     logging.getLogger(name).setLevel(logging.CRITICAL)
+                _prime(litellm)
                 _litellm = litellm
     return _litellm
+
+
+def _prime(litellm: ModuleType) -> None:
+    """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
+    would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
+    try:
+        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+        # Not when the user has logging callbacks: they would record the mock call.
+        if not (litellm.callbacks or litellm.success_callback or litellm.failure_callback):
+            litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0)
+    except Exception:  # a cold first call is slower, not wrong
+        pass
+
+
+def litellm_loaded() -> bool:
+    """Whether litellm is imported and primed: a call made before then waits for it (seconds)."""
+    return _litellm is not None
 
 
 def warm_up() -> threading.Thread:
@@ -144,6 +163,20 @@ class _Call:
     target: str = ""
     #: Neither a session key nor a server address: the provider's own variable must hold the key.
     check_key: bool = False
+    #: The streamed text so far (counted and kept when the call is interrupted), and whether it was shown.
+    received: list[str] = field(default_factory=list)
+    shown: bool = False
+
+    def collect(self, on_text: Callable[[str], Any] | None) -> Callable[[str], Any]:
+        """``on_text``, also keeping each piece in ``received``."""
+        self.shown = on_text is not None
+
+        def receive(piece: str) -> None:
+            self.received.append(piece)
+            if on_text is not None:
+                on_text(piece)
+
+        return receive
 
 
 class Client:
@@ -193,6 +226,7 @@ class Client:
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
+        on_text = call.collect(on_text)
 
         def attempt() -> Any:
             if not stream:
@@ -267,6 +301,15 @@ class Client:
                     pieces.append(delta)
                     if on_text is not None:
                         on_text(delta)
+        except KeyboardInterrupt:
+            # Close the connection: the provider stops generating (and charging for) the rest of the reply.
+            close = getattr(stream, "close", None)
+            try:
+                if callable(close):
+                    close()
+            except Exception:  # the interrupt is what the user must see
+                pass
+            raise
         except Exception as exc:
             if not pieces:
                 raise  # nothing shown yet: the retry policy decides
@@ -290,9 +333,11 @@ class Client:
 
         def counted() -> Any:
             row.attempts += 1
+            call.received.clear()  # an attempt that broke before any text is retried from the start
             return attempt()
 
         error: LLMError | None = None
+        interrupted: Interrupted | None = None
         try:
             if call.check_key:
                 _check_key(call)
@@ -301,8 +346,7 @@ class Client:
             self._record_usage(call, response, messages)
             return response
         except KeyboardInterrupt:
-            row.status, row.error = "interrupted", "KeyboardInterrupt: interrupted by the user"
-            raise
+            interrupted = self._interrupted(call, messages)
         except Exception as exc:
             error = explain(exc, call, row.attempts)
             row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
@@ -313,14 +357,38 @@ class Client:
                 self._set_tokens(call, reported[0], reported[1])
             error.usage = row
         finally:
-            if row.status != "ok":
+            if row.status not in ("ok", "interrupted"):  # an interrupted row's latency ends at the interrupt
                 row.latency_s = self.clock() - call.start
             report(row)
         # Raised outside the except block, so neither __cause__ nor __context__ carries litellm's exception
-        # (which can repeat the key), and a fresh traceback starts here, above litellm's frames.
+        # (which can repeat the key), a fresh traceback starts here, above litellm's frames, and IPython shows
+        # the error's one line.
+        if interrupted is not None:
+            raise interrupted
         assert error is not None
         error.__cause__ = error.__context__ = None
         raise error.with_traceback(None)
+
+    def _interrupted(self, call: _Call, messages: Messages | None) -> Interrupted:
+        """The row of an interrupted call: what was sent and received so far, counted locally, and its cost."""
+        row = call.row
+        row.latency_s = self.clock() - call.start
+        partial = "".join(call.received)
+        if partial:
+            where = "the partial reply is kept above" if call.shown else "the partial reply is in the exception's .partial"
+        else:
+            where = "no reply had arrived"
+        message = f"interrupted after {row.latency_s:.1f} s; {where}"
+        row.status, row.error = "interrupted", f"KeyboardInterrupt: {message}"
+        # Once an attempt went out, the provider had the prompt: count it (with whatever text came), so that
+        # spend and budgets see it. A count that fails leaves the tokens unknown rather than losing the row.
+        if row.attempts and messages is not None:
+            try:
+                self._count_locally(call, messages, partial)
+                row.tokens_estimated = True
+            except Exception:
+                pass
+        return Interrupted(message, partial=partial, usage=row)
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
         usage = getattr(response, "usage", None)

@@ -15,7 +15,11 @@
           ├── BudgetExceededError                           not sent: the call could pass a spending limit
           └── InvalidInputError (TypeError, ValueError)     not sent: a bad prompt, text or keyword; no row
 
-``KeyboardInterrupt`` is never wrapped: an interrupted call records an ``interrupted`` row and re-raises it.
+    KeyboardInterrupt
+     └── Interrupted                                        Ctrl-C during a call; ``.usage`` is its ``interrupted`` row
+
+An interrupted call records an ``interrupted`` row (what was sent and received so far, counted locally) and
+raises ``Interrupted``: still a ``KeyboardInterrupt`` to ``except`` clauses, shown as one line.
 
 A provider's failure is never chained: litellm's exception can repeat the key (OpenAI echoes a wrong one), so
 ipyllm raises its own error with neither ``__cause__`` nor ``__context__``, and keeps the provider's own words,
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
+    "Interrupted",
     "InvalidInputError",
     "LLMError",
     "MissingKeyError",
@@ -100,6 +105,23 @@ class StreamBrokenError(LLMError):
 
 class BudgetExceededError(LLMError):
     """The call was not sent: with its estimated cost, spending would pass ``budget_usd`` or ``daily_budget_usd``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The user interrupted a call (Ctrl-C, the kernel's interrupt button); ``.usage`` is its ``interrupted`` row.
+
+    ``partial`` holds the text that had arrived. Shown as one line, ``KeyboardInterrupt: interrupted after
+    1.2 s; the partial reply is kept above``; raised with nothing chained to it.
+    """
+
+    def __init__(self, message: str, *, partial: str = "", usage: UsageRow | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.partial = partial
+        self.usage = usage
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self.message}"]
 
 
 class InvalidInputError(LLMError, TypeError, ValueError):

@@ -28,8 +28,8 @@ from ipyllm import _api
 from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
-from ipyllm._display import FORMATS, LiveOutput, format_cost, note_bundle, render
-from ipyllm._errors import LLMError, StreamBrokenError
+from ipyllm._display import FORMATS, LiveOutput, footer, format_cost, note_bundle, render
+from ipyllm._errors import Interrupted, LLMError, StreamBrokenError
 
 if TYPE_CHECKING:
     import argparse
@@ -403,11 +403,20 @@ class LLMMagics(Magics):
                 stream=not args.no_stream,
                 on_text=on_text,
                 on_retry=lambda note: output.show(note_bundle(str(note)), final=True),
+                on_loading=lambda: output.show(note_bundle("loading litellm (first call in this kernel)…"), final=True),
                 use_cache=not args.no_cache,
                 **overrides,
             )
         except StreamBrokenError as error:
             output.show(render(error.partial.rstrip() + " …", fmt, "the reply broke off here"), final=True)
+            raise
+        except Interrupted as error:
+            # What came stays in the cell, its footer saying it was interrupted; a note with nothing after it goes.
+            if error.partial and error.usage is not None:
+                output.show(render(error.partial.rstrip() + " …", "text" if fmt == "json" else fmt, footer(error.usage)), final=True)
+            else:
+                output.can_clear &= _api_warnings() == warnings_before
+                output.withdraw("interrupted")
             raise
         except (LLMError, KeyboardInterrupt) as error:
             output.can_clear &= _api_warnings() == warnings_before
