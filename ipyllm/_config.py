@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from traitlets import Bool, Dict, TraitError, TraitType, validate
 from traitlets.config import Configurable
@@ -63,6 +63,31 @@ class Secret(str):
     def __reduce__(self) -> tuple[Any, ...]:
         # Pickling (e.g. to a worker) keeps the mask on the other side.
         return (Secret, (self.reveal(),))
+
+
+class LedgerURL(Secret):
+    """A PostgreSQL URL whose repr and str hide the password (``postgresql://ada:****@db:5432/team``).
+
+    ``reveal()`` gives the plain URL for the one place that needs it: the connection.
+    """
+
+    __slots__ = ()
+
+    def masked(self) -> str:
+        plain = self.reveal()
+        parts = urlsplit(plain)
+        if parts.password is None:
+            return plain
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+
+    def password(self) -> str | None:
+        return urlsplit(self.reveal()).password
+
+    __str__ = masked
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LedgerURL, (self.reveal(),))
 
 
 # -- trait types that parse strings and explain refusals -------------------------------------------
@@ -141,6 +166,29 @@ class URL(_Setting):
         if parts.scheme not in ("http", "https") or not parts.netloc or " " in text:
             raise self.refuse(value)
         return text.rstrip("/")
+
+
+class Ledger(_Setting):
+    allowed = "a file path, :memory: or a postgresql://user@host:5432/dbname URL"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.refuse(value)
+        text = value.reveal().strip() if isinstance(value, Secret) else value.strip()
+        if not text:
+            raise self.refuse(value)
+        if text.lower().startswith(("postgresql://", "postgres://")):
+            parts = urlsplit(text)
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                raise self.refuse(LedgerURL(text)) from None
+            if not (parts.hostname or parts.path.strip("/")) or any(c.isspace() for c in text):
+                raise self.refuse(LedgerURL(text))
+            return LedgerURL(text)
+        if "://" in text:
+            raise self.refuse(LedgerURL(text))  # another kind of URL: refused, its password still hidden
+        return text
 
 
 class Key(_Setting):
@@ -235,7 +283,13 @@ class LLMConfig(Configurable):
         allowed="a number of US dollars >= 0",
         help="Spending limit since local midnight for this user, all sessions, USD (LLM_USER_DAILY_BUDGET_USD).",
     )
-    usage_db = Text(None, allowed="a file path or :memory:", help="SQLite usage ledger (LLM_USAGE_DB); unset: the Jupyter data directory.")
+    usage_db = Ledger(
+        None,
+        help=(
+            "Usage ledger (LLM_USAGE_DB): a SQLite file, :memory:, or a team's postgresql://user@host:5432/dbname "
+            "(password never shown); unset: a file in the Jupyter data directory."
+        ),
+    )
     user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
     cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
     prices = Dict(

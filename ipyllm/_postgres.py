@@ -1,0 +1,468 @@
+"""The team ledger on a PostgreSQL server: every kernel of a team writes its rows to one database.
+
+``usage_db = "postgresql://user@host:5432/dbname"`` (password from the URL, ``PGPASSWORD`` or ``~/.pgpass``;
+never shown). The schema is the SQLite ledger's, versioned in a ``schema_version`` table and migrated
+forward under an advisory lock, so many kernels starting at once migrate it once. Budget holds are taken
+in one transaction under an advisory lock, so kernels on many machines take them one at a time and cannot
+together pass a limit.
+
+The server may be down, unreachable, refuse the password or be read-only: no call breaks and no row is
+lost. Rows then wait in memory (the session's ledger) and in a local spool file (``ipyllm._spool``), and a
+background thread writes them, in order, when the server is back; each row has a unique id, so a row
+written twice is stored once. Meanwhile budgets count the last spend read from the server plus this
+kernel's own calls since. One line says when the server is lost and one when it is back. psycopg (3) is
+imported only here, when such a URL is configured.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ipyllm._ledger import (
+    COLUMNS,
+    Hold,
+    LedgerUnavailableError,
+    Limit,
+    Refusal,
+    UsageRow,
+    _micros,
+    _now,
+    _process_alive,
+    frame_from_columns,
+    row_values,
+)
+from ipyllm._spool import Spool, spool_path
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import psycopg
+
+    from ipyllm._config import LedgerURL
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
+
+# "user" is a reserved word in PostgreSQL.
+_NAMES = ["timestamp_us", *(f'"{c}"' if c == "user" else c for c in list(COLUMNS)[1:])]
+_ROW_COLUMNS = ", ".join(_NAMES)
+_INSERT_ROW = f"INSERT INTO usage (uid, {_ROW_COLUMNS}) VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
+# One statement, so one round trip, and atomic: the row lands and its hold goes, or neither.
+_INSERT_SETTLING = f"WITH settled AS (DELETE FROM holds WHERE id = %s) {_INSERT_ROW}"
+
+#: Advisory lock keys (any two 32-bit numbers that other applications are unlikely to use).
+_LOCK_SPACE = 0x1B7E
+_LOCK_MIGRATE, _LOCK_BUDGETS = 1, 2
+
+#: Schema migrations: entry n takes the ledger from version n to n + 1 (the SQLite ledger's, in PostgreSQL's types).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE IF NOT EXISTS usage (
+            id BIGSERIAL PRIMARY KEY,
+            uid TEXT UNIQUE,
+            timestamp_us BIGINT NOT NULL,
+            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            cost_usd DOUBLE PRECISION, latency_s DOUBLE PRECISION, attempts INTEGER, status TEXT, error TEXT)""",
+        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
+    ),
+    ("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, created_us BIGINT NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)",),
+    (
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS tokens_estimated BOOLEAN",
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS batch TEXT",
+        'ALTER TABLE usage ADD COLUMN IF NOT EXISTS "user" TEXT',
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS host TEXT",
+        'CREATE INDEX IF NOT EXISTS usage_user ON usage ("user", timestamp_us)',
+        """CREATE TABLE IF NOT EXISTS holds (
+            id TEXT PRIMARY KEY, session TEXT, "user" TEXT, host TEXT, pid INTEGER,
+            amount DOUBLE PRECISION NOT NULL, created_us BIGINT NOT NULL, expires_us BIGINT NOT NULL)""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_SPENT = (
+    'SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND (%s::text IS NULL OR "user" = %s))'
+    ' + (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > %s AND (%s::text IS NULL OR "user" = %s))'
+)
+
+
+def _say(message: str) -> None:
+    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
+
+
+class PostgresStore:
+    """The ledger (rows, holds, the response cache) in a PostgreSQL database, with a local spool for outages.
+
+    Parameters
+    ----------
+    url
+        ``postgresql://user[:password]@host[:port]/dbname``; its password is revealed only to connect.
+    spool
+        The local file rows wait in while the server cannot be reached (default: beside the default ledger).
+    connect_timeout
+        Seconds one connection attempt may take (libpq's minimum is 2).
+    """
+
+    #: Longest wait, in seconds, between two attempts to reach a server that is away.
+    max_backoff = 10.0
+
+    def __init__(self, url: LedgerURL, spool: Path | None = None, connect_timeout: int = 2) -> None:
+        self.url = url
+        self.name = url.masked()
+        self.shared = True
+        self.connect_timeout = connect_timeout
+        self.spool = Spool(spool or spool_path(self.name))
+        self._lock = threading.RLock()
+        self._connection: psycopg.Connection[Any] | None = None
+        self._tried = False
+        self._online = False
+        self._reason = ""
+        self._closed = False
+        self._flusher: threading.Thread | None = None
+        # Budgets while away: the spend last read per limit, with the sequence number of holds and rows since.
+        self._last_read: dict[tuple[str, int, str | None], tuple[float, int]] = {}
+        self._since: dict[str, tuple[int, float, str | None]] = {}
+        self._seq = 0
+        self._said_offline_budget = False
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.name!r})"
+
+    # -- connection --------------------------------------------------------------------------------------
+    def _open(self) -> psycopg.Connection[Any]:
+        """A new connection, migrated; raises on any failure (the caller decides what it means)."""
+        import psycopg
+
+        connection = psycopg.connect(self.url.reveal(), connect_timeout=self.connect_timeout, autocommit=True, application_name="ipyllm")
+        try:
+            self._migrate(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _migrate(self, connection: psycopg.Connection[Any]) -> None:
+        import psycopg
+
+        try:
+            row = connection.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+        except psycopg.errors.UndefinedTable:
+            version = 0
+        if version == SCHEMA_VERSION:
+            return  # the usual case: read only, so a read-only server can still be read
+        with connection.transaction():
+            # Many kernels starting at once: one migrates, the others wait here and then find nothing to do.
+            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _LOCK_MIGRATE])
+            connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = connection.execute("SELECT version FROM schema_version").fetchone()
+            version = row[0] if row else 0
+            if version > SCHEMA_VERSION:
+                newer = f"the ledger's schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}"
+                raise LedgerUnavailableError(f"{newer}: upgrade ipyllm")
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            if row is None:
+                connection.execute("INSERT INTO schema_version (version) VALUES (%s)", [SCHEMA_VERSION])
+            else:
+                connection.execute("UPDATE schema_version SET version = %s", [SCHEMA_VERSION])
+
+    def _usable(self) -> psycopg.Connection[Any] | None:
+        """The connection when the server is in use (caller holds the lock); the first use connects here."""
+        if self._online:
+            return self._connection
+        if self._tried or self._closed:
+            return None  # away: the background thread reconnects
+        self._tried = True
+        try:
+            connection = self._open()
+        except Exception as error:
+            self._go_offline(error)
+            return None
+        self._connection = connection
+        if len(self.spool):
+            # Rows left by an earlier kernel (perhaps killed while the server was away) go first.
+            try:
+                self._drain(connection)
+            except Exception as error:
+                self._go_offline(error)
+                return None
+        self._online = True
+        return connection
+
+    def _reason_of(self, error: BaseException) -> str:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(error).__name__
+        if isinstance(error, ImportError):
+            reason = "psycopg is not installed: pip install 'ipyllm[postgres]'"
+        password = self.url.password()
+        return reason.replace(password, "****") if password else reason
+
+    def _go_offline(self, error: BaseException) -> None:
+        """The server cannot be used: say so once, keep rows in the spool, let a thread reconnect (caller holds the lock)."""
+        self._online = False
+        if self._connection is not None:
+            try:
+                self._connection.close()
+            except Exception:
+                pass
+            self._connection = None
+        if not self._reason:
+            self._reason = self._reason_of(error)
+            _say(
+                f"cannot use the team ledger {self.name} ({self._reason}): rows wait in {self.spool.path} "
+                "and are written when it is back; budgets count this kernel's calls and the last spend read"
+            )
+        if self._flusher is None or not self._flusher.is_alive():
+            self._flusher = threading.Thread(target=self._reconnect, name="ipyllm-ledger", daemon=True)
+            self._flusher.start()
+
+    def _reconnect(self) -> None:
+        """Background: reach the server again, with growing waits, then write what waits in the spool."""
+        delay = 0.25
+        while not self._closed:
+            time.sleep(delay)
+            delay = min(delay * 2, self.max_backoff)
+            try:
+                connection = self._open()  # outside the lock: calls go on meanwhile
+            except Exception:
+                continue
+            with self._lock:
+                try:
+                    written = self._drain(connection)
+                except Exception:
+                    connection.close()
+                    continue
+                self._connection, self._online = connection, True
+                self._reason, self._said_offline_budget = "", False
+                self._flusher = None
+            _say(f"the team ledger {self.name} is back: {written} waiting row{'s' if written != 1 else ''} written")
+            return
+
+    def _drain(self, connection: psycopg.Connection[Any]) -> int:
+        """Write the spool to the server in order, a batch per transaction; rows already there are skipped by uid."""
+        written = 0
+        while batch := self.spool.peek():
+            with connection.transaction(), connection.cursor() as cursor:
+                for _seq, uid, release, values in batch:
+                    if values is not None:
+                        cursor.execute(_INSERT_ROW, [uid, *values])
+                        written += 1
+                    if release is not None:
+                        cursor.execute("DELETE FROM holds WHERE id = %s", [release])
+            self.spool.drop(batch[-1][0])
+        return written
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+            self._online = False
+            self.spool.close()
+
+    def _away(self, what: str) -> LedgerUnavailableError:
+        return LedgerUnavailableError(
+            f"cannot read the team ledger {self.name} ({self._reason or 'unreachable'}): {what}; it is tried again in the background",
+            transient=True,
+        )
+
+    # -- usage rows --------------------------------------------------------------------------------------
+    def append(self, row: UsageRow, release: str | None = None) -> None:
+        """Write one row (settling the hold ``release`` in the same statement); while the server is away, spool it."""
+        import psycopg
+
+        uid = uuid.uuid4().hex
+        values = row_values(row)
+        with self._lock:
+            self._count(row, release)
+            connection = self._usable()
+            if connection is not None:
+                try:
+                    if release is None:
+                        connection.execute(_INSERT_ROW, [uid, *values])
+                    else:
+                        connection.execute(_INSERT_SETTLING, [release, uid, *values])
+                    return
+                except psycopg.Error as error:
+                    # Perhaps written before the connection broke: the uid makes writing it again harmless.
+                    self._go_offline(error)
+            self._keep(uid, release, values)
+
+    def _keep(self, uid: str, release: str | None, values: list[Any] | None) -> None:
+        try:
+            self.spool.put(uid, release, values)
+        except Exception as error:  # the spool itself is unusable: the row stays in the session's memory
+            _say(f"cannot write the spool {self.spool.path} ({error}): this row is kept in memory only")
+
+    def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
+        """Every row on the server (but ``exclude_session``'s), oldest first, as the usage frame."""
+        import psycopg
+
+        with self._lock:
+            connection = self._usable()
+            if connection is None:
+                raise self._away("showing this session's rows only")
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        f"SELECT {_ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM %s ORDER BY timestamp_us, id", [exclude_session]
+                    )
+                    records = cursor.fetchall()
+            except psycopg.Error as error:
+                self._go_offline(error)
+                raise self._away("showing this session's rows only") from None
+        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
+        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+
+    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
+        """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
+        rows = self._query(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND session IS DISTINCT FROM %s"
+            ' AND (%s::text IS NULL OR "user" = %s)',
+            [_micros(since), exclude_session, user, user],
+        )
+        if rows is None:
+            raise self._away("the team's spend is not known")
+        return float(rows[0][0])
+
+    def count(self) -> int:
+        rows = self._query("SELECT COUNT(*) FROM usage", [])
+        if rows is None:
+            raise self._away("the number of rows is not known")
+        return int(rows[0][0])
+
+    def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]] | None:
+        """Rows of one query, or None while the server is away."""
+        import psycopg
+
+        with self._lock:
+            connection = self._usable()
+            if connection is None:
+                return None
+            try:
+                return connection.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
+            except psycopg.Error as error:
+                self._go_offline(error)
+                return None
+
+    # -- budgets -----------------------------------------------------------------------------------------
+    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
+
+        One transaction under an advisory lock: kernels on every machine take holds one at a time. While the
+        server is away: the spend last read plus this kernel's holds and rows since.
+        """
+        import psycopg
+
+        with self._lock:
+            connection = self._usable()
+            if connection is not None:
+                try:
+                    refusal = self._reserve_on_server(connection, hold, limits)
+                except psycopg.Error as error:
+                    self._go_offline(error)
+                else:
+                    if refusal is None:
+                        self._taken(hold)
+                    return refusal
+            return self._reserve_here(hold, limits)
+
+    def _reserve_on_server(self, connection: psycopg.Connection[Any], hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+        now = _micros(_now())
+        with connection.transaction(), connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _LOCK_BUDGETS])
+            cursor.execute("DELETE FROM holds WHERE expires_us <= %s", [now])
+            # Holds of kernels on this machine that have died free their budget at once.
+            cursor.execute("SELECT id, pid FROM holds WHERE host = %s", [hold.host])
+            dead = [hold_id for hold_id, pid in cursor.fetchall() if pid and not _process_alive(int(pid))]
+            if dead:
+                cursor.execute("DELETE FROM holds WHERE id = ANY(%s)", [dead])
+            for limit in limits:
+                spent = self._spent(cursor, limit.since, limit.user, now)
+                self._last_read[_key(limit)] = (spent, self._seq)
+                if spent + hold.amount > limit.limit:
+                    team = spent if limit.user is None else self._spent(cursor, limit.since, None, now)
+                    by_user = spent if limit.user is not None else self._spent(cursor, limit.since, hold.user, now)
+                    return Refusal(limit, spent, team, by_user)  # leaving the block commits nothing but the cleanup
+            cursor.execute(
+                'INSERT INTO holds (id, session, "user", host, pid, amount, created_us, expires_us)'
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+            )
+        # What the server counted is known: forget what was counted here before it.
+        oldest = min((seq for _, seq in self._last_read.values()), default=self._seq)
+        self._since = {k: v for k, v in self._since.items() if v[0] >= oldest}
+        return None
+
+    @staticmethod
+    def _spent(cursor: psycopg.Cursor[Any], since: datetime, user: str | None, now: int) -> float:
+        cursor.execute(_SPENT, [_micros(since), user, user, now, user, user])
+        row = cursor.fetchone()
+        return float(row[0]) if row else 0.0
+
+    def _reserve_here(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+        if not self._said_offline_budget:
+            self._said_offline_budget = True
+            _say(f"budgets count the spend last read from {self.name} plus this kernel's calls until it is back")
+        for limit in limits:
+            read, seq = self._last_read.get(_key(limit), (0.0, 0))
+            spent = read + sum(amount for s, amount, user in self._since.values() if s >= seq and limit.user in (None, user))
+            if spent + hold.amount > limit.limit:
+                return Refusal(limit, spent)
+        self._taken(hold)
+        return None
+
+    def _taken(self, hold: Hold) -> None:
+        self._since[hold.id] = (self._seq, hold.amount, hold.user)
+        self._seq += 1
+
+    def _count(self, row: UsageRow, release: str | None) -> None:
+        """A row replaces its hold in what this kernel counts (caller holds the lock)."""
+        cost = 0.0 if row.cost_usd != row.cost_usd else row.cost_usd  # NaN: unpriced, counted as 0
+        taken = self._since.get(release) if release else None
+        if taken is not None:
+            self._since[release or ""] = (taken[0], cost, taken[2])
+        elif cost:
+            self._since[uuid.uuid4().hex] = (self._seq, cost, row.user)
+            self._seq += 1
+
+    def release(self, hold_id: str) -> None:
+        """Drop a hold whose call left no row to settle it; while the server is away, the spool remembers to."""
+        import psycopg
+
+        with self._lock:
+            self._since.pop(hold_id, None)
+            connection = self._usable()
+            if connection is not None:
+                try:
+                    connection.execute("DELETE FROM holds WHERE id = %s", [hold_id])
+                    return
+                except psycopg.Error as error:
+                    self._go_offline(error)
+            self._keep(uuid.uuid4().hex, hold_id, None)
+
+    # -- the response cache (shared by the team; skipped while the server is away) ------------------------
+    def cache_get(self, key: str) -> str | None:
+        rows = self._query("SELECT payload FROM cache WHERE key = %s", [key])
+        return rows[0][0] if rows else None
+
+    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
+        self._query(
+            "INSERT INTO cache (key, created_us, kind, model, payload) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload RETURNING key",
+            [key, _micros(_now()), kind, model, payload],
+        )
+
+
+def _key(limit: Limit) -> tuple[str, int, str | None]:
+    return (limit.setting, _micros(limit.since), limit.user)
