@@ -67,7 +67,10 @@ class Session:
         if f"store:{key}" in self._warned:
             return None
         if key not in self._stores:
-            self._stores[key] = open_store(name)
+            store = self._stores[key] = open_store(name)
+            for other in list(self._stores.values()):
+                if other is not None and other is not store and store is not None and other.name == store.name:
+                    other.close()  # the same server with another password: its waiting rows are in the same spool
         return self._stores[key]
 
     def using_store(self, action: Callable[[Store], T]) -> T | None:

@@ -319,11 +319,15 @@ def is_server_url(name: str | None) -> bool:
 
 
 def store_key(usage_db: str | None) -> str:
-    """The ledger's name as the session keys it: a file's full path, a URL without its password."""
+    """The ledger's key in the session: a file's full path; a URL without its password, and a digest of it."""
     if is_server_url(usage_db):
+        import hashlib
+
         from ipyllm._config import LedgerURL
 
-        return LedgerURL(str.__str__(usage_db) if isinstance(usage_db, str) else "").masked()
+        url = LedgerURL(str.__str__(usage_db) if isinstance(usage_db, str) else "")
+        # Another password is another store (the old one may have been refused); the digest never shows.
+        return f"{url.masked()}#{hashlib.sha256(url.reveal().encode()).hexdigest()[:12]}"
     return str(Path(usage_db).expanduser()) if usage_db else str(default_usage_db())
 
 

@@ -16,6 +16,7 @@ imported only here, when such a URL is configured.
 
 from __future__ import annotations
 
+import io
 import sys
 import threading
 import time
@@ -131,6 +132,7 @@ class PostgresStore:
         self._since: dict[str, tuple[int, float, str | None]] = {}
         self._seq = 0
         self._said_offline_budget = False
+        self._said_spool = False
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.name!r})"
@@ -236,6 +238,9 @@ class PostgresStore:
             except Exception:
                 continue
             with self._lock:
+                if self._closed:
+                    connection.close()
+                    return
                 try:
                     written = self._drain(connection)
                 except Exception:
@@ -302,27 +307,34 @@ class PostgresStore:
         try:
             self.spool.put(uid, release, values)
         except Exception as error:  # the spool itself is unusable: the row stays in the session's memory
-            _say(f"cannot write the spool {self.spool.path} ({error}): this row is kept in memory only")
+            if not self._said_spool:
+                self._said_spool = True
+                _say(f"cannot write the spool {self.spool.path} ({error}): rows are kept in this session's memory only")
 
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
-        """Every row on the server (but ``exclude_session``'s), oldest first, as the usage frame."""
+        """Every row on the server (but ``exclude_session``'s), oldest first, as the usage frame.
+
+        Read with ``COPY ... TO STDOUT`` as CSV and parsed by pandas' C parser: 100,000 rows in well under a
+        second, where fetching them as Python tuples takes several.
+        """
         import psycopg
 
+        query = f"SELECT id, {_ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM {{}}"
+        buffer = io.BytesIO()
         with self._lock:
             connection = self._usable()
             if connection is None:
                 raise self._away("showing this session's rows only")
             try:
                 with connection.cursor() as cursor:
-                    cursor.execute(
-                        f"SELECT {_ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM %s ORDER BY timestamp_us, id", [exclude_session]
-                    )
-                    records = cursor.fetchall()
+                    copy = psycopg.sql.SQL(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, NULL '\\N')").format(exclude_session)
+                    with cursor.copy(copy) as rows:
+                        for chunk in rows:
+                            buffer.write(chunk)
             except psycopg.Error as error:
                 self._go_offline(error)
                 raise self._away("showing this session's rows only") from None
-        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
-        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+        return _csv_frame(buffer)
 
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
         """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
@@ -462,6 +474,23 @@ class PostgresStore:
             "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload RETURNING key",
             [key, _micros(_now()), kind, model, payload],
         )
+
+
+def _csv_frame(buffer: io.BytesIO) -> pd.DataFrame:
+    """The usage frame from ``COPY`` CSV of ``id`` and the row columns, sorted as the SQLite ledger sorts."""
+    import pandas as pd
+
+    names = ["id", *COLUMNS]
+    dtypes = {"id": "int64", "timestamp": "int64", **{name: dtype for name, dtype in COLUMNS.items() if name != "timestamp"}}
+    buffer.seek(0)
+    if not buffer.getbuffer().nbytes:
+        return frame_from_columns({name: [] for name in COLUMNS})
+    frame = pd.read_csv(
+        buffer, header=None, names=names, dtype=dtypes, keep_default_na=False, na_values=["\\N"], true_values=["t"], false_values=["f"]
+    )
+    frame = frame.sort_values(["timestamp", "id"], kind="stable", ignore_index=True).drop(columns="id")
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"].to_numpy(), unit="us", utc=True).as_unit("ns")
+    return frame
 
 
 def _key(limit: Limit) -> tuple[str, int, str | None]:
