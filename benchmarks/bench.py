@@ -1,6 +1,8 @@
-"""ipyllm's performance numbers: load time, call-path overhead over litellm, usage frame at scale.
+"""ipyllm's performance numbers: load time, call-path overhead over litellm, usage frame at scale, team ledger.
 
-Run: ``.venv/bin/python benchmarks/bench.py`` (offline: everything talks to the stub server).
+Run: ``.venv/bin/python benchmarks/bench.py`` (offline: everything talks to the stub server). The team
+ledger figures need PostgreSQL installed (``apt-get install postgresql``): a server is started for them in
+a temporary directory with its default (durable) settings, and stopped after.
 """
 
 from __future__ import annotations
@@ -134,7 +136,76 @@ def frame_at_scale(rows: int = 100_000) -> None:
     print(f"daily spend query:    {spend * 1000:.1f} ms over {rows:,} rows")
 
 
+def team_ledger(calls: int = 300, rows: int = 100_000) -> None:
+    """What the PostgreSQL ledger adds to a call on a local server, and reading 100,000 rows from it."""
+    import tempfile
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.pg import PostgresServer, find_binaries
+
+    binaries = find_binaries()
+    if binaries is None:
+        print("team ledger:          skipped (PostgreSQL is not installed)")
+        return
+    import ipyllm
+    from ipyllm import _api
+    from ipyllm._config import LedgerURL
+    from ipyllm._ledger import UsageRow, open_store
+    from ipyllm.testing import StubServer
+
+    server = PostgresServer(binaries, fsync=True).start()  # durable, as a team's server would be
+    try:
+        with StubServer() as stub, tempfile.TemporaryDirectory() as folder:
+            os.environ["JUPYTER_DATA_DIR"] = folder
+            own: dict[str, float] = {}
+            for name, usage_db in (("memory", ":memory:"), ("postgres", server.url(server.new_database()))):
+                ipyllm.config.update(base_url=stub.base_url, api_key="sk-bench", usage_db=usage_db)
+                for _ in range(20):
+                    ipyllm.complete("benchmark")
+                total = []
+                for _ in range(calls):
+                    started = time.perf_counter()
+                    ipyllm.complete("benchmark")
+                    total.append(time.perf_counter() - started)
+                own[name] = statistics.median(total)
+            store = _api.session.store()
+            assert store is not None
+            row = _api.session.ledger.rows()[-1]
+            appends = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                store.append(row)
+                appends.append(time.perf_counter() - started)
+            database = server.new_database()
+            bulk = open_store(LedgerURL(server.url(database)))
+            assert bulk is not None
+            bulk.append(UsageRow(model="gpt-4o-mini"))  # creates the schema
+            server.sql(
+                "INSERT INTO usage (uid, timestamp_us, session, cell, source, kind, model, provider, prompt_tokens, completion_tokens,"
+                ' total_tokens, tokens_estimated, cost_usd, latency_s, attempts, status, "user", host)'
+                " SELECT 'u' || i, 1700000000000000 + i, 's' || (i %% 40), i %% 500, 'api', 'chat', 'gpt-4o-mini', 'openai',"
+                " 10, 20, 30, false, 1e-5, 0.4, 1, 'ok', 'ada', 'laptop' FROM generate_series(2, %s) AS i",
+                [rows],
+                database=database,
+            )
+            reads = []
+            for _ in range(3):
+                started = time.perf_counter()
+                frame = bulk.frame()
+                reads.append(time.perf_counter() - started)
+            bulk.close()
+            store.close()
+    finally:
+        server.remove()
+    print(f"team ledger append:   median {statistics.median(appends) * 1000:.2f} ms per row (local PostgreSQL, durable commit)")
+    extra = (own["postgres"] - own["memory"]) * 1000
+    print(f"call with team ledger: median {extra:.2f} ms more per call than with usage_db=:memory: ({calls} calls)")
+    print(f"usage(all_sessions):  median {statistics.median(reads) * 1000:.0f} ms for {len(frame):,} rows from PostgreSQL (3 reads)")
+
+
 if __name__ == "__main__":
     load_time()
     call_overhead()
     frame_at_scale()
+    if "--no-team" not in sys.argv:
+        team_ledger()

@@ -53,7 +53,7 @@ class Session:
         self._stores: dict[str, Store | None] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
-        self._spend_today: tuple[float, float, float, float] | None = None
+        self._spend_today: tuple[float, float, float] | None = None
         self.budgets = Budgets(self.id, self.ledger, self.store, self.warn_once)
 
     # -- the ledger ------------------------------------------------------------------------------------------
@@ -68,9 +68,10 @@ class Session:
             return None
         if key not in self._stores:
             store = self._stores[key] = open_store(name)
-            for other in list(self._stores.values()):
+            for other_key, other in list(self._stores.items()):
                 if other is not None and other is not store and store is not None and other.name == store.name:
                     other.close()  # the same server with another password: its waiting rows are in the same spool
+                    del self._stores[other_key]
         return self._stores[key]
 
     def using_store(self, action: Callable[[Store], T]) -> T | None:
@@ -90,22 +91,22 @@ class Session:
     def spend_today(self, user: str) -> tuple[float, float] | None:
         """The team's and ``user``'s spend since local midnight on a shared ledger (None otherwise).
 
-        The server is read at most every two seconds (the picker asks after every call); this session's
-        calls since are added from memory, so they show at once.
+        Other sessions' spend is read from the server at most every two seconds (the picker asks after every
+        call); this session's comes from memory, so its calls show at once, written to the server or not.
         """
         store = self.store()
         if store is None or not store.shared:
             return None
-        now, mine_now = time.monotonic(), self.ledger.spend(session=self.id)
+        midnight, now = local_midnight(), time.monotonic()
         if self._spend_today is None or now - self._spend_today[0] > 2:
-            midnight = local_midnight()
-            team = self.using_store(lambda s: s.spend(midnight))
-            theirs = self.using_store(lambda s: s.spend(midnight, user=user))
+            team = self.using_store(lambda s: s.spend(midnight, exclude_session=self.id))
+            theirs = self.using_store(lambda s: s.spend(midnight, exclude_session=self.id, user=user))
             if team is None or theirs is None:
                 return None
-            self._spend_today = (now, team, theirs, mine_now)
-        _, team, theirs, mine_then = self._spend_today
-        return team + mine_now - mine_then, theirs + mine_now - mine_then
+            self._spend_today = (now, team, theirs)
+        mine = self.ledger.spend(since=midnight, session=self.id)
+        mine_as_user = self.ledger.spend(since=midnight, session=self.id, user=user)
+        return self._spend_today[1] + mine, self._spend_today[2] + mine_as_user
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

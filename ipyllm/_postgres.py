@@ -16,6 +16,7 @@ imported only here, when such a URL is configured.
 
 from __future__ import annotations
 
+import atexit
 import io
 import sys
 import threading
@@ -121,12 +122,15 @@ class PostgresStore:
         self.connect_timeout = connect_timeout
         self.spool = Spool(spool or spool_path(self.name))
         self._lock = threading.RLock()
-        self._connection: psycopg.Connection[Any] | None = None
+        self._connection: psycopg.Connection[Any] | None = None  # the foreground's: budgets, reads, the cache
         self._tried = False
-        self._online = False
+        self._away = False
         self._reason = ""
         self._closed = False
-        self._flusher: threading.Thread | None = None
+        self._writer: threading.Thread | None = None
+        self._pending = threading.Event()
+        self._draining = threading.Lock()
+        atexit.register(self._at_exit)
         # Budgets while away: the spend last read per limit, with the sequence number of holds and rows since.
         self._last_read: dict[tuple[str, int, str | None], tuple[float, int]] = {}
         self._since: dict[str, tuple[int, float, str | None]] = {}
@@ -178,26 +182,25 @@ class PostgresStore:
                 connection.execute("UPDATE schema_version SET version = %s", [SCHEMA_VERSION])
 
     def _usable(self) -> psycopg.Connection[Any] | None:
-        """The connection when the server is in use (caller holds the lock); the first use connects here."""
-        if self._online:
+        """The foreground connection (caller holds the lock), or None while the server is away.
+
+        Connects on first use, and again once the writer has found the server back: a call never waits for
+        a server known to be away.
+        """
+        if self._connection is not None or self._closed:
             return self._connection
-        if self._tried or self._closed:
-            return None  # away: the background thread reconnects
+        if self._tried and self._away:
+            return None
         self._tried = True
         try:
             connection = self._open()
+            if len(self.spool):
+                # Rows left by an earlier kernel (perhaps killed while the server was away) go first.
+                self._drain(connection)
         except Exception as error:
-            self._go_offline(error)
+            self._lost(error)
             return None
         self._connection = connection
-        if len(self.spool):
-            # Rows left by an earlier kernel (perhaps killed while the server was away) go first.
-            try:
-                self._drain(connection)
-            except Exception as error:
-                self._go_offline(error)
-                return None
-        self._online = True
         return connection
 
     def _reason_of(self, error: BaseException) -> str:
@@ -208,74 +211,110 @@ class PostgresStore:
         password = self.url.password()
         return reason.replace(password, "****") if password else reason
 
-    def _go_offline(self, error: BaseException) -> None:
-        """The server cannot be used: say so once, keep rows in the spool, let a thread reconnect (caller holds the lock)."""
-        self._online = False
-        if self._connection is not None:
-            try:
-                self._connection.close()
-            except Exception:
-                pass
+    def _lost(self, error: BaseException, connection: psycopg.Connection[Any] | None = None) -> None:
+        """The server cannot be used: say so (once per reason), and let the writer find it again."""
+        with self._lock:
+            for broken in (connection, self._connection):
+                if broken is not None:
+                    try:
+                        broken.close()
+                    except Exception:
+                        pass
             self._connection = None
-        if not self._reason:
-            self._reason = self._reason_of(error)
-            _say(
-                f"cannot use the team ledger {self.name} ({self._reason}): rows wait in {self.spool.path} "
-                "and are written when it is back; budgets count this kernel's calls and the last spend read"
-            )
-        if self._flusher is None or not self._flusher.is_alive():
-            self._flusher = threading.Thread(target=self._reconnect, name="ipyllm-ledger", daemon=True)
-            self._flusher.start()
+            if not self._away:  # one line per outage, whatever fails first and however often
+                self._away = True
+                self._reason = self._reason_of(error)
+                _say(
+                    f"cannot use the team ledger {self.name} ({self._reason}): rows wait in {self.spool.path} "
+                    "and are written when it is back; budgets count this kernel's calls and the last spend read"
+                )
+        self._wake()
 
-    def _reconnect(self) -> None:
-        """Background: reach the server again, with growing waits, then write what waits in the spool."""
-        delay = 0.25
+    def _wake(self) -> None:
+        """Tell the writer there is something to write (starting it on first use)."""
+        self._pending.set()
+        with self._lock:
+            if not self._closed and (self._writer is None or not self._writer.is_alive()):
+                self._writer = threading.Thread(target=self._write, name="ipyllm-ledger-writer", daemon=True)
+                self._writer.start()
+
+    def _write(self) -> None:
+        """The writer thread: moves spooled rows to the server in order; while it is away, tries again with growing waits."""
+        connection: psycopg.Connection[Any] | None = None
+        delay = 0.0
         while not self._closed:
-            time.sleep(delay)
-            delay = min(delay * 2, self.max_backoff)
+            if delay:
+                time.sleep(delay)
+            else:
+                self._pending.wait()
+            if self._closed:
+                break
+            self._pending.clear()
+            if self._away and connection is not None:  # lost in the foreground: prove it back on a new connection
+                connection.close()
+                connection = None
+            fresh = connection is None
             try:
-                connection = self._open()  # outside the lock: calls go on meanwhile
-            except Exception:
+                if connection is None:
+                    connection = self._open()
+                    # A read-only server (or a standby) takes no rows: wait for a writable one.
+                    if connection.execute("SHOW transaction_read_only").fetchone() == ("on",):
+                        raise LedgerUnavailableError("the database is read-only")
+                written = self._drain(connection)
+            except Exception as error:
+                self._lost(error, connection)
+                connection = None
+                delay = min(max(delay * 2, 0.25), self.max_backoff)
                 continue
+            delay = 0.0
             with self._lock:
-                if self._closed:
-                    connection.close()
-                    return
-                try:
-                    written = self._drain(connection)
-                except Exception:
-                    connection.close()
-                    continue
-                self._connection, self._online = connection, True
-                self._reason, self._said_offline_budget = "", False
-                self._flusher = None
-            _say(f"the team ledger {self.name} is back: {written} waiting row{'s' if written != 1 else ''} written")
-            return
+                # Only a new connection that wrote is news that the server is back.
+                back = fresh and self._away
+                if back:
+                    self._away, self._said_offline_budget = False, False
+            if back:
+                _say(f"the team ledger {self.name} is back: {written} waiting row{'s' if written != 1 else ''} written")
+        if connection is not None:
+            connection.close()
 
     def _drain(self, connection: psycopg.Connection[Any]) -> int:
         """Write the spool to the server in order, a batch per transaction; rows already there are skipped by uid."""
         written = 0
-        while batch := self.spool.peek():
-            with connection.transaction(), connection.cursor() as cursor:
-                for _seq, uid, release, values in batch:
-                    if values is not None:
-                        cursor.execute(_INSERT_ROW, [uid, *values])
-                        written += 1
-                    if release is not None:
-                        cursor.execute("DELETE FROM holds WHERE id = %s", [release])
-            self.spool.drop(batch[-1][0])
+        with self._draining:
+            while batch := self.spool.peek():
+                with connection.transaction(), connection.cursor() as cursor:
+                    for _seq, uid, release, values in batch:
+                        if values is None:
+                            cursor.execute("DELETE FROM holds WHERE id = %s", [release])
+                        elif release is None:
+                            cursor.execute(_INSERT_ROW, [uid, *values])
+                        else:
+                            cursor.execute(_INSERT_SETTLING, [release, uid, *values])
+                        written += values is not None
+                self.spool.drop(batch[-1][0])
         return written
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the rows of this kernel are on the server (at most ``timeout`` s; not at all while it is away)."""
+        deadline = time.monotonic() + timeout
+        while len(self.spool) and not self._away and time.monotonic() < deadline:
+            self._wake()
+            time.sleep(0.01)
+        return not len(self.spool)
+
     def close(self) -> None:
+        """Write what waits (briefly, if the server is there), then stop the writer and disconnect."""
+        if not self._closed:
+            self.flush(2.0)
         with self._lock:
             self._closed = True
+            self._pending.set()
             if self._connection is not None:
                 self._connection.close()
                 self._connection = None
-            self._online = False
-            self.spool.close()
+        self.spool.close()
 
-    def _away(self, what: str) -> LedgerUnavailableError:
+    def _unreachable(self, what: str) -> LedgerUnavailableError:
         return LedgerUnavailableError(
             f"cannot read the team ledger {self.name} ({self._reason or 'unreachable'}): {what}; it is tried again in the background",
             transient=True,
@@ -283,33 +322,53 @@ class PostgresStore:
 
     # -- usage rows --------------------------------------------------------------------------------------
     def append(self, row: UsageRow, release: str | None = None) -> None:
-        """Write one row (settling the hold ``release`` in the same statement); while the server is away, spool it."""
-        import psycopg
-
+        """Keep one row in the spool (committed locally, so a killed kernel loses nothing); the writer thread puts
+        it on the server, with the hold ``release`` it settles, in one statement. A call never waits for the server."""
         uid = uuid.uuid4().hex
         values = row_values(row)
         with self._lock:
             self._count(row, release)
-            connection = self._usable()
-            if connection is not None:
-                try:
-                    if release is None:
-                        connection.execute(_INSERT_ROW, [uid, *values])
-                    else:
-                        connection.execute(_INSERT_SETTLING, [release, uid, *values])
-                    return
-                except psycopg.Error as error:
-                    # Perhaps written before the connection broke: the uid makes writing it again harmless.
-                    self._go_offline(error)
-            self._keep(uid, release, values)
+        self._keep(uid, release, values)
 
     def _keep(self, uid: str, release: str | None, values: list[Any] | None) -> None:
         try:
             self.spool.put(uid, release, values)
-        except Exception as error:  # the spool itself is unusable: the row stays in the session's memory
+        except Exception as error:  # the spool itself is unusable: straight to the server, else memory only
             if not self._said_spool:
                 self._said_spool = True
-                _say(f"cannot write the spool {self.spool.path} ({error}): rows are kept in this session's memory only")
+                _say(f"cannot write the spool {self.spool.path} ({error}): rows go straight to the server or stay in memory")
+            self._write_now(uid, release, values)
+            return
+        self._wake()
+
+    def _write_now(self, uid: str, release: str | None, values: list[Any] | None) -> None:
+        import psycopg
+
+        with self._lock:
+            connection = self._usable()
+            if connection is None:
+                return
+            try:
+                if values is None:
+                    connection.execute("DELETE FROM holds WHERE id = %s", [release])
+                elif release is None:
+                    connection.execute(_INSERT_ROW, [uid, *values])
+                else:
+                    connection.execute(_INSERT_SETTLING, [release, uid, *values])
+            except psycopg.Error as error:
+                self._lost(error)
+
+    def _at_exit(self) -> None:
+        """A kernel or script that ends writes what waits, if the server is there (else the next one will)."""
+        if self._closed or self._away or not len(self.spool):
+            return
+        try:
+            with self._lock:
+                connection = self._usable()
+            if connection is not None:
+                self._drain(connection)
+        except Exception:
+            pass  # still in the spool: the next kernel writes it
 
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
         """Every row on the server (but ``exclude_session``'s), oldest first, as the usage frame.
@@ -324,7 +383,7 @@ class PostgresStore:
         with self._lock:
             connection = self._usable()
             if connection is None:
-                raise self._away("showing this session's rows only")
+                raise self._unreachable("showing this session's rows only")
             try:
                 with connection.cursor() as cursor:
                     copy = psycopg.sql.SQL(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, NULL '\\N')").format(exclude_session)
@@ -332,8 +391,8 @@ class PostgresStore:
                         for chunk in rows:
                             buffer.write(chunk)
             except psycopg.Error as error:
-                self._go_offline(error)
-                raise self._away("showing this session's rows only") from None
+                self._lost(error)
+                raise self._unreachable("showing this session's rows only") from None
         return _csv_frame(buffer)
 
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
@@ -344,13 +403,13 @@ class PostgresStore:
             [_micros(since), exclude_session, user, user],
         )
         if rows is None:
-            raise self._away("the team's spend is not known")
+            raise self._unreachable("the team's spend is not known")
         return float(rows[0][0])
 
     def count(self) -> int:
         rows = self._query("SELECT COUNT(*) FROM usage", [])
         if rows is None:
-            raise self._away("the number of rows is not known")
+            raise self._unreachable("the number of rows is not known")
         return int(rows[0][0])
 
     def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]] | None:
@@ -364,7 +423,7 @@ class PostgresStore:
             try:
                 return connection.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
             except psycopg.Error as error:
-                self._go_offline(error)
+                self._lost(error)
                 return None
 
     # -- budgets -----------------------------------------------------------------------------------------
@@ -382,7 +441,7 @@ class PostgresStore:
                 try:
                     refusal = self._reserve_on_server(connection, hold, limits)
                 except psycopg.Error as error:
-                    self._go_offline(error)
+                    self._lost(error)
                 else:
                     if refusal is None:
                         self._taken(hold)
@@ -449,19 +508,10 @@ class PostgresStore:
             self._seq += 1
 
     def release(self, hold_id: str) -> None:
-        """Drop a hold whose call left no row to settle it; while the server is away, the spool remembers to."""
-        import psycopg
-
+        """Drop a hold whose call left no row to settle it (by the writer, in order with the rows)."""
         with self._lock:
             self._since.pop(hold_id, None)
-            connection = self._usable()
-            if connection is not None:
-                try:
-                    connection.execute("DELETE FROM holds WHERE id = %s", [hold_id])
-                    return
-                except psycopg.Error as error:
-                    self._go_offline(error)
-            self._keep(uuid.uuid4().hex, hold_id, None)
+        self._keep(uuid.uuid4().hex, hold_id, None)
 
     # -- the response cache (shared by the team; skipped while the server is away) ------------------------
     def cache_get(self, key: str) -> str | None:

@@ -187,10 +187,8 @@ class SQLiteStore:
                     for limit in limits:
                         spent = self._spent(connection, limit.since, limit.user, now)
                         if spent + hold.amount > limit.limit:
-                            team = self._spent(connection, limit.since, None, now)
-                            by_user = self._spent(connection, limit.since, hold.user, now)
                             connection.execute("ROLLBACK")
-                            return Refusal(limit, spent, team, by_user)
+                            return Refusal(limit, spent)
                     connection.execute(
                         "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
