@@ -451,6 +451,8 @@ class PostgresStore:
     def _reserve_on_server(self, connection: psycopg.Connection[Any], hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
         now = _micros(_now())
         with connection.transaction(), connection.cursor() as cursor:
+            # A hold lost in a server crash only frees budget early, and its call's row still comes: no fsync wait.
+            cursor.execute("SET LOCAL synchronous_commit = off")
             cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _LOCK_BUDGETS])
             cursor.execute("DELETE FROM holds WHERE expires_us <= %s", [now])
             # Holds of kernels on this machine that have died free their budget at once.
