@@ -6,12 +6,13 @@ forward under an advisory lock, so many kernels starting at once migrate it once
 in one transaction under an advisory lock, so kernels on many machines take them one at a time and cannot
 together pass a limit.
 
-The server may be down, unreachable, refuse the password or be read-only: no call breaks and no row is
-lost. Rows then wait in memory (the session's ledger) and in a local spool file (``ipyllm._spool``), and a
-background thread writes them, in order, when the server is back; each row has a unique id, so a row
-written twice is stored once. Meanwhile budgets count the last spend read from the server plus this
-kernel's own calls since. One line says when the server is lost and one when it is back. psycopg (3) is
-imported only here, when such a URL is configured.
+A row is committed first to a local spool file (``ipyllm._spool``), then written to the server by a
+writer thread, in order, with a unique id (a row written twice is stored once): a call never waits for
+the server, and a kernel killed meanwhile loses nothing. The server may be down, unreachable, refuse the
+password or be read-only: no call breaks, rows wait in the spool, and the writer tries again with growing
+waits. Meanwhile budgets count the spend last read from the server plus this kernel's calls since. One
+line says when the server is lost and one when it is back. psycopg (3) is imported only here, when such
+a URL is configured.
 """
 
 from __future__ import annotations
@@ -93,6 +94,15 @@ _SPENT = (
     'SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND (%s::text IS NULL OR "user" = %s))'
     ' + (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > %s AND (%s::text IS NULL OR "user" = %s))'
 )
+
+
+def _errors() -> tuple[type[BaseException], ...]:
+    """psycopg's errors (none when it is not installed: then no connection is ever made)."""
+    try:
+        import psycopg
+    except ImportError:
+        return ()
+    return (psycopg.Error,)
 
 
 def _say(message: str) -> None:
@@ -342,7 +352,6 @@ class PostgresStore:
         self._wake()
 
     def _write_now(self, uid: str, release: str | None, values: list[Any] | None) -> None:
-        import psycopg
 
         with self._lock:
             connection = self._usable()
@@ -355,7 +364,7 @@ class PostgresStore:
                     connection.execute(_INSERT_ROW, [uid, *values])
                 else:
                     connection.execute(_INSERT_SETTLING, [release, uid, *values])
-            except psycopg.Error as error:
+            except _errors() as error:
                 self._lost(error)
 
     def _at_exit(self) -> None:
@@ -376,7 +385,6 @@ class PostgresStore:
         Read with ``COPY ... TO STDOUT`` as CSV and parsed by pandas' C parser: 100,000 rows in well under a
         second, where fetching them as Python tuples takes several.
         """
-        import psycopg
 
         query = f"SELECT id, {_ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM {{}}"
         buffer = io.BytesIO()
@@ -385,12 +393,14 @@ class PostgresStore:
             if connection is None:
                 raise self._unreachable("showing this session's rows only")
             try:
+                from psycopg import sql
+
                 with connection.cursor() as cursor:
-                    copy = psycopg.sql.SQL(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, NULL '\\N')").format(exclude_session)
+                    copy = sql.SQL(f"COPY ({query}) TO STDOUT WITH (FORMAT csv, NULL '\\N')").format(exclude_session)
                     with cursor.copy(copy) as rows:
                         for chunk in rows:
                             buffer.write(chunk)
-            except psycopg.Error as error:
+            except _errors() as error:
                 self._lost(error)
                 raise self._unreachable("showing this session's rows only") from None
         return _csv_frame(buffer)
@@ -414,7 +424,6 @@ class PostgresStore:
 
     def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]] | None:
         """Rows of one query, or None while the server is away."""
-        import psycopg
 
         with self._lock:
             connection = self._usable()
@@ -422,7 +431,7 @@ class PostgresStore:
                 return None
             try:
                 return connection.execute(sql, parameters).fetchall()  # type: ignore[arg-type]
-            except psycopg.Error as error:
+            except _errors() as error:
                 self._lost(error)
                 return None
 
@@ -433,14 +442,13 @@ class PostgresStore:
         One transaction under an advisory lock: kernels on every machine take holds one at a time. While the
         server is away: the spend last read plus this kernel's holds and rows since.
         """
-        import psycopg
 
         with self._lock:
             connection = self._usable()
             if connection is not None:
                 try:
                     refusal = self._reserve_on_server(connection, hold, limits)
-                except psycopg.Error as error:
+                except _errors() as error:
                     self._lost(error)
                 else:
                     if refusal is None:

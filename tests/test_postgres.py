@@ -360,6 +360,23 @@ def test_an_unreachable_server_does_not_stall_calls(pg: PostgresServer, live: St
                 store.close()
 
 
+def test_without_psycopg_calls_go_on_and_say_what_to_install(
+    pg: PostgresServer, live: StubServer, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed: importing it fails
+    ipyllm.config.update(usage_db=pg.url(pg.new_database()), daily_budget_usd=1.0, prices=PRICED)
+    try:
+        for index in range(3):
+            ipyllm.complete(f"no driver {index} says hello to the stub, at length", max_tokens=10)
+        lines = ledger_lines(capfd.readouterr().err)
+        assert len(lines) == 2 and "psycopg is not installed: pip install 'ipyllm[postgres]'" in lines[0], lines
+        assert len(_api.session.ledger.rows()) == 3
+    finally:
+        for store in _api.session._stores.values():
+            if store is not None:
+                store.close()
+
+
 def test_the_password_never_shows(pg: PostgresServer, ip: Any, capfd: pytest.CaptureFixture[str]) -> None:
     database = pg.new_database()
     url = pg.url(database)
