@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._ledger import (
-    COLUMNS,
     Hold,
     LedgerUnavailableError,
     Limit,
@@ -38,8 +37,19 @@ from ipyllm._ledger import (
     _micros,
     _now,
     _process_alive,
-    frame_from_columns,
     row_values,
+)
+from ipyllm._pgschema import (
+    INSERT_ROW,
+    INSERT_SETTLING,
+    LOCK_BUDGETS,
+    LOCK_MIGRATE,
+    LOCK_SPACE,
+    MIGRATIONS,
+    ROW_COLUMNS,
+    SCHEMA_VERSION,
+    SPENT,
+    csv_frame,
 )
 from ipyllm._spool import Spool, spool_path
 
@@ -50,50 +60,6 @@ if TYPE_CHECKING:
     from ipyllm._config import LedgerURL
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
-
-# "user" is a reserved word in PostgreSQL.
-_NAMES = ["timestamp_us", *(f'"{c}"' if c == "user" else c for c in list(COLUMNS)[1:])]
-_ROW_COLUMNS = ", ".join(_NAMES)
-_INSERT_ROW = f"INSERT INTO usage (uid, {_ROW_COLUMNS}) VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
-# One statement, so one round trip, and atomic: the row lands and its hold goes, or neither.
-_INSERT_SETTLING = f"WITH settled AS (DELETE FROM holds WHERE id = %s) {_INSERT_ROW}"
-
-#: Advisory lock keys (any two 32-bit numbers that other applications are unlikely to use).
-_LOCK_SPACE = 0x1B7E
-_LOCK_MIGRATE, _LOCK_BUDGETS = 1, 2
-
-#: Schema migrations: entry n takes the ledger from version n to n + 1 (the SQLite ledger's, in PostgreSQL's types).
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE IF NOT EXISTS usage (
-            id BIGSERIAL PRIMARY KEY,
-            uid TEXT UNIQUE,
-            timestamp_us BIGINT NOT NULL,
-            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
-            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
-            cost_usd DOUBLE PRECISION, latency_s DOUBLE PRECISION, attempts INTEGER, status TEXT, error TEXT)""",
-        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
-        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
-    ),
-    ("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, created_us BIGINT NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)",),
-    (
-        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cached_tokens INTEGER",
-        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS tokens_estimated BOOLEAN",
-        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS batch TEXT",
-        'ALTER TABLE usage ADD COLUMN IF NOT EXISTS "user" TEXT',
-        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS host TEXT",
-        'CREATE INDEX IF NOT EXISTS usage_user ON usage ("user", timestamp_us)',
-        """CREATE TABLE IF NOT EXISTS holds (
-            id TEXT PRIMARY KEY, session TEXT, "user" TEXT, host TEXT, pid INTEGER,
-            amount DOUBLE PRECISION NOT NULL, created_us BIGINT NOT NULL, expires_us BIGINT NOT NULL)""",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-_SPENT = (
-    'SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND (%s::text IS NULL OR "user" = %s))'
-    ' + (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > %s AND (%s::text IS NULL OR "user" = %s))'
-)
 
 
 def _errors() -> tuple[type[BaseException], ...]:
@@ -176,7 +142,7 @@ class PostgresStore:
             return  # the usual case: read only, so a read-only server can still be read
         with connection.transaction():
             # Many kernels starting at once: one migrates, the others wait here and then find nothing to do.
-            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _LOCK_MIGRATE])
+            connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, LOCK_MIGRATE])
             connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
             row = connection.execute("SELECT version FROM schema_version").fetchone()
             version = row[0] if row else 0
@@ -297,9 +263,9 @@ class PostgresStore:
                         if values is None:
                             cursor.execute("DELETE FROM holds WHERE id = %s", [release])
                         elif release is None:
-                            cursor.execute(_INSERT_ROW, [uid, *values])
+                            cursor.execute(INSERT_ROW, [uid, *values])
                         else:
-                            cursor.execute(_INSERT_SETTLING, [release, uid, *values])
+                            cursor.execute(INSERT_SETTLING, [release, uid, *values])
                         written += values is not None
                 self.spool.drop(batch[-1][0])
         return written
@@ -361,9 +327,9 @@ class PostgresStore:
                 if values is None:
                     connection.execute("DELETE FROM holds WHERE id = %s", [release])
                 elif release is None:
-                    connection.execute(_INSERT_ROW, [uid, *values])
+                    connection.execute(INSERT_ROW, [uid, *values])
                 else:
-                    connection.execute(_INSERT_SETTLING, [release, uid, *values])
+                    connection.execute(INSERT_SETTLING, [release, uid, *values])
             except _errors() as error:
                 self._lost(error)
 
@@ -386,7 +352,7 @@ class PostgresStore:
         second, where fetching them as Python tuples takes several.
         """
 
-        query = f"SELECT id, {_ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM {{}}"
+        query = f"SELECT id, {ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM {{}}"
         buffer = io.BytesIO()
         with self._lock:
             connection = self._usable()
@@ -403,7 +369,7 @@ class PostgresStore:
             except _errors() as error:
                 self._lost(error)
                 raise self._unreachable("showing this session's rows only") from None
-        return _csv_frame(buffer)
+        return csv_frame(buffer)
 
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
         """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
@@ -461,7 +427,7 @@ class PostgresStore:
         with connection.transaction(), connection.cursor() as cursor:
             # A hold lost in a server crash only frees budget early, and its call's row still comes: no fsync wait.
             cursor.execute("SET LOCAL synchronous_commit = off")
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_SPACE, _LOCK_BUDGETS])
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, LOCK_BUDGETS])
             cursor.execute("DELETE FROM holds WHERE expires_us <= %s", [now])
             # Holds of kernels on this machine that have died free their budget at once.
             cursor.execute("SELECT id, pid FROM holds WHERE host = %s", [hold.host])
@@ -487,7 +453,7 @@ class PostgresStore:
 
     @staticmethod
     def _spent(cursor: psycopg.Cursor[Any], since: datetime, user: str | None, now: int) -> float:
-        cursor.execute(_SPENT, [_micros(since), user, user, now, user, user])
+        cursor.execute(SPENT, [_micros(since), user, user, now, user, user])
         row = cursor.fetchone()
         return float(row[0]) if row else 0.0
 
@@ -534,23 +500,6 @@ class PostgresStore:
             "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload RETURNING key",
             [key, _micros(_now()), kind, model, payload],
         )
-
-
-def _csv_frame(buffer: io.BytesIO) -> pd.DataFrame:
-    """The usage frame from ``COPY`` CSV of ``id`` and the row columns, sorted as the SQLite ledger sorts."""
-    import pandas as pd
-
-    names = ["id", *COLUMNS]
-    dtypes = {"id": "int64", "timestamp": "int64", **{name: dtype for name, dtype in COLUMNS.items() if name != "timestamp"}}
-    buffer.seek(0)
-    if not buffer.getbuffer().nbytes:
-        return frame_from_columns({name: [] for name in COLUMNS})
-    frame = pd.read_csv(
-        buffer, header=None, names=names, dtype=dtypes, keep_default_na=False, na_values=["\\N"], true_values=["t"], false_values=["f"]
-    )
-    frame = frame.sort_values(["timestamp", "id"], kind="stable", ignore_index=True).drop(columns="id")
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"].to_numpy(), unit="us", utc=True).as_unit("ns")
-    return frame
 
 
 def _key(limit: Limit) -> tuple[str, int, str | None]:

@@ -57,7 +57,8 @@ class PostgresServer:
         command = [str(self.binaries / tool), *arguments]
         if self.as_root:
             command = ["runuser", "-u", "postgres", "--", *command]
-        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120)
+        # cwd: the postgres user may not be allowed into the directory the tests run from.
+        return subprocess.run(command, capture_output=True, text=True, check=check, timeout=120, cwd=self.root)
 
     def start(self) -> PostgresServer:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"

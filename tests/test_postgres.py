@@ -363,8 +363,9 @@ def test_an_unreachable_server_does_not_stall_calls(pg: PostgresServer, live: St
 def test_without_psycopg_calls_go_on_and_say_what_to_install(
     pg: PostgresServer, live: StubServer, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
+    url = pg.url(pg.new_database())
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as if not installed: importing it fails
-    ipyllm.config.update(usage_db=pg.url(pg.new_database()), daily_budget_usd=1.0, prices=PRICED)
+    ipyllm.config.update(usage_db=url, daily_budget_usd=1.0, prices=PRICED)
     try:
         for index in range(3):
             ipyllm.complete(f"no driver {index} says hello to the stub, at length", max_tokens=10)
