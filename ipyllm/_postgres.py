@@ -351,7 +351,6 @@ class PostgresStore:
         Read with ``COPY ... TO STDOUT`` as CSV and parsed by pandas' C parser: 100,000 rows in well under a
         second, where fetching them as Python tuples takes several.
         """
-
         query = f"SELECT id, {ROW_COLUMNS} FROM usage WHERE session IS DISTINCT FROM {{}}"
         buffer = io.BytesIO()
         with self._lock:
@@ -390,7 +389,6 @@ class PostgresStore:
 
     def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]] | None:
         """Rows of one query, or None while the server is away."""
-
         with self._lock:
             connection = self._usable()
             if connection is None:
@@ -408,7 +406,6 @@ class PostgresStore:
         One transaction under an advisory lock: kernels on every machine take holds one at a time. While the
         server is away: the spend last read plus this kernel's holds and rows since.
         """
-
         with self._lock:
             connection = self._usable()
             if connection is not None:
