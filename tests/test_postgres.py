@@ -378,6 +378,17 @@ def test_without_psycopg_calls_go_on_and_say_what_to_install(
                 store.close()
 
 
+def test_the_password_may_come_from_pgpassword(pg: PostgresServer, live: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    database = pg.new_database()
+    monkeypatch.setenv("PGPASSWORD", pg.password)
+    ipyllm.config.update(usage_db=pg.url(database, password=None), prices=PRICED)
+    ipyllm.complete("libpq finds the password says hello to the stub, at length", max_tokens=10)
+    store = _api.session.store()
+    assert store is not None and store.flush()  # type: ignore[attr-defined]
+    assert rows_in(pg, database) == 1
+    store.close()
+
+
 def test_the_password_never_shows(pg: PostgresServer, ip: Any, capfd: pytest.CaptureFixture[str]) -> None:
     database = pg.new_database()
     url = pg.url(database)
