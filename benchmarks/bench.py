@@ -1,6 +1,8 @@
-"""ipyllm's performance numbers: load time, call-path overhead over litellm, usage frame at scale.
+"""ipyllm's performance numbers: load time, call-path overhead over litellm, usage frame at scale, team ledger.
 
-Run: ``.venv/bin/python benchmarks/bench.py`` (offline: everything talks to the stub server).
+Run: ``.venv/bin/python benchmarks/bench.py`` (offline: everything talks to the stub server). The team
+ledger figures need PostgreSQL installed (``apt-get install postgresql``): a server is started for them in
+a temporary directory with its default (durable) settings, and stopped after.
 """
 
 from __future__ import annotations
@@ -134,7 +136,88 @@ def frame_at_scale(rows: int = 100_000) -> None:
     print(f"daily spend query:    {spend * 1000:.1f} ms over {rows:,} rows")
 
 
+def team_ledger(calls: int = 300, rows: int = 100_000) -> None:
+    """What the PostgreSQL ledger adds to a call on a local server, and reading 100,000 rows from it."""
+    import tempfile
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from tests.pg import PostgresServer, find_binaries
+
+    binaries = find_binaries()
+    if binaries is None:
+        print("team ledger:          skipped (PostgreSQL is not installed)")
+        return
+    import ipyllm
+    from ipyllm import _api
+    from ipyllm._config import LedgerURL
+    from ipyllm._ledger import open_store
+    from ipyllm.testing import StubServer
+
+    server = PostgresServer(binaries, fsync=True).start()  # durable, as a team's server would be
+    try:
+        with StubServer() as stub, tempfile.TemporaryDirectory() as folder:
+            os.environ["JUPYTER_DATA_DIR"] = folder
+            ipyllm.config.update(base_url=stub.base_url, api_key="sk-bench", usage_db=server.url(server.new_database()))
+            for _ in range(20):
+                ipyllm.complete("benchmark")
+            store = _api.session.store()
+            assert store is not None
+            row = _api.session.ledger.rows()[-1]
+            store.flush()  # type: ignore[attr-defined]
+            appends = []
+            written = time.perf_counter()
+            for _ in range(calls):
+                started = time.perf_counter()
+                store.append(row)
+                appends.append(time.perf_counter() - started)
+            store.flush()  # type: ignore[attr-defined]
+            written = time.perf_counter() - written
+            # A call with a team budget set also takes a hold on the server, in one locked transaction.
+            from datetime import timedelta
+
+            from ipyllm._budget import local_midnight
+            from ipyllm._ledger import Hold, Limit
+
+            limits = [Limit("daily_budget_usd", 1e9, local_midnight()), Limit("user_daily_budget_usd", 1e9, local_midnight(), "ada")]
+            reserves = []
+            for index in range(calls):
+                now = datetime.now(timezone.utc)
+                hold = Hold(f"bench-{index}", 0.001, "bench", "ada", "here", os.getpid(), now, now + timedelta(seconds=60))
+                started = time.perf_counter()
+                store.reserve(hold, limits)
+                reserves.append(time.perf_counter() - started)
+                store.release(hold.id)
+            database = server.new_database()
+            bulk = open_store(LedgerURL(server.url(database)))
+            assert bulk is not None
+            bulk.count()  # creates the schema
+            server.sql(
+                "INSERT INTO usage (uid, timestamp_us, session, cell, source, kind, model, provider, prompt_tokens, completion_tokens,"
+                ' total_tokens, tokens_estimated, cost_usd, latency_s, attempts, status, "user", host)'
+                " SELECT 'u' || i, 1700000000000000 + i, 's' || (i %% 40), i %% 500, 'api', 'chat', 'gpt-4o-mini', 'openai',"
+                " 10, 20, 30, false, 1e-5, 0.4, 1, 'ok', 'ada', 'laptop' FROM generate_series(2, %s) AS i",
+                [rows],
+                database=database,
+            )
+            reads = []
+            for _ in range(3):
+                started = time.perf_counter()
+                frame = bulk.frame()
+                reads.append(time.perf_counter() - started)
+            bulk.close()
+            store.close()
+    finally:
+        server.remove()
+    print(f"team ledger append:   median {statistics.median(appends) * 1000:.2f} ms per row (what a call waits for: the local spool)")
+    print(f"team ledger writes:   {calls} rows on the server in {written * 1000:.0f} ms (local PostgreSQL, durable commits)")
+    held = statistics.median(reserves) * 1000
+    print(f"team budget hold:     median {held:.2f} ms per call with daily budgets set (one locked transaction)")
+    print(f"usage(all_sessions):  median {statistics.median(reads) * 1000:.0f} ms for {len(frame):,} rows from PostgreSQL (3 reads)")
+
+
 if __name__ == "__main__":
     load_time()
     call_overhead()
     frame_at_scale()
+    if "--no-team" not in sys.argv:
+        team_ledger()

@@ -13,7 +13,6 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
@@ -30,7 +29,7 @@ from ipyllm._client import (
 )
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._errors import Interrupted
-from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
+from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
 from ipyllm._retry import RetryNote
 from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
 
@@ -63,34 +62,63 @@ class Session:
         self.id = SESSION_ID
         self.ledger = ledger or MemoryLedger()
         self.client = client or Client()
-        self._stores: dict[str, SQLiteStore] = {}
+        self._stores: dict[str, Store | None] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
+        self._spend_today: tuple[float, float, float] | None = None
         self.budgets = Budgets(self.id, self.ledger, self.store, self.warn_once)
 
-    # -- the ledger file ---------------------------------------------------------------------------------
-    def store(self) -> SQLiteStore | None:
-        """The SQLite ledger named by ``usage_db`` (None for ``:memory:`` or a file already found broken)."""
+    # -- the ledger ------------------------------------------------------------------------------------------
+    def store(self) -> Store | None:
+        """The ledger named by ``usage_db``: a SQLite file or a team's server (None for ``:memory:`` or a file
+        already found broken)."""
         name = config.usage_db
         if name == ":memory:":
             return None
-        path = str(Path(name).expanduser()) if name else str(default_usage_db())
-        if f"store:{path}" in self._warned:
+        key = store_key(name)
+        if f"store:{key}" in self._warned:
             return None
-        if path not in self._stores:
-            self._stores[path] = SQLiteStore(path)
-        return self._stores[path]
+        if key not in self._stores:
+            store = self._stores[key] = open_store(name)
+            for other_key, other in list(self._stores.items()):
+                if other is not None and other is not store and store is not None and other.name == store.name:
+                    other.close()  # the same server with another password: its waiting rows are in the same spool
+                    del self._stores[other_key]
+        return self._stores[key]
 
-    def using_store(self, action: Callable[[SQLiteStore], T]) -> T | None:
-        """Run ``action`` on the ledger file; if it cannot be used, say so once and return None."""
+    def using_store(self, action: Callable[[Store], T]) -> T | None:
+        """Run ``action`` on the ledger; if it cannot be used, say so once and return None.
+
+        A file that cannot be used is given up for the session; a server that is away is tried again.
+        """
         store = self.store()
         if store is None:
             return None
         try:
             return action(store)
         except LedgerUnavailableError as error:
-            self.warn_once(f"store:{store.path}", str(error))
+            self.warn_once(f"away:{error}" if error.transient else f"store:{store.name}", str(error))
             return None
+
+    def spend_today(self, user: str) -> tuple[float, float] | None:
+        """The team's and ``user``'s spend since local midnight on a shared ledger (None otherwise).
+
+        Other sessions' spend is read from the server at most every two seconds (the picker asks after every
+        call); this session's comes from memory, so its calls show at once, written to the server or not.
+        """
+        store = self.store()
+        if store is None or not store.shared:
+            return None
+        midnight, now = local_midnight(), time.monotonic()
+        if self._spend_today is None or now - self._spend_today[0] > 2:
+            team = self.using_store(lambda s: s.spend(midnight, exclude_session=self.id))
+            theirs = self.using_store(lambda s: s.spend(midnight, exclude_session=self.id, user=user))
+            if team is None or theirs is None:
+                return None
+            self._spend_today = (now, team, theirs)
+        mine = self.ledger.spend(since=midnight, session=self.id)
+        mine_as_user = self.ledger.spend(since=midnight, session=self.id, user=user)
+        return self._spend_today[1] + mine, self._spend_today[2] + mine_as_user
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

@@ -245,9 +245,18 @@ class Budgets:
 
 
 def refusal_message(refusal: Refusal, cost: float, user: str) -> str:
-    """``budget: spent $0.4812 of $0.50 this session; this call may cost up to $0.0310: raise budget_usd to go on``."""
+    """``budget: spent $0.4812 of $0.50 this session; this call may cost up to $0.0310: raise budget_usd to go on``.
+
+    On a ledger others write to, who spent what today: ``... of $1.00 today (ada $0.31 of it)`` for the
+    team's limit, ``... of $0.30 today by ada (team $1.20)`` for the user's.
+    """
     limit = refusal.limit
     scope = {"budget_usd": "this session", "daily_budget_usd": "today"}.get(limit.setting, f"today by {user}")
+    others = refusal.team is not None and refusal.by_user is not None and abs(refusal.team - refusal.by_user) > 1e-12
+    if others and limit.setting == "daily_budget_usd":
+        scope += f" ({user} {usd(refusal.by_user or 0.0)} of it)"
+    elif others and limit.setting == "user_daily_budget_usd":
+        scope += f" (team {usd(refusal.team or 0.0)})"
     # Spent includes the holds of calls still in flight.
     return (
         f"budget: spent {usd(refusal.spent)} of {usd(limit.limit, limit=True)} {scope}; "

@@ -15,7 +15,7 @@ from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from traitlets import Bool, Dict, TraitError, TraitType, validate
 from traitlets.config import Configurable
@@ -67,10 +67,12 @@ class Secret(str):
     """
 
     _key: RevealedKey
+    #: The text a Secret shows for its plain value.
+    _masked_text = staticmethod(_mask)
 
     def __new__(cls, plain: str) -> Secret:
         text = plain.reveal() if isinstance(plain, Secret) else str.__str__(plain)
-        secret = super().__new__(cls, _mask(text))
+        secret = super().__new__(cls, cls._masked_text(text))
         secret.__dict__["_key"] = RevealedKey(text)
         return secret
 
@@ -102,6 +104,28 @@ class Secret(str):
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         raise TypeError("the API key cannot be pickled (a pickle would hold it in plain text): set LLM_API_KEY where it is loaded")
+
+
+class LedgerURL(Secret):
+    """A PostgreSQL URL whose text hides the password (``postgresql://ada:****@db:5432/team``), so repr, str
+    and formatting never show it. ``reveal()`` gives the plain URL for the one place that needs it: the connection.
+    """
+
+    @staticmethod
+    def _masked_text(plain: str) -> str:
+        parts = urlsplit(plain)
+        if parts.password is None:
+            return plain
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
+
+    def password(self) -> str | None:
+        return urlsplit(str.__str__(self.reveal())).password
+
+
+def plain_text(value: str) -> str:
+    """A setting's value as typed: a ``Secret`` revealed (a ``RevealedKey``, masked in reprs), else as is."""
+    return value.reveal() if isinstance(value, Secret) else value
 
 
 # -- trait types that parse strings and explain refusals -------------------------------------------
@@ -180,6 +204,29 @@ class URL(_Setting):
         if parts.scheme not in ("http", "https") or not parts.netloc or " " in text:
             raise self.refuse(value)
         return text.rstrip("/")
+
+
+class Ledger(_Setting):
+    allowed = "a file path, :memory: or a postgresql://user@host:5432/dbname URL"
+
+    def parse(self, value: Any) -> str:
+        if not isinstance(value, str):
+            raise self.refuse(value)
+        text = value.reveal().strip() if isinstance(value, Secret) else value.strip()
+        if not text:
+            raise self.refuse(value)
+        if text.lower().startswith(("postgresql://", "postgres://")):
+            parts = urlsplit(text)
+            try:
+                parts.port  # noqa: B018 - raises on a port that is not a number
+            except ValueError:
+                raise self.refuse(LedgerURL(text)) from None
+            if not (parts.hostname or parts.path.strip("/")) or any(c.isspace() for c in text):
+                raise self.refuse(LedgerURL(text))
+            return LedgerURL(text)
+        if "://" in text:
+            raise self.refuse(LedgerURL(text))  # another kind of URL: refused, its password still hidden
+        return text
 
 
 class Key(_Setting):
@@ -284,7 +331,13 @@ class LLMConfig(Configurable):
         allowed="a number of US dollars >= 0",
         help="Spending limit since local midnight for this user, all sessions, USD (LLM_USER_DAILY_BUDGET_USD).",
     )
-    usage_db = Text(None, allowed="a file path or :memory:", help="SQLite usage ledger (LLM_USAGE_DB); unset: the Jupyter data directory.")
+    usage_db = Ledger(
+        None,
+        help=(
+            "Usage ledger (LLM_USAGE_DB): a SQLite file, :memory:, or a team's postgresql://user@host:5432/dbname "
+            "(password never shown); unset: a file in the Jupyter data directory."
+        ),
+    )
     user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
     cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
     prices = Prices(

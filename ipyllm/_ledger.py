@@ -1,17 +1,16 @@
-"""Usage rows: one per logical call, kept in memory and in a SQLite ledger, read as a pandas frame.
+"""Usage rows: one per logical call, kept in memory and in a persistent ledger, read as a pandas frame.
 
 Knows nothing of litellm. ``MemoryLedger`` holds this session's rows (always complete, whatever happens
-to the file); ``SQLiteStore`` persists every row as its call ends, one committed insert per call, in WAL
-mode with a busy timeout, so several kernels can share one file and a killed kernel loses no finished
-call. A store that cannot be opened or written (corrupt, locked, read-only) never breaks a call: it says
-so once, in one line, and the rows stay in memory.
+to the ledger). A ``Store`` persists them: ``open_store(usage_db)`` gives the SQLite file
+(``ipyllm._sqlite``) or the team's PostgreSQL server (``ipyllm._postgres``, for a ``postgresql://`` URL);
+the session, budgets and views talk to the ``Store`` protocol only. Backends are imported on first use,
+so ``import ipyllm`` does not pay for a database driver.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -24,7 +23,20 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "Hold", "Limit", "MemoryLedger", "Refusal", "SQLiteStore", "Store", "UsageRow", "default_usage_db", "to_frame"]
+__all__ = [
+    "COLUMNS",
+    "Hold",
+    "LedgerUnavailableError",
+    "Limit",
+    "MemoryLedger",
+    "Refusal",
+    "Store",
+    "UsageRow",
+    "default_usage_db",
+    "is_server_url",
+    "open_store",
+    "to_frame",
+]
 
 #: The usage frame's columns and their dtypes (SPEC section 5).
 COLUMNS: dict[str, str] = {
@@ -121,10 +133,13 @@ class Limit:
 
 @dataclass(frozen=True)
 class Refusal:
-    """The limit a hold would pass, and what was spent (rows and holds) against it."""
+    """The limit a hold would pass, and what was spent (rows and holds) against it; with ``team`` and
+    ``by_user`` (today's spend of everyone and of the hold's user) when the store knows them."""
 
     limit: Limit
     spent: float
+    team: float | None = None
+    by_user: float | None = None
 
 
 def _micros(moment: datetime) -> int:
@@ -218,7 +233,7 @@ def to_frame(rows: Iterable[UsageRow]) -> pd.DataFrame:
     return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)))
 
 
-# -- the SQLite ledger ---------------------------------------------------------------------------------
+# -- facts every backend shares ------------------------------------------------------------------------
 
 
 def default_usage_db() -> Path:
@@ -239,8 +254,6 @@ def default_usage_db() -> Path:
     return base / "ipyllm" / "usage.sqlite"
 
 
-_ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
-_INSERT_ROW = f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
 _COST = list(COLUMNS).index("cost_usd")
 
 
@@ -265,40 +278,15 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-#: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE IF NOT EXISTS usage (
-            id INTEGER PRIMARY KEY,
-            timestamp_us INTEGER NOT NULL,
-            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
-            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
-            cost_usd REAL, latency_s REAL, attempts INTEGER, status TEXT, error TEXT)""",
-        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
-        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
-    ),
-    (
-        """CREATE TABLE IF NOT EXISTS cache (
-            key TEXT PRIMARY KEY, created_us INTEGER NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)""",
-    ),
-    (
-        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
-        "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER",
-        "ALTER TABLE usage ADD COLUMN batch TEXT",
-        "ALTER TABLE usage ADD COLUMN user TEXT",
-        "ALTER TABLE usage ADD COLUMN host TEXT",
-        "CREATE INDEX IF NOT EXISTS usage_user ON usage (user, timestamp_us)",
-        # Budget holds of calls in flight, in every kernel writing this ledger (see Hold).
-        """CREATE TABLE IF NOT EXISTS holds (
-            id TEXT PRIMARY KEY, session TEXT, user TEXT, host TEXT, pid INTEGER,
-            amount REAL NOT NULL, created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL)""",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-
-
 class LedgerUnavailableError(Exception):
-    """The ledger cannot be used; the message says what to do."""
+    """The ledger cannot be used; the message says what to do.
+
+    ``transient``: the store keeps trying by itself (a server that is down), so the session goes on using it.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class Store(Protocol):
@@ -307,6 +295,8 @@ class Store(Protocol):
 
     #: How the store is named to the user (a path, or a URL without its password).
     name: str
+    #: True for a ledger shared by a team (a server): the picker then shows the team's spend today.
+    shared: bool
 
     def append(self, row: UsageRow, release: str | None = None) -> None: ...
     def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None: ...
@@ -318,182 +308,50 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-class SQLiteStore:
-    """The persistent ledger (and the response cache) in one SQLite file.
+# -- choosing the backend --------------------------------------------------------------------------------
 
-    Opened on first use. Every method raises ``LedgerUnavailableError`` with a one-line explanation when the
-    file cannot be used; callers keep rows in memory instead.
+_SERVER_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_server_url(name: str | None) -> bool:
+    """True for a PostgreSQL URL (``postgresql://user@host:5432/dbname``)."""
+    return name is not None and name.strip().lower().startswith(_SERVER_SCHEMES)
+
+
+def store_key(usage_db: str | None) -> str:
+    """The ledger's key in the session: a file's full path; a URL without its password, and a digest of it."""
+    if is_server_url(usage_db):
+        import hashlib
+
+        from ipyllm._config import LedgerURL, plain_text
+
+        url = LedgerURL(plain_text(usage_db) if isinstance(usage_db, str) else "")
+        # Another password is another store (the old one may have been refused); the digest never shows.
+        return f"{url.masked()}#{hashlib.sha256(url.reveal().encode()).hexdigest()[:12]}"
+    return str(Path(usage_db).expanduser()) if usage_db else str(default_usage_db())
+
+
+def open_store(usage_db: str | None) -> Store | None:
+    """The store ``usage_db`` names: None for ``:memory:``, the PostgreSQL server for a URL, else a SQLite file.
+
+    Nothing is connected or opened yet: that happens on first use.
     """
-
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
-        self.path = Path(path)
-        self.name = str(self.path)
-        self.busy_timeout = busy_timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    # -- connection ------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is not None:
-            return self._connection
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(connection)
-        except (sqlite3.Error, OSError) as error:
-            raise self._unavailable(error) from error
-        self._connection = connection
-        return connection
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
-        if version == SCHEMA_VERSION:
-            return
-        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-
-    def _unavailable(self, error: BaseException) -> LedgerUnavailableError:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
-            advice = "make it writable or set LLM_USAGE_DB to a writable file"
-        elif "locked" in reason or "busy" in reason:
-            advice = "another program holds it; close it or set LLM_USAGE_DB to another file"
-        elif "not a database" in reason or "malformed" in reason:
-            advice = "move the broken file away or set LLM_USAGE_DB to another file"
-        else:
-            advice = "set LLM_USAGE_DB to a file that can be written"
-        return LedgerUnavailableError(
-            f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {advice}"
-        )
-
-    def _run(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        with self._lock:
-            connection = self._connect()
-            try:
-                return connection.execute(sql, parameters).fetchall()
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
-
-    def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
-
-    # -- usage rows ------------------------------------------------------------------------------------
-    def append(self, row: UsageRow, release: str | None = None) -> None:
-        """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
-        values = row_values(row)
-        with self._lock:
-            connection = self._connect()
-            try:
-                if release is None:
-                    connection.execute(_INSERT_ROW, values)
-                    return
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    connection.execute(_INSERT_ROW, values)
-                    connection.execute("DELETE FROM holds WHERE id = ?", [release])
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
-
-    # -- budgets ---------------------------------------------------------------------------------------
-    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
-        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
-
-        One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file take holds one at a time, so together
-        they cannot pass a limit. Holds of processes on this host that have died are dropped first.
-        """
-        now = _micros(_now())
-        with self._lock:
-            connection = self._connect()
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    self._drop_dead_holds(connection, hold.host, now)
-                    for limit in limits:
-                        spent = self._spent(connection, limit.since, limit.user, now)
-                        if spent + hold.amount > limit.limit:
-                            connection.execute("ROLLBACK")
-                            return Refusal(limit, spent)
-                    connection.execute(
-                        "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
-                    )
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+    if usage_db == ":memory:":
         return None
+    if is_server_url(usage_db):
+        from ipyllm._config import LedgerURL, plain_text
+        from ipyllm._postgres import PostgresStore
 
-    def release(self, hold_id: str) -> None:
-        """Drop a hold whose call left no row to settle it (it failed before sending)."""
-        self._run("DELETE FROM holds WHERE id = ?", [hold_id])
+        return PostgresStore(usage_db if isinstance(usage_db, LedgerURL) else LedgerURL(plain_text(usage_db or "")))
+    from ipyllm._sqlite import SQLiteStore
 
-    @staticmethod
-    def _spent(connection: sqlite3.Connection, since: datetime, user: str | None, now: int) -> float:
-        user_filter = "" if user is None else " AND user = ?"
-        extra = [] if user is None else [user]
-        rows = connection.execute(
-            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(since), *extra]
-        ).fetchone()
-        held = connection.execute(f"SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]).fetchone()
-        return float(rows[0]) + float(held[0])
+    return SQLiteStore(store_key(usage_db))
 
-    @staticmethod
-    def _drop_dead_holds(connection: sqlite3.Connection, host: str | None, now: int) -> None:
-        connection.execute("DELETE FROM holds WHERE expires_us <= ?", [now])
-        for hold_id, pid in connection.execute("SELECT id, pid FROM holds WHERE host IS ?", [host]).fetchall():
-            if pid and not _process_alive(int(pid)):
-                connection.execute("DELETE FROM holds WHERE id = ?", [hold_id])
 
-    def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
-        """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
-        where, parameters = ("WHERE session IS NOT ?", [exclude_session]) if exclude_session else ("", [])
-        records = self._run(f"SELECT {_ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters)
-        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
-        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+def __getattr__(name: str) -> Any:
+    # The SQLite store lived here; its names are still found here, imported on first use.
+    if name in ("SQLiteStore", "MIGRATIONS", "SCHEMA_VERSION"):
+        from ipyllm import _sqlite
 
-    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
-        """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
-        rows = self._run(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ? AND (? IS NULL OR user = ?)",
-            [_micros(since), exclude_session, user, user],
-        )
-        return float(rows[0][0])
-
-    def count(self) -> int:
-        return int(self._run("SELECT COUNT(*) FROM usage")[0][0])
-
-    # -- the response cache ----------------------------------------------------------------------------
-    def cache_get(self, key: str) -> str | None:
-        rows = self._run("SELECT payload FROM cache WHERE key = ?", [key])
-        return rows[0][0] if rows else None
-
-    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
-        self._run(
-            "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)",
-            [key, _micros(_now()), kind, model, payload],
-        )
+        return getattr(_sqlite, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,86 @@
+"""The PostgreSQL ledger's schema and SQL: the SQLite ledger's tables in PostgreSQL's types, its versioned
+migrations, the statements the store runs, and the frame read from ``COPY`` CSV."""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+from ipyllm._ledger import COLUMNS, frame_from_columns
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "INSERT_ROW",
+    "INSERT_SETTLING",
+    "LOCK_BUDGETS",
+    "LOCK_MIGRATE",
+    "LOCK_SPACE",
+    "MIGRATIONS",
+    "ROW_COLUMNS",
+    "SCHEMA_VERSION",
+    "SPENT",
+    "csv_frame",
+]
+
+# "user" is a reserved word in PostgreSQL.
+NAMES = ["timestamp_us", *(f'"{c}"' if c == "user" else c for c in list(COLUMNS)[1:])]
+ROW_COLUMNS = ", ".join(NAMES)
+INSERT_ROW = f"INSERT INTO usage (uid, {ROW_COLUMNS}) VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
+# One statement, so one round trip, and atomic: the row lands and its hold goes, or neither.
+INSERT_SETTLING = f"WITH settled AS (DELETE FROM holds WHERE id = %s) {INSERT_ROW}"
+
+#: Advisory lock keys (any two 32-bit numbers that other applications are unlikely to use).
+LOCK_SPACE = 0x1B7E
+LOCK_MIGRATE, LOCK_BUDGETS = 1, 2
+
+#: Schema migrations: entry n takes the ledger from version n to n + 1 (the SQLite ledger's, in PostgreSQL's types).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE IF NOT EXISTS usage (
+            id BIGSERIAL PRIMARY KEY,
+            uid TEXT UNIQUE,
+            timestamp_us BIGINT NOT NULL,
+            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            cost_usd DOUBLE PRECISION, latency_s DOUBLE PRECISION, attempts INTEGER, status TEXT, error TEXT)""",
+        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
+    ),
+    ("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, created_us BIGINT NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)",),
+    (
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS tokens_estimated BOOLEAN",
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS batch TEXT",
+        'ALTER TABLE usage ADD COLUMN IF NOT EXISTS "user" TEXT',
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS host TEXT",
+        'CREATE INDEX IF NOT EXISTS usage_user ON usage ("user", timestamp_us)',
+        """CREATE TABLE IF NOT EXISTS holds (
+            id TEXT PRIMARY KEY, session TEXT, "user" TEXT, host TEXT, pid INTEGER,
+            amount DOUBLE PRECISION NOT NULL, created_us BIGINT NOT NULL, expires_us BIGINT NOT NULL)""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+SPENT = (
+    'SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND (%s::text IS NULL OR "user" = %s))'
+    ' + (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > %s AND (%s::text IS NULL OR "user" = %s))'
+)
+
+
+def csv_frame(buffer: io.BytesIO) -> pd.DataFrame:
+    """The usage frame from ``COPY`` CSV of ``id`` and the row columns, sorted as the SQLite ledger sorts."""
+    import pandas as pd
+
+    names = ["id", *COLUMNS]
+    dtypes = {"id": "int64", "timestamp": "int64", **{name: dtype for name, dtype in COLUMNS.items() if name != "timestamp"}}
+    buffer.seek(0)
+    if not buffer.getbuffer().nbytes:
+        return frame_from_columns({name: [] for name in COLUMNS})
+    frame = pd.read_csv(
+        buffer, header=None, names=names, dtype=dtypes, keep_default_na=False, na_values=["\\N"], true_values=["t"], false_values=["f"]
+    )
+    frame = frame.sort_values(["timestamp", "id"], kind="stable", ignore_index=True).drop(columns="id")
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"].to_numpy(), unit="us", utc=True).as_unit("ns")
+    return frame

@@ -1,0 +1,253 @@
+"""The SQLite ledger: usage rows, budget holds and the response cache in one file.
+
+Every row is committed as its call ends, one insert per call, in WAL mode with a busy timeout, so several
+kernels can share one file and a killed kernel loses no finished call. A file that cannot be opened or
+written (corrupt, locked, read-only) never breaks a call: it says so once, in one line, and the rows stay
+in memory.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ipyllm._ledger import (
+    COLUMNS,
+    Hold,
+    LedgerUnavailableError,
+    Limit,
+    Refusal,
+    UsageRow,
+    _micros,
+    _now,
+    _process_alive,
+    frame_from_columns,
+    row_values,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
+
+_ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
+_INSERT_ROW = f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+
+
+#: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
+MIGRATIONS: list[tuple[str, ...]] = [
+    (
+        """CREATE TABLE IF NOT EXISTS usage (
+            id INTEGER PRIMARY KEY,
+            timestamp_us INTEGER NOT NULL,
+            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
+            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
+            cost_usd REAL, latency_s REAL, attempts INTEGER, status TEXT, error TEXT)""",
+        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
+        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
+    ),
+    (
+        """CREATE TABLE IF NOT EXISTS cache (
+            key TEXT PRIMARY KEY, created_us INTEGER NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)""",
+    ),
+    (
+        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER",
+        "ALTER TABLE usage ADD COLUMN batch TEXT",
+        "ALTER TABLE usage ADD COLUMN user TEXT",
+        "ALTER TABLE usage ADD COLUMN host TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_user ON usage (user, timestamp_us)",
+        # Budget holds of calls in flight, in every kernel writing this ledger (see Hold).
+        """CREATE TABLE IF NOT EXISTS holds (
+            id TEXT PRIMARY KEY, session TEXT, user TEXT, host TEXT, pid INTEGER,
+            amount REAL NOT NULL, created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL)""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class SQLiteStore:
+    """The persistent ledger (and the response cache) in one SQLite file.
+
+    Opened on first use. Every method raises ``LedgerUnavailableError`` with a one-line explanation when the
+    file cannot be used; callers keep rows in memory instead.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.name = str(self.path)
+        self.shared = False
+        self.busy_timeout = busy_timeout
+        self._connection: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    # -- connection ------------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        if self._connection is not None:
+            return self._connection
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
+            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(connection)
+        except (sqlite3.Error, OSError) as error:
+            raise self._unavailable(error) from error
+        self._connection = connection
+        return connection
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
+        if version == SCHEMA_VERSION:
+            return
+        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _unavailable(self, error: BaseException) -> LedgerUnavailableError:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        if "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
+            advice = "make it writable or set LLM_USAGE_DB to a writable file"
+        elif "locked" in reason or "busy" in reason:
+            advice = "another program holds it; close it or set LLM_USAGE_DB to another file"
+        elif "not a database" in reason or "malformed" in reason:
+            advice = "move the broken file away or set LLM_USAGE_DB to another file"
+        else:
+            advice = "set LLM_USAGE_DB to a file that can be written"
+        return LedgerUnavailableError(
+            f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {advice}"
+        )
+
+    def _run(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            connection = self._connect()
+            try:
+                return connection.execute(sql, parameters).fetchall()
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                self._connection.close()
+                self._connection = None
+
+    # -- usage rows ------------------------------------------------------------------------------------
+    def append(self, row: UsageRow, release: str | None = None) -> None:
+        """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
+        values = row_values(row)
+        with self._lock:
+            connection = self._connect()
+            try:
+                if release is None:
+                    connection.execute(_INSERT_ROW, values)
+                    return
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.execute(_INSERT_ROW, values)
+                    connection.execute("DELETE FROM holds WHERE id = ?", [release])
+                    connection.execute("COMMIT")
+                except BaseException:
+                    connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
+    # -- budgets ---------------------------------------------------------------------------------------
+    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
+
+        One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file take holds one at a time, so together
+        they cannot pass a limit. Holds of processes on this host that have died are dropped first.
+        """
+        now = _micros(_now())
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    self._drop_dead_holds(connection, hold.host, now)
+                    for limit in limits:
+                        spent = self._spent(connection, limit.since, limit.user, now)
+                        if spent + hold.amount > limit.limit:
+                            connection.execute("ROLLBACK")
+                            return Refusal(limit, spent)
+                    connection.execute(
+                        "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+                    )
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+        return None
+
+    def release(self, hold_id: str) -> None:
+        """Drop a hold whose call left no row to settle it (it failed before sending)."""
+        self._run("DELETE FROM holds WHERE id = ?", [hold_id])
+
+    @staticmethod
+    def _spent(connection: sqlite3.Connection, since: datetime, user: str | None, now: int) -> float:
+        user_filter = "" if user is None else " AND user = ?"
+        extra = [] if user is None else [user]
+        rows = connection.execute(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(since), *extra]
+        ).fetchone()
+        held = connection.execute(f"SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]).fetchone()
+        return float(rows[0]) + float(held[0])
+
+    @staticmethod
+    def _drop_dead_holds(connection: sqlite3.Connection, host: str | None, now: int) -> None:
+        connection.execute("DELETE FROM holds WHERE expires_us <= ?", [now])
+        for hold_id, pid in connection.execute("SELECT id, pid FROM holds WHERE host IS ?", [host]).fetchall():
+            if pid and not _process_alive(int(pid)):
+                connection.execute("DELETE FROM holds WHERE id = ?", [hold_id])
+
+    def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
+        """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
+        where, parameters = ("WHERE session IS NOT ?", [exclude_session]) if exclude_session else ("", [])
+        records = self._run(f"SELECT {_ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters)
+        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
+        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+
+    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
+        """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
+        rows = self._run(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ? AND (? IS NULL OR user = ?)",
+            [_micros(since), exclude_session, user, user],
+        )
+        return float(rows[0][0])
+
+    def count(self) -> int:
+        return int(self._run("SELECT COUNT(*) FROM usage")[0][0])
+
+    # -- the response cache ----------------------------------------------------------------------------
+    def cache_get(self, key: str) -> str | None:
+        rows = self._run("SELECT payload FROM cache WHERE key = ?", [key])
+        return rows[0][0] if rows else None
+
+    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
+        self._run(
+            "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)",
+            [key, _micros(_now()), kind, model, payload],
+        )
