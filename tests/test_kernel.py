@@ -56,7 +56,11 @@ CELLS = [
     ("bogus", "%llm --bogus hello"),
     ("undefined", "%llm hello {undefined_name}"),
     # The server echoes the key in an error (the cell's source does not hold it: it comes from the environment).
-    ("echo", "import os\nfrom ipyllm.testing import Fault\nscript_remote({url!r}, Fault.status(400, message='bad key ' + os.environ['LLM_API_KEY']))"),
+    (
+        "echo",
+        "import os\nfrom ipyllm.testing import Fault\n"
+        "script_remote({url!r}, Fault.status(400, message='bad key ' + os.environ['LLM_API_KEY']))",
+    ),
     ("echoed", "%llm Which key?"),
     ("show", "%llm_config --show"),
     ("unset", "%llm_config api_key=none"),
@@ -262,7 +266,9 @@ STOPS_WITHIN = 20.0
 
 
 @pytest.mark.parametrize("case", ["during-a-slow-answer", "during-a-retry-wait"])
-def test_interrupting_the_kernel_stops_at_once_and_records_the_row(kernel_env: StubServer, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
+    kernel_env: StubServer, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
     monkeypatch.setenv("LLM_RETRY_MIN_WAIT", "1")
     monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "300")
     manager, client = start_new_kernel(kernel_name="python3")
@@ -312,7 +318,9 @@ def test_interrupting_the_kernel_stops_at_once_and_records_the_row(kernel_env: S
         manager.shutdown_kernel(now=True)
 
 
-def test_ipython_config_py_configures_the_session_in_a_real_kernel(kernel_env: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ipython_config_py_configures_the_session_in_a_real_kernel(
+    kernel_env: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     profile = tmp_path / "ipython" / "profile_default"
     profile.mkdir(parents=True)
     (profile / "ipython_config.py").write_text(
