@@ -28,10 +28,10 @@ from ipyllm._client import Client  # noqa: E402
 from ipyllm._ledger import MemoryLedger  # noqa: E402
 from ipyllm.testing import StubServer  # noqa: E402
 
-#: The test key. Deliberately not shaped like any provider's key (no ``sk-``): only exact-key redaction hides it.
 #: The mutation check (tests/tools/mutate.py) is run by hand, not collected.
 collect_ignore = ["tools"]
 
+#: The test key. Deliberately not shaped like any provider's key (no ``sk-``): only exact-key redaction hides it.
 SECRET = "Hush.this-is-the-tests-own-key.7f3a9c"
 
 
