@@ -10,11 +10,15 @@ os.environ["JUPYTER_DATA_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), 
 # Before anything imports litellm: bundled price map, no tokenizer or catalogue downloads.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
-for variable in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "AZURE_API_KEY", "LLM_API_KEY", "LLM_BASE_URL", "LLM_MODEL"):
-    os.environ.pop(variable, None)
+# No setting of the user's (LLM_*) and no provider key or server may reach a test, nor a kernel it starts.
+for variable in list(os.environ):
+    if variable.startswith("LLM_") or variable.endswith(("_API_KEY", "_API_BASE", "_BASE_URL")):
+        os.environ.pop(variable, None)
 
+import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -24,7 +28,11 @@ from ipyllm._client import Client  # noqa: E402
 from ipyllm._ledger import MemoryLedger  # noqa: E402
 from ipyllm.testing import StubServer  # noqa: E402
 
-SECRET = "sk-test-SECRET-do-not-leak-7f3a9c"
+#: The mutation check (tests/tools/mutate.py) is run by hand, not collected.
+collect_ignore = ["tools"]
+
+#: The test key. Deliberately not shaped like any provider's key (no ``sk-``): only exact-key redaction hides it.
+SECRET = "Hush.this-is-the-tests-own-key.7f3a9c"
 
 
 class SleepRecorder:
@@ -35,6 +43,57 @@ class SleepRecorder:
 
     def __call__(self, seconds: float) -> None:
         self.waits.append(seconds)
+
+
+def config_observers() -> list[Any]:
+    """Every callback observing ``ipyllm.config`` (a picker left open leaves its own here)."""
+    return [callback for kinds in ipyllm.config._trait_notifiers.values() for callbacks in kinds.values() for callback in callbacks]
+
+
+def open_pickers() -> list[Any]:
+    """Pickers made in this process and not closed yet."""
+    widget = sys.modules.get("ipyllm._widget")
+    if widget is None:
+        return []
+    from ipywidgets.widgets.widget import _instances
+
+    return [w for w in list(_instances.values()) if isinstance(w, widget.Picker) and not w._closed]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test: its own ledger, the configuration at its defaults (restored afterwards), no picker left open.
+
+    - ``JUPYTER_DATA_DIR`` is this test's own directory, so the default ledger (and the cache in it) is
+      fresh, and kernels the test starts inherit it: no test reads rows another test or kernel wrote,
+      nor the user's ledger.
+    - ``ipyllm._api.session`` is a fresh session (no rows, no open ledger files, no warnings said).
+    - The configuration starts at its defaults and gets back its earlier values afterwards.
+    - A picker the test left open fails the test (its observers would follow every later test); it is
+      closed in any case, and no observer of the configuration may remain.
+    """
+    monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+    monkeypatch.delenv("LLM_USAGE_DB", raising=False)
+    monkeypatch.setattr(_api, "session", _api.Session(MemoryLedger(), Client()))
+    observers_before = config_observers()
+    saved = ipyllm.config.settings()
+    defaults = {name: trait.default() for name, trait in ipyllm.config.traits(config=True).items()}
+    ipyllm.config.update(**defaults)
+    magics = sys.modules.get("ipyllm._magics")
+    if magics is not None:
+        magics.conversation.clear()
+    yield
+    left_open = open_pickers()
+    for picker in left_open:
+        picker.close()
+    for store in _api.session._stores.values():
+        store.close()
+    ipyllm.config.update(**saved)
+    if magics is not None or (magics := sys.modules.get("ipyllm._magics")) is not None:
+        magics.conversation.clear()
+    assert not left_open, f"the test left {len(left_open)} picker(s) open: close them (picker.close())"
+    leaked = [callback for callback in config_observers() if callback not in observers_before]
+    assert not leaked, f"observers left on ipyllm.config: {leaked}"
 
 
 @pytest.fixture

@@ -212,6 +212,8 @@ def wait_for_prompt_number(page: Any, index: int) -> None:
 def test_the_picker_in_jupyterlab(lab: Lab, stub: StubServer) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    # Assertions wait as long as steps do: %llm_config waits for litellm's import (10 s and more on a busy machine).
+    expect.set_options(timeout=STEP_MS)
     started = time.perf_counter()
     notebook = lab.root / "picker.ipynb"
     nb = nbformat.v4.new_notebook()

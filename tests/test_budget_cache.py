@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._client import load_litellm
 from ipyllm._ledger import SQLiteStore, UsageRow, default_usage_db
-from ipyllm.testing import StubServer
+from ipyllm.testing import StubServer, count_tokens
 
 # Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).
 USD = r"\$(\d+\.\d{4}|0\.0000\d{2,3}|\d+\.\d{2})"
@@ -46,19 +49,49 @@ def test_the_estimate_counts_the_prompt_and_max_tokens(live: StubServer) -> None
     assert len(live.requests) == 1
 
 
-def test_a_daily_budget_counts_every_session_since_local_midnight(live: StubServer) -> None:
+@pytest.fixture
+def local_noon() -> Iterator[datetime]:
+    """A fixed local timezone in which it is now about noon, and that is not UTC.
+
+    So local midnight is neither 24 hours ago nor UTC's midnight, whenever the test runs.
+    """
+    utc_hour = datetime.now(timezone.utc).hour
+    offset = 12 - utc_hour if utc_hour != 12 else 1  # hours east of UTC, -11 to +12
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TZ", f"IPYLLMTEST{-offset:+d}")  # POSIX TZ counts hours west of UTC
+    time.tzset()
+    try:
+        now = datetime.now().astimezone()
+        assert now.utcoffset() == timedelta(hours=offset) and 6 <= now.hour <= 18
+        yield now
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_daily_budget_counts_every_session_since_local_midnight(live: StubServer, local_noon: datetime) -> None:
+    midnight = local_noon.replace(hour=0, minute=0, second=0, microsecond=0)
     store = SQLiteStore(default_usage_db())
-    now = datetime.now(timezone.utc)
-    store.append(UsageRow(timestamp=now, session="another-kernel", model="gpt-4o", cost_usd=0.40))
-    store.append(UsageRow(timestamp=now - timedelta(days=2), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    # Another kernel: yesterday evening (does not count), just after midnight (counts), two days ago (does not).
+    store.append(UsageRow(timestamp=midnight - timedelta(minutes=30), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    store.append(UsageRow(timestamp=midnight + timedelta(minutes=10), session="another-kernel", model="gpt-4o", cost_usd=0.30))
+    store.append(UsageRow(timestamp=midnight - timedelta(days=2), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    # This session's own rows (in memory and, as every finished call's row, in the ledger): the same rule.
+    for row in (
+        UsageRow(timestamp=midnight - timedelta(minutes=1), session=ipyllm.SESSION_ID, cost_usd=50.0),
+        UsageRow(timestamp=midnight + timedelta(seconds=1), session=ipyllm.SESSION_ID, cost_usd=0.10),
+    ):
+        store.append(row)
+        _api.session.ledger.append(row)
     store.close()
     ipyllm.config.daily_budget_usd = 0.40
     with pytest.raises(ipyllm.BudgetExceededError) as caught:
         ipyllm.complete("hello")
-    assert caught.value.message.startswith("budget: spent $0.4000 of $0.40 today; ")
+    assert caught.value.message.startswith("budget: spent $0.4000 of $0.40 today; "), caught.value.message
     assert live.requests == []
     ipyllm.config.daily_budget_usd = 0.50
     assert ipyllm.complete("hello", max_tokens=20).usage.status == "ok"
+    assert len(live.requests) == 1
 
 
 def test_embeddings_are_checked_too(live: StubServer) -> None:
@@ -83,10 +116,10 @@ def test_with_a_budget_an_unpriced_model_is_refused_before_sending(live: StubSer
     assert reply.usage.cost_usd > 0 and len(live.requests) == 1
 
 
-def test_without_a_budget_an_unpriced_model_is_sent_with_an_unknown_cost(live: StubServer) -> None:
+def test_without_a_budget_an_unpriced_model_is_sent_and_costs_nan(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
     ipyllm.complete("one", model="openai/my-local-model")
-    assert len(live.requests) == 1
-    assert ipyllm.usage()["cost_usd"].isna().all()
+    assert len(live.requests) == 1 and ipyllm.usage()["cost_usd"].isna().all()
+    assert capfd.readouterr().err == ""
 
 
 def test_the_magic_prints_the_budget_line(ip: Any, live: StubServer) -> None:
@@ -121,6 +154,19 @@ def test_a_change_that_alters_the_answer_misses(live: StubServer, change: dict[s
     ipyllm.complete("cache me", temperature=0.2)
     reply = ipyllm.complete("cache me", **{"temperature": 0.2, **change})
     assert reply.usage.status == "ok" and len(live.requests) == 2
+
+
+def test_the_same_request_to_another_server_is_sent_to_it(live: StubServer) -> None:
+    ipyllm.config.cache = True
+    assert str(ipyllm.complete("same prompt")) == "[gpt-4o-mini] same prompt"
+    with StubServer() as other:
+        ipyllm.config.base_url = other.base_url
+        reply = ipyllm.complete("same prompt")
+        assert len(other.requests) == 1, "another endpoint: the cached answer of the first does not apply"
+        assert reply.usage.status == "ok"
+    ipyllm.config.base_url = live.base_url
+    assert ipyllm.complete("same prompt").usage.status == "cached", "the first server's answer is still cached"
+    assert len(live.requests) == 1
 
 
 def test_the_cache_is_off_by_default_and_outlives_the_session(live: StubServer) -> None:
@@ -184,7 +230,13 @@ def test_llm_usage_all_by_day_and_cell(ip: Any, live: StubServer) -> None:
     assert list(mine.index) == ["gpt-4o-mini", "total"]
     everything = ip.run_line_magic("llm_usage", "--all")
     assert list(everything.index) == ["gpt-4o", "gpt-4o-mini", "total"]
-    assert everything.loc["total", "cost_usd"] == pytest.approx(0.5 + mine.loc["total", "cost_usd"])
+    # This session's call, priced by hand: the stub's token counts at litellm's gpt-4o-mini prices.
+    entry = load_litellm().model_cost["gpt-4o-mini"]
+    prompt_tokens, completion_tokens = count_tokens("today") + 3 + 3, count_tokens("[gpt-4o-mini] today")
+    today = prompt_tokens * entry["input_cost_per_token"] + completion_tokens * entry["output_cost_per_token"]
+    assert mine.loc["total", "cost_usd"] == pytest.approx(today)
+    assert everything.loc["total", "cost_usd"] == pytest.approx(0.5 + today)
+    assert everything.loc["total", "calls"] == 2 and everything.loc["total", "input_tokens"] == 10 + prompt_tokens
     assert everything.loc["gpt-4o", "mean_latency_s"] == 2.0
     by_day = ip.run_line_magic("llm_usage", "--all --by day")
     assert len(by_day) == 3 and by_day.index.name == "day"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import COLUMNS, MemoryLedger, UsageRow, to_frame
+from ipyllm._ledger import COLUMNS, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm.testing import Fault, StubServer
 
 SPEC_DTYPES = {
@@ -69,12 +69,20 @@ def test_a_full_frame_keeps_the_dtypes_and_missing_values(live: StubServer) -> N
 
 
 def test_all_sessions_includes_other_sessions_rows(session: _api.Session) -> None:
+    # Another kernel's row in the ledger file (this test's own: see conftest's isolated fixture) ...
+    store = SQLiteStore(default_usage_db())
+    store.append(UsageRow(timestamp=datetime.now(timezone.utc) - timedelta(hours=1), session="another-kernel", model="b"))
+    store.close()
+    # ... and rows in memory: this session's, and one another session handed over.
     ledger = session.ledger
     assert isinstance(ledger, MemoryLedger)
     ledger.append(UsageRow(session=ipyllm.SESSION_ID, model="a"))
-    ledger.append(UsageRow(session="someone-else", model="b"))
+    ledger.append(UsageRow(session="someone-else", model="c"))
     assert list(ipyllm.usage()["model"]) == ["a"]
-    assert list(ipyllm.usage(all_sessions=True)["model"]) == ["a", "b"]
+    everything = ipyllm.usage(all_sessions=True)
+    assert list(everything["model"]) == ["b", "a", "c"], "every session, in time order"
+    assert list(everything["session"]) == ["another-kernel", ipyllm.SESSION_ID, "someone-else"]
+    assert dtypes(everything) == SPEC_DTYPES
 
 
 def test_to_frame_accepts_rows_built_by_hand() -> None:

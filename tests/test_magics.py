@@ -8,10 +8,12 @@ from typing import Any
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
+from ipywidgets.widgets.widget import _instances as widget_instances
 
 import ipyllm
 from ipyllm import _api, _magics
-from ipyllm.testing import Fault, StubServer
+from ipyllm._client import load_litellm
+from ipyllm.testing import Fault, StubServer, count_tokens
 
 from .conftest import SECRET
 
@@ -93,6 +95,23 @@ def test_json_format_pretty_prints_valid_json(ip: Any) -> None:
     assert "(not valid JSON)" in _magics.render("{oops", "json", "footer")["text/markdown"]
 
 
+def test_json_format_through_the_magic(ip: Any, live: StubServer) -> None:
+    # The stub answers "[<model>] <prompt>"; cut to its first word by --max-tokens 1, a model named
+    # {"a":[1,2]} makes the reply the JSON text [{"a":[1,2]}], sent by the server over HTTP.
+    with capture_output() as captured:
+        ip.run_cell_magic("llm", """-f json --max-tokens 1 -m 'openai/{"a":[1,2]}'""", "ignored")
+    assert live.requests[0].body["model"] == '{"a":[1,2]}' and live.requests[0].body["stream"] is True
+    shown = outputs(captured)
+    final = shown[-1]["text/markdown"]
+    assert final.startswith('```json\n[\n  {\n    "a": [\n      1,\n      2\n    ]\n  }\n]\n```'), final
+    assert "(not valid JSON)" not in final
+    assert all("text/markdown" not in o for o in shown[:-1]), "while streaming, the pieces show as plain text"
+    with capture_output() as captured:
+        ip.run_cell_magic("llm", "-f json --no-stream", "not json at all")
+    final = outputs(captured)[-1]["text/markdown"]
+    assert final.startswith("```json\n[gpt-4o-mini] not json at all\n```") and "(not valid JSON)" in final
+
+
 def test_interpolation_fills_names_and_keeps_escaped_braces(ip: Any, live: StubServer) -> None:
     ip.user_ns.update(topic="otters", n=3)
     with capture_output():
@@ -103,6 +122,18 @@ def test_interpolation_fills_names_and_keeps_escaped_braces(ip: Any, live: StubS
 def test_interpolation_reaches_in_and_attributes() -> None:
     namespace = {"In": ["", "df.describe()"], "x": 3.14159, "obj": argparse.Namespace(name="Ada")}
     assert _magics.interpolate("{In[1]} / {x:.2f} / {obj.name}", namespace) == "df.describe() / 3.14 / Ada"
+
+
+def test_interpolation_of_in_formats_and_attributes_through_the_magic(ip: Any, live: StubServer) -> None:
+    ip.run_cell("x = 3.14159", store_history=True)
+    ip.run_cell("import argparse; obj = argparse.Namespace(name='Ada')", store_history=True)
+    with capture_output():
+        ip.run_cell("%%llm\nCell one was `{In[1]}`; x is {x:.2f}; the name is {obj.name}.", store_history=True)
+    assert ip.user_ns["In"][1] == "x = 3.14159"
+    assert live.requests[-1].body["messages"][-1]["content"] == "Cell one was `x = 3.14159`; x is 3.14; the name is Ada."
+    with pytest.raises(UsageError, match="cannot fill") as caught:
+        ip.run_cell_magic("llm", "", "{obj.missing}")
+    assert type(caught.value) is UsageError and len(live.requests) == 1
 
 
 def test_an_unknown_name_fails_before_anything_is_sent(ip: Any, live: StubServer) -> None:
@@ -235,11 +266,18 @@ def test_llm_config_sets_shows_and_refuses(ip: Any) -> None:
         ip.run_line_magic("llm_config", "gpt-4o")
     ip.run_line_magic("llm_config", 'prices={"my-model": "gpt-4o-mini"}')
     assert ipyllm.config.prices == {"my-model": "gpt-4o-mini"}
+    assert ipyllm.config.api_key is not None and ipyllm.config.api_key.reveal() == SECRET, "the key is configured"
     with capture_output() as captured:
         ip.run_line_magic("llm_config", "--show")
         ip.run_line_magic("llm_config", "")
-    assert "model" in captured.stdout and "gpt-4o" in captured.stdout
-    assert SECRET not in captured.stdout and "****" in captured.stdout
+    shown = dict(line.split(None, 1) for line in captured.stdout.splitlines() if line.strip())
+    assert shown["model"] == "gpt-4o" and shown["temperature"] == "0.5"
+    assert shown["api_key"] == f"'****{SECRET[-4:]}'", "masked: at most its last four characters"
+    assert SECRET not in captured.stdout and SECRET[:-4] not in captured.stdout
+    # The bare form showed a picker: close it, so that it stops following the configuration.
+    views = [o.data for o in captured.outputs if "application/vnd.jupyter.widget-view+json" in o.data]
+    assert len(views) == 1
+    widget_instances[views[0]["application/vnd.jupyter.widget-view+json"]["model_id"]].close()
 
 
 def test_config_magic_reaches_the_same_object(ip: Any) -> None:
@@ -266,7 +304,25 @@ def test_llm_usage_shows_spend_by_model_with_a_total(ip: Any, live: StubServer) 
     assert table.loc["gpt-4o-mini", "calls"] == 2 and table.loc["gpt-4o-mini", "errors"] == 1
     assert table.loc["gpt-4o-mini", "retries"] == 1
     assert table.loc["total", "calls"] == 3
-    assert table.loc["total", "cost_usd"] == pytest.approx(ipyllm.usage()["cost_usd"].sum())
+    # Expected values from what the server received and answered, priced by hand from litellm's map.
+    prices = load_litellm().model_cost
+    ok = [r for r in live.requests if not r.fault]
+    assert [r.body["model"] for r in ok] == ["gpt-4o-mini", "gpt-4o"]
+    expected: dict[str, float] = {}
+    tokens = {"input": 0, "output": 0}
+    for request in ok:
+        model, prompt = request.body["model"], request.body["messages"][-1]["content"]
+        prompt_tokens = count_tokens(prompt) + 3 + 3
+        completion_tokens = count_tokens(f"[{model}] {prompt}")
+        tokens["input"] += prompt_tokens
+        tokens["output"] += completion_tokens
+        entry = prices[model]
+        expected[model] = prompt_tokens * entry["input_cost_per_token"] + completion_tokens * entry["output_cost_per_token"]
+    assert table.loc["gpt-4o", "cost_usd"] == pytest.approx(expected["gpt-4o"])
+    assert table.loc["gpt-4o-mini", "cost_usd"] == pytest.approx(expected["gpt-4o-mini"]), "the failed call costs nothing"
+    assert table.loc["total", "cost_usd"] == pytest.approx(expected["gpt-4o"] + expected["gpt-4o-mini"])
+    assert (table.loc["total", "input_tokens"], table.loc["total", "output_tokens"]) == (tokens["input"], tokens["output"])
+    assert (table.loc["total", "errors"], table.loc["total", "retries"]) == (1, 1)
 
 
 def test_help_is_generated_from_the_arguments(ip: Any) -> None:
@@ -287,6 +343,26 @@ def test_unload_and_reload(ip: Any) -> None:
 
     assert again.config.model == "gpt-4o", "the session configuration survives a reload"
     assert ip.configurables.count(again.config) == 1
+
+
+def test_unload_and_reload_keep_the_conversation_and_the_usage_rows(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nMy name is Ada.", cell_id="cell-a")
+        ip.run_cell("%llm A call outside the conversation.")
+    rows_before = ipyllm.usage()
+    assert len(rows_before) == 2
+    ip.run_line_magic("unload_ext", "ipyllm")
+    assert len(ipyllm.usage()) == 2, "unloading keeps the rows"
+    ip.run_line_magic("load_ext", "ipyllm")
+    ip.run_line_magic("reload_ext", "ipyllm")
+    with capture_output():
+        ip.run_cell("%%llm --chat\nWhat is my name?", cell_id="cell-b")
+    sent = [m["content"] for m in live.requests[-1].body["messages"]]
+    assert sent == ["My name is Ada.", "[gpt-4o-mini] My name is Ada.", "What is my name?"], "the conversation survived"
+    frame = ipyllm.usage()
+    assert len(frame) == 3 and frame["timestamp"].iloc[:2].tolist() == rows_before["timestamp"].tolist()
+    table = ip.run_line_magic("llm_usage", "")
+    assert table.loc["total", "calls"] == 3
 
 
 def test_a_line_prompt_ending_in_a_question_mark_is_sent_not_taken_for_help(ip: Any, live: StubServer) -> None:

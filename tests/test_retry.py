@@ -1,19 +1,26 @@
-"""The retry policy in isolation: predicate, waits, Retry-After, attempt counts (no network)."""
+"""The retry policy: predicate, waits, Retry-After, attempt counts.
+
+Mostly in isolation (litellm's own exception classes, an injected completion function, recorded sleeps);
+the waits and Retry-After also over real HTTP to the stub server.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import statistics
 from typing import Any
 
 import httpx
 import litellm
 import pytest
 
+import ipyllm
 from ipyllm import _retry
 from ipyllm._client import Client
 from ipyllm._config import LLMConfig
 from ipyllm._errors import ProviderUnavailableError, RateLimitError, RequestRejectedError, StreamBrokenError
 from ipyllm._ledger import UsageRow
+from ipyllm.testing import Fault, StubServer
 
 from .conftest import SleepRecorder
 
@@ -142,15 +149,63 @@ def run(completion: Scripted, sleeps: SleepRecorder, **settings: Any) -> tuple[A
     return reply, rows, notes
 
 
+def upper_bound(attempt: int, min_wait: float, max_wait: float) -> float:
+    """The most that the wait after failed attempt n may be: min(max_wait, min_wait * 2**n) (README's formula)."""
+    return min(max_wait, min_wait * 2**attempt)
+
+
 def test_waits_grow_exponentially_with_jitter_between_the_bounds(sleeps: SleepRecorder) -> None:
-    failures = [make("ServiceUnavailableError", 503) for _ in range(5)]
-    reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=5, retry_min_wait=3, retry_max_wait=60)
-    assert str(reply) == "fine"
-    assert len(sleeps.waits) == 5
-    for retry, wait in enumerate(sleeps.waits, start=1):
-        assert 3 <= wait <= min(60, 3 * 2**retry)
-    assert rows[0].attempts == 6 and rows[0].status == "ok"
+    runs, retries = 200, 5
+    for _ in range(runs):
+        failures = [make("ServiceUnavailableError", 503) for _ in range(retries)]
+        reply, rows, notes = run(Scripted(*failures), sleeps, num_retries=retries, retry_min_wait=3, retry_max_wait=60)
+        assert str(reply) == "fine" and rows[0].attempts == retries + 1 and rows[0].status == "ok"
     assert notes[0].startswith("server error (503), attempt 2/6 in ")
+    assert len(sleeps.waits) == runs * retries
+    by_attempt = {n: sleeps.waits[n - 1 :: retries] for n in range(1, retries + 1)}
+    for attempt in range(1, retries + 1):
+        waits, high = by_attempt[attempt], upper_bound(attempt, 3, 60)
+        assert 3 <= min(waits) and max(waits) <= high, (attempt, min(waits), max(waits))
+        # Full jitter, the first retry included: the draws fill the range (each tenth of it is missed by all
+        # 200 with p = 0.9**200).
+        assert max(waits) > high - (high - 3) / 10 and min(waits) < 3 + (high - 3) / 10, (attempt, min(waits), max(waits))
+        if attempt > 1:
+            # Exponential: this attempt's upper bound is twice the previous one, and the draws reach past it.
+            assert max(waits) > upper_bound(attempt - 1, 3, 60)
+    assert statistics.mean(by_attempt[4]) > 1.5 * statistics.mean(by_attempt[2]) > 1.5 * statistics.mean(by_attempt[1])
+
+
+def test_backoff_over_http_to_the_stub(live: StubServer, sleeps: SleepRecorder) -> None:
+    """The real path: litellm raises from real 503 answers, the waits are recorded instead of slept."""
+    runs, retries = 6, 5
+    ipyllm.config.update(num_retries=retries, retry_min_wait=3, retry_max_wait=60)
+    for _ in range(runs):
+        live.script(*[Fault.status(503)] * retries)
+        assert ipyllm.complete("hello").usage.attempts == retries + 1
+    assert len(live.requests) == runs * (retries + 1) and len(sleeps.waits) == runs * retries
+    by_attempt = {n: sleeps.waits[n - 1 :: retries] for n in range(1, retries + 1)}
+    for attempt in range(1, retries + 1):
+        assert all(3 <= wait <= upper_bound(attempt, 3, 60) for wait in by_attempt[attempt]), by_attempt[attempt]
+        assert len(set(by_attempt[attempt])) > 1, f"jitter: the wait after attempt {attempt} varies from run to run"
+    # Growth: a wait after the 4th or 5th attempt passes the 2nd attempt's bound (missed by all 12 draws: p < 1e-5).
+    assert max(by_attempt[4] + by_attempt[5]) > upper_bound(2, 3, 60)
+
+
+def test_retry_after_over_http_is_honoured_and_capped(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(num_retries=3, retry_min_wait=1, retry_max_wait=20)
+    live.script(Fault.rate_limit(retry_after=7), Fault.rate_limit(retry_after=600), Fault.rate_limit(retry_after=0.5))
+    notes: list[str] = []
+    reply = ipyllm.complete("hello", on_retry=lambda note: notes.append(str(note)))
+    assert reply.usage.attempts == 4 and len(live.requests) == 4
+    assert [r.fault for r in live.requests] == ["status"] * 3 + [""]
+    # The server's Retry-After raises the wait (7 s over a draw from [1, 2]), is capped at retry_max_wait
+    # (600 -> 20), and never lowers it below the jittered backoff (0.5 -> a draw from [1, 8]).
+    assert sleeps.waits[:2] == [7.0, 20.0] and 1 <= sleeps.waits[2] <= 8, sleeps.waits
+    assert notes == [
+        "rate limited (429), attempt 2/4 in 7.0 s",
+        "rate limited (429), attempt 3/4 in 20.0 s",
+        f"rate limited (429), attempt 4/4 in {sleeps.waits[2]:.1f} s",
+    ]
 
 
 def test_jitter_differs_between_runs(sleeps: SleepRecorder) -> None:

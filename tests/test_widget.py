@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ import ipyllm
 from ipyllm import _api
 from ipyllm._client import load_litellm
 from ipyllm._widget import Picker, catalogue, describe_model, typed_model
-from ipyllm.testing import StubServer
+from ipyllm.testing import StubServer, count_tokens
 
 from .conftest import SECRET
 
@@ -203,7 +204,8 @@ def test_the_model_info_comes_from_litellms_catalogue(make_picker: Callable[[], 
         "per 1M tokens: input unknown · output unknown",
     ]
     priced = describe_model(ipyllm.config.snapshot(model="openai/not-in-any-catalogue", prices={"not-in-any-catalogue": "gpt-4o-mini"}))
-    assert priced.input_per_million == pytest.approx(info.input_per_million), "the session's prices apply"
+    assert priced.input_per_million == pytest.approx(entry["input_cost_per_token"] * 1e6), "the session's prices apply"
+    assert priced.output_per_million == pytest.approx(entry["output_cost_per_token"] * 1e6)
 
     ipyllm.config.api_key = None
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
@@ -229,7 +231,7 @@ def test_the_catalogue_lists_chat_models_by_provider() -> None:
     assert "text-embedding-3-small" not in known.provider_of
 
 
-def test_the_spend_line_follows_every_call(make_picker: Callable[[], Picker], ip: Any) -> None:
+def test_the_spend_line_follows_every_call(make_picker: Callable[[], Picker], ip: Any, live: StubServer) -> None:
     ipyllm.complete("before the picker")
     picker = make_picker()
     assert "1 call · " in picker.spend.value
@@ -241,13 +243,20 @@ def test_the_spend_line_follows_every_call(make_picker: Callable[[], Picker], ip
     worker.join()
     rows = _api.session.ledger.rows()
     assert len(rows) == 4 and {row.source for row in rows} == {"api", "magic"}
-    tokens = sum(row.total_tokens or 0 for row in rows)
-    cost = sum(row.cost_usd for row in rows)
-    assert tokens > 0 and cost > 0
-    assert f"Session spend: 4 calls · {tokens:,} tokens · " in picker.spend.value
-    from ipyllm._display import format_cost
-
-    assert format_cost(cost) in picker.spend.value
+    # Expected from what the server answered (its own token counts), priced by hand from litellm's map.
+    entry = load_litellm().model_cost["gpt-4o-mini"]
+    prompts = [r.body["messages"][-1]["content"] for r in live.requests]
+    assert sorted(prompts) == sorted(["before the picker", "one two three", "from the magic", "from a thread"])
+    inputs = [count_tokens(p) + 3 + 3 for p in prompts]
+    outputs = [count_tokens(f"[gpt-4o-mini] {p}") for p in prompts]
+    tokens = sum(inputs) + sum(outputs)
+    cost = sum(inputs) * entry["input_cost_per_token"] + sum(outputs) * entry["output_cost_per_token"]
+    assert f"Session spend: 4 calls · {tokens:,} tokens · $" in picker.spend.value
+    shown = re.search(r"tokens · \$(\d+\.\d+)", picker.spend.value)
+    assert shown is not None, picker.spend.value
+    digits = shown[1].lstrip("0.")
+    assert len(digits) == 2, f"two significant digits below a cent: {shown[1]}"
+    assert float(shown[1]) == pytest.approx(cost, rel=0.05)
 
 
 def test_closing_unbinds_the_picker(make_picker: Callable[[], Picker]) -> None:

@@ -1,0 +1,510 @@
+"""Mutation check: break one promised behaviour at a time in a copy of ipyllm and see whether the tests notice.
+
+Each mutation is a small source substitution (file, old text, new text). For each, the repository's
+``ipyllm/``, ``tests/``, ``notebooks/`` and ``pyproject.toml`` are copied to a temporary directory, the
+substitution is applied there, and the tests relevant to it run against the copy (``PYTHONPATH`` and the
+working directory point at the copy, so kernels the tests start import the mutated package too). The
+mutation is
+
+- ``killed`` when a test fails (the suite catches the broken behaviour),
+- ``SURVIVED`` when every selected test passes (a gap in the suite),
+- ``timeout`` when the tests ran past the time budget (counted as caught, as mutation tools do),
+- ``not applicable`` when the old text is not in the file (the code changed: e.g. another branch has not
+  been merged yet, or has been and the mutation needs updating).
+
+Usage (from the repository root)::
+
+    python tests/tools/mutate.py                    # every mutation
+    python tests/tools/mutate.py --only daily-last-24h --only cache-key-no-base-url
+    python tests/tools/mutate.py --list             # names, areas and what each breaks
+    python tests/tools/mutate.py --timeout 300      # seconds per mutation (default 240)
+
+Not part of the normal test run (pytest does not collect ``tests/tools``). Exit status 1 when a mutation
+survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+COPIED = ("ipyllm", "tests", "notebooks", "pyproject.toml")
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One deliberate break: replace ``old`` by ``new`` in ``file`` (exactly once unless ``count`` says otherwise)."""
+
+    name: str
+    area: str
+    breaks: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+    #: ``old`` is a regular expression (for code whose exact text is not known yet).
+    regex: bool = False
+    count: int = 1
+    pytest_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+def m(name: str, area: str, breaks: str, file: str, old: str, new: str, *tests: str, **options: object) -> Mutation:
+    return Mutation(name, area, breaks, file, old, new, tuple(tests), **options)  # type: ignore[arg-type]
+
+
+MUTATIONS: list[Mutation] = [
+    # -- retries -----------------------------------------------------------------------------------------
+    m(
+        "retries-off",
+        "retries",
+        "no retry at all (one attempt)",
+        "ipyllm/_retry.py",
+        "stop=stop_after_attempt(attempts),",
+        "stop=stop_after_attempt(1),",
+        "tests/test_http.py::test_transient_faults_are_retried_with_one_request_per_attempt",
+        "tests/test_retry.py",
+    ),
+    m(
+        "429-not-retried",
+        "retries",
+        "rate limits (429) are not retried",
+        "ipyllm/_retry.py",
+        "RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})",
+        "RETRY_STATUS = frozenset({408, 500, 502, 503, 504})",
+        "tests/test_retry.py",
+        "tests/test_http.py",
+    ),
+    m(
+        "sdk-retries-on",
+        "retries",
+        "the OpenAI SDK retries beneath ipyllm (max_retries=2)",
+        "ipyllm/_client.py",
+        '"max_retries": 0}',
+        '"max_retries": 2}',
+        "tests/test_http.py::test_transient_faults_are_retried_with_one_request_per_attempt",
+        "tests/test_retry.py",
+    ),
+    m(
+        "embeddings-not-retried",
+        "retries",
+        "embeddings get no retries",
+        "ipyllm/_client.py",
+        'call = self._begin("embedding", model, settings, target)',
+        'call = self._begin("embedding", model, __import__("dataclasses").replace(settings, num_retries=0), target)',
+        "tests/test_http.py -k embed",
+    ),
+    m(
+        "interrupt-not-recorded",
+        "retries",
+        "an interrupted call is recorded as an error",
+        "ipyllm/_client.py",
+        'row.status, row.error = "interrupted",',
+        'row.status, row.error = "error",',
+        "tests/test_retry.py -k interrupt",
+        "tests/test_kernel.py -k interrupting",
+    ),
+    # -- Retry-After ------------------------------------------------------------------------------------
+    m(
+        "retry-after-ignored",
+        "Retry-After",
+        "the provider's Retry-After is ignored",
+        "ipyllm/_retry.py",
+        "            return min(hinted, self.max_wait)",
+        "            return self.fallback(retry_state)",
+        "tests/test_retry.py",
+        "tests/test_http.py -k transient",
+    ),
+    m(
+        "retry-after-uncapped",
+        "Retry-After",
+        "Retry-After is not capped at retry_max_wait",
+        "ipyllm/_retry.py",
+        "            return min(hinted, self.max_wait)",
+        "            return hinted",
+        "tests/test_retry.py",
+    ),
+    # -- jitter / backoff -------------------------------------------------------------------------------
+    m(
+        "constant-wait",
+        "jitter",
+        "a constant wait of retry_min_wait",
+        "ipyllm/_retry.py",
+        "jitter = wait_random_exponential(multiplier=min_wait or 1.0, min=min_wait, max=max_wait)",
+        'jitter = __import__("tenacity").wait_fixed(min_wait)',
+        "tests/test_retry.py",
+    ),
+    m(
+        "no-jitter",
+        "jitter",
+        "exponential backoff without jitter",
+        "ipyllm/_retry.py",
+        "jitter = wait_random_exponential(multiplier=min_wait or 1.0, min=min_wait, max=max_wait)",
+        'jitter = __import__("tenacity").wait_exponential(multiplier=min_wait or 1.0, min=min_wait, max=max_wait)',
+        "tests/test_retry.py",
+    ),
+    m(
+        "jitter-without-growth",
+        "jitter",
+        "random waits between the bounds that do not grow",
+        "ipyllm/_retry.py",
+        "jitter = wait_random_exponential(multiplier=min_wait or 1.0, min=min_wait, max=max_wait)",
+        'jitter = __import__("tenacity").wait_random(min_wait, max_wait)',
+        "tests/test_retry.py",
+    ),
+    # -- key masking and redaction ----------------------------------------------------------------------
+    m(
+        "repr-reveals-key",
+        "key masking",
+        "the key's repr shows it",
+        "ipyllm/_config.py",
+        "return repr(self.masked())",
+        "return repr(self.reveal())",
+        "tests/test_config.py",
+        "tests/test_magics.py -k config",
+    ),
+    m(
+        "mask-shows-more",
+        "key masking",
+        "the masked key shows 12 characters instead of 4",
+        "ipyllm/_config.py",
+        'return "****" + plain[-4:] if len(plain) >= 16 else "****"',
+        'return "****" + plain[-12:]',
+        "tests/test_magics.py -k llm_config",
+        "tests/test_config.py",
+    ),
+    m(
+        "show-reveals-key",
+        "key masking",
+        "%llm_config --show prints the key",
+        "ipyllm/_magics.py",
+        'shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value',
+        'shown = "unset" if value is None else value.reveal() if name == "api_key" '
+        "else repr(value) if not isinstance(value, str) else value",
+        "tests/test_magics.py -k llm_config",
+        "tests/test_kernel.py -k show_masks",
+    ),
+    m(
+        "exact-key-redaction-removed",
+        "redaction",
+        "the session's exact key is not removed from provider messages",
+        "ipyllm/_client.py",
+        'text = text.replace(settings.api_key.reveal(), "****")',
+        "text = text",
+        "tests/test_http.py -k key",
+    ),
+    m(
+        "key-shape-redaction-removed",
+        "redaction",
+        "key-shaped strings are not removed from provider messages",
+        "ipyllm/_client.py",
+        'return _KEY_PATTERN.sub(r"\\1****", text)',
+        "return text",
+        "tests/test_http.py -k key",
+    ),
+    # -- ledger durability ------------------------------------------------------------------------------
+    m(
+        "ledger-not-written",
+        "ledger",
+        "rows are not written to the ledger file",
+        "ipyllm/_api.py",
+        "self.using_store(lambda store: store.append(row))",
+        "None",
+        "tests/test_ledger.py",
+    ),
+    m(
+        "ledger-not-committed",
+        "ledger",
+        "inserts are never committed (an implicit transaction stays open)",
+        "ipyllm/_ledger.py",
+        "isolation_level=None",
+        'isolation_level="DEFERRED"',
+        "tests/test_ledger.py",
+    ),
+    # -- budgets ----------------------------------------------------------------------------------------
+    m(
+        "session-budget-off",
+        "budgets",
+        "budget_usd is never checked",
+        "ipyllm/_api.py",
+        "if settings.budget_usd is not None:\n            limits.append",
+        "if False:\n            limits.append",
+        "tests/test_budget_cache.py -k budget",
+    ),
+    m(
+        "budget-ignores-estimate",
+        "budgets",
+        "a call is refused only once spend already passed the limit",
+        "ipyllm/_api.py",
+        "if spent + cost > limit:",
+        "if spent > limit:",
+        "tests/test_budget_cache.py -k budget or estimate",
+    ),
+    m(
+        "daily-last-24h",
+        "budgets (midnight)",
+        "the daily budget counts the last 24 hours",
+        "ipyllm/_api.py",
+        "return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)",
+        'return datetime.now().astimezone() - __import__("datetime").timedelta(days=1)',
+        "tests/test_budget_cache.py -k daily",
+    ),
+    m(
+        "daily-utc-midnight",
+        "budgets (midnight)",
+        "the daily budget counts since UTC midnight, not local",
+        "ipyllm/_api.py",
+        "return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)",
+        'return datetime.now(__import__("datetime").timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)',
+        "tests/test_budget_cache.py -k daily",
+    ),
+    m(
+        "daily-this-session-only",
+        "budgets",
+        "the daily budget ignores other sessions' rows",
+        "ipyllm/_api.py",
+        "others = self.using_store(lambda store: store.spend(midnight, exclude_session=self.id)) or 0.0",
+        "others = 0.0",
+        "tests/test_budget_cache.py -k daily",
+    ),
+    m(
+        "unpriced-silently-free",
+        "budgets (unpriced)",
+        "with a budget, an unpriced model counts as free, silently",
+        "ipyllm/_api.py",
+        "if math.isnan(cost):",
+        "if False:",
+        "tests/test_budget_cache.py -k unpriced",
+    ),
+    # Written for the reservations of issue 9 (a method or function named reserve*): until that code is
+    # merged this reports "not applicable"; check the pattern against the merged code.
+    m(
+        "reservations-ignored",
+        "budgets (reservations)",
+        "calls in flight reserve nothing",
+        "ipyllm/_api.py",
+        r"(\n(\s+)def reserve\w*\(self[^\n]*\n)",
+        r"\1\2    return None\n",
+        "tests",
+        regex=True,
+        pytest_args=("-k", "budget or reserv or concurren or thread"),
+    ),
+    # -- cache ------------------------------------------------------------------------------------------
+    m(
+        "cache-key-no-base-url",
+        "cache",
+        "the cache key ignores base_url",
+        "ipyllm/_api.py",
+        '"base_url": settings.base_url,',
+        '"base_url": None,',
+        "tests/test_budget_cache.py -k cache or server",
+    ),
+    m(
+        "cache-key-no-temperature",
+        "cache",
+        "the cache key ignores the temperature",
+        "ipyllm/_api.py",
+        '"temperature": settings.temperature,',
+        '"temperature": None,',
+        "tests/test_budget_cache.py -k misses",
+    ),
+    # -- chat -------------------------------------------------------------------------------------------
+    m(
+        "chat-no-history",
+        "chat",
+        "--chat sends no history",
+        "ipyllm/_magics.py",
+        "history = conversation.history(self.cell_id) if args.chat else []",
+        "history = []",
+        "tests/test_magics.py -k chat",
+    ),
+    m(
+        "chat-rerun-duplicates",
+        "chat",
+        "a re-run cell appends its turn again",
+        "ipyllm/_magics.py",
+        "self.turns = [t for t in self.turns if t.cell_id != cell_id]",
+        "self.turns = list(self.turns)",
+        "tests/test_magics.py -k chat",
+    ),
+    # -- picker binding ---------------------------------------------------------------------------------
+    m(
+        "picker-deaf-to-config",
+        "picker",
+        "the picker does not follow configuration changes",
+        "ipyllm/_widget.py",
+        "config.observe(self._on_config, names=list(WATCHED))",
+        "None",
+        "tests/test_widget.py",
+    ),
+    m(
+        "picker-does-not-write",
+        "picker",
+        "the picker's fields do not reach the configuration",
+        "ipyllm/_widget.py",
+        "setattr(config, name, value)",
+        "None",
+        "tests/test_widget.py",
+    ),
+    m(
+        "picker-keeps-key",
+        "picker",
+        "the typed key stays in the widget's state",
+        "ipyllm/_widget.py",
+        'self.api_key.value = ""\n        if self._apply',
+        "pass\n        if self._apply",
+        "tests/test_widget.py -k key",
+    ),
+    m(
+        "picker-close-leaks",
+        "picker",
+        "closing a picker leaves its observer on the configuration",
+        "ipyllm/_widget.py",
+        "config.unobserve(self._on_config, names=list(WATCHED))",
+        "None",
+        "tests/test_widget.py -k clos",
+    ),
+    # -- unload / load ----------------------------------------------------------------------------------
+    m(
+        "unload-clears-chat",
+        "unload",
+        "%unload_ext forgets the --chat conversation",
+        "ipyllm/_magics.py",
+        "    magics = _loaded.pop(id(shell), None)",
+        "    conversation.clear()\n    magics = _loaded.pop(id(shell), None)",
+        "tests/test_magics.py -k unload",
+    ),
+    m(
+        "unload-drops-rows",
+        "unload",
+        "%unload_ext drops the usage rows",
+        "ipyllm/_magics.py",
+        "    magics = _loaded.pop(id(shell), None)",
+        "    _api.session.ledger = type(_api.session.ledger)()\n    magics = _loaded.pop(id(shell), None)",
+        "tests/test_magics.py -k unload",
+    ),
+    m(
+        "warm-up-blocks",
+        "load",
+        "%load_ext imports litellm before returning",
+        "ipyllm/_magics.py",
+        "    _loaded[id(shell)] = magics\n    warm_up()",
+        "    _loaded[id(shell)] = magics\n    from ipyllm._client import load_litellm\n\n    load_litellm()",
+        "tests/test_package.py -k load_ext",
+    ),
+]
+
+
+def apply(mutation: Mutation, root: Path) -> bool:
+    """Apply the substitution in the copy at ``root``; False when the old text is not there."""
+    path = root / mutation.file
+    if not path.exists():
+        return False
+    text = path.read_text()
+    if mutation.regex:
+        changed, found = re.subn(mutation.old, mutation.new, text)
+        if found == 0:
+            return False
+    else:
+        found = text.count(mutation.old)
+        if found == 0:
+            return False
+        if found != mutation.count:
+            raise SystemExit(f"{mutation.name}: the old text occurs {found} times in {mutation.file}, expected {mutation.count}")
+        changed = text.replace(mutation.old, mutation.new)
+    path.write_text(changed)
+    return True
+
+
+def copy_repository(into: Path) -> None:
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, into / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".ipynb_checkpoints"))
+        elif source.exists():
+            shutil.copy2(source, into / name)
+
+
+def pytest_command(mutation: Mutation) -> list[str]:
+    """One pytest run over the selected tests: stop at the first failure, file order, no cache."""
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--random-order-bucket=none", "-p", "no:randomly"]
+    # One -k for the whole run: a selection's own keyword, else its file's or test's name (which -k also matches).
+    keywords: list[str] = []
+    for selection in mutation.tests:
+        path, _, keyword = selection.partition(" -k ")
+        command.append(path)
+        keywords.append(f"({keyword})" if keyword else path.rpartition("::")[2] if "::" in path else Path(path).stem)
+    if any(" -k " in selection for selection in mutation.tests):
+        command += ["-k", " or ".join(keywords)]
+    return command + list(mutation.pytest_args)
+
+
+def run(mutation: Mutation, timeout: float) -> tuple[str, float, str]:
+    """Apply one mutation to a fresh copy and run its tests: (result, seconds, the first failing test)."""
+    with tempfile.TemporaryDirectory(prefix=f"ipyllm-mutant-{mutation.name}-") as directory:
+        root = Path(directory)
+        copy_repository(root)
+        if not apply(mutation, root):
+            return "not applicable (text not found)", 0.0, ""
+        env = {**os.environ, "PYTHONPATH": str(root), "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_OFFLINE_MODE": "true"}
+        started = time.monotonic()
+        process = subprocess.Popen(
+            pytest_command(mutation), cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        try:
+            output, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the run's own process group: pytest and the kernels it started
+            process.communicate()
+            return "timeout", time.monotonic() - started, ""
+        elapsed = time.monotonic() - started
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.MULTILINE)
+    if process.returncode == 0:
+        return "SURVIVED", elapsed, ""
+    if process.returncode == 1 and failed:
+        return "killed", elapsed, failed[0]
+    if process.returncode == 5:
+        return "no tests selected", elapsed, ""
+    return f"killed (pytest exit {process.returncode})", elapsed, (failed or [output.strip().splitlines()[-1] if output.strip() else ""])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=[], metavar="NAME", help="run only this mutation (repeatable)")
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds per mutation (default 240)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    names = {mutation.name for mutation in MUTATIONS}
+    unknown = [name for name in args.only if name not in names]
+    if unknown:
+        parser.error(f"unknown mutation {', '.join(unknown)}: see --list")
+    chosen = [mutation for mutation in MUTATIONS if not args.only or mutation.name in args.only]
+    if args.list:
+        for mutation in chosen:
+            print(f"{mutation.name:<30} {mutation.area:<24} {mutation.breaks}")
+        return 0
+    width = max(len(mutation.name) for mutation in chosen)
+    print(f"{'mutation':<{width}}  {'area':<24}  {'result':<34}  {'time':>6}  caught by")
+    results = []
+    for mutation in chosen:
+        result, elapsed, caught_by = run(mutation, args.timeout)
+        results.append(result)
+        print(f"{mutation.name:<{width}}  {mutation.area:<24}  {result:<34}  {elapsed:5.0f}s  {caught_by}", flush=True)
+    killed = sum(r.startswith(("killed", "timeout")) for r in results)
+    survived = results.count("SURVIVED")
+    missing = sum(r.startswith("not applicable") for r in results)
+    print(f"\n{killed} killed, {survived} survived, {missing} not applicable, of {len(results)} mutations")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
