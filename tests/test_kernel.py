@@ -301,7 +301,10 @@ def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
                 break
         elapsed = time.monotonic() - interrupted_at
         assert elapsed < STOPS_WITHIN, f"stops at once, not after the answer or the wait ({elapsed:.1f} s)"
-        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "KeyboardInterrupt"
+        # ipyllm.Interrupted, a KeyboardInterrupt that IPython shows as its one line.
+        assert reply["content"]["status"] == "error" and reply["content"]["ename"] == "Interrupted"
+        assert reply["content"]["traceback"] and len(reply["content"]["traceback"]) == 1
+        assert reply["content"]["traceback"][0].startswith("KeyboardInterrupt: interrupted after ")
         check = client.execute(
             "import ipyllm",
             user_expressions={"rows": "ipyllm.usage()[['status', 'attempts', 'latency_s']].values.tolist()"},
