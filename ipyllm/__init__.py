@@ -1,7 +1,8 @@
 """ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
-``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
+``complete`` / ``acomplete``, ``map`` / ``amap`` (a prompt per row of a DataFrame) and ``last_batch``,
+``embed``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
 OpenAI-compatible stub server for offline use.
 Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
 """
@@ -10,7 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, complete, embed, usage
+from ipyllm._api import SESSION_ID, acomplete, complete, embed, usage
+from ipyllm._batch import Batch, BatchError, BatchEstimate, BatchInterrupted, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
 from ipyllm._client import Embeddings, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
@@ -26,6 +28,7 @@ from ipyllm._errors import (
 )
 from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._retry import RetryNote
+from ipyllm._schema import InvalidOutputError
 
 if TYPE_CHECKING:
     from ipyllm._widget import Picker
@@ -36,8 +39,13 @@ __all__ = [
     "COLUMNS",
     "SESSION_ID",
     "AuthenticationError",
+    "Batch",
+    "BatchError",
+    "BatchEstimate",
+    "BatchInterrupted",
     "BudgetExceededError",
     "Embeddings",
+    "InvalidOutputError",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",
@@ -50,9 +58,13 @@ __all__ = [
     "StreamBrokenError",
     "UnknownModelError",
     "UsageRow",
+    "acomplete",
+    "amap",
     "complete",
     "config",
     "embed",
+    "last_batch",
+    "map",
     "picker",
     "usage",
     "warm_up",

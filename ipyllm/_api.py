@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -21,11 +22,12 @@ from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, est
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
+from ipyllm._schema import InvalidOutputError, Schema
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
+__all__ = ["SESSION_ID", "achat", "acomplete", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
@@ -187,6 +189,68 @@ def _cached_row(kind: str, model: str, settings: Settings, hit: dict[str, Any], 
     )
 
 
+@dataclass
+class ChatRequest:
+    """One chat call, prepared: settings, messages and extras (schema applied), its recorder and cache key."""
+
+    settings: Settings
+    messages: list[dict[str, Any]]
+    extra: dict[str, Any]
+    record: Callable[..., None]
+    key: str | None
+    shape: Schema | None
+    started: float
+
+    def guess(self) -> float:
+        return estimate(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+
+    def cached(self, on_text: Callable[[str], Any] | None = None) -> Reply | None:
+        """The cached answer (recorded as a ``cached`` row), or None."""
+        if self.key is None or (hit := session.cache_get(self.key)) is None:
+            return None
+        row = _cached_row("chat", self.settings.model, self.settings, hit, self.started)
+        self.record(row)
+        if on_text is not None:
+            on_text(hit["text"])
+        return self.finish(Reply(hit["text"], row, self.messages), store=False)
+
+    def finish(self, reply: Reply, store: bool = True) -> Reply:
+        """Parse the reply against the schema (``InvalidOutputError`` if it does not fit), then cache it."""
+        if self.shape is not None:
+            try:
+                reply.parsed = self.shape.parse(reply.text)
+            except InvalidOutputError as error:
+                error.usage = reply.usage
+                raise
+        if store and self.key is not None:
+            row = reply.usage
+            session.cache_put(
+                self.key,
+                "chat",
+                self.settings.model,
+                {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
+            )
+        return reply
+
+
+def prepare_chat(
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    overrides: dict[str, Any],
+    *,
+    source: str,
+    use_cache: bool = True,
+    schema: Any = None,
+) -> ChatRequest:
+    started = time.perf_counter()
+    settings, extra = split_overrides(overrides)
+    messages = as_messages(prompt_or_messages, settings.system)
+    shape = Schema.of(schema) if schema is not None else None
+    if shape is not None:
+        messages, extra = shape.request(settings, messages, extra)
+    key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
+    return ChatRequest(settings, messages, extra, session.recorder(source), key, shape, started)
+
+
 def chat(
     prompt_or_messages: str | Sequence[dict[str, Any]],
     *,
@@ -195,36 +259,37 @@ def chat(
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
     use_cache: bool = True,
+    schema: Any = None,
     **overrides: Any,
 ) -> Reply:
-    started = time.perf_counter()
-    settings, extra = split_overrides(overrides)
-    messages = as_messages(prompt_or_messages, settings.system)
-    record = session.recorder(source)
-    key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
-    if key is not None and (hit := session.cache_get(key)) is not None:
-        row = _cached_row("chat", settings.model, settings, hit, started)
-        record(row)
-        if on_text is not None:
-            on_text(hit["text"])
-        return Reply(hit["text"], row, messages)
-
-    def guess() -> float:
-        return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
-
-    with session.reserve(settings, "chat", settings.model, guess, record) as reservation:
+    request = prepare_chat(prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema)
+    if (reply := request.cached(on_text)) is not None:
+        return reply
+    settings = request.settings
+    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
         reply = session.client.chat(
-            settings, messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=extra
+            settings, request.messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=request.extra
         )
-    if key is not None:
-        row = reply.usage
-        session.cache_put(
-            key,
-            "chat",
-            settings.model,
-            {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens},
-        )
-    return reply
+    return request.finish(reply)
+
+
+async def achat(
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    *,
+    source: str,
+    on_retry: Callable[[RetryNote], Any] | None = None,
+    use_cache: bool = True,
+    schema: Any = None,
+    **overrides: Any,
+) -> Reply:
+    """``chat`` as a coroutine (``litellm.acompletion``, ``tenacity.AsyncRetrying``), not streamed."""
+    request = prepare_chat(prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema)
+    if (reply := request.cached()) is not None:
+        return reply
+    settings = request.settings
+    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
+        reply = await session.client.achat(settings, request.messages, report=reservation.report, on_retry=on_retry, extra=request.extra)
+    return request.finish(reply)
 
 
 def complete(
@@ -233,6 +298,7 @@ def complete(
     stream: bool = False,
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
+    schema: Any = None,
     **overrides: Any,
 ) -> Reply:
     """Send one chat request, retried, and return the reply.
@@ -245,6 +311,10 @@ def complete(
         Receive the reply in pieces; ``on_text`` is called with each.
     on_retry
         Called with a ``RetryNote`` before each retry wait.
+    schema
+        A pydantic model class or a JSON-schema dict: the reply must be JSON that fits it (sent as
+        ``response_format`` where litellm says the model supports it, else as an instruction); the
+        validated object is ``reply.parsed``.
     **overrides
         Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
         other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` as they are.
@@ -258,9 +328,24 @@ def complete(
     ------
     ipyllm.LLMError
         When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
-        the row).
+        the row); ``InvalidOutputError`` when the reply does not fit ``schema`` (``.raw`` is its text).
     """
-    return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, **overrides)
+    return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, **overrides)
+
+
+async def acomplete(
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    *,
+    on_retry: Callable[[RetryNote], Any] | None = None,
+    schema: Any = None,
+    **overrides: Any,
+) -> Reply:
+    """``complete`` as a coroutine: ``await ipyllm.acomplete(...)`` does not block the event loop.
+
+    The same call otherwise (reserved against the budgets, retried with the session's policy through
+    ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
+    """
+    return await achat(prompt_or_messages, source="api", on_retry=on_retry, schema=schema, **overrides)
 
 
 def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:
