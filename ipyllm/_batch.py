@@ -24,13 +24,14 @@ worker thread while the calling thread draws the progress and waits (and receive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ipyllm import _api
@@ -64,20 +65,21 @@ class _Pace:
         tally.concurrency = concurrency
         self._slots = asyncio.Condition()
 
-    async def acquire(self) -> None:
+    @contextlib.asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight."""
+        while (left := self.resume_at - time.monotonic()) > 0:
+            # Restarts spread over a tenth of the pause, so workers do not retry in lockstep.
+            await asyncio.sleep(left + random.uniform(0, left / 10))
         async with self._slots:
             await self._slots.wait_for(lambda: self.in_flight < max(1, int(self.window)))
             self.in_flight += 1
-
-    async def release(self) -> None:
-        async with self._slots:
-            self.in_flight -= 1
-            self._slots.notify_all()
-
-    async def gate(self) -> None:
-        """Before every attempt: wait out a rate-limit pause, spread over a tenth of it."""
-        while (left := self.resume_at - time.monotonic()) > 0:
-            await asyncio.sleep(left + random.uniform(0, left / 10))
+        try:
+            yield
+        finally:
+            async with self._slots:
+                self.in_flight -= 1
+                self._slots.notify_all()
 
     def rate_limited(self, wait: float) -> None:
         now = time.monotonic()
@@ -200,41 +202,34 @@ class _Run:
         def guess() -> float:
             return estimate(settings, messages).upper_bound(_api.DEFAULT_OUTPUT_TOKENS)
 
-        await pace.acquire()
         try:
-            if self.stop:
-                self.not_sent(position)
-                return
+            reservation = session.reserve(settings, "chat", settings.model, guess, self.counted)
+        except BudgetExceededError as error:
+            self.stop = True
+            self.batch.stop_reason = self.batch.budget_message = error.message
+            self.not_sent(position)
+            return
+        with reservation:
             try:
-                reservation = session.reserve(settings, "chat", settings.model, guess, self.counted)
-            except BudgetExceededError as error:
-                self.stop = True
-                self.batch.stop_reason = self.batch.budget_message = error.message
-                self.not_sent(position)
+                reply = await session.client.achat(
+                    settings, messages, report=reservation.report, on_retry=on_retry, extra=self.extra, around_attempt=pace.attempt
+                )
+            except asyncio.CancelledError:
+                self.batch.row_errors[position] = "interrupted"
+                self.tally.interrupted += 1
+                raise
+            except LLMError as error:
+                self.fail(position, f"{type(error).__name__}: {error.message}")
+                if isinstance(error, _FATAL):
+                    self.stop = True
+                    self.batch.stop_reason = error.message
                 return
-            with reservation:
-                try:
-                    reply = await session.client.achat(
-                        settings, messages, report=reservation.report, on_retry=on_retry, extra=self.extra, before_attempt=pace.gate
-                    )
-                except asyncio.CancelledError:
-                    self.batch.row_errors[position] = "interrupted"
-                    self.tally.interrupted += 1
-                    raise
-                except LLMError as error:
-                    self.fail(position, f"{type(error).__name__}: {error.message}")
-                    if isinstance(error, _FATAL):
-                        self.stop = True
-                        self.batch.stop_reason = error.message
-                    return
-            pace.succeeded()
-            self.answer(position, reply)
-            if key is not None and self.batch.row_errors[position] is None:
-                row = reply.usage
-                payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
-                session.cache_put(key, "chat", settings.model, payload)
-        finally:
-            await pace.release()
+        pace.succeeded()
+        self.answer(position, reply)
+        if key is not None and self.batch.row_errors[position] is None:
+            row = reply.usage
+            payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
+            session.cache_put(key, "chat", settings.model, payload)
 
     def not_sent(self, position: int) -> None:
         self.batch.row_errors[position] = "not sent"

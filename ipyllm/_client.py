@@ -18,6 +18,7 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -250,13 +251,14 @@ class Client:
         report: Report,
         on_retry: Callable[[RetryNote], Any] | None = None,
         extra: dict[str, Any] | None = None,
-        before_attempt: Callable[[], Awaitable[Any]] | None = None,
+        around_attempt: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
     ) -> Reply:
         """``chat`` without blocking the event loop (not streamed): ``litellm.acompletion`` under the same policy.
 
-        ``before_attempt`` is awaited before each attempt (a batch's rate-limit pause); retry waits are spent
-        with ``sleep`` (``asyncio.sleep`` by default). Cancelling the task records an ``interrupted`` row.
+        Each attempt runs inside ``around_attempt()`` when given (a batch's rate-limit pause and its limit
+        on requests in flight); retry waits are spent with ``sleep`` (``asyncio.sleep`` by default).
+        Cancelling the task records an ``interrupted`` row.
         """
         litellm = load_litellm()
         kwargs = self._common_arguments(settings, settings.model)
@@ -270,9 +272,10 @@ class Client:
         call = self._begin("chat", settings.model, settings)
 
         async def attempt() -> Any:
-            if before_attempt is not None:
-                await before_attempt()
-            return await acompletion(**kwargs)
+            if around_attempt is None:
+                return await acompletion(**kwargs)
+            async with around_attempt():
+                return await acompletion(**kwargs)
 
         response = await self._arun(call, attempt, on_retry, report, messages, sleep or asyncio.sleep)
         text = response.choices[0].message.content or ""
