@@ -87,7 +87,9 @@ def test_a_429_storm_pauses_every_worker_until_retry_after(fast: StubServer, sto
 def test_the_budget_is_never_passed_at_concurrency_32(fast: StubServer, capsys: pytest.CaptureFixture[str]) -> None:
     fast.delay = 0.1
     ipyllm.config.update(prices=PRICES, budget_usd=0.05)
-    result = ipyllm.map("Tell me a long story about {value}, please, with details", [f"topic {i}" for i in range(60)], concurrency=32, max_tokens=10)
+    result = ipyllm.map(
+        "Tell me a long story about {value}, please, with details", [f"topic {i}" for i in range(60)], concurrency=32, max_tokens=10
+    )
     rows = ipyllm.usage()
     spent = rows["cost_usd"].sum()
     assert spent <= 0.05 + 1e-12
@@ -201,7 +203,9 @@ def test_acomplete_and_amap_do_not_block_the_loop(fast: StubServer) -> None:
 
 def test_memory_is_bounded_by_the_concurrency(session: _api.Session, clean_config: ipyllm.LLMConfig) -> None:
     litellm = load_litellm()
-    answer = litellm.ModelResponse(choices=[{"message": {"role": "assistant", "content": "ok"}}], usage={"prompt_tokens": 3, "completion_tokens": 1})
+    answer = litellm.ModelResponse(
+        choices=[{"message": {"role": "assistant", "content": "ok"}}], usage={"prompt_tokens": 3, "completion_tokens": 1}
+    )
     most_tasks = 0
 
     async def acompletion(**kwargs: object) -> object:
