@@ -402,7 +402,7 @@ def fit_schema(schema: dict[str, Any], prompt: str, root: dict[str, Any] | None 
 def _fit_field(name: str, schema: dict[str, Any], prompt: str, root: dict[str, Any]) -> Any:
     # "name: Ada" in the prompt gives the field "name" the value "Ada".
     if schema.get("type") == "string" and "enum" not in schema:
-        match = re.search(rf"\b{re.escape(name)}\b\W*(\w[\w.@-]*)", prompt, flags=re.IGNORECASE)
+        match = re.search(rf"\b{re.escape(name)}\b\W*(\w[\w@-]*(?:\.\w[\w@-]*)*)", prompt, flags=re.IGNORECASE)
         if match:
             return match[1]
     return fit_schema(schema, prompt, root)
