@@ -375,9 +375,11 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         loop.call_soon_threadsafe(lambda: started[0].cancel())
         done.wait()
         batch = run.finish()
+        display.update(run.tally)
         display.close(batch.summary)
         raise BatchInterrupted(batch) from None
     batch = run.finish()
+    display.update(run.tally)
     display.close(batch.summary)
     task = started[0]
     if not task.cancelled() and task.exception() is not None:
@@ -434,9 +436,11 @@ async def amap(
         work.cancel()
         await asyncio.gather(work, return_exceptions=True)
         batch = run.finish()
+        display.update(run.tally)
         display.close(batch.summary)
         raise BatchInterrupted(batch) from None
     batch = run.finish()
+    display.update(run.tally)
     display.close(batch.summary)
     _report(run, errors)
     return batch.result
