@@ -118,7 +118,7 @@ class Batch:
             parts.append(f"{t.interrupted:,} interrupted")
         pauses = f" · {t.pauses} rate-limit pause{'s' if t.pauses != 1 else ''}" if t.pauses else ""
         self.summary = (
-            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {_api.usd(t.spent)} · "
+            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {_api.usd(t.spent) if t.spent else '$0'} · "
             f"{t.elapsed:.1f} s ({t.rate:.1f} rows/s){pauses}"
         )
         return self.summary
