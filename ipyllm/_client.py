@@ -313,7 +313,7 @@ class Client:
             return await attempt()
 
         try:
-            response = await policy(counted)
+            response: Any = await policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
             return response

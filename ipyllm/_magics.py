@@ -372,7 +372,8 @@ class LLMMagics(Magics):
             if v is not None
         }
         if args.map is not None or args.schema is not None:
-            return run_map(self.shell, args, template, overrides, cell is not None)
+            run_map(self.shell, args, template, overrides, cell is not None)
+            return None
         prompt = interpolate(template, self.shell.user_ns)
         history = conversation.history(self.cell_id) if args.chat else []
         messages = [*history, {"role": "user", "content": prompt}]
