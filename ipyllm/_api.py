@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ipyllm import _loop
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
@@ -27,7 +28,7 @@ from ipyllm._schema import InvalidOutputError, Schema
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "achat", "acomplete", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
+__all__ = ["SESSION_ID", "acomplete", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
@@ -273,17 +274,8 @@ def chat(
     return request.finish(reply)
 
 
-async def achat(
-    prompt_or_messages: str | Sequence[dict[str, Any]],
-    *,
-    source: str,
-    on_retry: Callable[[RetryNote], Any] | None = None,
-    use_cache: bool = True,
-    schema: Any = None,
-    **overrides: Any,
-) -> Reply:
+async def _send(request: ChatRequest, on_retry: Callable[[RetryNote], Any] | None) -> Reply:
     """``chat`` as a coroutine (``litellm.acompletion``, ``tenacity.AsyncRetrying``), not streamed."""
-    request = prepare_chat(prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema)
     if (reply := request.cached()) is not None:
         return reply
     settings = request.settings
@@ -345,7 +337,9 @@ async def acomplete(
     The same call otherwise (reserved against the budgets, retried with the session's policy through
     ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
     """
-    return await achat(prompt_or_messages, source="api", on_retry=on_retry, schema=schema, **overrides)
+    # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
+    request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema)
+    return await _loop.run(_send(request, on_retry))
 
 
 def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:

@@ -17,8 +17,8 @@ session's retry policy per call, one usage row per call (``source`` ``map``, ``b
 - **Interrupt.** Ctrl-C cancels the calls in flight (``interrupted`` rows) and raises ``BatchInterrupted``,
   a ``KeyboardInterrupt`` carrying the partial result; ``ipyllm.last_batch()`` holds it too.
 
-In a notebook the kernel's event loop is already running, so ``map`` runs the batch's own loop in a
-worker thread while the calling thread draws the progress and waits (and receives Ctrl-C).
+Batches run on ipyllm's own event loop (``_loop``: a notebook's loop is busy running the cell, and litellm
+wants one loop per process); the calling thread draws the progress and waits (and receives Ctrl-C).
 """
 
 from __future__ import annotations
@@ -28,18 +28,17 @@ import contextlib
 import itertools
 import math
 import random
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ipyllm import _api
+from ipyllm import _api, _loop
 from ipyllm._batchdata import Batch, BatchError, BatchEstimate, BatchInterrupted, Fields, fill, rows_of
 from ipyllm._client import Reply, as_messages, estimate, load_litellm
 from ipyllm._config import SettingError
 from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
-from ipyllm._progress import INTERVAL, Tally, progress_display
+from ipyllm._progress import INTERVAL, Display, Tally, progress_display
 from ipyllm._retry import RetryNote
 from ipyllm._schema import InvalidOutputError, Schema
 
@@ -357,55 +356,33 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     if dry_run:
         return _estimate(run)
     display = progress_display(progress, run.tally)
-    loop = _batch_loop()
-    done = threading.Event()
-    started: list[asyncio.Task[None]] = []
-
-    def start() -> None:
-        task = loop.create_task(run.run())
-        task.add_done_callback(lambda _: done.set())
-        started.append(task)
-
-    loop.call_soon_threadsafe(start)
+    job = _loop.submit(run.run())
     try:
-        while not done.wait(INTERVAL):
+        while not job.finished.wait(INTERVAL):
             display.update(run.tally)
     except KeyboardInterrupt:
-        # Cancelling the task cancels the calls in flight; their rows say interrupted.
-        loop.call_soon_threadsafe(lambda: started[0].cancel())
-        done.wait()
-        batch = run.finish()
-        display.update(run.tally)
-        display.close(batch.summary)
-        raise BatchInterrupted(batch) from None
+        # Cancelling the batch cancels the calls in flight; their rows say interrupted.
+        job.cancel()
+        job.finished.wait()
+        raise _interrupted(run, display) from None
+    _close(run, display)
+    try:
+        job.result()
+    except asyncio.CancelledError:
+        pass
+    _report(run, errors)
+    return run.batch.result
+
+
+def _close(run: _Run, display: Display) -> Batch:
     batch = run.finish()
     display.update(run.tally)
     display.close(batch.summary)
-    task = started[0]
-    if not task.cancelled() and task.exception() is not None:
-        raise task.exception()  # type: ignore[misc]
-    _report(run, errors)
-    return batch.result
+    return batch
 
 
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_lock = threading.Lock()
-
-
-def _batch_loop() -> asyncio.AbstractEventLoop:
-    """One event loop for every ``map`` of this process, in a daemon thread.
-
-    A notebook's own loop is already running (in the kernel's thread), so batches cannot use it from
-    synchronous code; one long-lived loop also keeps litellm's async HTTP clients and its logging worker
-    valid from one batch to the next (a loop per batch would leave them bound to a closed loop).
-    """
-    global _loop
-    with _loop_lock:
-        if _loop is None:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="ipyllm-map", daemon=True).start()
-            _loop = loop
-        return _loop
+def _interrupted(run: _Run, display: Display) -> BatchInterrupted:
+    return BatchInterrupted(_close(run, display))
 
 
 async def amap(
@@ -419,31 +396,29 @@ async def amap(
     progress: bool = True,
     **overrides: Any,
 ) -> Any:
-    """``map`` as a coroutine, on the running event loop (``await ipyllm.amap(...)``); same arguments and result.
+    """``map`` as a coroutine (``await ipyllm.amap(...)``): the caller's loop keeps running; same arguments and result.
 
     Cancelling it cancels the calls in flight and raises ``BatchInterrupted`` with the partial result.
     """
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides)
     display = progress_display(progress, run.tally)
-    work = asyncio.ensure_future(run.run())
+    job = _loop.submit(run.run())
     try:
-        while not work.done():
-            await asyncio.wait({work}, timeout=INTERVAL)
+        while not await job.wait(INTERVAL):
             display.update(run.tally)
-        work.result()
     except (asyncio.CancelledError, KeyboardInterrupt):
-        work.cancel()
-        await asyncio.gather(work, return_exceptions=True)
-        batch = run.finish()
-        display.update(run.tally)
-        display.close(batch.summary)
-        raise BatchInterrupted(batch) from None
-    batch = run.finish()
-    display.update(run.tally)
-    display.close(batch.summary)
+        job.cancel()
+        while not job.finished.is_set():
+            await asyncio.sleep(0.01)
+        raise _interrupted(run, display) from None
+    _close(run, display)
+    try:
+        job.result()
+    except asyncio.CancelledError:
+        pass
     _report(run, errors)
-    return batch.result
+    return run.batch.result
 
 
 def last_batch() -> Batch | None:
