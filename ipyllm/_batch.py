@@ -398,7 +398,8 @@ async def amap(
 ) -> Any:
     """``map`` as a coroutine (``await ipyllm.amap(...)``): the caller's loop keeps running; same arguments and result.
 
-    Cancelling it cancels the calls in flight and raises ``BatchInterrupted`` with the partial result.
+    Cancelling it cancels the calls in flight (the task ends cancelled; ``last_batch()`` holds the partial
+    result); Ctrl-C raises ``BatchInterrupted`` as ``map`` does.
     """
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides)
@@ -407,11 +408,14 @@ async def amap(
     try:
         while not await job.wait(INTERVAL):
             display.update(run.tally)
-    except (asyncio.CancelledError, KeyboardInterrupt):
+    except (asyncio.CancelledError, KeyboardInterrupt) as stop:
         job.cancel()
         while not job.finished.is_set():
             await asyncio.sleep(0.01)
-        raise _interrupted(run, display) from None
+        interrupted = _interrupted(run, display)
+        if isinstance(stop, asyncio.CancelledError):
+            raise  # a cancelled task ends cancelled, as asyncio expects; the partial result is in last_batch()
+        raise interrupted from None
     _close(run, display)
     try:
         job.result()

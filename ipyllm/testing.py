@@ -422,6 +422,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     stub: StubServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that gave up (a cancelled call) is not the server's error.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
 
 class StubServer:
     """An OpenAI-compatible server on 127.0.0.1 for tests and offline notebooks.

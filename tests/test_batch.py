@@ -219,3 +219,23 @@ def test_memory_is_bounded_by_the_concurrency(session: _api.Session, clean_confi
     result = ipyllm.map("{value}", (str(i) for i in range(3000)), concurrency=16, progress=False)
     assert result.notna().all() and len(result) == 3000
     assert most_tasks <= 16 + 8  # the workers, the batch and litellm's own helpers: never one per row
+
+
+def test_cancelling_amap_cancels_the_calls_in_flight(fast: StubServer) -> None:
+    fast.delay = 0.3
+
+    async def main() -> None:
+        work = asyncio.ensure_future(ipyllm.amap("{value}", [str(i) for i in range(30)], concurrency=3, progress=False))
+        await asyncio.sleep(0.8)
+        work.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await work
+
+    asyncio.run(main())
+    batch = ipyllm.last_batch()
+    assert batch is not None and 0 < batch.result.notna().sum() < 30
+    rows = ipyllm.usage()
+    assert 1 <= (rows[rows["batch"] == batch.id]["status"] == "interrupted").sum() <= 3
+    sent = len(chat_requests(fast))
+    time.sleep(0.5)
+    assert len(chat_requests(fast)) == sent
