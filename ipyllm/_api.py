@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ipyllm import _loop
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
@@ -337,6 +336,8 @@ async def acomplete(
     The same call otherwise (reserved against the budgets, retried with the session's policy through
     ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
     """
+    from ipyllm import _loop
+
     # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
     request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema)
     return await _loop.run(_send(request, on_retry))

@@ -23,7 +23,6 @@ wants one loop per process); the calling thread draws the progress and waits (an
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import itertools
 import math
@@ -33,12 +32,14 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ipyllm import _api, _loop
+from ipyllm import _api
 from ipyllm._batchdata import Batch, BatchError, BatchEstimate, BatchInterrupted, Fields, fill, rows_of
 from ipyllm._client import Reply, as_messages, estimate, load_litellm
 from ipyllm._config import SettingError
 from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
 from ipyllm._progress import INTERVAL, Display, Tally, progress_display
+
+# asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
 from ipyllm._retry import RetryNote
 from ipyllm._schema import InvalidOutputError, Schema
 
@@ -62,11 +63,15 @@ class _Pace:
         self.resume_at = 0.0
         self.tally = tally
         tally.concurrency = concurrency
+        import asyncio
+
         self._slots = asyncio.Condition()
 
     @contextlib.asynccontextmanager
     async def attempt(self) -> AsyncIterator[None]:
         """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight."""
+        import asyncio
+
         while (left := self.resume_at - time.monotonic()) > 0:
             # Restarts spread over a tenth of the pause, so workers do not retry in lockstep.
             await asyncio.sleep(left + random.uniform(0, left / 10))
@@ -182,6 +187,8 @@ class _Run:
         self.tally.failed += 1
 
     async def one(self, position: int, messages: list[dict[str, Any]], pace: _Pace) -> None:
+        import asyncio
+
         settings, session = self.settings, _api.session
         key = _api.cache_key("chat", settings, messages, self.extra) if self.resume or settings.cache else None
         if key is not None and self.resume and (hit := session.cache_get(key)) is not None:
@@ -235,6 +242,8 @@ class _Run:
         self.tally.not_sent += 1
 
     async def run(self) -> None:
+        import asyncio
+
         pace = _Pace(self.concurrency, self.tally)
         rows = self.prepared
 
@@ -351,6 +360,10 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     BatchInterrupted
         On Ctrl-C, after cancelling the calls in flight; ``.result`` is the partial result.
     """
+    import asyncio
+
+    from ipyllm import _loop
+
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides)
     if dry_run:
@@ -401,6 +414,10 @@ async def amap(
     Cancelling it cancels the calls in flight (the task ends cancelled; ``last_batch()`` holds the partial
     result); Ctrl-C raises ``BatchInterrupted`` as ``map`` does.
     """
+    import asyncio
+
+    from ipyllm import _loop
+
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides)
     display = progress_display(progress, run.tally)

@@ -8,7 +8,6 @@ the layer above decides where the row goes.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import math
@@ -277,6 +276,8 @@ class Client:
             async with around_attempt():
                 return await acompletion(**kwargs)
 
+        import asyncio
+
         response = await self._arun(call, attempt, on_retry, report, messages, sleep or asyncio.sleep)
         text = response.choices[0].message.content or ""
         return Reply(text, call.row, messages, response)
@@ -291,6 +292,8 @@ class Client:
         sleep: Callable[[float], Awaitable[Any]],
     ) -> Any:
         """``_run`` for coroutines: the session's tenacity policy as ``AsyncRetrying``, the same row whatever happens."""
+        import asyncio
+
         from tenacity import AsyncRetrying
 
         settings, row = call.settings, call.row
