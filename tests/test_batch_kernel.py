@@ -44,7 +44,7 @@ CELLS = [
     "%%llm --map df\n{missing}",
     "%llm --map df hello",
     "%%llm --map df --dry-run\nClassify: {text}",
-    "frame = ipyllm.usage()\nprint(frame.groupby('batch')['cost_usd'].size().tolist(), sorted(set(frame['source'])))",
+    "frame = ipyllm.usage()\nprint(sorted(frame.groupby('batch').size().tolist()), sorted(set(frame['source'])))",
 ]
 
 
