@@ -26,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import queue
 import random
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -100,6 +102,36 @@ class _Pace:
         self.tally.concurrency = int(self.window)
 
 
+class _Writer:
+    """A batch's ledger writes, off the event loop and in order: a committed insert can block its thread for a
+    millisecond or more on a busy disk, time in which no other call of the batch would progress.
+
+    Used only when no spending limit is set: with a limit, a row must be filed before its hold ends (the
+    budgets' invariant), so rows are then written as the calls end, on the loop. ``close()`` waits until every
+    row is written, so that the ledger is complete when ``map`` returns.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"ipyllm-ledger-{name}", daemon=True)
+        self._thread.start()
+
+    def put(self, action: Callable[..., Any], *args: Any) -> None:
+        self._queue.put((action, args))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            action, args = item
+            try:
+                action(*args)
+            except Exception as error:  # a broken ledger is reported by the session; anything else is said once here
+                _api.session.warn_once(f"batch-writer:{type(error).__name__}", f"a usage row could not be written ({error})")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
 class _Run:
     """Everything one batch needs, prepared in the calling thread (so template errors raise before sending)."""
 
@@ -134,6 +166,7 @@ class _Run:
         self.tally = self.batch.tally
         self.tally.budget = self.settings.budget_usd
         self.record = _api.session.recorder("map", batch=self.batch.id)
+        self.writer: _Writer | None = None
         self.stop = False
         # The first row is filled here, so that a template that does not fit the data fails before sending.
         self._first = True
@@ -141,6 +174,8 @@ class _Run:
         head = next(prepared, None)
         self._first = False
         self.prepared: Iterator[tuple[int, list[dict[str, Any]] | None, str | None]] = itertools.chain([head] if head else [], prepared)
+        limited = any(getattr(self.settings, name) is not None for name in ("budget_usd", "daily_budget_usd", "user_daily_budget_usd"))
+        self.writer = None if limited else _Writer(self.batch.id)
 
     def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
         messages = as_messages(fill(self.template, fields, row), self.settings.system)
@@ -163,7 +198,10 @@ class _Run:
                 yield position, None, f"template: {type(error).__name__}: {error}"
 
     def counted(self, row: Any, release: str | None = None) -> None:
-        self.record(row, release)
+        if self.writer is not None:
+            self.writer.put(self.record, row, release)
+        else:
+            self.record(row, release)
         if isinstance(row.cost_usd, float) and not math.isnan(row.cost_usd):
             self.tally.spent += row.cost_usd
 
@@ -235,7 +273,10 @@ class _Run:
         if key is not None and self.batch.row_errors[position] is None:
             row = reply.usage
             payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
-            session.cache_put(key, "chat", settings.model, payload)
+            if self.writer is not None:
+                self.writer.put(session.cache_put, key, "chat", settings.model, payload)
+            else:
+                session.cache_put(key, "chat", settings.model, payload)
 
     def not_sent(self, position: int) -> None:
         self.batch.row_errors[position] = "not sent"
@@ -263,7 +304,13 @@ class _Run:
             await asyncio.gather(*workers, return_exceptions=True)
             raise
 
+    def finish_quietly(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
     def finish(self) -> Batch:
+        self.finish_quietly()
         batch = self.batch
         for position, error in enumerate(batch.row_errors):
             if error is None and batch.replies[position] is None:  # never reached: interrupted before its turn
@@ -367,7 +414,9 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides)
     if dry_run:
-        return _estimate(run)
+        estimated = _estimate(run)
+        run.finish_quietly()
+        return estimated
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
     try:
