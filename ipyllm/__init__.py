@@ -1,8 +1,9 @@
 """ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
-``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget), ``models`` (the model list),
-``chat_history`` / ``chat_reset`` (the ``--chat`` conversation); ``ipyllm.testing`` is an
+``complete`` / ``acomplete``, ``map`` / ``amap`` (a prompt per row of a DataFrame) and ``last_batch``,
+``embed``, ``usage``, ``picker`` (the model-picker widget), ``models`` (the model list), ``chat_history`` /
+``chat_reset`` (the ``--chat`` conversation); ``ipyllm.testing`` is an
 OpenAI-compatible stub server for offline use.
 Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, complete, embed, usage
+from ipyllm._api import SESSION_ID, acomplete, complete, embed, usage
+from ipyllm._batch import Batch, BatchError, BatchEstimate, BatchInterrupted, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
 from ipyllm._chat import chat_history, chat_reset
 from ipyllm._client import Embeddings, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
@@ -30,6 +32,7 @@ from ipyllm._errors import (
 )
 from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._retry import RetryNote
+from ipyllm._schema import InvalidOutputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,10 +45,15 @@ __all__ = [
     "COLUMNS",
     "SESSION_ID",
     "AuthenticationError",
+    "Batch",
+    "BatchError",
+    "BatchEstimate",
+    "BatchInterrupted",
     "BudgetExceededError",
     "Embeddings",
     "Interrupted",
     "InvalidInputError",
+    "InvalidOutputError",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",
@@ -58,11 +66,15 @@ __all__ = [
     "StreamBrokenError",
     "UnknownModelError",
     "UsageRow",
+    "acomplete",
+    "amap",
     "chat_history",
     "chat_reset",
     "complete",
     "config",
     "embed",
+    "last_batch",
+    "map",
     "models",
     "picker",
     "usage",

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
@@ -31,12 +32,13 @@ from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._errors import Interrupted
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
 from ipyllm._retry import RetryNote
+from ipyllm._schema import InvalidOutputError, Schema
 from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
+__all__ = ["SESSION_ID", "acomplete", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
@@ -247,6 +249,96 @@ def wait_for_litellm(on_loading: Callable[[], Any] | None = None) -> None:
     raise Interrupted("interrupted while litellm was loading; nothing was sent")
 
 
+@dataclass
+class ChatRequest:
+    """One chat call, prepared: settings, messages and extras (schema applied), its recorder and cache key."""
+
+    settings: Settings
+    messages: list[dict[str, Any]]
+    extra: dict[str, Any]
+    record: Callable[..., None]
+    key: str | None
+    shape: Schema | None
+    started: float
+
+    def wait_for_litellm(self, on_loading: Callable[[], Any] | None) -> None:
+        """Wait for litellm's import (``on_loading`` is told first); Ctrl-C meanwhile records an ``interrupted`` row."""
+        try:
+            wait_for_litellm(on_loading)
+        except Interrupted as interrupted:
+            # Nothing was sent; the row still says the call was made and stopped.
+            interrupted.usage = UsageRow(
+                kind="chat",
+                model=self.settings.model,
+                cost_usd=0.0,
+                latency_s=time.perf_counter() - self.started,
+                attempts=0,
+                status="interrupted",
+                error=f"KeyboardInterrupt: {interrupted.message}",
+            )
+            self.record(interrupted.usage)
+            raise
+
+    def guess(self) -> float:
+        return estimate(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+
+    def cached(self, on_text: Callable[[str], Any] | None = None) -> Reply | None:
+        """The cached answer (recorded as a ``cached`` row), or None."""
+        if self.key is None or (hit := session.cache_get(self.key)) is None:
+            return None
+        row = _cached_row("chat", self.settings.model, self.settings, hit, self.started)
+        self.record(row)
+        if on_text is not None:
+            on_text(hit["text"])
+        return self.finish(Reply(hit["text"], row, self.messages), store=False)
+
+    def finish(self, reply: Reply, store: bool = True) -> Reply:
+        """Parse the reply against the schema (``InvalidOutputError`` if it does not fit), then cache it."""
+        if self.shape is not None:
+            try:
+                reply.parsed = self.shape.parse(reply.text)
+            except InvalidOutputError as error:
+                error.usage = reply.usage
+                raise
+        if store and self.key is not None:
+            row = reply.usage
+            session.cache_put(
+                self.key,
+                "chat",
+                self.settings.model,
+                {
+                    "text": reply.text,
+                    "prompt_tokens": row.prompt_tokens,
+                    "completion_tokens": row.completion_tokens,
+                    "provider": row.provider,
+                },
+            )
+        return reply
+
+
+def prepare_chat(
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    overrides: dict[str, Any],
+    *,
+    source: str,
+    use_cache: bool = True,
+    schema: Any = None,
+) -> ChatRequest:
+    started = time.perf_counter()
+    settings, extra = split_overrides(overrides)
+    # Bad input is refused here, before the cache, the budget or the provider see it (no row, nothing sent).
+    check_prompt(prompt_or_messages)
+    messages = as_messages(prompt_or_messages, settings.system)
+    check_encodable(messages)
+    if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
+    shape = Schema.of(schema) if schema is not None else None
+    if shape is not None:
+        messages, extra = shape.request(settings, messages, extra)
+    key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
+    return ChatRequest(settings, messages, extra, session.recorder(source), key, shape, started)
+
+
 def chat(
     prompt_or_messages: str | Sequence[dict[str, Any]],
     *,
@@ -256,60 +348,33 @@ def chat(
     on_retry: Callable[[RetryNote], Any] | None = None,
     on_loading: Callable[[], Any] | None = None,
     use_cache: bool = True,
+    schema: Any = None,
     **overrides: Any,
 ) -> Reply:
     """One chat call: from the cache, or sent through the client within a budget reservation.
 
     ``on_loading`` is called when the call must first wait for litellm's import (a cache hit never does).
     """
-    started = time.perf_counter()
-    settings, extra = split_overrides(overrides)
-    # Bad input is refused here, before the cache, the budget or the provider see it (no row, nothing sent).
-    check_prompt(prompt_or_messages)
-    messages = as_messages(prompt_or_messages, settings.system)
-    check_encodable(messages)
-    if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
-        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
-    record = session.recorder(source)
-    key = cache_key("chat", settings, messages, extra) if settings.cache and use_cache else None
-    if key is not None and (hit := session.cache_get(key)) is not None:
-        row = _cached_row("chat", settings.model, settings, hit, started)
-        record(row)
-        if on_text is not None:
-            on_text(hit["text"])
-        return Reply(hit["text"], row, messages)
-    try:
-        wait_for_litellm(on_loading)
-    except Interrupted as interrupted:
-        # Nothing was sent; the row still says the call was made and stopped.
-        interrupted.usage = UsageRow(
-            kind="chat",
-            model=settings.model,
-            cost_usd=0.0,
-            latency_s=time.perf_counter() - started,
-            attempts=0,
-            status="interrupted",
-            error=f"KeyboardInterrupt: {interrupted.message}",
-        )
-        record(interrupted.usage)
-        raise
-
-    def guess() -> float:
-        return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
-
-    with session.reserve(settings, "chat", settings.model, guess, record) as reservation:
+    request = prepare_chat(prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema)
+    if (reply := request.cached(on_text)) is not None:
+        return reply
+    request.wait_for_litellm(on_loading)
+    settings = request.settings
+    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
         reply = session.client.chat(
-            settings, messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=extra
+            settings, request.messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=request.extra
         )
-    if key is not None:
-        row = reply.usage
-        session.cache_put(
-            key,
-            "chat",
-            settings.model,
-            {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "provider": row.provider},
-        )
-    return reply
+    return request.finish(reply)
+
+
+async def _send(request: ChatRequest, on_retry: Callable[[RetryNote], Any] | None) -> Reply:
+    """``chat`` as a coroutine (``litellm.acompletion``, ``tenacity.AsyncRetrying``), not streamed."""
+    if (reply := request.cached()) is not None:
+        return reply
+    settings = request.settings
+    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
+        reply = await session.client.achat(settings, request.messages, report=reservation.report, on_retry=on_retry, extra=request.extra)
+    return request.finish(reply)
 
 
 def complete(
@@ -318,6 +383,7 @@ def complete(
     stream: bool = False,
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
+    schema: Any = None,
     **overrides: Any,
 ) -> Reply:
     """Send one chat request, retried, and return the reply.
@@ -330,6 +396,10 @@ def complete(
         Receive the reply in pieces; ``on_text`` is called with each.
     on_retry
         Called with a ``RetryNote`` before each retry wait.
+    schema
+        A pydantic model class or a JSON-schema dict: the reply must be JSON that fits it (sent as
+        ``response_format`` where litellm says the model supports it, else as an instruction); the
+        validated object is ``reply.parsed``.
     **overrides
         Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
         other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` once checked against
@@ -344,12 +414,31 @@ def complete(
     ------
     ipyllm.LLMError
         When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
-        the row).
+        the row); ``InvalidOutputError`` when the reply does not fit ``schema`` (``.raw`` is its text).
     ipyllm.InvalidInputError
         Before sending (no row): a prompt or message of the wrong shape, text that is not valid UTF-8, an
         unknown keyword (named with its close match).
     """
-    return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, **overrides)
+    return chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, **overrides)
+
+
+async def acomplete(
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    *,
+    on_retry: Callable[[RetryNote], Any] | None = None,
+    schema: Any = None,
+    **overrides: Any,
+) -> Reply:
+    """``complete`` as a coroutine: ``await ipyllm.acomplete(...)`` does not block the event loop.
+
+    The same call otherwise (reserved against the budgets, retried with the session's policy through
+    ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
+    """
+    from ipyllm import _loop
+
+    # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
+    request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema)
+    return await _loop.run(_send(request, on_retry))
 
 
 def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:

@@ -15,7 +15,8 @@ import os
 import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -109,6 +110,8 @@ class Reply(str):
     response: Any
     #: How Jupyter shows the reply: markdown, text, code, json or html.
     display_format: str
+    #: With ``schema=``: the validated object (a pydantic model instance, or the decoded JSON).
+    parsed: Any = None
 
     def __new__(cls, text: str, usage: UsageRow, messages: Messages | None = None, response: Any = None) -> Reply:
         reply = super().__new__(cls, text)
@@ -184,8 +187,8 @@ class Client:
 
     Parameters
     ----------
-    completion, embedding
-        Stand-ins for ``litellm.completion`` / ``litellm.embedding`` (tests inject them).
+    completion, embedding, acompletion
+        Stand-ins for ``litellm.completion`` / ``litellm.embedding`` / ``litellm.acompletion`` (tests inject them).
     sleep
         How retry waits are spent (tests inject a recorder instead of sleeping).
     """
@@ -196,8 +199,10 @@ class Client:
         embedding: Callable[..., Any] | None = None,
         sleep: Callable[[float], Any] = time.sleep,
         clock: Callable[[], float] = time.perf_counter,
+        acompletion: Callable[..., Awaitable[Any]] | None = None,
     ) -> None:
         self._completion = completion
+        self._acompletion = acompletion
         self._embedding = embedding
         self.sleep = sleep
         self.clock = clock
@@ -270,6 +275,107 @@ class Client:
         response = self._run(call, lambda: embedding(**kwargs), on_retry, report, None)
         vectors = [item["embedding"] if isinstance(item, dict) else item.embedding for item in response.data]
         return Embeddings(vectors, call.row)
+
+    async def achat(
+        self,
+        settings: Settings,
+        messages: Messages,
+        *,
+        report: Report,
+        on_retry: Callable[[RetryNote], Any] | None = None,
+        extra: dict[str, Any] | None = None,
+        around_attempt: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        sleep: Callable[[float], Awaitable[Any]] | None = None,
+    ) -> Reply:
+        """``chat`` without blocking the event loop (not streamed): ``litellm.acompletion`` under the same policy.
+
+        Each attempt runs inside ``around_attempt()`` when given (a batch's rate-limit pause and its limit
+        on requests in flight); retry waits are spent with ``sleep`` (``asyncio.sleep`` by default).
+        Cancelling the task records an ``interrupted`` row.
+        """
+        litellm = load_litellm()
+        kwargs = self._common_arguments(settings, settings.model)
+        kwargs["messages"] = messages
+        if settings.temperature is not None:
+            kwargs["temperature"] = settings.temperature
+        if settings.max_tokens is not None:
+            kwargs["max_tokens"] = settings.max_tokens
+        kwargs.update(extra or {})
+        acompletion = self._acompletion or litellm.acompletion
+        call = self._begin("chat", settings.model, settings)
+        call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
+
+        async def attempt() -> Any:
+            if around_attempt is None:
+                return one_choice(await acompletion(**kwargs), call.row.provider)
+            async with around_attempt():
+                return one_choice(await acompletion(**kwargs), call.row.provider)
+
+        import asyncio
+
+        response = await self._arun(call, attempt, on_retry, report, messages, sleep or asyncio.sleep)
+        text = response.choices[0].message.content or ""
+        return Reply(text, call.row, messages, response)
+
+    async def _arun(
+        self,
+        call: _Call,
+        attempt: Callable[[], Awaitable[Any]],
+        on_retry: Callable[[RetryNote], Any] | None,
+        report: Report,
+        messages: Messages,
+        sleep: Callable[[float], Awaitable[Any]],
+    ) -> Any:
+        """``_run`` for coroutines: the session's tenacity policy as ``AsyncRetrying``, the same row whatever happens."""
+        import asyncio
+
+        from tenacity import AsyncRetrying
+
+        settings, row = call.settings, call.row
+        sync = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, on_retry=on_retry)
+        policy = AsyncRetrying(
+            sleep=sleep,
+            stop=sync.stop,
+            wait=sync.wait,
+            retry=sync.retry,
+            before=sync.before,
+            after=sync.after,
+            before_sleep=sync.before_sleep,
+            reraise=sync.reraise,
+            retry_error_callback=sync.retry_error_callback,
+        )
+        row.attempts = 0
+
+        async def counted() -> Any:
+            row.attempts += 1
+            return await attempt()
+
+        error: LLMError | None = None
+        try:
+            if call.check_key:
+                _check_key(call)
+            response: Any = await policy(counted)
+            row.latency_s = self.clock() - call.start
+            self._record_usage(call, response, messages)
+            return response
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            self._interrupted(call, messages)  # the row: the prompt was sent, counted locally
+            raise
+        except Exception as exc:
+            error = explain(exc, call, row.attempts)
+            row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
+            reported = getattr(error, "reported_usage", None)
+            if reported is not None:
+                self._set_tokens(call, reported[0], reported[1])
+            error.usage = row
+        finally:
+            if row.status not in ("ok", "interrupted"):
+                row.latency_s = self.clock() - call.start
+            report(row)
+        # As in _run: raised outside the except block, nothing chained (litellm's exception can repeat the key).
+        assert error is not None
+        error.__cause__ = error.__context__ = None
+        raise error.with_traceback(None)
 
     # -- the call --------------------------------------------------------------------------------------
     def _common_arguments(self, settings: Settings, model: str) -> dict[str, Any]:

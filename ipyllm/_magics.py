@@ -24,7 +24,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ipyllm import _api
+from ipyllm import _api, _batch
 from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
@@ -345,6 +345,9 @@ class LLMMagics(Magics):
     @argument("--chat", action="store_true", help="continue this session's conversation (a re-run cell replaces its turn)")
     @argument("--dry-run", action="store_true", help="send nothing: show the model, messages, token count and estimated cost")
     @argument("--no-cache", action="store_true", help="send the request even when the cache holds an identical one")
+    @argument("--map", metavar="DATA", help="%%%%llm only: the cell body is a template run over every row of DATA (see ipyllm.map)")
+    @argument("--concurrency", type=int, default=8, metavar="N", help="with --map: most calls in flight (default 8)")
+    @argument("--schema", metavar="NAME", help="with --map: a pydantic model or JSON-schema dict; one column per field")
     @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
     @no_var_expand
     @line_cell_magic
@@ -354,7 +357,8 @@ class LLMMagics(Magics):
         ``%llm [options] PROMPT`` sends the rest of the line and returns the reply (``answer = %llm ...``);
         ``%%llm [options]`` sends the cell body. ``{name}`` in the prompt is replaced by ``name`` from the
         user namespace (``{{`` and ``}}`` are literal braces). Under the reply, a footer gives the model,
-        tokens, cost, latency and attempts.
+        tokens, cost, latency and attempts. ``%%llm --map DATA [-o NAME]`` sends the body once per row of
+        DATA, its ``{field}``s filled from the row's columns (see ``ipyllm.map``), and shows the first rows.
         """
         parser = self.llm.parser
         if cell is None:
@@ -368,12 +372,15 @@ class LLMMagics(Magics):
             raise UsageError("nothing to send: write a prompt after %llm, or in the body of a %%llm cell")
         if args.output is not None and (not args.output.isidentifier() or keyword.iskeyword(args.output)):
             raise UsageError(f"-o needs a variable name, got {args.output!r}")
-        prompt = interpolate(template, self.shell.user_ns)
         overrides = {
             k: v
             for k, v in {"model": args.model, "system": args.system, "temperature": args.temperature, "max_tokens": args.max_tokens}.items()
             if v is not None
         }
+        if args.map is not None or args.schema is not None:
+            run_map(self.shell, args, template, overrides, cell is not None)
+            return None
+        prompt = interpolate(template, self.shell.user_ns)
         key = cell_key(self.cell_id, self.cell_source)
         history = conversation.history(key, self.run) if args.chat else []
         messages = [*history, {"role": "user", "content": prompt}]
@@ -553,6 +560,48 @@ class LLMMagics(Magics):
 def _api_warnings() -> int:
     """How many one-line warnings the session has printed (a cell showing one must not be cleared)."""
     return len(getattr(_api.session, "_warned", ()))
+
+
+def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict[str, Any], is_cell: bool) -> None:
+    """``%%llm --map DATA``: the body as a template over DATA's rows; a preview of the first rows, the result in ``-o``."""
+    from IPython.display import display
+
+    if args.map is None:
+        raise UsageError("--schema goes with --map: %%llm --map DATA --schema NAME")
+    if not is_cell:
+        raise UsageError("--map takes its template from the cell body: use %%llm --map DATA, with the prompt below")
+    if args.chat:
+        raise UsageError("--map sends each row on its own: it cannot continue a --chat conversation")
+    namespace = shell.user_ns
+    for option, name in (("--map", args.map), ("--schema", args.schema)):
+        if name is not None and name not in namespace:
+            raise UsageError(f"{option} {name}: no variable {name!r} in the namespace; define it first")
+    data, schema = namespace[args.map], namespace.get(args.schema) if args.schema else None
+    try:
+        if args.dry_run:
+            print(_batch.map(template, data, schema=schema, dry_run=True, **overrides))
+            return
+        result = _batch.map(template, data, concurrency=args.concurrency, schema=schema, resume=not args.no_cache, **overrides)
+    except SettingError as error:
+        raise UsageError(str(error)) from None
+    if args.output:
+        namespace[args.output] = result
+    display(map_preview(data, result))
+
+
+def map_preview(data: Any, result: Any, rows: int = 5) -> pd.DataFrame:
+    """The first rows of the input beside their replies (or fields)."""
+    import pandas as pd
+
+    answers = result.head(rows).to_frame() if isinstance(result, pd.Series) else result.head(rows)
+    if isinstance(data, pd.DataFrame):
+        inputs = data.head(rows)
+    elif isinstance(data, pd.Series):
+        inputs = data.head(rows).to_frame(name=data.name if data.name is not None else "value")
+    else:
+        inputs = pd.DataFrame({"value": list(data)[:rows]})
+    clash = set(inputs.columns) & set(answers.columns)
+    return inputs.join(answers.rename(columns={c: f"{c}_reply" for c in clash}))
 
 
 def _figure_bundle(figure: Any) -> dict[str, Any]:

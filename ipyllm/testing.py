@@ -40,7 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-__all__ = ["Fault", "RecordedRequest", "StubServer", "count_tokens", "offline_unless_configured", "provider_configured"]
+__all__ = ["Fault", "RecordedRequest", "StubServer", "count_tokens", "fit_schema", "offline_unless_configured", "provider_configured"]
 
 STUB_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "stub-local")
 EMBEDDING_DIMENSIONS = 8
@@ -61,8 +61,9 @@ class Fault:
     ``slow`` (wait ``delay`` seconds, then answer normally), ``break_stream`` (a streamed answer that
     sends ``after_chunks`` content chunks, then drops the connection), ``echo_key`` (HTTP ``code`` whose
     message repeats the request's key, as OpenAI does for a wrong one), ``zero_choices`` (200 with
-    ``"choices": []``, streamed or not, with ``finish_reason`` in the body when given) and ``empty_stream``
-    (200 with an empty body, as llama.cpp answers a streamed prompt longer than its context window).
+    ``"choices": []``, streamed or not, with ``finish_reason`` in the body when given), ``empty_stream``
+    (200 with an empty body, as llama.cpp answers a streamed prompt longer than its context window) and
+    ``reply`` (answer normally, with ``message`` as the reply's text: e.g. JSON that does not fit a schema).
     """
 
     kind: str
@@ -116,6 +117,11 @@ class Fault:
         return cls("break_stream", after_chunks=after_chunks)
 
     @classmethod
+    def reply(cls, text: str) -> Fault:
+        """Answer with ``text`` instead of the usual echo."""
+        return cls("reply", message=text)
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Fault:
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
@@ -155,6 +161,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: dict[str, Any] = field(default_factory=dict)
     fault: str = ""
+    #: When the request arrived (``time.time()``).
+    time: float = 0.0
 
     @property
     def model(self) -> str | None:
@@ -234,6 +242,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
 
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        arrived = time.time()
         fault = self.server.stub._next_fault()
         self.server.stub._record(
             RecordedRequest(
@@ -243,6 +252,7 @@ class _Handler(BaseHTTPRequestHandler):
                 headers={k.lower(): v for k, v in self.headers.items()},
                 body=body,
                 fault=fault.kind if fault else "",
+                time=arrived,
             )
         )
         model = body.get("model") or deployment or "stub"
@@ -266,12 +276,15 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if fault.kind == "slow":
                 time.sleep(fault.delay)
+        if self.server.stub.delay:
+            time.sleep(self.server.stub.delay)
+        scripted = fault.message if fault is not None and fault.kind == "reply" else None
         if endpoint == "embeddings":
             self._embeddings(model, body)
         elif body.get("stream"):
-            self._chat_stream(model, body, fault)
+            self._chat_stream(model, body, fault, scripted)
         else:
-            self._chat(model, body)
+            self._chat(model, body, scripted)
 
     def _send_error(self, fault: Fault) -> None:
         status = fault.code
@@ -303,8 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(200, payload)
 
     # -- answers --------------------------------------------------------------------------------------
-    def _chat(self, model: str, body: dict[str, Any]) -> None:
-        text, usage = _reply(model, body)
+    def _chat(self, model: str, body: dict[str, Any], scripted: str | None = None) -> None:
+        text, usage = _reply(model, body, scripted)
         payload = {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
@@ -315,8 +328,8 @@ class _Handler(BaseHTTPRequestHandler):
         }
         self._send_json(200, payload)
 
-    def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None) -> None:
-        text, usage = _reply(model, body)
+    def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None, scripted: str | None = None) -> None:
+        text, usage = _reply(model, body, scripted)
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.server.stub.usage_in_stream
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -397,11 +410,18 @@ def _message_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _reply(model: str, body: dict[str, Any]) -> tuple[str, dict[str, int]]:
+def _reply(model: str, body: dict[str, Any], scripted: str | None = None) -> tuple[str, dict[str, int]]:
     messages = body.get("messages") or []
     last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     prompt = _message_text(last_user.get("content"))
-    text = f"[{model}] {prompt}".strip()
+    response_format = body.get("response_format") or {}
+    schema = (response_format.get("json_schema") or {}).get("schema") if isinstance(response_format, dict) else None
+    if scripted is not None:
+        text = scripted
+    elif response_format.get("type") == "json_schema" and isinstance(schema, dict):
+        text = json.dumps(fit_schema(schema, prompt, schema))
+    else:
+        text = f"[{model}] {prompt}".strip()
     if (max_tokens := body.get("max_tokens") or body.get("max_completion_tokens")) is not None:
         # Cut after the last whole token that fits, as a provider stops at max_tokens.
         tokens = list(_TOKEN_RE.finditer(text))
@@ -412,6 +432,53 @@ def _reply(model: str, body: dict[str, Any]) -> tuple[str, dict[str, int]]:
     completion_tokens = count_tokens(text)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
     return text, usage
+
+
+def fit_schema(schema: dict[str, Any], prompt: str, root: dict[str, Any] | None = None) -> Any:
+    """A value that fits a JSON schema, made from the prompt, deterministically (the stub's structured reply).
+
+    Strings are the prompt's words (a field named like a word of the prompt gets the word after it); an
+    ``enum`` takes the first of its values that the prompt mentions, else one picked by the prompt's length;
+    integers and numbers count the prompt's words; objects recurse (``$ref`` into ``$defs`` included).
+    """
+    root = root or schema
+    if "$ref" in schema:
+        name = str(schema["$ref"]).rsplit("/", 1)[-1]
+        schema = (root.get("$defs") or root.get("definitions") or {}).get(name, {})
+    for combined in ("anyOf", "oneOf", "allOf"):
+        if combined in schema:
+            options = [option for option in schema[combined] if option.get("type") != "null"] or schema[combined]
+            return fit_schema(options[0], prompt, root)
+    words = _TOKEN_RE.findall(prompt)
+    if "enum" in schema:
+        values = list(schema["enum"])
+        mentioned = [v for v in values if str(v).lower() in prompt.lower()]
+        return mentioned[0] if mentioned else values[len(words) % len(values)]
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "string")
+    if kind == "object":
+        return {name: _fit_field(name, sub, prompt, root) for name, sub in (schema.get("properties") or {}).items()}
+    if kind == "array":
+        return [fit_schema(schema.get("items") or {}, prompt, root)]
+    if kind == "integer":
+        return len(words)
+    if kind == "number":
+        return float(len(words)) / 2
+    if kind == "boolean":
+        return len(words) % 2 == 0
+    if kind == "null":
+        return None
+    return prompt
+
+
+def _fit_field(name: str, schema: dict[str, Any], prompt: str, root: dict[str, Any]) -> Any:
+    # "name: Ada" in the prompt gives the field "name" the value "Ada".
+    if schema.get("type") == "string" and "enum" not in schema:
+        match = re.search(rf"\b{re.escape(name)}\b\W*(\w[\w@-]*(?:\.\w[\w@-]*)*)", prompt, flags=re.IGNORECASE)
+        if match:
+            return match[1]
+    return fit_schema(schema, prompt, root)
 
 
 def _vector(text: str) -> list[float]:
@@ -428,6 +495,13 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     stub: StubServer
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        # A client that gave up (a cancelled call) is not the server's error.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
+
 
 class StubServer:
     """An OpenAI-compatible server on 127.0.0.1 for tests and offline notebooks.
@@ -440,13 +514,18 @@ class StubServer:
         When False, streamed answers never carry ``usage`` (as some providers do), so clients must count.
     chunk_delay
         Seconds between streamed chunks, to watch a reply arrive.
+    delay
+        Seconds before every answer (a provider's latency); requests are served concurrently.
     """
 
-    def __init__(self, port: int = 0, *, host: str = "127.0.0.1", usage_in_stream: bool = True, chunk_delay: float = 0.0) -> None:
+    def __init__(
+        self, port: int = 0, *, host: str = "127.0.0.1", usage_in_stream: bool = True, chunk_delay: float = 0.0, delay: float = 0.0
+    ) -> None:
         self.host = host
         self.port = port
         self.usage_in_stream = usage_in_stream
         self.chunk_delay = chunk_delay
+        self.delay = delay
         self.requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -624,12 +703,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-stream-usage", action="store_true", help="never send usage in streamed answers")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer (the provider's latency)")
     args = parser.parse_args(argv)
     try:
         faults = [Fault.parse(f) for f in args.fault]
     except ValueError as error:
         parser.error(str(error))
-    stub = StubServer(args.port, usage_in_stream=not args.no_stream_usage, chunk_delay=args.chunk_delay).start()
+    stub = StubServer(args.port, usage_in_stream=not args.no_stream_usage, chunk_delay=args.chunk_delay, delay=args.delay).start()
     stub.script(*faults)
     print(f"ipyllm stub server on {stub.base_url}", flush=True)
     print(f"  export LLM_BASE_URL={stub.base_url} LLM_API_KEY=sk-stub", flush=True)

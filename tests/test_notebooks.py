@@ -85,7 +85,7 @@ def check_executed(nb: nbformat.NotebookNode, first_says: str = "stub server") -
 
 
 def test_the_notebooks_are_there() -> None:
-    assert set(NOTEBOOKS) == {"quickstart", "cost-analysis", "retries"}
+    assert set(NOTEBOOKS) == {"quickstart", "cost-analysis", "retries", "batch"}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -342,3 +342,16 @@ def test_run_quickstart_from_a_fresh_copy_writes_the_executed_notebook(tmp_path:
     nb = nbformat.read(copy / "build" / "quickstart.ipynb", as_version=4)
     check_executed(nb)
     assert "sk-must-not-be-used" not in (copy / "build" / "quickstart.ipynb").read_text()
+
+
+@pytest.mark.kernel
+def test_batch_shows_progress_schema_columns_cost_per_batch_and_a_free_rerun(executed: dict[str, nbformat.NotebookNode]) -> None:
+    nb = executed["batch"]
+    assert "dry run, nothing sent · 6 rows" in text_of(outputs_of(nb, 'TEMPLATE = "Classify')[0])
+    classified = outputs_of(nb, "sentiment = ipyllm.map(")
+    assert text_of(classified[0]).startswith("ipyllm.map batch ") and "6 rows, 6 answered" in text_of(classified[0])
+    assert "r-1043" in classified[-1]["data"]["text/html"]
+    extracted = outputs_of(nb, "from typing import Literal")[-1]["data"]["text/html"]
+    assert "<th>product</th>" in extracted and "toaster" in extracted and "negative" in extracted
+    rerun = "".join(text_of(o) for o in outputs_of(nb, "again = ipyllm.map("))
+    assert "6 answered (6 from the cache)" in rerun and "same answers: True" in rerun and "cached  0.0" in rerun

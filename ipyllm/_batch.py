@@ -1,0 +1,496 @@
+"""``ipyllm.map``: one call per row of a DataFrame, Series or list, concurrent, rate-limit aware, budgeted, resumable.
+
+A fixed number of worker coroutines take rows from one iterator (never a task per row, so memory stays
+flat at 100,000 rows) and send them with ``litellm.acompletion`` through the client's async path: the
+session's retry policy per call, one usage row per call (``source`` ``map``, ``batch`` the batch's id).
+
+- **Rate limits slow the whole batch.** A 429 pauses new attempts of every worker until its wait is over
+  (the provider's Retry-After, else the retry policy's jittered wait) and halves the number of calls in
+  flight; each success adds back a little (additive increase, multiplicative decrease). Restarts after a
+  pause are spread over a tenth of it, so workers do not retry in lockstep.
+- **Budgets.** Each call reserves its estimated cost like any call; the first refusal stops the sending:
+  the remaining rows are ``<NA>`` and one line says how many were not sent and what the batch spent.
+- **Resume.** Every answer is kept in the ledger's cache (whether or not ``cache`` is on) under the
+  request's cache key: model, messages (template filled, system prompt, schema instruction), temperature,
+  max_tokens, endpoint and extra arguments (``response_format`` included). Running the same map again
+  answers those rows from the cache (``cached`` rows, cost 0) and sends only the others.
+- **Interrupt.** Ctrl-C cancels the calls in flight (``interrupted`` rows) and raises ``BatchInterrupted``,
+  a ``KeyboardInterrupt`` carrying the partial result; ``ipyllm.last_batch()`` holds it too.
+
+Batches run on ipyllm's own event loop (``_loop``: a notebook's loop is busy running the cell, and litellm
+wants one loop per process); the calling thread draws the progress and waits (and receives Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from ipyllm import _api
+from ipyllm._batchdata import Batch, BatchError, BatchEstimate, BatchInterrupted, Fields, fill, rows_of
+from ipyllm._client import Reply, as_messages, estimate, load_litellm
+from ipyllm._config import SettingError
+from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
+from ipyllm._progress import INTERVAL, Display, Tally, progress_display
+
+# asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
+from ipyllm._retry import RetryNote
+from ipyllm._schema import InvalidOutputError, Schema
+
+__all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "amap", "last_batch", "map"]
+
+#: Errors that every row would meet too: the batch stops sending at the first one.
+_FATAL = (MissingKeyError, AuthenticationError, UnknownModelError)
+_last: Batch | None = None
+
+
+# -- the run ------------------------------------------------------------------------------------------------
+
+
+class _Pace:
+    """Calls in flight (additive increase, multiplicative decrease) and the batch-wide rate-limit pause."""
+
+    def __init__(self, concurrency: int, tally: Tally) -> None:
+        self.ceiling = concurrency
+        self.window = float(concurrency)
+        self.in_flight = 0
+        self.resume_at = 0.0
+        self.tally = tally
+        tally.concurrency = concurrency
+        import asyncio
+
+        self._slots = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def attempt(self) -> AsyncIterator[None]:
+        """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight."""
+        import asyncio
+
+        while (left := self.resume_at - time.monotonic()) > 0:
+            # Restarts spread over a tenth of the pause, so workers do not retry in lockstep.
+            await asyncio.sleep(left + random.uniform(0, left / 10))
+        async with self._slots:
+            await self._slots.wait_for(lambda: self.in_flight < max(1, int(self.window)))
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            async with self._slots:
+                self.in_flight -= 1
+                self._slots.notify_all()
+
+    def rate_limited(self, wait: float) -> None:
+        now = time.monotonic()
+        if now >= self.resume_at:  # a new pause: halve once per pause, not once per 429
+            self.window = max(1.0, self.window / 2)
+            self.tally.pauses += 1
+        self.resume_at = max(self.resume_at, now + wait)
+        self.tally.paused_until = self.resume_at
+        self.tally.concurrency = int(self.window)
+
+    def succeeded(self) -> None:
+        # One more call in flight per window of successes.
+        self.window = min(float(self.ceiling), self.window + 1 / self.window)
+        self.tally.concurrency = int(self.window)
+
+
+class _Writer:
+    """A batch's ledger writes, off the event loop and in order: a committed insert can block its thread for a
+    millisecond or more on a busy disk, time in which no other call of the batch would progress.
+
+    Used only when no spending limit is set: with a limit, a row must be filed before its hold ends (the
+    budgets' invariant), so rows are then written as the calls end, on the loop. ``close()`` waits until every
+    row is written, so that the ledger is complete when ``map`` returns.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name=f"ipyllm-ledger-{name}", daemon=True)
+        self._thread.start()
+
+    def put(self, action: Callable[..., Any], *args: Any) -> None:
+        self._queue.put((action, args))
+
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            action, args = item
+            try:
+                action(*args)
+            except Exception as error:  # a broken ledger is reported by the session; anything else is said once here
+                _api.session.warn_once(f"batch-writer:{type(error).__name__}", f"a usage row could not be written ({error})")
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+
+class _Run:
+    """Everything one batch needs, prepared in the calling thread (so template errors raise before sending)."""
+
+    def __init__(
+        self,
+        template: str | Callable[[Any], Any],
+        data: Any,
+        concurrency: int,
+        schema: Any,
+        resume: bool,
+        overrides: dict[str, Any],
+    ) -> None:
+        if not isinstance(concurrency, int) or concurrency < 1:
+            raise SettingError(f"concurrency must be a whole number of at least 1 (got {concurrency!r})", "concurrency")
+        if not (isinstance(template, str) or callable(template)):
+            raise SettingError("template must be a str with {field}s or a callable row -> prompt or messages", "template")
+        load_litellm()
+        self.settings, extra = _api.split_overrides(overrides)
+        self.shape = Schema.of(schema) if schema is not None else None
+        self.native = self.shape.native(self.settings) if self.shape is not None else False
+        if self.shape is not None:
+            _, extra = self.shape.apply([], extra, self.native)
+        self.extra = extra
+        self.resume = resume
+        index, total, self.rows = rows_of(data)
+        self.batch = Batch(uuid.uuid4().hex[:12], index, Tally(total), self.shape)
+        self.batch.replies = [None] * total
+        self.batch.parsed = [None] * total
+        self.batch.row_errors = [None] * total
+        self.template = template
+        self.concurrency = concurrency
+        self.tally = self.batch.tally
+        self.tally.budget = self.settings.budget_usd
+        self.record = _api.session.recorder("map", batch=self.batch.id)
+        self.writer: _Writer | None = None
+        self.stop = False
+        # The first row is filled here, so that a template that does not fit the data fails before sending.
+        self._first = True
+        prepared = self._prepare()
+        head = next(prepared, None)
+        self._first = False
+        self.prepared: Iterator[tuple[int, list[dict[str, Any]] | None, str | None]] = itertools.chain([head] if head else [], prepared)
+        limited = any(getattr(self.settings, name) is not None for name in ("budget_usd", "daily_budget_usd", "user_daily_budget_usd"))
+        self.writer = None if limited else _Writer(self.batch.id)
+
+    def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
+        messages = as_messages(fill(self.template, fields, row), self.settings.system)
+        if self.shape is not None and not self.native:
+            messages, _ = self.shape.apply(messages, {}, native=False)
+        return messages
+
+    def _prepare(self) -> Iterator[tuple[int, list[dict[str, Any]] | None, str | None]]:
+        """Per row: its position, its messages (None when its template failed) and why it failed."""
+        for position, (fields, row) in enumerate(self.rows):
+            try:
+                yield position, self.messages(fields, row), None
+            except SettingError as error:
+                if self._first:
+                    raise
+                yield position, None, f"template: {error}"
+            except Exception as error:  # a user's callable or a format spec that does not fit this row
+                if self._first:
+                    raise SettingError(f"the template fails on the first row ({type(error).__name__}: {error})", "template") from None
+                yield position, None, f"template: {type(error).__name__}: {error}"
+
+    def counted(self, row: Any, release: str | None = None) -> None:
+        if self.writer is not None:
+            self.writer.put(self.record, row, release)
+        else:
+            self.record(row, release)
+        if isinstance(row.cost_usd, float) and not math.isnan(row.cost_usd):
+            self.tally.spent += row.cost_usd
+
+    def answer(self, position: int, reply: Reply) -> None:
+        batch = self.batch
+        batch.replies[position] = reply.text
+        if self.shape is not None:
+            try:
+                batch.parsed[position] = self.shape.parse(reply.text)
+            except InvalidOutputError as error:
+                batch.row_errors[position] = f"invalid_output: {error.detail}"
+                self.tally.failed += 1
+                return
+        if reply.usage.status == "cached":
+            self.tally.cached += 1
+        else:
+            self.tally.answered += 1
+
+    def fail(self, position: int, why: str) -> None:
+        self.batch.row_errors[position] = why
+        self.tally.failed += 1
+
+    async def one(self, position: int, messages: list[dict[str, Any]], pace: _Pace) -> None:
+        import asyncio
+
+        settings, session = self.settings, _api.session
+        key = _api.cache_key("chat", settings, messages, self.extra) if self.resume or settings.cache else None
+        if key is not None and self.resume and (hit := session.cache_get(key)) is not None:
+            row = _api._cached_row("chat", settings.model, settings, hit, time.perf_counter())
+            self.counted(row)
+            self.answer(position, Reply(hit["text"], row, messages))
+            return
+        if self.stop:
+            self.not_sent(position)
+            return
+
+        def on_retry(note: RetryNote) -> None:
+            self.tally.retries += 1
+            if "429" in note.reason:
+                pace.rate_limited(note.wait)
+
+        def guess() -> float:
+            return estimate(settings, messages).upper_bound(_api.DEFAULT_OUTPUT_TOKENS)
+
+        try:
+            reservation = session.reserve(settings, "chat", settings.model, guess, self.counted)
+        except BudgetExceededError as error:
+            self.stop = True
+            self.batch.stop_reason = self.batch.budget_message = error.message
+            self.not_sent(position)
+            return
+        with reservation:
+            try:
+                reply = await session.client.achat(
+                    settings, messages, report=reservation.report, on_retry=on_retry, extra=self.extra, around_attempt=pace.attempt
+                )
+            except asyncio.CancelledError:
+                self.batch.row_errors[position] = "interrupted"
+                self.tally.interrupted += 1
+                raise
+            except LLMError as error:
+                self.fail(position, f"{type(error).__name__}: {error.message}")
+                if isinstance(error, _FATAL):
+                    self.stop = True
+                    self.batch.stop_reason = error.message
+                return
+        pace.succeeded()
+        self.answer(position, reply)
+        if key is not None and self.batch.row_errors[position] is None:
+            row = reply.usage
+            payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
+            if self.writer is not None:
+                self.writer.put(session.cache_put, key, "chat", settings.model, payload)
+            else:
+                session.cache_put(key, "chat", settings.model, payload)
+
+    def not_sent(self, position: int) -> None:
+        self.batch.row_errors[position] = "not sent"
+        self.tally.not_sent += 1
+
+    async def run(self) -> None:
+        import asyncio
+
+        pace = _Pace(self.concurrency, self.tally)
+        rows = self.prepared
+
+        async def worker() -> None:
+            for position, messages, problem in rows:
+                if messages is None:
+                    self.fail(position, problem or "template")
+                    continue
+                await self.one(position, messages, pace)
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self.concurrency)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+
+    def finish_quietly(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def finish(self) -> Batch:
+        self.finish_quietly()
+        batch = self.batch
+        for position, error in enumerate(batch.row_errors):
+            if error is None and batch.replies[position] is None:  # never reached: interrupted before its turn
+                self.not_sent(position)
+        batch.build_result()
+        batch.summarize()
+        global _last
+        _last = batch
+        return batch
+
+
+def _report(run: _Run, errors: str) -> None:
+    batch = run.batch
+    if batch.budget_message is not None:
+        _api.warn(
+            f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent, the batch spent {_api.usd(run.tally.spent)}: "
+            f"{batch.budget_message}, then run the same map again to send only them"
+        )
+    elif batch.stop_reason is not None:
+        _api.warn(f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent: {batch.stop_reason}")
+    message = batch.failure_message()
+    if message is not None:
+        if errors == "raise":
+            raise BatchError(message, batch)
+        _api.warn(message)
+
+
+def _check_errors(errors: str) -> None:
+    if errors not in ("keep", "raise"):
+        raise SettingError(f"errors must be 'keep' or 'raise' (got {errors!r})", "errors")
+
+
+def _estimate(run: _Run) -> BatchEstimate:
+    tokens = low = high = 0.0
+    output_tokens = run.settings.max_tokens or _api.DEFAULT_OUTPUT_TOKENS
+    for _, messages, _problem in run.prepared:
+        if messages is None:
+            continue
+        guess = estimate(run.settings, messages)
+        tokens += guess.prompt_tokens
+        low += guess.input_cost
+        high += guess.upper_bound(_api.DEFAULT_OUTPUT_TOKENS)
+    return BatchEstimate(run.settings.model, run.tally.total, int(tokens), low, high, output_tokens)
+
+
+def map(  # noqa: A001 - ipyllm.map, as SPEC names it
+    template: str | Callable[[Any], Any],
+    data: Any,
+    *,
+    concurrency: int = 8,
+    schema: Any = None,
+    errors: str = "keep",
+    resume: bool = True,
+    progress: bool = True,
+    dry_run: bool = False,
+    **overrides: Any,
+) -> Any:
+    """Send one prompt per row of ``data`` concurrently; return the replies aligned to its index.
+
+    Parameters
+    ----------
+    template
+        A str whose ``{field}``s are filled from each row (a DataFrame's columns and ``{index}``; a
+        Series' ``{value}`` and its name; a list's strings as ``{value}``, its dicts' keys), with format
+        specs and ``{{ }}`` as in ``str.format``; or a callable taking the row (a dict of a DataFrame's
+        row, a Series' value, a list's item) and returning a prompt or messages.
+    data
+        A DataFrame, a Series, or a list (or iterable) of strings or dicts.
+    concurrency
+        Most calls in flight (lowered while the provider answers 429, then raised again).
+    schema
+        A pydantic model class or a JSON-schema dict: the result is a DataFrame with one column per field;
+        a reply that does not fit is that row's ``invalid_output`` error.
+    errors
+        ``"keep"``: failed rows are ``<NA>`` and one line says how many failed and why; ``"raise"``:
+        ``BatchError`` after the batch, with the partial result as ``.result``.
+    resume
+        Answer rows already answered by an earlier run of the same map from the ledger's cache (whether or
+        not ``cache`` is on); False sends every row.
+    progress
+        A progress bar (a widget in Jupyter, a text bar in a terminal) and a one-line summary.
+    dry_run
+        Send nothing: return a ``BatchEstimate`` (rows, prompt tokens, cost range).
+    **overrides
+        As in ``complete``: ``model``, ``temperature``, ``max_tokens``, ``system``, extra litellm arguments.
+
+    Returns
+    -------
+    pandas.Series or pandas.DataFrame
+        Same index and order as ``data``; ``ipyllm.last_batch()`` has the per-row errors and usage.
+
+    Raises
+    ------
+    BatchInterrupted
+        On Ctrl-C, after cancelling the calls in flight; ``.result`` is the partial result.
+    """
+    import asyncio
+
+    from ipyllm import _loop
+
+    _check_errors(errors)
+    run = _Run(template, data, concurrency, schema, resume, overrides)
+    if dry_run:
+        estimated = _estimate(run)
+        run.finish_quietly()
+        return estimated
+    display = progress_display(progress, run.tally)
+    job = _loop.submit(run.run())
+    try:
+        while not job.finished.wait(INTERVAL):
+            display.update(run.tally)
+    except KeyboardInterrupt:
+        # Cancelling the batch cancels the calls in flight; their rows say interrupted.
+        job.cancel()
+        job.finished.wait()
+        raise _interrupted(run, display) from None
+    _close(run, display)
+    try:
+        job.result()
+    except asyncio.CancelledError:
+        pass
+    _report(run, errors)
+    return run.batch.result
+
+
+def _close(run: _Run, display: Display) -> Batch:
+    batch = run.finish()
+    display.update(run.tally)
+    display.close(batch.summary)
+    return batch
+
+
+def _interrupted(run: _Run, display: Display) -> BatchInterrupted:
+    return BatchInterrupted(_close(run, display))
+
+
+async def amap(
+    template: str | Callable[[Any], Any],
+    data: Any,
+    *,
+    concurrency: int = 8,
+    schema: Any = None,
+    errors: str = "keep",
+    resume: bool = True,
+    progress: bool = True,
+    **overrides: Any,
+) -> Any:
+    """``map`` as a coroutine (``await ipyllm.amap(...)``): the caller's loop keeps running; same arguments and result.
+
+    Cancelling it cancels the calls in flight (the task ends cancelled; ``last_batch()`` holds the partial
+    result); Ctrl-C raises ``BatchInterrupted`` as ``map`` does.
+    """
+    import asyncio
+
+    from ipyllm import _loop
+
+    _check_errors(errors)
+    run = _Run(template, data, concurrency, schema, resume, overrides)
+    display = progress_display(progress, run.tally)
+    job = _loop.submit(run.run())
+    try:
+        while not await job.wait(INTERVAL):
+            display.update(run.tally)
+    except (asyncio.CancelledError, KeyboardInterrupt) as stop:
+        job.cancel()
+        while not job.finished.is_set():
+            await asyncio.sleep(0.01)
+        interrupted = _interrupted(run, display)
+        if isinstance(stop, asyncio.CancelledError):
+            raise  # a cancelled task ends cancelled, as asyncio expects; the partial result is in last_batch()
+        raise interrupted from None
+    _close(run, display)
+    try:
+        job.result()
+    except asyncio.CancelledError:
+        pass
+    _report(run, errors)
+    return run.batch.result
+
+
+def last_batch() -> Batch | None:
+    """The latest batch of this session (finished, failed or interrupted): ``.result``, ``.errors``, ``.usage()``."""
+    return _last

@@ -1,0 +1,216 @@
+"""A batch's data: rows in (DataFrame, Series, list; the template filled per row) and results out.
+
+``Batch`` is what ``ipyllm.last_batch()`` returns: the result aligned to the input's index, per-row errors,
+raw replies, counters and the summary line. Knows nothing of scheduling (``_batch``) or display.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ipyllm import _api
+from ipyllm._config import SettingError
+from ipyllm._errors import LLMError
+from ipyllm._progress import Tally
+from ipyllm._schema import Schema
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "Fields", "fill", "rows_of"]
+
+
+class BatchError(LLMError):
+    """``errors="raise"``: some rows failed; ``.result`` holds every answer that came, ``.batch`` the details."""
+
+    def __init__(self, message: str, batch: Batch) -> None:
+        super().__init__(message)
+        self.batch = batch
+        self.result = batch.result
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the calls in flight were cancelled; ``.result`` holds the answers that came."""
+
+    def __init__(self, batch: Batch) -> None:
+        super().__init__(batch.interrupted_message())
+        self.batch = batch
+        self.result = batch.result
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self.args[0]}"]
+
+
+@dataclass
+class Batch:
+    """One run of ``map``: its id, per-row outcome, the result, and the counters behind the summary line.
+
+    ``result`` is the Series (or, with a schema, DataFrame) aligned to the input; ``errors`` says, per row,
+    why it has no answer (NA where it has one); ``raw`` is every reply's text (also of replies that did not
+    fit the schema); ``usage()`` is the batch's usage rows.
+    """
+
+    id: str
+    index: Any
+    tally: Tally
+    shape: Schema | None = None
+    replies: list[str | None] = field(default_factory=list)
+    parsed: list[Any] = field(default_factory=list)
+    row_errors: list[str | None] = field(default_factory=list)
+    budget_message: str | None = None
+    stop_reason: str | None = None
+    result: Any = None
+    summary: str = ""
+
+    @property
+    def errors(self) -> pd.Series:
+        import pandas as pd
+
+        return pd.Series(pd.array(self.row_errors, dtype="string"), index=self.index, name="error")
+
+    @property
+    def raw(self) -> pd.Series:
+        import pandas as pd
+
+        return pd.Series(pd.array(self.replies, dtype="string"), index=self.index, name="raw")
+
+    def usage(self) -> pd.DataFrame:
+        frame = _api.usage()
+        return frame[frame["batch"] == self.id].reset_index(drop=True)
+
+    def build_result(self) -> Any:
+        import pandas as pd
+
+        if self.shape is None:
+            self.result = pd.Series(
+                pd.array([r if e is None else None for r, e in zip(self.replies, self.row_errors, strict=False)], dtype="string"),
+                index=self.index,
+                name="reply",
+            )
+        else:
+            columns: dict[str, list[Any]] = {name: [] for name in self.shape.fields}
+            for value in self.parsed:
+                fields = self.shape.columns(value) if value is not None else {}
+                for name in columns:
+                    columns[name].append(fields.get(name))
+            self.result = pd.DataFrame(columns, index=self.index).convert_dtypes()
+        self.result.attrs["batch"] = self.id
+        return self.result
+
+    def failure_kinds(self) -> Counter[str]:
+        kinds: Counter[str] = Counter()
+        for error in self.row_errors:
+            if error is not None and error not in ("interrupted", "not sent"):
+                kinds[error.split(":", 1)[0]] += 1
+        return kinds
+
+    def summarize(self) -> str:
+        t = self.tally
+        parts = [f"{t.answered + t.cached:,} answered" + (f" ({t.cached:,} from the cache)" if t.cached else "")]
+        if t.failed:
+            parts.append(f"{t.failed:,} failed")
+        if t.not_sent:
+            parts.append(f"{t.not_sent:,} not sent")
+        if t.interrupted:
+            parts.append(f"{t.interrupted:,} interrupted")
+        pauses = f" · {t.pauses} rate-limit pause{'s' if t.pauses != 1 else ''}" if t.pauses else ""
+        self.summary = (
+            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {_api.usd(t.spent) if t.spent else '$0'} · "
+            f"{t.elapsed:.1f} s ({t.rate:.1f} rows/s){pauses}"
+        )
+        return self.summary
+
+    def failure_message(self) -> str | None:
+        kinds = self.failure_kinds()
+        if not kinds:
+            return None
+        why = ", ".join(f"{count} {kind}" for kind, count in kinds.most_common())
+        return (
+            f"{sum(kinds.values()):,} of {self.tally.total:,} rows failed ({why}): they are <NA>; ipyllm.last_batch().errors says why, "
+            "and running the same map again sends only the rows without an answer"
+        )
+
+    def interrupted_message(self) -> str:
+        t = self.tally
+        return (
+            f"batch {self.id} interrupted after {t.answered + t.cached:,} of {t.total:,} rows ({t.interrupted:,} calls cancelled, "
+            f"{_api.usd(t.spent)} spent): the partial result is ipyllm.last_batch().result; run the same map again to resume"
+        )
+
+
+@dataclass(frozen=True)
+class BatchEstimate:
+    """``map(..., dry_run=True)``: what the batch may cost, nothing sent."""
+
+    model: str
+    rows: int
+    prompt_tokens: int
+    low_usd: float
+    high_usd: float
+    output_tokens_per_row: int
+
+    def __str__(self) -> str:
+        return (
+            f"dry run, nothing sent · {self.rows:,} rows · {self.model} · {self.prompt_tokens:,} prompt tokens · "
+            f"estimated {_api.usd(self.low_usd)} (prompts alone) to {_api.usd(self.high_usd)} "
+            f"(with {self.output_tokens_per_row:,} output tokens a row)"
+        )
+
+    __repr__ = __str__
+
+
+# -- the rows ------------------------------------------------------------------------------------------------
+
+
+class Fields(dict):  # type: ignore[type-arg]
+    def __missing__(self, name: str) -> Any:
+        fields = ", ".join(sorted(k for k in self if k != "index")) or "none"
+        raise SettingError(
+            f"the template names {{{name}}}, which the data does not have (its fields: {fields}); write {{{{ }}}} for literal braces",
+            "template",
+        )
+
+
+def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
+    """The input's index, its length, and (fields for a str template, what a callable template gets) per row."""
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        names = [str(c) for c in data.columns]
+
+        def frame_rows() -> Iterator[tuple[Any, Any]]:
+            for label, values in zip(data.index, data.itertuples(index=False, name=None), strict=False):
+                row = dict(zip(names, values, strict=False))
+                yield Fields({"index": label, **row}), row
+
+        return data.index, len(data), frame_rows()
+    if isinstance(data, pd.Series):
+        name = data.name if isinstance(data.name, str) else None
+
+        def series_rows() -> Iterator[tuple[Any, Any]]:
+            for label, value in data.items():
+                fields = Fields({"index": label, "value": value})
+                if name:
+                    fields[name] = value
+                yield fields, value
+
+        return data.index, len(data), series_rows()
+    if isinstance(data, (str, bytes)) or isinstance(data, dict):
+        raise SettingError("data must be a DataFrame, a Series, or a list of strings or dicts", "data")
+    items = data if isinstance(data, Sequence) else list(data)
+
+    def item_rows() -> Iterator[tuple[Any, Any]]:
+        for position, item in enumerate(items):
+            fields = Fields({"index": position, **item}) if isinstance(item, dict) else Fields({"index": position, "value": item})
+            yield fields, item
+
+    return pd.RangeIndex(len(items)), len(items), item_rows()
+
+
+def fill(template: str | Callable[[Any], Any], fields: Fields, row: Any) -> Any:
+    if callable(template):
+        return template(row)
+    return template.format_map(fields)
