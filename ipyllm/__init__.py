@@ -1,7 +1,7 @@
 """ipyllm: LLM calls from Jupyter through litellm, with retries, usage rows and spending limits.
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
-``complete``, ``embed``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
+``complete``, ``embed``, ``estimate``, ``usage``, ``picker`` (the model-picker widget); ``ipyllm.testing`` is an
 OpenAI-compatible stub server for offline use.
 Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, complete, embed, usage
-from ipyllm._client import Embeddings, Reply, warm_up
+from ipyllm._api import SESSION_ID, complete, embed, estimate, usage
+from ipyllm._client import Embeddings, Estimate, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
@@ -38,6 +38,7 @@ __all__ = [
     "AuthenticationError",
     "BudgetExceededError",
     "Embeddings",
+    "Estimate",
     "LLMConfig",
     "LLMError",
     "MissingKeyError",
@@ -53,6 +54,7 @@ __all__ = [
     "complete",
     "config",
     "embed",
+    "estimate",
     "picker",
     "usage",
     "warm_up",

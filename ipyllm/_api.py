@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
-from ipyllm._client import Client, Embeddings, Reply, as_messages, estimate, estimate_embedding, resolve_provider
+from ipyllm._client import DEFAULT_OUTPUT_TOKENS, Client, Embeddings, Estimate, Reply, as_messages, estimate_embedding, resolve_provider
+from ipyllm._client import estimate as estimate_messages
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
 from ipyllm._retry import RetryNote
@@ -25,15 +26,12 @@ from ipyllm._retry import RetryNote
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
+__all__ = ["SESSION_ID", "chat", "complete", "embed", "estimate", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
 #: This kernel session's id, in every row it writes.
 SESSION_ID = uuid.uuid4().hex[:12]
-
-#: Output tokens assumed by the budget check when ``max_tokens`` is unset.
-DEFAULT_OUTPUT_TOKENS = 1024
 
 # Arguments ipyllm sets itself: passing them would let litellm or the OpenAI SDK retry beneath our policy.
 _RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages": "prompt_or_messages"}
@@ -210,7 +208,7 @@ def chat(
         return Reply(hit["text"], row, messages)
 
     def guess() -> float:
-        return estimate(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+        return estimate_messages(settings, messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
 
     with session.reserve(settings, "chat", settings.model, guess, record) as reservation:
         reply = session.client.chat(
@@ -287,6 +285,24 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
             key, "embedding", model, {"vectors": list(vectors), "prompt_tokens": vectors.usage.prompt_tokens, "completion_tokens": 0}
         )
     return vectors
+
+
+def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: Any) -> Estimate:
+    """What a chat call would cost, without sending it: what ``%%llm --dry-run`` shows.
+
+    Takes what ``complete`` takes (settings for this call as overrides: ``model``, ``max_tokens``,
+    ``system``, ...). The prompt's tokens are counted with litellm's ``token_counter`` and priced with
+    litellm's price map (or ``prices``).
+
+    Returns
+    -------
+    Estimate
+        ``model``, ``provider``, ``prompt_tokens``, ``input_cost``, ``output_cost_per_token``, ``max_tokens``;
+        ``output_tokens`` (``max_tokens``, else the 1,024 a budget assumes), ``max_output_cost`` and
+        ``total`` (the most the call may cost). Costs are NaN where the model has no known price.
+    """
+    settings, _ = split_overrides(overrides)
+    return estimate_messages(settings, as_messages(prompt_or_messages, settings.system))
 
 
 def usage(all_sessions: bool = False) -> pd.DataFrame:

@@ -35,7 +35,7 @@ from ipyllm._errors import (
 from ipyllm._ledger import UsageRow
 from ipyllm._retry import RetryNote, describe, is_missing_key, retrying
 
-__all__ = ["Client", "Embeddings", "Reply", "load_litellm", "warm_up"]
+__all__ = ["Client", "Embeddings", "Estimate", "Reply", "load_litellm", "warm_up"]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
@@ -157,6 +157,8 @@ class _Call:
     row: UsageRow
     start: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: An embedding call's input, counted locally when the provider reports no usage.
+    texts: list[str] | None = None
 
 
 class Client:
@@ -229,10 +231,12 @@ class Client:
         model = settings.embedding_model
         target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
         kwargs = self._common_arguments(settings, target)
+        kwargs["max_retries"] = _NO_RETRIES
         kwargs["input"] = texts
         kwargs.update(extra or {})
         embedding = self._embedding or litellm.embedding
         call = self._begin("embedding", model, settings, target)
+        call.texts = texts
         response = self._run(call, lambda: embedding(**kwargs), on_retry, report, None)
         vectors = [item["embedding"] if isinstance(item, dict) else item.embedding for item in response.data]
         return Embeddings(vectors, call.row)
@@ -270,8 +274,13 @@ class Client:
             if not pieces:
                 raise  # nothing shown yet: the retry policy decides
             raise StreamBrokenError(f"the reply broke off after {len(pieces)} pieces ({describe(exc)})", partial="".join(pieces)) from exc
-        # Usage from the provider's last chunk, or counted locally when the provider sent none.
-        return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+        response = litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+        # litellm's stream wrapper yields a usage chunk even when the provider sent none (it counts the tokens
+        # itself, silently), and stamps its own price into it. The provider's own chunks, which the wrapper keeps
+        # in ``chunks``, tell what really arrived: the reply carries that usage, or none (then ipyllm counts and
+        # says so).
+        response.usage = _provider_usage(getattr(stream, "chunks", None), chunks)
+        return response
 
     def _run(
         self,
@@ -311,32 +320,138 @@ class Client:
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
         usage = getattr(response, "usage", None)
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        else:
-            prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        if prompt is None and messages is not None:
-            text = response.choices[0].message.content or ""
-            self._count_locally(call, messages, text)
+        prompt, completion = _usage_field(usage, "prompt_tokens"), _usage_field(usage, "completion_tokens")
+        # litellm fills a usage the provider did not send with zeros; no real prompt has zero tokens.
+        if not prompt:
+            if messages is not None:
+                self._count_locally(call, messages, response.choices[0].message.content or "")
+            elif call.texts is not None:
+                self._count_texts_locally(call, call.texts, response)
             return
-        self._set_tokens(call, prompt, completion or 0)
+        self._set_tokens(call, int(prompt), int(completion or 0), usage=usage, response=response)
 
     def _count_locally(self, call: _Call, messages: Messages, text: str) -> None:
         litellm = load_litellm()
         prompt = litellm.token_counter(model=call.model, messages=messages)
         completion = litellm.token_counter(model=call.model, text=text, count_response_tokens=True) if text else 0
-        self._set_tokens(call, prompt, completion)
+        self._set_tokens(call, prompt, completion, estimated=True)
 
-    def _set_tokens(self, call: _Call, prompt: int | None, completion: int) -> None:
+    def _count_texts_locally(self, call: _Call, texts: list[str], response: Any) -> None:
+        litellm = load_litellm()
+        tokens = sum(int(litellm.token_counter(model=call.model, text=text)) for text in texts)
+        self._set_tokens(call, tokens, 0, response=response, estimated=True)
+
+    def _set_tokens(
+        self, call: _Call, prompt: int | None, completion: int, *, usage: Any = None, response: Any = None, estimated: bool = False
+    ) -> None:
+        """Fill the row's tokens and cost; ``usage`` is what the provider reported (None when counted locally)."""
         row = call.row
         row.prompt_tokens, row.completion_tokens = prompt, completion
         row.total_tokens = (prompt or 0) + completion
-        row.cost_usd = price(call.settings, call.model, row.provider, prompt or 0, completion, call.kind)
+        row.cached_tokens = None if usage is None else cached_tokens(usage)
+        row.tokens_estimated = estimated
+        row.cost_usd = call_cost(call.settings, call.model, row.provider, prompt or 0, completion, call.kind, usage, response)
 
 
-@dataclass(frozen=True)
+#: ``max_retries`` for embeddings: zero, but true. litellm's OpenAI embedding path reads
+#: ``max_retries or litellm.DEFAULT_MAX_RETRIES`` (``llms/openai/openai.py``), so a plain 0 becomes 2 and the
+#: OpenAI SDK sends every attempt three times beneath ipyllm's policy.
+class _NoRetries(int):
+    def __bool__(self) -> bool:
+        return True
+
+
+_NO_RETRIES = _NoRetries(0)
+
+#: Where litellm keeps a proxy's own figure for the call (``x-litellm-response-cost``), among the response headers.
+_COST_HEADERS = ("llm_provider-x-litellm-response-cost", "x-litellm-response-cost")
+
+
+def _usage_field(usage: Any, name: str) -> Any:
+    if usage is None:
+        return None
+    return usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+
+
+def _provider_usage(received: Any, yielded: list[Any]) -> Any:
+    """The last usage among a stream's chunks as the provider sent them (litellm keeps them on its stream
+    wrapper); the yielded chunks when the stream is not litellm's (a test's stand-in)."""
+    for chunk in reversed(received if isinstance(received, list) else yielded):
+        usage = _usage_field(chunk, "usage")
+        if usage is not None:
+            return usage
+    return None
+
+
+def cached_tokens(usage: Any) -> int | None:
+    """Prompt tokens the provider served from its prompt cache, as reported (OpenAI's and litellm's
+    ``prompt_tokens_details.cached_tokens``, Anthropic's ``cache_read_input_tokens``); None when not reported."""
+    value = _usage_field(_usage_field(usage, "prompt_tokens_details"), "cached_tokens")
+    if value is None:
+        value = _usage_field(usage, "cache_read_input_tokens")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _amount(value: Any) -> float | None:
+    if isinstance(value, dict):  # a breakdown, as some providers send
+        value = value.get("total_cost")
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        amount = float(value)
+    except (TypeError, ValueError):
+        return None
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
+def reported_cost(response: Any, usage: Any) -> float | None:
+    """The call's cost as a proxy (``x-litellm-response-cost``) or the provider (``usage.cost``, as OpenRouter) reported it."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    headers = hidden.get("additional_headers") or {}
+    for value in (*(headers.get(name) for name in _COST_HEADERS), _usage_field(usage, "cost")):
+        amount = _amount(value)
+        if amount is not None:
+            return amount
+    return None
+
+
+def call_cost(
+    settings: Settings,
+    model: str,
+    provider: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    kind: str = "chat",
+    usage: Any = None,
+    response: Any = None,
+) -> float:
+    """What a finished call cost: the provider's or proxy's own figure when it reported one, else the price of
+    the whole usage (cached, cache-creation, reasoning and audio tokens at their rates; ``prices`` first);
+    NaN when unknown. ``usage`` is None when the tokens were counted locally."""
+    amount = reported_cost(response, usage)
+    if amount is not None:
+        return amount
+    if usage is not None and custom_price(settings, model) is None:
+        # litellm priced the response from its whole usage while returning it (``response_cost``): the same
+        # price ``cost_per_token`` gives, at no further cost. Zero is not trusted: it is also litellm's answer
+        # for a model it cannot price.
+        amount = _amount((getattr(response, "_hidden_params", None) or {}).get("response_cost"))
+        if amount:
+            return amount
+    return price(settings, model, provider, prompt_tokens, completion_tokens, kind, usage)
+
+
+#: Output tokens assumed when ``max_tokens`` is unset: what a budget holds and a dry run bounds.
+DEFAULT_OUTPUT_TOKENS = 1024
+
+
+@dataclass(frozen=True, repr=False)
 class Estimate:
-    """What a chat call would cost before it is sent: the prompt's tokens and prices per token."""
+    """What a chat call would cost before it is sent: the prompt's tokens and prices per token.
+
+    ``upper_bound`` adds ``max_tokens`` (or ``DEFAULT_OUTPUT_TOKENS``) of output at the output price; costs
+    are NaN where the model has no known price.
+    """
 
     model: str
     provider: str | None
@@ -344,14 +459,47 @@ class Estimate:
     input_cost: float
     output_cost_per_token: float
     max_tokens: int | None
+    default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
 
     @property
-    def max_output_cost(self) -> float | None:
-        return None if self.max_tokens is None else self.output_cost_per_token * self.max_tokens
+    def output_tokens(self) -> int:
+        """The most output tokens the call may bill: ``max_tokens``, else the default."""
+        return self.max_tokens or self.default_output_tokens
 
-    def upper_bound(self, default_output_tokens: int) -> float:
+    @property
+    def max_output_cost(self) -> float:
+        return self.output_cost_per_token * self.output_tokens
+
+    @property
+    def total(self) -> float:
+        """The most the call may cost: the input plus ``output_tokens`` at the output price."""
+        return self.input_cost + self.max_output_cost
+
+    def upper_bound(self, default_output_tokens: int | None = None) -> float:
         """Input cost plus ``max_tokens`` (or ``default_output_tokens``) at the output price; NaN if unpriced."""
-        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens)
+        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens or self.default_output_tokens)
+
+    def describe(self) -> str:
+        """``input $0.0000091 (61 tokens) · output $0.60 per 1M tokens, at most $0.00061 for 1,024 tokens``."""
+        from ipyllm._display import format_cost
+
+        if math.isnan(self.input_cost):
+            text = f"input price unknown ({self.prompt_tokens:,} tokens)"
+        else:
+            text = f"input {format_cost(self.input_cost)} ({self.prompt_tokens:,} tokens)"
+        if math.isnan(self.output_cost_per_token):
+            return f"{text} · output price unknown"
+        where = "max_tokens" if self.max_tokens else "max_tokens unset"
+        return (
+            f"{text} · output {format_cost(self.output_cost_per_token * 1e6)} per 1M tokens, "
+            f"at most {format_cost(self.max_output_cost)} for {self.output_tokens:,} tokens ({where})"
+        )
+
+    def __repr__(self) -> str:
+        from ipyllm._display import format_cost
+
+        total = "" if math.isnan(self.total) else f" · at most {format_cost(self.total)} in all"
+        return f"Estimate({self.model} ({self.provider or 'provider unknown'}): {self.describe()}{total})"
 
 
 def estimate(settings: Settings, messages: Messages) -> Estimate:
@@ -393,17 +541,36 @@ def resolve_provider(model: str, base_url: str | None) -> str | None:
         return None
 
 
-def price(settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, kind: str = "chat") -> float:
-    """USD for these tokens from litellm's price map or the session's ``prices``; NaN when unknown."""
-    litellm = load_litellm()
+def custom_price(settings: Settings, model: str) -> str | dict[str, float] | None:
+    """The session's ``prices`` entry for ``model`` (also without its ``provider/`` prefix), or None."""
     custom = settings.prices.get(model)
     if custom is None and "/" in model:
         custom = settings.prices.get(model.split("/", 1)[1])
+    return custom
+
+
+def price(
+    settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, kind: str = "chat", usage: Any = None
+) -> float:
+    """USD for these tokens from litellm's price map or the session's ``prices``; NaN when unknown.
+
+    With ``usage`` (what the provider reported), litellm prices all of it: cached and cache-creation prompt
+    tokens, reasoning and audio tokens at their own rates.
+    """
+    litellm = load_litellm()
+    custom = custom_price(settings, model)
     arguments: dict[str, Any] = {"model": model, "custom_llm_provider": provider}
     if isinstance(custom, str):
         arguments = {"model": custom}
     elif isinstance(custom, dict):
+        # Per-token prices know no cached rate (and litellm drops the output side when given a usage object).
         arguments["custom_cost_per_token"] = custom
+        usage = None
+    if usage is not None and kind == "chat":
+        try:
+            arguments["usage_object"] = usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))
+        except Exception:
+            pass  # priced from the counts alone
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             prompt_tokens=prompt_tokens,
