@@ -324,17 +324,17 @@ class Client:
         # litellm fills a usage the provider did not send with zeros; no real prompt has zero tokens.
         if not prompt:
             if messages is not None:
-                self._count_locally(call, messages, response.choices[0].message.content or "")
+                self._count_locally(call, messages, response.choices[0].message.content or "", response)
             elif call.texts is not None:
                 self._count_texts_locally(call, call.texts, response)
             return
         self._set_tokens(call, int(prompt), int(completion or 0), usage=usage, response=response)
 
-    def _count_locally(self, call: _Call, messages: Messages, text: str) -> None:
+    def _count_locally(self, call: _Call, messages: Messages, text: str, response: Any = None) -> None:
         litellm = load_litellm()
         prompt = litellm.token_counter(model=call.model, messages=messages)
         completion = litellm.token_counter(model=call.model, text=text, count_response_tokens=True) if text else 0
-        self._set_tokens(call, prompt, completion, estimated=True)
+        self._set_tokens(call, prompt, completion, response=response, estimated=True)
 
     def _count_texts_locally(self, call: _Call, texts: list[str], response: Any) -> None:
         litellm = load_litellm()
