@@ -40,7 +40,11 @@ def local_counts(model: str, messages: list[dict[str, str]], reply: str) -> tupl
 
 def by_hand(prompt: int, completion: int, cached: int = 0, model: str = "gpt-4o-mini") -> float:
     price = rates(model)
-    return (prompt - cached) * price["input_cost_per_token"] + cached * price["cache_read_input_token_cost"] + completion * price["output_cost_per_token"]
+    return (
+        (prompt - cached) * price["input_cost_per_token"]
+        + cached * price["cache_read_input_token_cost"]
+        + completion * price["output_cost_per_token"]
+    )
 
 
 # -- where the tokens came from -------------------------------------------------------------------------
@@ -146,7 +150,11 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate(live: StubServer, st
     prompt, completion = stub_usage(reply.messages, str(reply))
     price = rates()
     assert price["cache_read_input_token_cost"] < price["input_cost_per_token"], "gpt-4o-mini has a cached rate"
-    expected = (prompt - 8) * price["input_cost_per_token"] + 8 * price["cache_read_input_token_cost"] + completion * price["output_cost_per_token"]
+    expected = (
+        (prompt - 8) * price["input_cost_per_token"]
+        + 8 * price["cache_read_input_token_cost"]
+        + completion * price["output_cost_per_token"]
+    )
     assert row.cached_tokens == 8 and row.tokens_estimated is False
     assert row.cost_usd == pytest.approx(expected, rel=1e-9)
     assert row.cost_usd < by_hand(prompt, completion), "cheaper than full-price input"
@@ -158,7 +166,9 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate(live: StubServer, st
     [({"usage_cost": 0.0123}, 0.0123), ({"cost_header": 0.0456}, 0.0456), ({"usage_cost": 0.0123, "cost_header": 0.0456}, 0.0456)],
     ids=["usage.cost", "header", "both"],
 )
-def test_a_cost_the_provider_or_proxy_reports_is_preferred(live: StubServer, stream: bool, modes: dict[str, float], expected: float) -> None:
+def test_a_cost_the_provider_or_proxy_reports_is_preferred(
+    live: StubServer, stream: bool, modes: dict[str, float], expected: float
+) -> None:
     for name, value in modes.items():
         setattr(live, name, value)
     assert ipyllm.complete(PROMPT, stream=stream).usage.cost_usd == pytest.approx(expected)
