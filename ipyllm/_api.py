@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -37,6 +38,10 @@ SESSION_ID = uuid.uuid4().hex[:12]
 _RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages": "prompt_or_messages"}
 
 
+#: What the default ledger's place (the Jupyter data directory) depends on.
+_DATA_DIR_VARIABLES = ("JUPYTER_DATA_DIR", "JUPYTER_PLATFORM_DIRS", "XDG_DATA_HOME", "HOME", "APPDATA")
+
+
 def warn(message: str) -> None:
     """One line on stderr: what happened and what to do."""
     print(f"ipyllm: {message}", file=sys.stderr, flush=True)
@@ -50,6 +55,7 @@ class Session:
         self.ledger = ledger or MemoryLedger()
         self.client = client or Client()
         self._stores: dict[str, SQLiteStore] = {}
+        self._paths: dict[Any, str] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
         self.budgets = Budgets(self.id, self.ledger, self.store, self.warn_once)
@@ -60,7 +66,11 @@ class Session:
         name = config.usage_db
         if name == ":memory:":
             return None
-        path = str(Path(name).expanduser()) if name else str(default_usage_db())
+        # Resolved once per name and environment (finding the Jupyter data directory takes 0.1 ms): every call asks.
+        key = (name, *map(os.environ.get, _DATA_DIR_VARIABLES)) if not name else name
+        path = self._paths.get(key)
+        if path is None:
+            path = self._paths[key] = str(Path(name).expanduser()) if name else str(default_usage_db())
         if f"store:{path}" in self._warned:
             return None
         if path not in self._stores:

@@ -319,7 +319,7 @@ class Client:
             report(row)
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
-        usage = getattr(response, "usage", None)
+        usage = _usage_field(response, "usage")
         prompt, completion = _usage_field(usage, "prompt_tokens"), _usage_field(usage, "completion_tokens")
         # litellm fills a usage the provider did not send with zeros; no real prompt has zero tokens.
         if not prompt:
@@ -363,14 +363,32 @@ class _NoRetries(int):
 
 _NO_RETRIES = _NoRetries(0)
 
+_ABSENT = object()
+
 #: Where litellm keeps a proxy's own figure for the call (``x-litellm-response-cost``), among the response headers.
 _COST_HEADERS = ("llm_provider-x-litellm-response-cost", "x-litellm-response-cost")
 
 
 def _usage_field(usage: Any, name: str) -> Any:
+    """``usage[name]`` or ``usage.name``, None when absent."""
     if usage is None:
         return None
-    return usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
+    if isinstance(usage, dict):
+        return usage.get(name)
+    extra = getattr(usage, "__pydantic_extra__", _ABSENT)
+    if extra is not _ABSENT:
+        # litellm's pydantic objects: fields and extras read directly (getattr takes microseconds, and a
+        # missing name costs it an exception).
+        value = usage.__dict__.get(name)
+        return extra.get(name) if value is None and extra else value
+    return getattr(usage, name, None)
+
+
+def _hidden_params(response: Any) -> dict[str, Any]:
+    """litellm's ``response._hidden_params`` (its price, the provider's headers); empty when there are none."""
+    private = getattr(response, "__pydantic_private__", None)
+    hidden = private.get("_hidden_params") if private else getattr(response, "_hidden_params", None)
+    return hidden if isinstance(hidden, dict) else {}
 
 
 def _provider_usage(received: Any, yielded: list[Any]) -> Any:
@@ -406,8 +424,7 @@ def _amount(value: Any) -> float | None:
 
 def reported_cost(response: Any, usage: Any) -> float | None:
     """The call's cost as a proxy (``x-litellm-response-cost``) or the provider (``usage.cost``, as OpenRouter) reported it."""
-    hidden = getattr(response, "_hidden_params", None) or {}
-    headers = hidden.get("additional_headers") or {}
+    headers = _hidden_params(response).get("additional_headers") or {}
     for value in (*(headers.get(name) for name in _COST_HEADERS), _usage_field(usage, "cost")):
         amount = _amount(value)
         if amount is not None:
@@ -435,7 +452,7 @@ def call_cost(
         # litellm priced the response from its whole usage while returning it (``response_cost``): the same
         # price ``cost_per_token`` gives, at no further cost. Zero is not trusted: it is also litellm's answer
         # for a model it cannot price.
-        amount = _amount((getattr(response, "_hidden_params", None) or {}).get("response_cost"))
+        amount = _amount(_hidden_params(response).get("response_cost"))
         if amount:
             return amount
     return price(settings, model, provider, prompt_tokens, completion_tokens, kind, usage)
