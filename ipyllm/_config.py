@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit
 
-from traitlets import All, Bool, Dict, TraitError, TraitType, observe, validate
+from traitlets import Bool, Dict, TraitError, TraitType, validate
 from traitlets.config import Configurable
 
 __all__ = ["LLMConfig", "Secret", "SettingError", "Settings", "config"]
@@ -328,9 +328,10 @@ class LLMConfig(Configurable):
             frozen = self._frozen = (version, Settings(**self.settings()))
         return frozen[1]
 
-    @observe(All)
-    def _settings_changed(self, change: Any) -> None:
+    def notify_change(self, change: Any) -> None:
+        # Before any observer runs: an observer that takes a snapshot must see the new value.
         self._version = getattr(self, "_version", 0) + 1
+        super().notify_change(change)
 
     @contextmanager
     def using(self, **values: Any) -> Iterator[LLMConfig]:
