@@ -375,7 +375,7 @@ def _usage_field(usage: Any, name: str) -> Any:
         return None
     if isinstance(usage, dict):
         return usage.get(name)
-    extra = getattr(usage, "__pydantic_extra__", _ABSENT)
+    extra: Any = getattr(usage, "__pydantic_extra__", _ABSENT)
     if extra is not _ABSENT:
         # litellm's pydantic objects: fields and extras read directly (getattr takes microseconds, and a
         # missing name costs it an exception).
