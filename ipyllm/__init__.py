@@ -2,7 +2,7 @@
 
 ``%load_ext ipyllm`` registers the magics. The Python API: ``ipyllm.config`` (the session configuration),
 ``complete`` / ``acomplete``, ``map`` / ``amap`` (a prompt per row of a DataFrame) and ``last_batch``,
-``embed``, ``usage``, ``picker`` (the model-picker widget), ``models`` (the model list), ``chat_history`` /
+``embed``, ``estimate``, ``usage``, ``picker`` (the model-picker widget), ``models`` (the model list), ``chat_history`` /
 ``chat_reset`` (the ``--chat`` conversation); ``ipyllm.testing`` is an
 OpenAI-compatible stub server for offline use.
 Importing ipyllm does not import litellm, pandas, IPython or ipywidgets; each is imported when first needed.
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, acomplete, complete, embed, usage
+from ipyllm._api import SESSION_ID, acomplete, complete, embed, estimate, usage
 from ipyllm._batch import Batch, BatchError, BatchEstimate, BatchInterrupted, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
 from ipyllm._chat import chat_history, chat_reset
-from ipyllm._client import Embeddings, Reply, warm_up
+from ipyllm._client import Embeddings, Estimate, Reply, warm_up
 from ipyllm._config import LLMConfig, SettingError, config
 from ipyllm._errors import (
     AuthenticationError,
@@ -51,6 +51,7 @@ __all__ = [
     "BatchInterrupted",
     "BudgetExceededError",
     "Embeddings",
+    "Estimate",
     "Interrupted",
     "InvalidInputError",
     "InvalidOutputError",
@@ -73,6 +74,7 @@ __all__ = [
     "complete",
     "config",
     "embed",
+    "estimate",
     "last_batch",
     "map",
     "models",

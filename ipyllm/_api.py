@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 import uuid
@@ -18,16 +19,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import (
+    DEFAULT_OUTPUT_TOKENS,
     Client,
     Embeddings,
+    Estimate,
     Reply,
     as_messages,
-    estimate,
     estimate_embedding,
     litellm_loaded,
     load_litellm,
     resolve_provider,
 )
+from ipyllm._client import estimate as estimate_messages
 from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
 from ipyllm._errors import Interrupted
 from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
@@ -38,18 +41,19 @@ from ipyllm._validate import check_encodable, check_keywords, check_prompt, chec
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "acomplete", "chat", "complete", "embed", "local_midnight", "session", "usage", "usd"]
+__all__ = ["SESSION_ID", "acomplete", "chat", "complete", "embed", "estimate", "local_midnight", "session", "usage", "usd"]
 
 T = TypeVar("T")
 
 #: This kernel session's id, in every row it writes.
 SESSION_ID = uuid.uuid4().hex[:12]
 
-#: Output tokens assumed by the budget check when ``max_tokens`` is unset.
-DEFAULT_OUTPUT_TOKENS = 1024
-
 # Arguments ipyllm sets itself: passing them would let litellm or the OpenAI SDK retry beneath our policy.
 _RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages": "prompt_or_messages"}
+
+
+#: What the default ledger's place (the Jupyter data directory) depends on.
+_DATA_DIR_VARIABLES = ("JUPYTER_DATA_DIR", "JUPYTER_PLATFORM_DIRS", "XDG_DATA_HOME", "HOME", "APPDATA")
 
 
 def warn(message: str) -> None:
@@ -65,6 +69,7 @@ class Session:
         self.ledger = ledger or MemoryLedger()
         self.client = client or Client()
         self._stores: dict[str, Store | None] = {}
+        self._keys: dict[Any, str] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
         self._spend_today: tuple[float, float, float] | None = None
@@ -77,7 +82,11 @@ class Session:
         name = config.usage_db
         if name == ":memory:":
             return None
-        key = store_key(name)
+        # Resolved once per name and environment (finding the Jupyter data directory takes 0.1 ms): every call asks.
+        cached = (name, *map(os.environ.get, _DATA_DIR_VARIABLES)) if not name else name
+        key = self._keys.get(cached)
+        if key is None:
+            key = self._keys[cached] = store_key(name)
         if f"store:{key}" in self._warned:
             return None
         if key not in self._stores:
@@ -280,7 +289,7 @@ class ChatRequest:
             raise
 
     def guess(self) -> float:
-        return estimate(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+        return estimate_messages(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
 
     def cached(self, on_text: Callable[[str], Any] | None = None) -> Reply | None:
         """The cached answer (recorded as a ``cached`` row), or None."""
@@ -475,6 +484,24 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
             },
         )
     return vectors
+
+
+def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: Any) -> Estimate:
+    """What a chat call would cost, without sending it: what ``%%llm --dry-run`` shows.
+
+    Takes what ``complete`` takes (settings for this call as overrides: ``model``, ``max_tokens``,
+    ``system``, ...). The prompt's tokens are counted with litellm's ``token_counter`` and priced with
+    litellm's price map (or ``prices``).
+
+    Returns
+    -------
+    Estimate
+        ``model``, ``provider``, ``prompt_tokens``, ``input_cost``, ``output_cost_per_token``, ``max_tokens``;
+        ``output_tokens`` (``max_tokens``, else the 1,024 a budget assumes), ``max_output_cost`` and
+        ``total`` (the most the call may cost). Costs are NaN where the model has no known price.
+    """
+    settings, _ = split_overrides(overrides)
+    return estimate_messages(settings, as_messages(prompt_or_messages, settings.system))
 
 
 def usage(all_sessions: bool = False) -> pd.DataFrame:

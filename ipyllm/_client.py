@@ -1,5 +1,7 @@
 """One logical model call through litellm: arguments, the retry policy, streaming, tokens and cost.
 
+What a call cost (and what one would cost) is worked out in ``_cost``; its names are re-exported here.
+
 litellm is imported on first use (its import takes seconds), with its price map read from the bundled
 copy unless the user chose otherwise, and with its banners off. The client knows nothing of pandas or
 IPython: every call hands exactly one ``UsageRow`` to its ``report`` callback, whatever the outcome, and
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import threading
 import time
@@ -23,6 +24,18 @@ from typing import Any
 
 from ipyllm._answers import broken_message, has_answer, one_choice
 from ipyllm._config import Settings
+from ipyllm._cost import (
+    DEFAULT_OUTPUT_TOKENS,
+    Estimate,
+    cached_tokens,
+    call_cost,
+    custom_price,
+    estimate,
+    estimate_embedding,
+    price,
+    provider_usage,
+    usage_field,
+)
 from ipyllm._errors import (
     AuthenticationError,
     Interrupted,
@@ -39,7 +52,22 @@ from ipyllm._errors import (
 from ipyllm._ledger import UsageRow
 from ipyllm._retry import RetryNote, describe, is_missing_key, is_permanent, retrying
 
-__all__ = ["Client", "Embeddings", "Reply", "litellm_loaded", "load_litellm", "redact", "warm_up"]
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Client",
+    "Embeddings",
+    "Estimate",
+    "Reply",
+    "custom_price",
+    "estimate",
+    "estimate_embedding",
+    "litellm_loaded",
+    "load_litellm",
+    "price",
+    "redact",
+    "resolve_provider",
+    "warm_up",
+]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
@@ -181,6 +209,9 @@ class _Call:
 
         return receive
 
+    #: An embedding call's input, counted locally when the provider reports no usage.
+    texts: list[str] | None = None
+
 
 class Client:
     """Runs calls through litellm with ipyllm's retry policy.
@@ -267,11 +298,13 @@ class Client:
         model = settings.embedding_model
         target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
         kwargs = self._common_arguments(settings, target)
+        kwargs["max_retries"] = _NO_RETRIES
         kwargs["input"] = texts
         kwargs.update(extra or {})
         embedding = self._embedding or litellm.embedding
         call = self._begin("embedding", model, settings, target)
         call.check_key = self._embedding is None and "api_key" not in kwargs and "api_base" not in kwargs
+        call.texts = texts
         response = self._run(call, lambda: embedding(**kwargs), on_retry, report, None)
         vectors = [item["embedding"] if isinstance(item, dict) else item.embedding for item in response.data]
         return Embeddings(vectors, call.row)
@@ -422,8 +455,14 @@ class Client:
             broken = StreamBrokenError(broken_message(exc, len(pieces)), partial="".join(pieces), provider_message=provider_words(exc))
         if broken is not None:
             raise broken  # outside the except block: litellm's exception is not chained
-        # Usage from the provider's last chunk, or counted locally when the provider sent none.
-        return litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+        response = litellm.stream_chunk_builder(chunks, messages=kwargs["messages"])
+        # litellm's stream wrapper yields a usage chunk even when the provider sent none (it counts the tokens
+        # itself, silently), and stamps its own price into it. The provider's own chunks, which the wrapper keeps
+        # in ``chunks``, tell what really arrived: the reply carries that usage, or none (then ipyllm counts and
+        # says so).
+        if response is not None:  # None for an empty stream (see has_answer)
+            response.usage = provider_usage(getattr(stream, "chunks", None), chunks)
+        return response
 
     def _run(
         self,
@@ -497,75 +536,49 @@ class Client:
         return Interrupted(message, partial=partial, usage=row)
 
     def _record_usage(self, call: _Call, response: Any, messages: Messages | None) -> None:
-        usage = getattr(response, "usage", None)
-        if isinstance(usage, dict):
-            prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        else:
-            prompt, completion = getattr(usage, "prompt_tokens", None), getattr(usage, "completion_tokens", None)
-        if prompt is None and messages is not None:
-            text = response.choices[0].message.content or ""
-            self._count_locally(call, messages, text)
+        usage = usage_field(response, "usage")
+        prompt, completion = usage_field(usage, "prompt_tokens"), usage_field(usage, "completion_tokens")
+        # litellm fills a usage the provider did not send with zeros; no real prompt has zero tokens.
+        if not prompt:
+            if messages is not None:
+                self._count_locally(call, messages, response.choices[0].message.content or "", response)
+            elif call.texts is not None:
+                self._count_texts_locally(call, call.texts, response)
             return
-        self._set_tokens(call, prompt, completion or 0)
+        self._set_tokens(call, int(prompt), int(completion or 0), usage=usage, response=response)
 
-    def _count_locally(self, call: _Call, messages: Messages, text: str) -> None:
+    def _count_locally(self, call: _Call, messages: Messages, text: str, response: Any = None) -> None:
         litellm = load_litellm()
         prompt = litellm.token_counter(model=call.model, messages=messages)
         completion = litellm.token_counter(model=call.model, text=text, count_response_tokens=True) if text else 0
-        self._set_tokens(call, prompt, completion)
+        self._set_tokens(call, prompt, completion, response=response, estimated=True)
 
-    def _set_tokens(self, call: _Call, prompt: int | None, completion: int) -> None:
+    def _count_texts_locally(self, call: _Call, texts: list[str], response: Any) -> None:
+        litellm = load_litellm()
+        tokens = sum(int(litellm.token_counter(model=call.model, text=text)) for text in texts)
+        self._set_tokens(call, tokens, 0, response=response, estimated=True)
+
+    def _set_tokens(
+        self, call: _Call, prompt: int | None, completion: int, *, usage: Any = None, response: Any = None, estimated: bool = False
+    ) -> None:
+        """Fill the row's tokens and cost; ``usage`` is what the provider reported (None when counted locally)."""
         row = call.row
         row.prompt_tokens, row.completion_tokens = prompt, completion
         row.total_tokens = (prompt or 0) + completion
-        row.cost_usd = price(call.settings, call.model, row.provider, prompt or 0, completion, call.kind)
+        row.cached_tokens = None if usage is None else cached_tokens(usage)
+        row.tokens_estimated = estimated
+        row.cost_usd = call_cost(call.settings, call.model, row.provider, prompt or 0, completion, call.kind, usage, response)
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """What a chat call would cost before it is sent: the prompt's tokens and prices per token."""
-
-    model: str
-    provider: str | None
-    prompt_tokens: int
-    input_cost: float
-    output_cost_per_token: float
-    max_tokens: int | None
-
-    @property
-    def max_output_cost(self) -> float | None:
-        return None if self.max_tokens is None else self.output_cost_per_token * self.max_tokens
-
-    def upper_bound(self, default_output_tokens: int) -> float:
-        """Input cost plus ``max_tokens`` (or ``default_output_tokens``) at the output price; NaN if unpriced."""
-        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens)
+#: ``max_retries`` for embeddings: zero, but true. litellm's OpenAI embedding path reads
+#: ``max_retries or litellm.DEFAULT_MAX_RETRIES`` (``llms/openai/openai.py``), so a plain 0 becomes 2 and the
+#: OpenAI SDK sends every attempt three times beneath ipyllm's policy.
+class _NoRetries(int):
+    def __bool__(self) -> bool:
+        return True
 
 
-def estimate(settings: Settings, messages: Messages) -> Estimate:
-    """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
-    litellm = load_litellm()
-    provider = resolve_provider(settings.model, settings.base_url)
-    try:
-        tokens = int(litellm.token_counter(model=settings.model, messages=messages))
-    except Exception:
-        tokens = int(litellm.token_counter(messages=messages))
-    return Estimate(
-        model=settings.model,
-        provider=provider,
-        prompt_tokens=tokens,
-        input_cost=price(settings, settings.model, provider, tokens, 0),
-        output_cost_per_token=price(settings, settings.model, provider, 0, 1),
-        max_tokens=settings.max_tokens,
-    )
-
-
-def estimate_embedding(settings: Settings, texts: list[str]) -> float:
-    """What embedding ``texts`` would cost (NaN when the price is unknown)."""
-    litellm = load_litellm()
-    model = settings.embedding_model
-    target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
-    tokens = sum(int(litellm.token_counter(model=model, text=text)) for text in texts)
-    return price(settings, model, resolve_provider(target, settings.base_url), tokens, 0, "embedding")
+_NO_RETRIES = _NoRetries(0)
 
 
 @functools.lru_cache(maxsize=256)
@@ -578,29 +591,6 @@ def resolve_provider(model: str, base_url: str | None) -> str | None:
         return str(load_litellm().get_llm_provider(model, api_base=base_url)[1])
     except Exception:
         return None
-
-
-def price(settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, kind: str = "chat") -> float:
-    """USD for these tokens from litellm's price map or the session's ``prices``; NaN when unknown."""
-    litellm = load_litellm()
-    custom = settings.prices.get(model)
-    if custom is None and "/" in model:
-        custom = settings.prices.get(model.split("/", 1)[1])
-    arguments: dict[str, Any] = {"model": model, "custom_llm_provider": provider}
-    if isinstance(custom, str):
-        arguments = {"model": custom}
-    elif isinstance(custom, dict):
-        arguments["custom_cost_per_token"] = custom
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens,
-            call_type="embedding" if kind == "embedding" else "completion",
-            **arguments,
-        )
-    except Exception:
-        return math.nan
-    return float(prompt_cost) + float(completion_cost)
 
 
 def model_names() -> list[str]:

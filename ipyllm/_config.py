@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import warnings
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -349,6 +350,8 @@ class LLMConfig(Configurable):
     ).tag(config=True)
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        self._version = 0
+        self._frozen: tuple[int, Settings] | None = None
         super().__init__(**kwargs)
         if environ is not None:
             self.load_environment(environ, skip=set(kwargs))
@@ -408,14 +411,29 @@ class LLMConfig(Configurable):
         return {name: getattr(self, name) for name in SETTING_NAMES}
 
     def snapshot(self, **overrides: Any) -> Settings:
-        """Freeze the settings for one call, with per-call overrides validated like any setting."""
-        values = self.settings()
+        """Freeze the settings for one call, with per-call overrides validated like any setting.
+
+        Every call takes one, so the frozen settings are kept until a setting changes, and overrides are
+        validated on a scratch configuration kept per thread (making one takes longer than a call's own work).
+        """
         if overrides:
-            scratch = LLMConfig()
-            scratch.update(**values)
+            scratch = getattr(_scratch, "config", None)
+            if scratch is None:
+                scratch = _scratch.config = LLMConfig()
+            scratch.update(**self.settings())
             scratch.update(**overrides)
-            values = scratch.settings()
-        return Settings(**values)
+            return Settings(**scratch.settings())
+        version = self._version
+        frozen = self._frozen
+        if frozen is None or frozen[0] != version:
+            # The version is read before the values: settings changed meanwhile leave a stale entry unused.
+            frozen = self._frozen = (version, Settings(**self.settings()))
+        return frozen[1]
+
+    def notify_change(self, change: Any) -> None:
+        # Before any observer runs: an observer that takes a snapshot must see the new value.
+        self._version = getattr(self, "_version", 0) + 1
+        super().notify_change(change)
 
     @contextmanager
     def using(self, **values: Any) -> Iterator[LLMConfig]:
@@ -469,6 +487,9 @@ class Settings:
 #: Setting names in the order they are documented and shown.
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 assert set(SETTING_NAMES) == set(LLMConfig.class_traits(config=True)), "Settings and LLMConfig must list the same settings"
+
+#: Scratch configurations that validate per-call overrides, one per thread.
+_scratch = threading.local()
 
 #: The one configuration object of this session.
 config = LLMConfig(environ=os.environ)

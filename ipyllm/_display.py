@@ -32,12 +32,18 @@ def format_cost(cost: float | None) -> str:
 
 
 def footer(row: UsageRow) -> str:
-    """``gpt-4o-mini · 12→85 tokens · $0.000053 · 1.4 s · 1 attempt``."""
+    """``gpt-4o-mini · 12→85 tokens · $0.000053 · 1.4 s · 1 attempt``.
+
+    Counts made locally because the provider reported none are marked, with the cost priced from them:
+    ``~26→10 tokens · ~$0.000012``.
+    """
+    mark = "~" if row.tokens_estimated else ""
     parts = [row.model]
     if row.prompt_tokens is not None:
         tokens = f"{row.prompt_tokens}→{row.completion_tokens or 0} tokens" if row.kind == "chat" else f"{row.prompt_tokens} tokens"
-        parts.append(tokens)
-    parts.append(format_cost(row.cost_usd))
+        parts.append(mark + tokens)
+    cost = format_cost(row.cost_usd)
+    parts.append(mark + cost if cost.startswith("$") else cost)
     parts.append(f"{row.latency_s:.1f} s")
     parts.append(f"{row.attempts} attempt{'s' if row.attempts != 1 else ''}")
     if row.status not in ("ok",):

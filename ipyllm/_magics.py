@@ -28,7 +28,7 @@ from ipyllm import _api, _batch
 from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
-from ipyllm._display import FORMATS, LiveOutput, footer, format_cost, note_bundle, render
+from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
 from ipyllm._errors import Interrupted, LLMError, StreamBrokenError
 
 if TYPE_CHECKING:
@@ -459,14 +459,8 @@ class LLMMagics(Magics):
 
     def _dry_run(self, settings: Any, messages: list[dict[str, Any]]) -> None:
         guess = estimate(settings, messages)
-        per_million = format_cost(guess.output_cost_per_token * 1e6)
-        output_part = f"output {per_million} per 1M tokens"
-        if guess.max_output_cost is not None:
-            output_part += f" (at most {format_cost(guess.max_output_cost)} for max_tokens={guess.max_tokens})"
-        summary = (
-            f"dry run, nothing sent · {guess.model} ({guess.provider or 'provider unknown'}) · "
-            f"prompt {guess.prompt_tokens} tokens · input {format_cost(guess.input_cost)} · {output_part}"
-        )
+        # A total for the input, a rate for the output and the most it may bill: nothing to misread.
+        summary = f"dry run, nothing sent · {guess.model} ({guess.provider or 'provider unknown'}) · {guess.describe()}"
         body = json.dumps(messages, indent=2, ensure_ascii=False)
         bundle = render(body, "json", summary)
         self.shell.display_pub.publish(data=bundle, metadata={})

@@ -16,6 +16,10 @@ and streamed, with ``usage`` on the last chunk when ``stream_options.include_usa
 ``POST /v1/embeddings``, ``GET /v1/models``, and the Azure forms
 ``/openai/deployments/{name}/chat/completions`` and ``.../embeddings``. Replies are deterministic:
 ``"[{model}] {echo of the last user message}"``; tokens are counted as words and punctuation marks.
+Accounting modes, as real providers differ: no usage in streams (``usage_in_stream=False``, as llama.cpp's
+server) or in any answer (``report_usage=False``), prompt tokens served from a prompt cache
+(``cached_tokens``), and the call's cost reported by the provider (``usage_cost``, as OpenRouter's
+``usage.cost``) or by a proxy (``cost_header``, as litellm's ``x-litellm-response-cost``).
 
 Faults are consumed one per model request (chat or embeddings), in order; when the script is empty the
 server answers normally. ``POST /_stub/script`` with a JSON list of faults scripts a running server from
@@ -317,24 +321,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- answers --------------------------------------------------------------------------------------
     def _chat(self, model: str, body: dict[str, Any], scripted: str | None = None) -> None:
+        stub = self.server.stub
         text, usage = _reply(model, body, scripted)
-        payload = {
+        payload: dict[str, Any] = {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": usage,
         }
-        self._send_json(200, payload)
+        if stub.report_usage:
+            payload["usage"] = stub._accounted(usage)
+        self._send_json(200, payload, stub._cost_headers())
 
     def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None, scripted: str | None = None) -> None:
+        stub = self.server.stub
         text, usage = _reply(model, body, scripted)
-        include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.server.stub.usage_in_stream
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        include_usage = asked and stub.usage_in_stream and stub.report_usage
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-cache")
         self.send_header("Connection", "close")
+        for name, value in stub._cost_headers().items():
+            self.send_header(name, value)
         self.end_headers()
         self.close_connection = True
         created = int(time.time())
@@ -348,7 +358,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "choices": [{"index": 0, "delta": delta, "finish_reason": finish}] if not with_usage else [],
             }
             if with_usage:
-                chunk["usage"] = usage
+                chunk["usage"] = stub._accounted(usage)
             return f"data: {json.dumps(chunk)}\n\n".encode()
 
         pieces = re.findall(r"\S+\s*", text)
@@ -387,12 +397,9 @@ class _Handler(BaseHTTPRequestHandler):
             text = item if isinstance(item, str) else " ".join(map(str, item))
             tokens += max(1, count_tokens(text))
             data.append({"object": "embedding", "index": index, "embedding": _vector(text)})
-        payload = {
-            "object": "list",
-            "data": data,
-            "model": model,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        payload: dict[str, Any] = {"object": "list", "data": data, "model": model}
+        if self.server.stub.report_usage:
+            payload["usage"] = {"prompt_tokens": tokens, "total_tokens": tokens}
         self._send_json(200, payload)
 
 
@@ -511,21 +518,47 @@ class StubServer:
     port
         0 (the default) picks a free port.
     usage_in_stream
-        When False, streamed answers never carry ``usage`` (as some providers do), so clients must count.
+        When False, streamed answers never carry ``usage`` (as llama.cpp's server), so clients must count.
     chunk_delay
         Seconds between streamed chunks, to watch a reply arrive.
     delay
         Seconds before every answer (a provider's latency); requests are served concurrently.
+    report_usage
+        When False, no answer carries ``usage`` (plain, streamed or embeddings).
+    cached_tokens
+        Prompt tokens reported as served from the provider's prompt cache
+        (``usage.prompt_tokens_details.cached_tokens``, at most the prompt's tokens).
+    usage_cost
+        A cost in USD reported in ``usage.cost`` of chat answers, as OpenRouter does; None: none.
+    cost_header
+        A cost in USD sent in an ``x-litellm-response-cost`` header on chat answers, as a litellm proxy
+        does; None: none.
+
+    Each is also an attribute, to change while the server runs.
     """
 
     def __init__(
-        self, port: int = 0, *, host: str = "127.0.0.1", usage_in_stream: bool = True, chunk_delay: float = 0.0, delay: float = 0.0
+        self,
+        port: int = 0,
+        *,
+        host: str = "127.0.0.1",
+        usage_in_stream: bool = True,
+        chunk_delay: float = 0.0,
+        report_usage: bool = True,
+        cached_tokens: int = 0,
+        usage_cost: float | None = None,
+        cost_header: float | None = None,
+        delay: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
         self.usage_in_stream = usage_in_stream
         self.chunk_delay = chunk_delay
         self.delay = delay
+        self.report_usage = report_usage
+        self.cached_tokens = cached_tokens
+        self.usage_cost = usage_cost
+        self.cost_header = cost_header
         self.requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -591,6 +624,18 @@ class StubServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _accounted(self, usage: dict[str, Any]) -> dict[str, Any]:
+        """A chat answer's usage with this server's accounting modes applied."""
+        usage = dict(usage)
+        if self.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": min(self.cached_tokens, usage["prompt_tokens"])}
+        if self.usage_cost is not None:
+            usage["cost"] = self.usage_cost
+        return usage
+
+    def _cost_headers(self) -> dict[str, str]:
+        return {} if self.cost_header is None else {"x-litellm-response-cost": repr(float(self.cost_header))}
 
     def __repr__(self) -> str:
         state = "running" if self._server is not None else "stopped"
@@ -704,12 +749,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-stream-usage", action="store_true", help="never send usage in streamed answers")
     parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before every answer (the provider's latency)")
+    parser.add_argument("--no-usage", action="store_true", help="never send usage (plain, streamed or embeddings)")
+    parser.add_argument("--cached-tokens", type=int, default=0, metavar="N", help="report N prompt tokens as served from a prompt cache")
+    parser.add_argument("--usage-cost", type=float, metavar="USD", help="report this cost in usage.cost (as OpenRouter)")
+    parser.add_argument("--cost-header", type=float, metavar="USD", help="send this cost in x-litellm-response-cost (as a litellm proxy)")
     args = parser.parse_args(argv)
     try:
         faults = [Fault.parse(f) for f in args.fault]
     except ValueError as error:
         parser.error(str(error))
-    stub = StubServer(args.port, usage_in_stream=not args.no_stream_usage, chunk_delay=args.chunk_delay, delay=args.delay).start()
+    stub = StubServer(
+        args.port,
+        usage_in_stream=not args.no_stream_usage,
+        chunk_delay=args.chunk_delay,
+        report_usage=not args.no_usage,
+        cached_tokens=args.cached_tokens,
+        usage_cost=args.usage_cost,
+        cost_header=args.cost_header,
+        delay=args.delay,
+    ).start()
     stub.script(*faults)
     print(f"ipyllm stub server on {stub.base_url}", flush=True)
     print(f"  export LLM_BASE_URL={stub.base_url} LLM_API_KEY=sk-stub", flush=True)

@@ -208,7 +208,6 @@ def test_embeddings_are_retried(live: StubServer, sleeps: SleepRecorder) -> None
     assert row.status == "ok" and row.attempts >= 2 and len(sleeps.waits) == row.attempts - 1
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: litellm.embedding retries beneath ipyllm, so one attempt is several requests")
 def test_embeddings_are_retried_one_request_per_attempt(live: StubServer, sleeps: SleepRecorder) -> None:
     live.script(Fault.status(503))
     vectors = ipyllm.embed(["alpha beta"])

@@ -212,8 +212,8 @@ def test_dry_run_sends_nothing_and_shows_tokens_and_cost(ip: Any, live: StubServ
     assert live.requests == [] and _api.session.ledger.rows() == []
     text = outputs(captured)[-1]["text/plain"]
     assert '"content": "Be brief."' in text and '"content": "hello there"' in text
-    assert "dry run, nothing sent · gpt-4o-mini (openai) · prompt " in text
-    assert "at most $0.000060 for max_tokens=100" in text
+    assert "dry run, nothing sent · gpt-4o-mini (openai) · input $" in text
+    assert "at most $0.000060 for 100 tokens (max_tokens)" in text
 
 
 def test_retry_notes_are_replaced_by_the_reply(ip: Any, live: StubServer) -> None:

@@ -1,0 +1,273 @@
+"""What calls cost: the usage a response reports, the provider's own figure, litellm's prices, estimates.
+
+A finished call is priced from what the provider reported about it: the cost a proxy or the provider states
+(``x-litellm-response-cost``, ``usage.cost``), else the whole usage at litellm's prices (cached, reasoning
+and audio tokens at their rates), with the session's ``prices`` first; NaN where nothing is known, never a
+made-up 0. Before sending, ``estimate`` counts the prompt and bounds the output. Knows nothing of retries,
+pandas or IPython; litellm is imported through the client's ``load_litellm``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ipyllm._config import Settings
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+__all__ = [
+    "DEFAULT_OUTPUT_TOKENS",
+    "Estimate",
+    "cached_tokens",
+    "call_cost",
+    "custom_price",
+    "estimate",
+    "estimate_embedding",
+    "price",
+    "provider_usage",
+    "reported_cost",
+    "usage_field",
+]
+
+Messages = list[dict[str, Any]]
+
+
+def _litellm() -> ModuleType:
+    # The client imports this module, so its loader is looked up at call time.
+    from ipyllm._client import load_litellm
+
+    return load_litellm()
+
+
+def _provider(model: str, base_url: str | None) -> str | None:
+    from ipyllm._client import resolve_provider
+
+    return resolve_provider(model, base_url)
+
+
+_ABSENT = object()
+
+#: Where litellm keeps a proxy's own figure for the call (``x-litellm-response-cost``), among the response headers.
+_COST_HEADERS = ("llm_provider-x-litellm-response-cost", "x-litellm-response-cost")
+
+
+def usage_field(usage: Any, name: str) -> Any:
+    """``usage[name]`` or ``usage.name``, None when absent."""
+    if usage is None:
+        return None
+    if isinstance(usage, dict):
+        return usage.get(name)
+    extra: Any = getattr(usage, "__pydantic_extra__", _ABSENT)
+    if extra is not _ABSENT:
+        # litellm's pydantic objects: fields and extras read directly (getattr takes microseconds, and a
+        # missing name costs it an exception).
+        value = usage.__dict__.get(name)
+        return extra.get(name) if value is None and extra else value
+    return getattr(usage, name, None)
+
+
+def _hidden_params(response: Any) -> dict[str, Any]:
+    """litellm's ``response._hidden_params`` (its price, the provider's headers); empty when there are none."""
+    private = getattr(response, "__pydantic_private__", None)
+    hidden = private.get("_hidden_params") if private else getattr(response, "_hidden_params", None)
+    return hidden if isinstance(hidden, dict) else {}
+
+
+def provider_usage(received: Any, yielded: list[Any]) -> Any:
+    """The last usage among a stream's chunks as the provider sent them (litellm keeps them on its stream
+    wrapper); the yielded chunks when the stream is not litellm's (a test's stand-in)."""
+    for chunk in reversed(received if isinstance(received, list) else yielded):
+        usage = usage_field(chunk, "usage")
+        if usage is not None:
+            return usage
+    return None
+
+
+def cached_tokens(usage: Any) -> int | None:
+    """Prompt tokens the provider served from its prompt cache, as reported (OpenAI's and litellm's
+    ``prompt_tokens_details.cached_tokens``, Anthropic's ``cache_read_input_tokens``); None when not reported."""
+    value = usage_field(usage_field(usage, "prompt_tokens_details"), "cached_tokens")
+    if value is None:
+        value = usage_field(usage, "cache_read_input_tokens")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _amount(value: Any) -> float | None:
+    if isinstance(value, dict):  # a breakdown, as some providers send
+        value = value.get("total_cost")
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        amount = float(value)
+    except (TypeError, ValueError):
+        return None
+    return amount if math.isfinite(amount) and amount >= 0 else None
+
+
+def reported_cost(response: Any, usage: Any) -> float | None:
+    """The call's cost as a proxy (``x-litellm-response-cost``) or the provider (``usage.cost``, as OpenRouter) reported it."""
+    headers = _hidden_params(response).get("additional_headers") or {}
+    for value in (*(headers.get(name) for name in _COST_HEADERS), usage_field(usage, "cost")):
+        amount = _amount(value)
+        if amount is not None:
+            return amount
+    return None
+
+
+def call_cost(
+    settings: Settings,
+    model: str,
+    provider: str | None,
+    prompt_tokens: int,
+    completion_tokens: int,
+    kind: str = "chat",
+    usage: Any = None,
+    response: Any = None,
+) -> float:
+    """What a finished call cost: the provider's or proxy's own figure when it reported one, else the price of
+    the whole usage (cached, cache-creation, reasoning and audio tokens at their rates; ``prices`` first);
+    NaN when unknown. ``usage`` is None when the tokens were counted locally."""
+    amount = reported_cost(response, usage)
+    if amount is not None:
+        return amount
+    if usage is not None and custom_price(settings, model) is None:
+        # litellm priced the response from its whole usage while returning it (``response_cost``): the same
+        # price ``cost_per_token`` gives, at no further cost. Zero is not trusted: it is also litellm's answer
+        # for a model it cannot price.
+        amount = _amount(_hidden_params(response).get("response_cost"))
+        if amount:
+            return amount
+    return price(settings, model, provider, prompt_tokens, completion_tokens, kind, usage)
+
+
+#: Output tokens assumed when ``max_tokens`` is unset: what a budget holds and a dry run bounds.
+DEFAULT_OUTPUT_TOKENS = 1024
+
+
+@dataclass(frozen=True, repr=False)
+class Estimate:
+    """What a chat call would cost before it is sent: the prompt's tokens and prices per token.
+
+    ``upper_bound`` adds ``max_tokens`` (or ``DEFAULT_OUTPUT_TOKENS``) of output at the output price; costs
+    are NaN where the model has no known price.
+    """
+
+    model: str
+    provider: str | None
+    prompt_tokens: int
+    input_cost: float
+    output_cost_per_token: float
+    max_tokens: int | None
+    default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
+
+    @property
+    def output_tokens(self) -> int:
+        """The most output tokens the call may bill: ``max_tokens``, else the default."""
+        return self.max_tokens or self.default_output_tokens
+
+    @property
+    def max_output_cost(self) -> float:
+        return self.output_cost_per_token * self.output_tokens
+
+    @property
+    def total(self) -> float:
+        """The most the call may cost: the input plus ``output_tokens`` at the output price."""
+        return self.input_cost + self.max_output_cost
+
+    def upper_bound(self, default_output_tokens: int | None = None) -> float:
+        """Input cost plus ``max_tokens`` (or ``default_output_tokens``) at the output price; NaN if unpriced."""
+        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens or self.default_output_tokens)
+
+    def describe(self) -> str:
+        """``input $0.0000091 (61 tokens) · output $0.60 per 1M tokens, at most $0.00061 for 1,024 tokens``."""
+        from ipyllm._display import format_cost
+
+        if math.isnan(self.input_cost):
+            text = f"input price unknown ({self.prompt_tokens:,} tokens)"
+        else:
+            text = f"input {format_cost(self.input_cost)} ({self.prompt_tokens:,} tokens)"
+        if math.isnan(self.output_cost_per_token):
+            return f"{text} · output price unknown"
+        where = "max_tokens" if self.max_tokens else "max_tokens unset"
+        return (
+            f"{text} · output {format_cost(self.output_cost_per_token * 1e6)} per 1M tokens, "
+            f"at most {format_cost(self.max_output_cost)} for {self.output_tokens:,} tokens ({where})"
+        )
+
+    def __repr__(self) -> str:
+        from ipyllm._display import format_cost
+
+        total = "" if math.isnan(self.total) else f" · at most {format_cost(self.total)} in all"
+        return f"Estimate({self.model} ({self.provider or 'provider unknown'}): {self.describe()}{total})"
+
+
+def estimate(settings: Settings, messages: Messages) -> Estimate:
+    """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
+    litellm = _litellm()
+    provider = _provider(settings.model, settings.base_url)
+    try:
+        tokens = int(litellm.token_counter(model=settings.model, messages=messages))
+    except Exception:
+        tokens = int(litellm.token_counter(messages=messages))
+    return Estimate(
+        model=settings.model,
+        provider=provider,
+        prompt_tokens=tokens,
+        input_cost=price(settings, settings.model, provider, tokens, 0),
+        output_cost_per_token=price(settings, settings.model, provider, 0, 1),
+        max_tokens=settings.max_tokens,
+    )
+
+
+def estimate_embedding(settings: Settings, texts: list[str]) -> float:
+    """What embedding ``texts`` would cost (NaN when the price is unknown)."""
+    litellm = _litellm()
+    model = settings.embedding_model
+    target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
+    tokens = sum(int(litellm.token_counter(model=model, text=text)) for text in texts)
+    return price(settings, model, _provider(target, settings.base_url), tokens, 0, "embedding")
+
+
+def custom_price(settings: Settings, model: str) -> str | dict[str, float] | None:
+    """The session's ``prices`` entry for ``model`` (also without its ``provider/`` prefix), or None."""
+    custom = settings.prices.get(model)
+    if custom is None and "/" in model:
+        custom = settings.prices.get(model.split("/", 1)[1])
+    return custom
+
+
+def price(
+    settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, kind: str = "chat", usage: Any = None
+) -> float:
+    """USD for these tokens from litellm's price map or the session's ``prices``; NaN when unknown.
+
+    With ``usage`` (what the provider reported), litellm prices all of it: cached and cache-creation prompt
+    tokens, reasoning and audio tokens at their own rates.
+    """
+    litellm = _litellm()
+    custom = custom_price(settings, model)
+    arguments: dict[str, Any] = {"model": model, "custom_llm_provider": provider}
+    if isinstance(custom, str):
+        arguments = {"model": custom}
+    elif isinstance(custom, dict):
+        # Per-token prices know no cached rate (and litellm drops the output side when given a usage object).
+        arguments["custom_cost_per_token"] = custom
+        usage = None
+    if usage is not None and kind == "chat":
+        try:
+            arguments["usage_object"] = usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))
+        except Exception:
+            pass  # priced from the counts alone
+    try:
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            call_type="embedding" if kind == "embedding" else "completion",
+            **arguments,
+        )
+    except Exception:
+        return math.nan
+    return float(prompt_cost) + float(completion_cost)
