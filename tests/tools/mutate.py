@@ -288,15 +288,23 @@ MUTATIONS: list[Mutation] = [
     # Written for the reservations of issue 9 (a method or function named reserve*): until that code is
     # merged this reports "not applicable"; check the pattern against the merged code.
     m(
-        "reservations-ignored",
+        "session-holds-ignored",
         "budgets (reservations)",
-        "calls in flight reserve nothing",
-        "ipyllm/_api.py",
-        r"(\n(\s+)def reserve\w*\(self[^\n]*\n)",
-        r"\1\2    return None\n",
-        "tests",
-        regex=True,
-        pytest_args=("-k", "budget or reserv or concurren or thread"),
+        "calls in flight hold nothing against budget_usd (only finished rows count)",
+        "ipyllm/_budget.py",
+        "spent = self.ledger.spend(session=self.session_id) + sum(h.amount for h in self._holds.values())",
+        "spent = self.ledger.spend(session=self.session_id)",
+        "tests/test_reservations.py",
+    ),
+    m(
+        "ledger-holds-ignored",
+        "budgets (reservations)",
+        "holds in the ledger do not count: kernels sharing a daily budget see only finished rows",
+        "ipyllm/_sqlite.py",
+        "return float(rows[0]) + float(held[0])",
+        "return float(rows[0])",
+        "tests/test_reservations.py",
+        "tests/test_budget_kernels.py",
     ),
     # -- cache ------------------------------------------------------------------------------------------
     m(
