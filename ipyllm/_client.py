@@ -252,13 +252,7 @@ class Client:
     ) -> Reply:
         """One chat call, retried; ``on_text`` receives each streamed piece."""
         litellm = load_litellm()
-        kwargs = self._common_arguments(settings, settings.model)
-        kwargs["messages"] = messages
-        if settings.temperature is not None:
-            kwargs["temperature"] = settings.temperature
-        if settings.max_tokens is not None:
-            kwargs["max_tokens"] = settings.max_tokens
-        kwargs.update(extra or {})
+        kwargs = self._chat_arguments(settings, messages, extra)
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -327,13 +321,7 @@ class Client:
         Cancelling the task records an ``interrupted`` row.
         """
         litellm = load_litellm()
-        kwargs = self._common_arguments(settings, settings.model)
-        kwargs["messages"] = messages
-        if settings.temperature is not None:
-            kwargs["temperature"] = settings.temperature
-        if settings.max_tokens is not None:
-            kwargs["max_tokens"] = settings.max_tokens
-        kwargs.update(extra or {})
+        kwargs = self._chat_arguments(settings, messages, extra)
         acompletion = self._acompletion or litellm.acompletion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -411,6 +399,16 @@ class Client:
         raise error.with_traceback(None)
 
     # -- the call --------------------------------------------------------------------------------------
+    def _chat_arguments(self, settings: Settings, messages: Messages, extra: dict[str, Any] | None) -> dict[str, Any]:
+        kwargs = self._common_arguments(settings, settings.model)
+        kwargs["messages"] = messages
+        if settings.temperature is not None:
+            kwargs["temperature"] = settings.temperature
+        if settings.max_tokens is not None:
+            kwargs["max_tokens"] = settings.max_tokens
+        kwargs.update(extra or {})
+        return kwargs
+
     def _common_arguments(self, settings: Settings, model: str) -> dict[str, Any]:
         # max_retries=0: the OpenAI SDK must not retry beneath our policy (num_retries is never passed).
         kwargs: dict[str, Any] = {"model": model, "timeout": settings.timeout, "max_retries": 0}
