@@ -127,11 +127,10 @@ def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: 
             if message["msg_type"] == "status" and message["content"]["execution_state"] == "idle":
                 break
         errors = [content for content in published if "ename" in content]
-        assert errors and errors[0]["ename"] == "KeyboardInterrupt"
+        # ipyllm.Interrupted (a KeyboardInterrupt): one line even under Verbose, so no variables are shown at all.
+        assert errors and errors[0]["ename"] == "Interrupted"
         assert not leaks(repr(published))
-        shown = "\n".join(errors[0]["traceback"])
-        if len(shown.splitlines()) > 3:  # a full traceback; an interrupt told in one line shows no variables at all
-            assert f"****{KEY[-4:]}" in shown and "api_key" in shown, "Verbose showed the variables, the key masked"
+        assert len(errors[0]["traceback"]) == 1 and errors[0]["traceback"][0].startswith("KeyboardInterrupt: interrupted after ")
     finally:
         try:
             while True:
