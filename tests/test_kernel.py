@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET
+from .conftest import SECRET, stop_kernel
 
 pytestmark = pytest.mark.kernel
 
@@ -245,13 +245,7 @@ def test_a_rerun_cell_replaces_its_chat_turn_in_a_real_kernel(kernel_env: StubSe
         ]
         assert last.count("What is my name?") == 1
     finally:
-        try:
-            while True:
-                client.get_iopub_msg(timeout=0.01)
-        except queue.Empty:
-            pass
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

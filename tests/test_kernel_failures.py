@@ -5,7 +5,6 @@ The key has no recognisable shape and the stub server repeats it in its 401/403 
 
 from __future__ import annotations
 
-import queue
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +19,7 @@ from nbclient import NotebookClient
 from ipyllm import _api
 from ipyllm.testing import Fault, StubServer
 
+from .conftest import stop_kernel
 from .test_kernel import text_of
 from .test_secrecy import KEY, leaks
 
@@ -132,13 +132,7 @@ def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: 
         assert not leaks(repr(published))
         assert len(errors[0]["traceback"]) == 1 and errors[0]["traceback"][0].startswith("KeyboardInterrupt: interrupted after ")
     finally:
-        try:
-            while True:
-                client.get_iopub_msg(timeout=0.01)
-        except queue.Empty:
-            pass
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
 
 
 # -- the same prompt fields in a fresh in-process shell -----------------------------------------------------

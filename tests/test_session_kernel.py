@@ -8,7 +8,6 @@ cell ids, as JupyterLab and a terminal-like client would.
 
 from __future__ import annotations
 
-import queue
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from nbclient import NotebookClient
 
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from .conftest import SECRET, stop_kernel
 
 pytestmark = pytest.mark.kernel
 
@@ -148,13 +147,7 @@ def kernel(stub: StubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
 
         yield run
     finally:
-        try:
-            while True:
-                client.get_iopub_msg(timeout=0.01)
-        except queue.Empty:
-            pass
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
 
 
 def test_chat_turns_are_known_by_cell_id_or_else_by_source_in_a_real_kernel(kernel: Any, stub: StubServer) -> None:
