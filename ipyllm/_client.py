@@ -17,7 +17,7 @@ import threading
 import time
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -103,14 +103,58 @@ def load_litellm() -> ModuleType:
     return _litellm
 
 
+# litellm's lists of logging callbacks: while all are empty, nobody reads what its success handler builds.
+_CALLBACK_LISTS = (
+    "callbacks",
+    "success_callback",
+    "_async_success_callback",
+    "failure_callback",
+    "_async_failure_callback",
+    "input_callback",
+    "_async_input_callback",
+    "service_callback",
+)
+
+
+def unlogged(litellm: ModuleType | None = None) -> AbstractContextManager[Any]:
+    """Calls made inside skip litellm's logging payload when no litellm callback is registered.
+
+    After every call litellm builds a logging payload for its callbacks (about 1 ms of CPU per call), on a
+    thread of its own that takes the GIL while ipyllm commits the row, or on the event loop for ``acompletion``.
+    With no callback registered nobody reads it, so the call runs as one of litellm's internal sub-calls,
+    which skip only that step: the response, its usage and its price are the same. A user who registers a
+    callback (Langfuse, OpenTelemetry, ...) gets litellm's logging as before.
+    """
+    litellm = litellm or _litellm
+    if litellm is None or any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+        return nullcontext()
+    try:
+        from litellm._internal_context import is_internal_call
+    except ImportError:  # another litellm version: its logging stays on
+        return nullcontext()
+    return _internal(is_internal_call)
+
+
+@contextmanager
+def _internal(flag: Any) -> Any:
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
 def _prime(litellm: ModuleType) -> None:
     """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
     would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
     try:
         litellm.token_counter(model="gpt-4o-mini", text="warm up")
         # Not when the user has logging callbacks: they would record the mock call.
-        if not (litellm.callbacks or litellm.success_callback or litellm.failure_callback):
-            litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0)
+        if not any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+            with unlogged(litellm):
+                litellm.completion(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0
+                )
     except Exception:  # a cold first call is slower, not wrong
         pass
 
@@ -375,7 +419,8 @@ class Client:
         try:
             if call.check_key:
                 _check_key(call)
-            response: Any = await policy(counted)
+            with unlogged():
+                response: Any = await policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
             return response
@@ -484,7 +529,8 @@ class Client:
         try:
             if call.check_key:
                 _check_key(call)
-            response = policy(counted)
+            with unlogged():
+                response = policy(counted)
             row.latency_s = self.clock() - call.start
             self._record_usage(call, response, messages)
             return response

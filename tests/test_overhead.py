@@ -70,3 +70,65 @@ def test_the_default_ledger_follows_the_jupyter_data_directory(live: StubServer,
         ipyllm.complete("hello")
         assert (tmp_path / name / "ipyllm" / "usage.sqlite").exists()
     assert _api.session.store() is not None and _api.session.store().count() == 1
+
+
+def _count_litellm_logging(monkeypatch: Any) -> list[str]:
+    """Each run of litellm's success handlers (the logging payload it builds for its callbacks)."""
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    ran: list[str] = []
+    sync, coroutine = Logging.success_handler, Logging.async_success_handler
+
+    def success_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append("sync")
+        return sync(self, *args, **kwargs)
+
+    async def async_success_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append("async")
+        return await coroutine(self, *args, **kwargs)
+
+    monkeypatch.setattr(Logging, "success_handler", success_handler)
+    monkeypatch.setattr(Logging, "async_success_handler", async_success_handler)
+    return ran
+
+
+def _settle() -> None:
+    """litellm hands its logging to a thread pool (sync calls) or a worker task: give it time to run."""
+    import time
+
+    time.sleep(0.5)
+
+
+def test_litellm_builds_no_logging_payload_that_no_callback_reads(live: StubServer, monkeypatch: Any) -> None:
+    import asyncio
+
+    ran = _count_litellm_logging(monkeypatch)
+    ipyllm.complete("hello")
+    asyncio.run(ipyllm.acomplete("hello async"))
+    _settle()
+    assert ran == [], "litellm's success handler ran with no callback to read its payload"
+    assert len(live.requests) == 2
+    frame = ipyllm.usage()
+    assert frame["cost_usd"].notna().all() and (frame["status"] == "ok").all(), "the price is litellm's, computed all the same"
+
+
+def test_a_litellm_callback_the_user_registered_still_sees_every_call(live: StubServer, monkeypatch: Any) -> None:
+    import asyncio
+
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+
+    seen: list[str] = []
+
+    class Recorder(CustomLogger):  # type: ignore[misc] - litellm's base class is untyped
+        def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+            seen.append("sync")
+
+        async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+            seen.append("async")
+
+    monkeypatch.setattr(litellm, "callbacks", [Recorder()])
+    ipyllm.complete("hello")
+    asyncio.run(ipyllm.acomplete("hello async"))
+    _settle()
+    assert "sync" in seen and "async" in seen, f"the user's litellm callback saw {seen}"
