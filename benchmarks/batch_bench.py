@@ -78,12 +78,12 @@ def batch_completion(base_url: str, items: list[str], concurrency: int) -> float
     return time.perf_counter() - started
 
 
-def ipyllm_map(base_url: str, items: list[str], concurrency: int) -> tuple[float, int]:
+def ipyllm_map(base_url: str, items: list[str], concurrency: int, processes: int = 1) -> tuple[float, int]:
     import ipyllm
 
     ipyllm.config.update(base_url=base_url, api_key=KEY, model=MODEL)
     started = time.perf_counter()
-    result = ipyllm.map("{value}", items, concurrency=concurrency, progress=False)
+    result = ipyllm.map("{value}", items, concurrency=concurrency, progress=False, processes=processes)
     elapsed = time.perf_counter() - started
     assert result.notna().all(), ipyllm.last_batch().errors.value_counts()  # type: ignore[union-attr]
     return elapsed, len(result)

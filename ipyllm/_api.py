@@ -141,14 +141,33 @@ class Session:
         self.using_store(lambda store: store.append(row, release))
         self.ledger.append(row)
 
-    def recorder(self, source: str, batch: str | None = None) -> Callable[..., None]:
-        """A report callback that stamps rows with this session, the running cell, ``source``, who and where."""
+    def record_many(self, rows: list[UsageRow], entries: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """File finished rows (no holds to settle) and cache entries (key, kind, model, value) in one commit."""
+        cached = [(key, kind, model, json.dumps(value)) for key, kind, model, value in entries]
+        if self.store() is None:
+            self._memory_cache.update((key, payload) for key, _, _, payload in cached)
+        else:
+            self.using_store(lambda store: store.append_many(rows, cached))
+        for row in rows:
+            self.ledger.append(row)
+
+    def stamper(self, source: str, batch: str | None = None) -> Callable[[UsageRow], UsageRow]:
+        """Stamps rows with this session, the running cell, ``source``, who and where."""
         cell = current_cell()
         user, host = config.user or user_name(), host_name()
 
-        def record(row: UsageRow, release: str | None = None) -> None:
+        def stamp(row: UsageRow) -> UsageRow:
             row.session, row.cell, row.source, row.batch, row.user, row.host = self.id, cell, source, batch, user, host
-            self.record(row, release)
+            return row
+
+        return stamp
+
+    def recorder(self, source: str, batch: str | None = None) -> Callable[..., None]:
+        """A report callback that stamps rows (``stamper``) and files them."""
+        stamp = self.stamper(source, batch)
+
+        def record(row: UsageRow, release: str | None = None) -> None:
+            self.record(stamp(row), release)
 
         return record
 
@@ -175,6 +194,14 @@ class Session:
         else:
             payload = self.using_store(lambda store: store.cache_get(key))
         return json.loads(payload) if payload else None
+
+    def cache_get_many(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The cached answers among ``keys``, looked up at once."""
+        if self.store() is None:
+            found: dict[str, str] = {key: self._memory_cache[key] for key in keys if key in self._memory_cache}
+        else:
+            found = self.using_store(lambda store: store.cache_get_many(keys)) or {}
+        return {key: json.loads(payload) for key, payload in found.items() if payload}
 
     def cache_put(self, key: str, kind: str, model: str, value: dict[str, Any]) -> None:
         payload = json.dumps(value)

@@ -357,16 +357,18 @@ class Client:
         extra: dict[str, Any] | None = None,
         around_attempt: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
+        send: Callable[..., Awaitable[Any]] | None = None,
     ) -> Reply:
         """``chat`` without blocking the event loop (not streamed): ``litellm.acompletion`` under the same policy.
 
         Each attempt runs inside ``around_attempt()`` when given (a batch's rate-limit pause and its limit
-        on requests in flight); retry waits are spent with ``sleep`` (``asyncio.sleep`` by default).
+        on requests in flight); retry waits are spent with ``sleep`` (``asyncio.sleep`` by default); each
+        attempt is sent with ``send`` (``litellm.acompletion`` by default; a batch's ``_helpers.Spread``).
         Cancelling the task records an ``interrupted`` row.
         """
         litellm = load_litellm()
         kwargs = self._chat_arguments(settings, messages, extra)
-        acompletion = self._acompletion or litellm.acompletion
+        acompletion = self._acompletion or send or litellm.acompletion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
 

@@ -347,6 +347,7 @@ class LLMMagics(Magics):
     @argument("--no-cache", action="store_true", help="send the request even when the cache holds an identical one")
     @argument("--map", metavar="DATA", help="%%%%llm only: the cell body is a template run over every row of DATA (see ipyllm.map)")
     @argument("--concurrency", type=int, default=8, metavar="N", help="with --map: most calls in flight (default 8)")
+    @argument("--processes", type=int, default=1, metavar="N", help="with --map: spread litellm's work over N processes (default 1)")
     @argument("--schema", metavar="NAME", help="with --map: a pydantic model or JSON-schema dict; one column per field")
     @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
     @no_var_expand
@@ -575,7 +576,9 @@ def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict
         if args.dry_run:
             print(_batch.map(template, data, schema=schema, dry_run=True, **overrides))
             return
-        result = _batch.map(template, data, concurrency=args.concurrency, schema=schema, resume=not args.no_cache, **overrides)
+        result = _batch.map(
+            template, data, concurrency=args.concurrency, processes=args.processes, schema=schema, resume=not args.no_cache, **overrides
+        )
     except SettingError as error:
         raise UsageError(str(error)) from None
     if args.output:

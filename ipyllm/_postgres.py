@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._ledger import (
+    CacheEntry,
     Hold,
     LedgerUnavailableError,
     Limit,
@@ -490,6 +491,16 @@ class PostgresStore:
     def cache_get(self, key: str) -> str | None:
         rows = self._query("SELECT payload FROM cache WHERE key = %s", [key])
         return rows[0][0] if rows else None
+
+    def cache_get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        return dict(self._query("SELECT key, payload FROM cache WHERE key = ANY(%s)", [list(keys)]) or [])
+
+    def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
+        """Each row to the spool (committed locally; the server gets them in order), then the cache entries."""
+        for row in rows:
+            self.append(row)
+        for entry in entries:
+            self.cache_put(*entry)
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
         self._query(

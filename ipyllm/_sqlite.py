@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipyllm._ledger import (
     COLUMNS,
+    CacheEntry,
     Hold,
     LedgerUnavailableError,
     Limit,
@@ -37,6 +38,7 @@ __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
 _ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
 _INSERT_ROW = f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
+_PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)"
 
 
 #: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
@@ -170,6 +172,26 @@ class SQLiteStore:
             except sqlite3.Error as error:
                 raise self._unavailable(error) from error
 
+    def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
+        """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
+        values = [row_values(row) for row in rows]
+        created = _micros(_now())
+        cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    connection.executemany(_INSERT_ROW, values)
+                    connection.executemany(_PUT_CACHE, cached)
+                    connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
     # -- budgets ---------------------------------------------------------------------------------------
     def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
         """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
@@ -246,8 +268,13 @@ class SQLiteStore:
         rows = self._run("SELECT payload FROM cache WHERE key = ?", [key])
         return rows[0][0] if rows else None
 
+    def cache_get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        found: dict[str, str] = {}
+        for start in range(0, len(keys), 500):  # well under SQLite's limit on parameters
+            chunk = keys[start : start + 500]
+            marks = ", ".join("?" * len(chunk))
+            found.update(self._run(f"SELECT key, payload FROM cache WHERE key IN ({marks})", chunk))
+        return found
+
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
-        self._run(
-            "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)",
-            [key, _micros(_now()), kind, model, payload],
-        )
+        self._run(_PUT_CACHE, [key, _micros(_now()), kind, model, payload])

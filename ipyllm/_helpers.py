@@ -1,0 +1,283 @@
+"""Helper processes for ``ipyllm.map(..., processes=N)``: litellm's own work spread over more than one core.
+
+litellm spends about 9 ms of CPU on every call (building the request, parsing and pricing the answer), all
+of it under one GIL, so one process drives at most ~110 calls a second however many the provider allows.
+A helper is a plain ``python -m ipyllm._helpers`` child with its own litellm: it receives one attempt's
+arguments, runs ``litellm.acompletion`` and sends back the response (or the exception) over its pipes.
+
+Everything else stays in the calling process: the retry policy, the rate-limit pause, budgets, the ledger,
+the cache and the progress. A helper only makes single attempts, so one attempt is still one request, and
+whether it ran here or there, the row is the same. Calls go where the fewest are in flight, so a busier
+process gets fewer. Helpers start on first use (importing litellm takes seconds: until a helper is ready,
+calls stay here), live as long as the session, and exit when its pipe closes.
+
+Not ``multiprocessing``: a spawned child would import the notebook's or script's ``__main__`` again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import contextlib
+import importlib
+import itertools
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["Spread", "helpers"]
+
+_HEADER = struct.Struct("!I")
+_helpers: list[Helper] = []
+_helpers_lock = threading.Lock()
+
+
+# -- the wire ----------------------------------------------------------------------------------------------
+
+
+def _send(stream: Any, message: Any, lock: threading.Lock) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    with lock:
+        stream.write(_HEADER.pack(len(data)) + data)
+        stream.flush()
+
+
+def _receive(stream: Any) -> Any:
+    """The next message, or None when the other end has closed its pipe."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        return None
+    size = _HEADER.unpack(header)[0]
+    data = stream.read(size)
+    return pickle.loads(data) if len(data) == size else None  # our own child, over its own pipe
+
+
+def portable(exc: BaseException) -> tuple[str, str, tuple[Any, ...], dict[str, Any]]:
+    """What the parent needs to raise ``exc`` again: its class, its args and the attributes that pickle (status
+    code, message, the response with its Retry-After header). litellm's exceptions cannot be pickled as they are:
+    their ``__init__`` wants more than their ``args``."""
+    state = {}
+    for name, value in vars(exc).items():
+        with contextlib.suppress(Exception):
+            pickle.dumps(value)
+            state[name] = value
+    args = exc.args
+    try:
+        pickle.dumps(args)
+    except Exception:
+        args = (str(exc),)
+    return type(exc).__module__, type(exc).__qualname__, args, state
+
+
+def rebuilt(described: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> BaseException:
+    module, name, args, state = described
+    cls: Any = RuntimeError
+    with contextlib.suppress(Exception):
+        found = importlib.import_module(module)
+        for part in name.split("."):
+            found = getattr(found, part)
+        if isinstance(found, type) and issubclass(found, Exception):
+            cls = found
+    exc = cls.__new__(cls)
+    BaseException.__init__(exc, *args)
+    with contextlib.suppress(Exception):
+        exc.__dict__.update(state)
+    return exc
+
+
+# -- the helper process ----------------------------------------------------------------------------------
+
+
+def serve() -> None:
+    """A helper's main: attempts in, responses out, until its stdin closes."""
+    from ipyllm._client import load_litellm, unlogged
+
+    reader, writer = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # whatever litellm prints must not land between the frames
+    lock = threading.Lock()
+    litellm = load_litellm()
+    loop = asyncio.new_event_loop()
+    tasks: dict[int, asyncio.Task[None]] = {}
+
+    async def call(ident: int, kwargs: dict[str, Any]) -> None:
+        try:
+            with unlogged():
+                response = await litellm.acompletion(**kwargs)
+            message: Any = (ident, True, response)
+        except asyncio.CancelledError:
+            return  # the parent gave up on this attempt: it records the row
+        except Exception as exc:
+            message = (ident, False, portable(exc))
+        finally:
+            tasks.pop(ident, None)
+        try:
+            _send(writer, message, lock)
+        except Exception as exc:  # a response that does not pickle: the attempt fails, the helper goes on
+            _send(writer, (ident, False, portable(RuntimeError(f"ipyllm's helper could not send the response back ({exc})"))), lock)
+
+    def start(ident: int, kwargs: dict[str, Any]) -> None:
+        tasks[ident] = loop.create_task(call(ident, kwargs))
+
+    def cancel(ident: int, _: Any) -> None:
+        task = tasks.get(ident)
+        if task is not None:
+            task.cancel()
+
+    def count(ident: int, _: Any) -> None:
+        _send(writer, (ident, True, len(tasks)), lock)
+
+    actions = {"call": start, "cancel": cancel, "count": count}
+
+    def read() -> None:
+        while (message := _receive(reader)) is not None:
+            kind, ident, kwargs = message
+            loop.call_soon_threadsafe(actions[kind], ident, kwargs)
+        loop.call_soon_threadsafe(loop.stop)
+
+    _send(writer, ("ready", os.getpid(), None), lock)
+    threading.Thread(target=read, name="ipyllm-helper-reader", daemon=True).start()
+    loop.run_forever()
+
+
+# -- the calling side ------------------------------------------------------------------------------------
+
+
+class Helper:
+    """One helper process, its pipes and the attempts it is running."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ipyllm._helpers"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.ready = threading.Event()
+        self.alive = True
+        self.pid: int | None = None
+        self.sent = 0
+        self.pending: dict[int, concurrent.futures.Future[Any]] = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._read, name="ipyllm-helper", daemon=True).start()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.pending)
+
+    def usable(self) -> bool:
+        return self.ready.is_set() and self.alive
+
+    def _read(self) -> None:
+        stdout = self.process.stdout
+        while (message := _receive(stdout)) is not None:
+            ident, ok, value = message
+            if ident == "ready":
+                self.pid = ok
+                self.ready.set()
+                continue
+            future = self.pending.pop(ident, None)
+            if future is None or future.done():
+                continue  # cancelled meanwhile
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(rebuilt(value))
+        self.alive = False
+        with contextlib.suppress(OSError, AttributeError):
+            stdout.close()  # type: ignore[union-attr] - a pipe, as asked
+        for future in list(self.pending.values()):
+            if not future.done():
+                future.set_exception(ConnectionError("Connection error: ipyllm's helper process exited during the call"))
+        self.pending.clear()
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        """One attempt in the helper: ``litellm.acompletion(**kwargs)``'s response, or its exception raised here."""
+        ident = next(self._ids)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending[ident] = future
+        self.sent += 1
+        try:
+            _send(self.process.stdin, ("call", ident, kwargs), self._lock)
+        except (OSError, ValueError):
+            self.pending.pop(ident, None)
+            self.alive = False
+            raise ConnectionError("Connection error: ipyllm's helper process has exited") from None
+        try:
+            return await asyncio.wrap_future(future)
+        except asyncio.CancelledError:
+            if self.pending.pop(ident, None) is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    _send(self.process.stdin, ("cancel", ident, None), self._lock)
+            raise
+
+    def running(self, timeout: float = 10) -> int:
+        """How many attempts the helper process is running now (asked over its pipe)."""
+        ident = next(self._ids)
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending[ident] = future
+        _send(self.process.stdin, ("count", ident, None), self._lock)
+        return int(future.result(timeout))
+
+    def close(self) -> None:
+        """Close the helper's pipe (it exits), then make sure it has."""
+        self.alive = False
+        with contextlib.suppress(OSError, ValueError):
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def helpers(count: int) -> list[Helper]:
+    """At least ``count`` running helpers (started now if need be; they get ready in the background)."""
+    with _helpers_lock:
+        _helpers[:] = [helper for helper in _helpers if helper.alive]
+        while len(_helpers) < count:
+            if not _helpers:
+                atexit.register(close_all)
+            _helpers.append(Helper())
+        return _helpers[:count]
+
+
+def close_all() -> None:
+    with _helpers_lock:
+        for helper in _helpers:
+            helper.close()
+        _helpers.clear()
+
+
+class Spread:
+    """``acompletion`` for a batch: each attempt runs here (``local``) or in a ready helper, wherever the fewest
+    attempts are in flight."""
+
+    def __init__(self, local: Callable[..., Awaitable[Any]], count: int) -> None:
+        self.local = local
+        self.helpers = helpers(count)
+        self.in_flight = 0
+        self.here = 0
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        ready = [helper for helper in self.helpers if helper.usable()]
+        helper = min(ready, key=lambda h: h.in_flight, default=None)
+        if helper is not None and helper.in_flight < self.in_flight:
+            return await helper.acompletion(**kwargs)
+        self.in_flight += 1
+        self.here += 1
+        try:
+            return await self.local(**kwargs)
+        finally:
+            self.in_flight -= 1
+
+
+if __name__ == "__main__":
+    serve()
