@@ -190,8 +190,9 @@ class Helper:
             else:
                 future.set_exception(rebuilt(value))
         self.alive = False
-        with contextlib.suppress(OSError, AttributeError):
-            stdout.close()  # type: ignore[union-attr] - a pipe, as asked
+        if stdout is not None:
+            with contextlib.suppress(OSError):
+                stdout.close()
         for future in list(self.pending.values()):
             if not future.done():
                 future.set_exception(ConnectionError("Connection error: ipyllm's helper process exited during the call"))
