@@ -1,8 +1,9 @@
 """``ipyllm.map`` against a bare ``litellm.acompletion`` loop and ``litellm.batch_completion``.
 
 Run: ``.venv/bin/python benchmarks/batch_bench.py`` (1,000 prompts, concurrency 32, the stub server
-answering in 50 ms, in a process of its own so it does not share the GIL with the clients), and
-``.venv/bin/python benchmarks/batch_bench.py --rows 100000 --delay 0`` (peak memory and rows written).
+answering in 50 ms, in a process of its own so it does not share the GIL with the clients; then
+``map(processes=2)``), and ``.venv/bin/python benchmarks/batch_bench.py --rows 100000 --delay 0 --only-map
+--processes 1`` (peak memory and rows written).
 Everything is offline: the stub server echoes the prompts.
 """
 
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--delay", type=float, default=0.05, help="the stub's latency in seconds")
     parser.add_argument("--only-map", action="store_true", help="run ipyllm.map alone (the memory run)")
+    parser.add_argument("--processes", type=int, default=2, help="also run map(processes=N) (1: skip)")
     args = parser.parse_args()
     folder = tempfile.mkdtemp(prefix="ipyllm-bench-")
     db = os.path.join(folder, "usage.sqlite")
@@ -123,6 +125,20 @@ def main() -> None:
         if not args.only_map:
             print(f"  map / bare loop throughput: {bare / mapped:.2f}x; map / batch_completion: {batch / mapped:.2f}x; ideal {ideal:.2f} s")
         print(f"  peak RSS {peak / 1024:.0f} MB (before the map {before / 1024:.0f} MB); {n:,} results")
+        if args.processes > 1:
+            # The helpers start on first use and stay for the session: started (and waited for) before timing.
+            from ipyllm import _helpers
+
+            started = time.perf_counter()
+            for helper in _helpers.helpers(args.processes - 1):
+                helper.ready.wait(120)
+            print(f"  {args.processes - 1} helper process(es) ready in {time.perf_counter() - started:.1f} s (once per session)")
+            spread, n = ipyllm_map(base_url, [f"{p} (spread)" for p in items], args.concurrency, args.processes)
+            rate = args.rows / spread
+            label = f"ipyllm.map, processes={args.processes}:"
+            print(f"  {label:30}{spread:6.2f} s  ({rate:6.1f} rows/s), {rows_in(db):,} rows in the ledger")
+            if not args.only_map:
+                print(f"  map(processes={args.processes}) / bare loop: {bare / spread:.2f}x; / batch_completion: {batch / spread:.2f}x")
     finally:
         stub.terminate()
 
