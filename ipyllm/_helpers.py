@@ -152,11 +152,15 @@ class Helper:
     """One helper process, its pipes and the attempts it is running."""
 
     def __init__(self) -> None:
+        # The child imports this very ipyllm, wherever it was imported from here.
+        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        path = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ipyllm._helpers"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": path},
         )
         self.ready = threading.Event()
         self.alive = True

@@ -181,3 +181,13 @@ def test_processes_must_be_a_whole_number(fast: StubServer, processes: Any) -> N
     with pytest.raises(SettingError, match="processes must be a whole number of at least 1"):
         ipyllm.map("{value}", ["a"], processes=processes, progress=False)
     assert chat_requests(fast) == []
+
+
+def test_the_map_magic_takes_processes(ip: Any, live: StubServer, helper: _helpers.Helper) -> None:
+    live.delay = 0.05
+    ip.user_ns["items"] = [f"item {i}" for i in range(24)]
+    before = helper.sent
+    ip.run_cell_magic("llm", "--map items -o out --concurrency 6 --processes 2", "Say {value}")
+    assert list(ip.user_ns["out"]) == [f"[gpt-4o-mini] Say item {i}" for i in range(24)]
+    assert helper.sent > before, "the helper took part"
+    assert len(chat_requests(live)) == 24
