@@ -133,11 +133,15 @@ def test_a_missing_key_stops_the_batch_at_the_first_row(fast: StubServer, capsys
 def test_ctrl_c_cancels_calls_in_flight_and_the_rerun_sends_only_the_missing_rows(fast: StubServer) -> None:
     fast.delay = 0.25
     items = [f"item {i}" for i in range(40)]
+    load_litellm()  # first in a process, the import would take the interrupt
     timer = threading.Timer(0.9, _thread.interrupt_main)
     timer.start()
     started = time.monotonic()
-    with pytest.raises(ipyllm.BatchInterrupted) as raised:
-        ipyllm.map("{value}", items, concurrency=4, progress=False)
+    try:
+        with pytest.raises(ipyllm.BatchInterrupted) as raised:
+            ipyllm.map("{value}", items, concurrency=4, progress=False)
+    finally:
+        timer.cancel()
     interrupted_at = started + 0.9
     assert time.monotonic() - interrupted_at < 1.0  # stopped within a second
     partial = raised.value.result
