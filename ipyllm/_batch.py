@@ -435,7 +435,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         Send nothing: return a ``BatchEstimate`` (rows, prompt tokens, cost range).
     processes
         Spread litellm's work over this many processes: this one and ``processes - 1`` helper processes,
-        started on first use and kept for the session (each imports litellm: seconds, and ~200 MB). One
+        started on first use and kept for the session (each imports litellm: seconds, and ~300 MB). One
         process drives about 100 calls a second (litellm spends ~9 ms of CPU per call); worth it only when
         the provider allows more, with a core free for each helper. Retries, rate-limit pauses, budgets and
         the ledger stay in this process.
