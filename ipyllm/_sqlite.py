@@ -11,7 +11,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,26 @@ class SQLiteStore:
             f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {advice}"
         )
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One ``BEGIN IMMEDIATE`` transaction under the store's lock (kernels sharing the file write one at a
+        time): committed when the block ends, unless it rolled back itself; rolled back on any error. SQLite's
+        errors become ``LedgerUnavailableError``."""
+        with self._lock:
+            connection = self._connect()
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                try:
+                    yield connection
+                    if connection.in_transaction:
+                        connection.execute("COMMIT")
+                except BaseException:
+                    if connection.in_transaction:
+                        connection.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as error:
+                raise self._unavailable(error) from error
+
     def _run(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             connection = self._connect()
@@ -155,42 +176,21 @@ class SQLiteStore:
     def append(self, row: UsageRow, release: str | None = None) -> None:
         """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
         values = row_values(row)
-        with self._lock:
-            connection = self._connect()
-            try:
-                if release is None:
-                    connection.execute(_INSERT_ROW, values)
-                    return
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    connection.execute(_INSERT_ROW, values)
-                    connection.execute("DELETE FROM holds WHERE id = ?", [release])
-                    connection.execute("COMMIT")
-                except BaseException:
-                    connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+        if release is None:
+            self._run(_INSERT_ROW, values)
+            return
+        with self._transaction() as connection:
+            connection.execute(_INSERT_ROW, values)
+            connection.execute("DELETE FROM holds WHERE id = ?", [release])
 
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
         """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
         values = [row_values(row) for row in rows]
         created = _micros(_now())
         cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
-        with self._lock:
-            connection = self._connect()
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    connection.executemany(_INSERT_ROW, values)
-                    connection.executemany(_PUT_CACHE, cached)
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+        with self._transaction() as connection:
+            connection.executemany(_INSERT_ROW, values)
+            connection.executemany(_PUT_CACHE, cached)
 
     # -- budgets ---------------------------------------------------------------------------------------
     def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
@@ -200,28 +200,17 @@ class SQLiteStore:
         they cannot pass a limit. Holds of processes on this host that have died are dropped first.
         """
         now = _micros(_now())
-        with self._lock:
-            connection = self._connect()
-            try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
-                    self._drop_dead_holds(connection, hold.host, now)
-                    for limit in limits:
-                        spent = self._spent(connection, limit.since, limit.user, now)
-                        if spent + hold.amount > limit.limit:
-                            connection.execute("ROLLBACK")
-                            return Refusal(limit, spent)
-                    connection.execute(
-                        "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
-                    )
-                    connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+        with self._transaction() as connection:
+            self._drop_dead_holds(connection, hold.host, now)
+            for limit in limits:
+                spent = self._spent(connection, limit.since, limit.user, now)
+                if spent + hold.amount > limit.limit:
+                    connection.execute("ROLLBACK")
+                    return Refusal(limit, spent)
+            connection.execute(
+                "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+            )
         return None
 
     def release(self, hold_id: str) -> None:
