@@ -202,18 +202,23 @@ class Helper:
                 future.set_exception(ConnectionError("Connection error: ipyllm's helper process exited during the call"))
         self.pending.clear()
 
-    async def acompletion(self, **kwargs: Any) -> Any:
-        """One attempt in the helper: ``litellm.acompletion(**kwargs)``'s response, or its exception raised here."""
+    def _ask(self, kind: str, kwargs: Any = None) -> tuple[int, concurrent.futures.Future[Any]]:
+        """Send one request to the helper; its answer will settle the returned future."""
         ident = next(self._ids)
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.pending[ident] = future
-        self.sent += 1
         try:
-            _send(self.process.stdin, ("call", ident, kwargs), self._lock)
+            _send(self.process.stdin, (kind, ident, kwargs), self._lock)
         except (OSError, ValueError):
             self.pending.pop(ident, None)
             self.alive = False
             raise ConnectionError("Connection error: ipyllm's helper process has exited") from None
+        return ident, future
+
+    async def acompletion(self, **kwargs: Any) -> Any:
+        """One attempt in the helper: ``litellm.acompletion(**kwargs)``'s response, or its exception raised here."""
+        self.sent += 1
+        ident, future = self._ask("call", kwargs)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -224,11 +229,7 @@ class Helper:
 
     def running(self, timeout: float = 10) -> int:
         """How many attempts the helper process is running now (asked over its pipe)."""
-        ident = next(self._ids)
-        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.pending[ident] = future
-        _send(self.process.stdin, ("count", ident, None), self._lock)
-        return int(future.result(timeout))
+        return int(self._ask("count")[1].result(timeout))
 
     def close(self) -> None:
         """Close the helper's pipe (it exits), then make sure it has."""
