@@ -116,6 +116,11 @@ _CALLBACK_LISTS = (
 )
 
 
+def has_callbacks(litellm: ModuleType) -> bool:
+    """Whether the user registered any litellm logging callback."""
+    return any(getattr(litellm, name, None) for name in _CALLBACK_LISTS)
+
+
 def unlogged(litellm: ModuleType | None = None) -> AbstractContextManager[Any]:
     """Calls made inside skip litellm's logging payload when no litellm callback is registered.
 
@@ -126,7 +131,7 @@ def unlogged(litellm: ModuleType | None = None) -> AbstractContextManager[Any]:
     callback (Langfuse, OpenTelemetry, ...) gets litellm's logging as before.
     """
     litellm = litellm or _litellm
-    if litellm is None or any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+    if litellm is None or has_callbacks(litellm):
         return nullcontext()
     try:
         from litellm._internal_context import is_internal_call
@@ -150,7 +155,7 @@ def _prime(litellm: ModuleType) -> None:
     try:
         litellm.token_counter(model="gpt-4o-mini", text="warm up")
         # Not when the user has logging callbacks: they would record the mock call.
-        if not any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):
+        if not has_callbacks(litellm):
             with unlogged(litellm):
                 litellm.completion(
                     model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0

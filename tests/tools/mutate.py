@@ -436,7 +436,7 @@ MUTATIONS: list[Mutation] = [
         "speed",
         "a litellm callback the user registered no longer sees ipyllm's calls",
         "ipyllm/_client.py",
-        "    if litellm is None or any(getattr(litellm, name, None) for name in _CALLBACK_LISTS):",
+        "    if litellm is None or has_callbacks(litellm):",
         "    if litellm is None:",
         "tests/test_overhead.py -k litellm",
     ),
