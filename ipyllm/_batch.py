@@ -226,7 +226,7 @@ class _Run:
         return messages
 
     def _prepare(self) -> Iterator[tuple[int, list[dict[str, Any]] | None, str | None]]:
-        """Per row: its position, its messages (None when its template failed) and why it failed."""
+        """Per row: its position, its messages (None when its template failed, or a field it fills is missing) and why."""
         for position, (fields, row) in enumerate(self.rows):
             try:
                 absent = next((name for name in self.missing_fields if is_missing(fields[name])), None)

@@ -40,15 +40,28 @@ def _one_line(error: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+#: Schemas found valid, by their JSON text: checking one takes about 2 ms, and complete(schema=...) may run in a loop.
+_valid_schemas: set[str] = set()
+
+
 def _check_json_schema(schema: dict[str, Any]) -> None:
     """The schema against its metaschema, before anything is sent (else a 37-line ``SchemaError`` after the reply was paid for)."""
     import jsonschema
 
     try:
-        jsonschema.validators.validator_for(schema).check_schema(schema)
+        text: str | None = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None  # not JSON: checked every time (and refused below if the metaschema says so)
+    if text is not None and text in _valid_schemas:
         return
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
     except jsonschema.SchemaError as error:
         problem = f"at {error.json_path if error.absolute_path else 'the top level'}, {_one_line(error)}"
+    else:
+        if text is not None and len(_valid_schemas) < 256:
+            _valid_schemas.add(text)
+        return
     # Raised outside the except block: nothing chained (jsonschema's own error is 37 lines).
     raise SettingError(f"schema is not a valid JSON schema: {problem} (see https://json-schema.org/understanding-json-schema)", "schema")
 

@@ -342,3 +342,22 @@ print(json.dumps({"first": first, "again": again, "refusal": refusal, "prices": 
     assert facts["refusal"] is not None and "did you mean 'gpt-4o-mini'" in facts["refusal"]
     # The bundled price map is read once (about 30 ms), then kept.
     assert facts["first"] < 1.0 and facts["again"] < 0.05, facts
+
+
+def test_ipython_shows_each_refusal_in_one_line(ip: Any, live: StubServer, capsys: pytest.CaptureFixture[str]) -> None:
+    ip.user_ns.update(BAD_SCHEMA=BAD_SCHEMA)
+    cells = {
+        "import ipyllm\nipyllm.config.budget = 5": "SettingError: no setting named 'budget': did you mean budget_usd?",
+        "ipyllm.config.budget_usd = float('inf')": "SettingError: budget_usd must be a number of US dollars >= 0, and finite",
+        "ipyllm.map('say {value}', None)": "SettingError: data must be a DataFrame, a Series, or a list",
+        "ipyllm.map('say {value}', ['a'], max_token=5)": "InvalidInputError: map() got the unknown keyword 'max_token'",
+        "ipyllm.complete('x', schema=BAD_SCHEMA)": "SettingError: schema is not a valid JSON schema: at $.properties.age.type",
+        "ipyllm.config.prices = {'m': 'gpt-4o-minni'}": "SettingError: prices: litellm has no price for the base model 'gpt-4o-minni'",
+    }
+    for cell, expected in cells.items():
+        capsys.readouterr()
+        result = ip.run_cell(cell)
+        assert result.error_in_exec is not None
+        lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith(expected), (cell, lines)
+    nothing_sent(live)
