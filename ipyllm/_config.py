@@ -403,9 +403,9 @@ class LLMConfig(Configurable):
         prices = proposal["value"]
         for model, price in prices.items():
             if isinstance(price, str) and price.strip():
-                # A base model litellm cannot price would leave the model unpriced without a word. Entries kept
-                # from the current value were checked when they were set (every call with overrides sets them again).
-                if self.prices.get(model) != price and not priceable(price):
+                # A base model litellm cannot price would leave the model unpriced without a word (a set lookup
+                # once the price map is read; every call with overrides validates the prices again).
+                if not priceable(price):
                     close = close_names(price)
                     hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
                     raise SettingError(

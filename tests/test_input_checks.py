@@ -300,6 +300,9 @@ def test_an_unknown_price_alias_is_refused_with_close_matches(live: StubServer) 
         assert text.startswith(f"prices: litellm has no price for the base model {alias!r} (of 'openai/my-local-model'): {close}"), text
         assert text.endswith("the old value stays.")
     assert "did you mean" not in refused(ipyllm.SettingError, setattr, ipyllm.config, "prices", {"m": "no-such-base-model"})
+    # All at once (update holds the notifications, so the check cannot lean on the current value) and from the magic.
+    assert "did you mean 'gpt-4o-mini'" in refused(ipyllm.SettingError, ipyllm.config.update, model="gpt-4o", prices={"m": "gpt-4o-minni"})
+    assert ipyllm.config.model == "gpt-4o-mini"
     assert ipyllm.config.prices == {"openai/my-local-model": "gpt-4o-mini"}
     nothing_sent(live)
     # The alias kept still prices the model.
