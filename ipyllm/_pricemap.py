@@ -3,8 +3,8 @@
 ``prices`` aliases (``{"my-deployment": "gpt-4o-mini"}``) are checked when they are set, which can be while
 ``ipython_config.py`` is applied at ``%load_ext``: so while litellm is not imported, the names come from the
 price map bundled in its package (``model_prices_and_context_window_backup.json``, found with
-``importlib.util.find_spec``, read once: about 30 ms for its 3.5 MB); once it is, from ``litellm.model_cost``,
-which also holds the models a user registered with ``litellm.register_model``.
+``importlib.util.find_spec``, read once: about 50 ms for its 3.5 MB and 4,878 names, then a set lookup);
+once it is, from ``litellm.model_cost``, which also holds the models registered with ``litellm.register_model``.
 """
 
 from __future__ import annotations

@@ -343,7 +343,7 @@ print(json.dumps({"first": first, "again": again, "refusal": refusal, "prices": 
     assert facts["litellm"] is False, "the alias check must not import litellm (6-10 s)"
     assert facts["prices"] == {"my-model": "gpt-4o-mini", "third": "gpt-4o"}
     assert facts["refusal"] is not None and "did you mean 'gpt-4o-mini'" in facts["refusal"]
-    # The bundled price map is read once (about 30 ms), then kept.
+    # The bundled price map is read once (about 50 ms), then kept.
     assert facts["first"] < 1.0 and facts["again"] < 0.05, facts
 
 
