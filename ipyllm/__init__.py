@@ -29,6 +29,7 @@ from ipyllm._errors import (
     RequestRejectedError,
     StreamBrokenError,
     UnknownModelError,
+    UnknownSettingError,
 )
 from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._retry import RetryNote
@@ -66,6 +67,7 @@ __all__ = [
     "SettingError",
     "StreamBrokenError",
     "UnknownModelError",
+    "UnknownSettingError",
     "UsageRow",
     "acomplete",
     "amap",

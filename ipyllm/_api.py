@@ -359,6 +359,7 @@ def prepare_chat(
     source: str,
     use_cache: bool = True,
     schema: Any = None,
+    caller: str = "complete",
 ) -> ChatRequest:
     started = time.perf_counter()
     settings, extra = split_overrides(overrides)
@@ -367,7 +368,7 @@ def prepare_chat(
     messages = as_messages(prompt_or_messages, settings.system)
     check_encodable(messages)
     if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
-        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra)
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, caller)
     shape = Schema.of(schema) if schema is not None else None
     if shape is not None:
         messages, extra = shape.request(settings, messages, extra)
@@ -473,7 +474,7 @@ async def acomplete(
     from ipyllm import _loop
 
     # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
-    request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema)
+    request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema, caller="acomplete")
     return await _loop.run(_send(request, on_retry))
 
 
@@ -526,8 +527,17 @@ def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: An
         ``model``, ``provider``, ``prompt_tokens``, ``input_cost``, ``output_cost_per_token``, ``max_tokens``;
         ``output_tokens`` (``max_tokens``, else the 1,024 a budget assumes), ``max_output_cost`` and
         ``total`` (the most the call may cost). Costs are NaN where the model has no known price.
+
+    Raises
+    ------
+    ipyllm.InvalidInputError
+        As ``complete`` does: a prompt of the wrong shape, an unknown keyword (an estimate that left it out
+        would not be the call's).
     """
-    settings, _ = split_overrides(overrides)
+    settings, extra = split_overrides(overrides)
+    check_prompt(prompt_or_messages)
+    if extra:  # a keyword complete would refuse is refused here too, rather than left out of the estimate
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, "estimate")
     return estimate_messages(settings, as_messages(prompt_or_messages, settings.system))
 
 

@@ -35,8 +35,19 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ipyllm import _api
-from ipyllm._batchdata import Batch, BatchError, BatchEstimate, BatchInterrupted, Fields, fill, rows_of
-from ipyllm._client import Reply, as_messages, estimate, load_litellm
+from ipyllm._batchdata import (
+    Batch,
+    BatchError,
+    BatchEstimate,
+    BatchInterrupted,
+    Fields,
+    MissingValue,
+    fill,
+    is_missing,
+    rows_of,
+    template_fields,
+)
+from ipyllm._client import Reply, as_messages, estimate, load_litellm, resolve_provider
 from ipyllm._config import SettingError
 from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
 from ipyllm._ledger import UsageRow
@@ -45,6 +56,7 @@ from ipyllm._progress import INTERVAL, Display, Tally, progress_display
 # asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
 from ipyllm._retry import RetryNote
 from ipyllm._schema import InvalidOutputError, Schema
+from ipyllm._validate import check_keywords
 
 __all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "amap", "last_batch", "map"]
 
@@ -157,22 +169,34 @@ class _Run:
         resume: bool,
         overrides: dict[str, Any],
         processes: int = 1,
+        missing: str = "skip",
+        caller: str = "map",
     ) -> None:
-        if not isinstance(concurrency, int) or concurrency < 1:
-            raise SettingError(f"concurrency must be a whole number of at least 1 (got {concurrency!r})", "concurrency")
-        if not isinstance(processes, int) or isinstance(processes, bool) or processes < 1:
-            raise SettingError(f"processes must be a whole number of at least 1 (got {processes!r})", "processes")
+        concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
         if not (isinstance(template, str) or callable(template)):
             raise SettingError("template must be a str with {field}s or a callable row -> prompt or messages", "template")
+        if isinstance(template, str) and not template.strip():
+            raise SettingError("the template is empty: write the prompt, with {field}s from the data, e.g. 'Summarize: {text}'", "template")
+        if missing not in ("skip", "send"):
+            raise SettingError(
+                f"missing must be 'skip' (rows with a missing value in a template field are not sent) or 'send' (sent as text), "
+                f"not {missing!r}",
+                "missing",
+            )
+        index, total, self.rows = rows_of(data)
+        # A str template's fields are checked for missing values (None, NaN, NA, NaT) row by row; a callable
+        # template gets the row as it is and handles its own.
+        self.missing_fields = template_fields(template) if isinstance(template, str) and missing == "skip" else ()
         load_litellm()
         self.settings, extra = _api.split_overrides(overrides)
+        if extra:  # as complete() checks them: a typo such as max_token would be sent with every row, and billed
+            check_keywords("chat", self.settings.model, resolve_provider(self.settings.model, self.settings.base_url), extra, caller)
         self.shape = Schema.of(schema) if schema is not None else None
         self.native = self.shape.native(self.settings) if self.shape is not None else False
         if self.shape is not None:
             _, extra = self.shape.apply([], extra, self.native)
         self.extra = extra
         self.resume = resume
-        index, total, self.rows = rows_of(data)
         self.batch = Batch(uuid.uuid4().hex[:12], index, Tally(total), self.shape)
         self.batch.replies = [None] * total
         self.batch.parsed = [None] * total
@@ -202,9 +226,13 @@ class _Run:
         return messages
 
     def _prepare(self) -> Iterator[tuple[int, list[dict[str, Any]] | None, str | None]]:
-        """Per row: its position, its messages (None when its template failed) and why it failed."""
+        """Per row: its position, its messages (None when its template failed, or a field it fills is missing) and why."""
         for position, (fields, row) in enumerate(self.rows):
             try:
+                absent = next((name for name in self.missing_fields if is_missing(fields[name])), None)
+                if absent is not None:
+                    yield position, None, MissingValue(absent)
+                    continue
                 yield position, self.messages(fields, row), None
             except SettingError as error:
                 if self._first:
@@ -241,6 +269,11 @@ class _Run:
     def fail(self, position: int, why: str) -> None:
         self.batch.row_errors[position] = why
         self.tally.failed += 1
+
+    def skip(self, position: int, why: MissingValue) -> None:
+        """A row with a missing value in a template field: not sent, not a failure."""
+        self.batch.row_errors[position] = why
+        self.tally.missing += 1
 
     def looked_up(self) -> Iterator[tuple[int, list[dict[str, Any]] | None, str | None, str | None, dict[str, Any] | None]]:
         """The prepared rows with their cache keys and, when resuming, their cached answers: looked up 64 rows at
@@ -328,6 +361,9 @@ class _Run:
 
         async def worker() -> None:
             for position, messages, problem, key, hit in rows:
+                if isinstance(problem, MissingValue):
+                    self.skip(position, problem)
+                    continue
                 if messages is None:
                     self.fail(position, problem or "template")
                     continue
@@ -369,6 +405,8 @@ def _report(run: _Run, errors: str) -> None:
         )
     elif batch.stop_reason is not None:
         _api.warn(f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent: {batch.stop_reason}")
+    if (missing := batch.missing_message()) is not None:
+        _api.warn(missing)
     message = batch.failure_message()
     if message is not None:
         if errors == "raise":
@@ -379,6 +417,15 @@ def _report(run: _Run, errors: str) -> None:
 def _check_errors(errors: str) -> None:
     if errors not in ("keep", "raise"):
         raise SettingError(f"errors must be 'keep' or 'raise' (got {errors!r})", "errors")
+
+
+def _whole(name: str, value: Any) -> int:
+    """A whole number of at least 1 (``True`` is not 4 calls in flight, nor 1)."""
+    import numbers
+
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise SettingError(f"{name} must be a whole number of at least 1 (got {value!r})", name)
+    return int(value)
 
 
 def _estimate(run: _Run) -> BatchEstimate:
@@ -405,6 +452,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     progress: bool = True,
     dry_run: bool = False,
     processes: int = 1,
+    missing: str = "skip",
     **overrides: Any,
 ) -> Any:
     """Send one prompt per row of ``data`` concurrently; return the replies aligned to its index.
@@ -439,6 +487,12 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         process drives about 100 calls a second (litellm spends ~9 ms of CPU per call); worth it only when
         the provider allows more, with a core free for each helper. Retries, rate-limit pauses, budgets and
         the ledger stay in this process.
+    missing
+        ``"skip"`` (the default): a row whose template fields hold a missing value (``None``, ``NaN``, ``pd.NA``,
+        ``NaT``) is not sent; its result is NA, its reason in ``ipyllm.last_batch().errors`` is ``missing value in
+        {field}``, and one line after the batch counts such rows (they are not failures). ``"send"``: they are
+        sent, the value as text (``None``, ``nan``, ``<NA>``). A callable template gets every row and handles its
+        own missing values.
     **overrides
         As in ``complete``: ``model``, ``temperature``, ``max_tokens``, ``system``, extra litellm arguments.
 
@@ -451,13 +505,16 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     ------
     BatchInterrupted
         On Ctrl-C, after cancelling the calls in flight; ``.result`` is the partial result.
+    ipyllm.SettingError, ipyllm.InvalidInputError
+        Before anything is sent: data that is not rows, an empty template or one naming a field the data does
+        not have, an invalid schema, a bad argument, an unknown keyword (named with its close match).
     """
     import asyncio
 
     from ipyllm import _loop
 
     _check_errors(errors)
-    run = _Run(template, data, concurrency, schema, resume, overrides, processes)
+    run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "map")
     if dry_run:
         estimated = _estimate(run)
         run.finish_quietly()
@@ -502,6 +559,7 @@ async def amap(
     resume: bool = True,
     progress: bool = True,
     processes: int = 1,
+    missing: str = "skip",
     **overrides: Any,
 ) -> Any:
     """``map`` as a coroutine (``await ipyllm.amap(...)``): the caller's loop keeps running; same arguments and result.
@@ -514,7 +572,7 @@ async def amap(
     from ipyllm import _loop
 
     _check_errors(errors)
-    run = _Run(template, data, concurrency, schema, resume, overrides, processes)
+    run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "amap")
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
     try:

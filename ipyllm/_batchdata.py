@@ -6,6 +6,7 @@ raw replies, counters and the summary line. Knows nothing of scheduling (``_batc
 
 from __future__ import annotations
 
+import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,18 @@ from ipyllm._schema import Schema
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "Fields", "fill", "rows_of"]
+__all__ = [
+    "Batch",
+    "BatchError",
+    "BatchEstimate",
+    "BatchInterrupted",
+    "Fields",
+    "MissingValue",
+    "fill",
+    "is_missing",
+    "rows_of",
+    "template_fields",
+]
 
 
 class BatchError(LLMError):
@@ -103,15 +115,28 @@ class Batch:
     def failure_kinds(self) -> Counter[str]:
         kinds: Counter[str] = Counter()
         for error in self.row_errors:
-            if error is not None and error not in ("interrupted", "not sent"):
+            if error is not None and error not in ("interrupted", "not sent") and not isinstance(error, MissingValue):
                 kinds[error.split(":", 1)[0]] += 1
         return kinds
+
+    def missing_message(self) -> str | None:
+        """``3 of 100 rows not sent: a missing value in {text} (missing="send" sends them as text)``; None when none."""
+        fields = Counter(error.field for error in self.row_errors if isinstance(error, MissingValue))
+        if not fields:
+            return None
+        where = " or ".join(f"{{{name}}}" for name, _ in fields.most_common())
+        return (
+            f"{sum(fields.values()):,} of {self.tally.total:,} rows not sent: a missing value in {where} "
+            '(missing="send" sends them as text)'
+        )
 
     def summarize(self) -> str:
         t = self.tally
         parts = [f"{t.answered + t.cached:,} answered" + (f" ({t.cached:,} from the cache)" if t.cached else "")]
         if t.failed:
             parts.append(f"{t.failed:,} failed")
+        if t.missing:
+            parts.append(f"{t.missing:,} skipped (missing values)")
         if t.not_sent:
             parts.append(f"{t.not_sent:,} not sent")
         if t.interrupted:
@@ -165,6 +190,53 @@ class BatchEstimate:
 # -- the rows ------------------------------------------------------------------------------------------------
 
 
+class MissingValue(str):
+    """Why a row was not sent: a field its template fills is missing (``None``, ``NaN``, ``NA``, ``NaT``).
+
+    Not a failure: such rows are counted apart, and ``missing="send"`` sends them as text instead.
+    """
+
+    field: str
+
+    def __new__(cls, field: str) -> MissingValue:
+        reason = super().__new__(cls, f"missing value in {{{field}}}")
+        reason.field = field
+        return reason
+
+
+def is_missing(value: Any) -> bool:
+    """A missing scalar: ``None``, ``NaN``, ``pd.NA``, ``NaT`` (a list or an object is a value, whatever it holds)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return False
+    import pandas as pd
+
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
+
+
+def template_fields(template: str) -> tuple[str, ...]:
+    """The names a str template fills, in order: ``{text}``, ``{row.name}`` (``row``), ``{width}`` in a format spec.
+
+    Empty when the template's braces do not parse: ``str.format`` then says so on the first row.
+    """
+    import _string  # the field-name parser str.format itself uses
+
+    names: list[str] = []
+    try:
+        for _, field, spec, _ in string.Formatter().parse(template):
+            if field is None:
+                continue
+            root = _string.formatter_field_name_split(field)[0]
+            if isinstance(root, str) and root and root not in names:
+                names.append(root)
+            if spec and "{" in spec:
+                names += [name for name in template_fields(spec) if name not in names]
+    except ValueError:
+        return ()
+    return tuple(names)
+
+
 class Fields(dict):  # type: ignore[type-arg]
     def __missing__(self, name: str) -> Any:
         fields = ", ".join(sorted(k for k in self if k != "index")) or "none"
@@ -198,9 +270,19 @@ def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
                 yield fields, value
 
         return data.index, len(data), series_rows()
-    if isinstance(data, (str, bytes)) or isinstance(data, dict):
-        raise SettingError("data must be a DataFrame, a Series, or a list of strings or dicts", "data")
-    items = data if isinstance(data, Sequence) else list(data)
+    accepted = "a DataFrame, a Series, or a list (or other iterable) of strings or dicts"
+    if data is None or isinstance(data, (str, bytes, dict)):
+        raise SettingError(f"data must be {accepted}, not {'None' if data is None else type(data).__name__}", "data")
+    if isinstance(data, Sequence):
+        items: Sequence[Any] = data
+    else:
+        try:
+            iterator = iter(data)
+        except TypeError:
+            iterator = None
+        if iterator is None:  # refused outside the except block: nothing chained
+            raise SettingError(f"data must be {accepted}, not {type(data).__name__}", "data")
+        items = list(iterator)
 
     def item_rows() -> Iterator[tuple[Any, Any]]:
         for position, item in enumerate(items):

@@ -21,7 +21,9 @@ from urllib.parse import urlsplit, urlunsplit
 from traitlets import Bool, Dict, TraitError, TraitType, validate
 from traitlets.config import Configurable
 
-__all__ = ["LLMConfig", "RevealedKey", "Secret", "SettingError", "Settings", "config"]
+from ipyllm._pricemap import close_names, priceable
+
+__all__ = ["LLMConfig", "RevealedKey", "Secret", "SettingError", "Settings", "UnknownSettingError", "config"]
 
 
 class SettingError(TraitError, ValueError):
@@ -39,6 +41,11 @@ class SettingError(TraitError, ValueError):
     def _render_traceback_(self) -> list[str]:
         # IPython prints this instead of a traceback.
         return [f"SettingError: {self}"]
+
+
+class UnknownSettingError(SettingError, AttributeError):  # type: ignore[misc]  # name: str here, str | None there
+    """No setting has this name (a typo such as ``config.budget = 5``): a ``SettingError``, and the
+    ``AttributeError`` Python raises for an attribute an object does not take."""
 
 
 def _mask(plain: str) -> str:
@@ -178,7 +185,11 @@ class Number(_Setting):
             number = float(value.strip()) if isinstance(value, str) else float(value)
         except (TypeError, ValueError):
             raise self.refuse(value) from None
-        if math.isnan(number) or not self.low <= number <= self.high:
+        if not math.isfinite(number):
+            # inf would pass a ">= 0" check, and a budget of inf is no limit while it looks like one.
+            unset = "; None unsets it" if self.allow_none else ""
+            raise SettingError.refused(self.name or "setting", value, f"{self.allowed}, and finite{unset}")
+        if not self.low <= number <= self.high:
             raise self.refuse(value)
         if self.integer:
             if not number.is_integer():
@@ -352,6 +363,9 @@ class LLMConfig(Configurable):
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         self._version = 0
         self._frozen: tuple[int, Settings] | None = None
+        for name in kwargs:
+            if not hasattr(type(self), name):
+                raise unknown_setting(name)  # traitlets would pass it on to object.__init__ with a warning
         super().__init__(**kwargs)
         if environ is not None:
             self.load_environment(environ, skip=set(kwargs))
@@ -389,12 +403,31 @@ class LLMConfig(Configurable):
         prices = proposal["value"]
         for model, price in prices.items():
             if isinstance(price, str) and price.strip():
+                # A base model litellm cannot price would leave the model unpriced without a word (a set lookup
+                # once the price map is read; every call with overrides validates the prices again).
+                if not priceable(price):
+                    close = close_names(price)
+                    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                    raise SettingError(
+                        f"prices: litellm has no price for the base model {price!r} (of {model!r}): {hint}"
+                        "name a model in litellm's price map, or give {'input_cost_per_token': x, 'output_cost_per_token': y}; "
+                        "the old value stays.",
+                        "prices",
+                    )
                 continue
             if isinstance(price, dict) and price and set(price) <= {"input_cost_per_token", "output_cost_per_token"}:
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in price.values()):
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in price.values()):
                     continue
             raise SettingError.refused("prices", {model: price}, allowed)
         return dict(prices)
+
+    # -- attributes ------------------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        # A typo (config.budget = 0 for budget_usd) would otherwise be a plain attribute, and the limit never set.
+        # traitlets' own state starts with "_"; its traits (config, parent) and methods are on the class.
+        if not name.startswith("_") and not hasattr(type(self), name):
+            raise unknown_setting(name)
+        super().__setattr__(name, value)
 
     # -- several at once -------------------------------------------------------------------------------
     def update(self, **values: Any) -> None:
@@ -450,12 +483,12 @@ class LLMConfig(Configurable):
         return f"LLMConfig({shown})"
 
 
-def unknown_setting(name: str) -> SettingError:
+def unknown_setting(name: str) -> UnknownSettingError:
     import difflib
 
     close = difflib.get_close_matches(name, SETTING_NAMES, n=1)
     hint = f"did you mean {close[0]}? " if close else ""
-    return SettingError(f"no setting named {name!r}: {hint}settings are {', '.join(SETTING_NAMES)}", name)
+    return UnknownSettingError(f"no setting named {name!r}: {hint}settings are {', '.join(SETTING_NAMES)}", name)
 
 
 @dataclass(frozen=True)

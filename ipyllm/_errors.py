@@ -4,6 +4,7 @@
 
     Exception
      ├── SettingError (traitlets.TraitError, ValueError)   a setting was refused; the old value stays
+     │    └── UnknownSettingError (AttributeError)        no setting has this name (config.budget = 5); close match named
      └── LLMError                                           a model call failed; ``.usage`` is its row
           ├── MissingKeyError                               no API key for the provider
           ├── AuthenticationError                           the provider refused the key (401, 403)
@@ -32,7 +33,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._config import SettingError
+from ipyllm._config import SettingError, UnknownSettingError
 
 if TYPE_CHECKING:
     from ipyllm._config import Settings
@@ -51,6 +52,7 @@ __all__ = [
     "SettingError",
     "StreamBrokenError",
     "UnknownModelError",
+    "UnknownSettingError",
 ]
 
 

@@ -29,7 +29,7 @@ from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._client import Reply, as_messages, estimate, warm_up
 from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
 from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
-from ipyllm._errors import Interrupted, LLMError, StreamBrokenError
+from ipyllm._errors import Interrupted, InvalidInputError, LLMError, StreamBrokenError
 
 if TYPE_CHECKING:
     import argparse
@@ -349,6 +349,12 @@ class LLMMagics(Magics):
     @argument("--concurrency", type=int, default=8, metavar="N", help="with --map: most calls in flight (default 8)")
     @argument("--processes", type=int, default=1, metavar="N", help="with --map: spread litellm's work over N processes (default 1)")
     @argument("--schema", metavar="NAME", help="with --map: a pydantic model or JSON-schema dict; one column per field")
+    @argument(
+        "--missing",
+        choices=("skip", "send"),
+        default="skip",
+        help="with --map: rows with a missing value (None, NaN, NA, NaT) in a {field} are not sent (skip, default) or sent as text",
+    )
     @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
     @no_var_expand
     @line_cell_magic
@@ -574,12 +580,19 @@ def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict
     data, schema = namespace[args.map], namespace.get(args.schema) if args.schema else None
     try:
         if args.dry_run:
-            print(_batch.map(template, data, schema=schema, dry_run=True, **overrides))
+            print(_batch.map(template, data, schema=schema, dry_run=True, missing=args.missing, **overrides))
             return
         result = _batch.map(
-            template, data, concurrency=args.concurrency, processes=args.processes, schema=schema, resume=not args.no_cache, **overrides
+            template,
+            data,
+            concurrency=args.concurrency,
+            processes=args.processes,
+            schema=schema,
+            resume=not args.no_cache,
+            missing=args.missing,
+            **overrides,
         )
-    except SettingError as error:
+    except (SettingError, InvalidInputError) as error:
         raise UsageError(str(error)) from None
     if args.output:
         namespace[args.output] = result

@@ -30,6 +30,8 @@ class Tally:
     answered: int = 0
     cached: int = 0
     failed: int = 0
+    #: Rows not sent because a template field's value is missing (not failures).
+    missing: int = 0
     not_sent: int = 0
     interrupted: int = 0
     retries: int = 0
@@ -41,8 +43,8 @@ class Tally:
 
     @property
     def done(self) -> int:
-        """Rows finished, whichever way (answered, cached, failed)."""
-        return self.answered + self.cached + self.failed
+        """Rows finished, whichever way (answered, cached, failed, skipped for a missing value)."""
+        return self.answered + self.cached + self.failed + self.missing
 
     @property
     def elapsed(self) -> float:
@@ -64,6 +66,8 @@ class Tally:
             parts.append(f"{self.cached:,} cached")
         if self.failed:
             parts.append(f"{self.failed:,} failed")
+        if self.missing:
+            parts.append(f"{self.missing:,} skipped (missing values)")
         paused = self.paused_until - time.monotonic()
         if paused > 0:
             parts.append(f"rate limited: paused {paused:.1f} s (concurrency {self.concurrency})")
@@ -141,6 +145,8 @@ class _Text:
             self.tqdm.update(tally.done - self.shown)
             self.shown = tally.done
             extra = [f"{tally.failed} failed"] if tally.failed else []
+            if tally.missing:
+                extra.append(f"{tally.missing} skipped")
             if tally.paused_until > time.monotonic():
                 extra.append("rate limited")
             extra.append(usd(tally.spent))

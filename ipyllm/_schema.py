@@ -35,6 +35,37 @@ class InvalidOutputError(LLMError):
         self.raw = raw
 
 
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(getattr(error, "message", None) or error).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+#: Schemas found valid, by their JSON text: checking one takes about 2 ms, and complete(schema=...) may run in a loop.
+_valid_schemas: set[str] = set()
+
+
+def _check_json_schema(schema: dict[str, Any]) -> None:
+    """The schema against its metaschema, before anything is sent (else a 37-line ``SchemaError`` after the reply was paid for)."""
+    import jsonschema
+
+    try:
+        text: str | None = json.dumps(schema, sort_keys=True)
+    except (TypeError, ValueError):
+        text = None  # not JSON: checked every time (and refused below if the metaschema says so)
+    if text is not None and text in _valid_schemas:
+        return
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as error:
+        problem = f"at {error.json_path if error.absolute_path else 'the top level'}, {_one_line(error)}"
+    else:
+        if text is not None and len(_valid_schemas) < 256:
+            _valid_schemas.add(text)
+        return
+    # Raised outside the except block: nothing chained (jsonschema's own error is 37 lines).
+    raise SettingError(f"schema is not a valid JSON schema: {problem} (see https://json-schema.org/understanding-json-schema)", "schema")
+
+
 @dataclass(frozen=True)
 class Schema:
     """What a reply must look like: a JSON schema, and the pydantic model it came from (if any)."""
@@ -49,12 +80,22 @@ class Schema:
         if isinstance(schema, Schema):
             return schema
         if isinstance(schema, dict):
+            _check_json_schema(schema)
             if not isinstance(schema.get("properties"), dict) and schema.get("type") != "object":
                 raise SettingError("schema must be a JSON schema of an object (with 'properties'), or a pydantic model class", "schema")
             name = re.sub(r"[^A-Za-z0-9_-]", "_", str(schema.get("title") or "reply"))[:64]
             return cls(name, schema)
         if isinstance(schema, type) and hasattr(schema, "model_json_schema") and hasattr(schema, "model_validate_json"):
-            return cls(schema.__name__, schema.model_json_schema(), schema)
+            try:
+                return cls(schema.__name__, schema.model_json_schema(), schema)
+            except Exception as error:  # pydantic cannot describe a field's type (a PydanticInvalidForJsonSchema, ...)
+                problem = f"{type(error).__name__}: {_one_line(error)}"
+            # Raised outside the except block: nothing chained, the one line says it all.
+            raise SettingError(
+                f"schema {schema.__name__} has no JSON schema ({problem}): "
+                "use field types JSON can describe (str, int, float, bool, list, dict, nested models)",
+                "schema",
+            )
         raise SettingError(f"schema must be a pydantic model class or a JSON-schema dict, not {type(schema).__name__}", "schema")
 
     @property

@@ -25,7 +25,7 @@ _PROMPT_FORM = f"a prompt string, or a list of messages like {_MESSAGE_FORM}"
 # Accepted besides the provider's parameters and litellm's own: provider extras and request plumbing.
 _ALWAYS = frozenset({"extra_body", "extra_headers", "extra_query", "drop_params", "stream_options", "tools", "tool_choice"})
 _INSTEAD = {
-    "dry_run": "dry_run is not a keyword of complete (it would be sent): use ipyllm.estimate(prompt, ...) to see what a call "
+    "dry_run": "dry_run is not a keyword of {caller} (it would be sent): use ipyllm.estimate(prompt, ...) to see what a call "
     "would cost without sending it, or %%llm --dry-run",
 }
 
@@ -158,11 +158,16 @@ def _provider_parameters(kind: str, model: str, provider: str | None) -> frozens
     return frozenset(names)
 
 
-def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[str, Any]) -> None:
-    """Refuse keywords neither the model's provider nor litellm accepts, naming the close match."""
+def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[str, Any], caller: str | None = None) -> None:
+    """Refuse keywords neither the model's provider nor litellm accepts, naming the close match.
+
+    ``caller`` is the function the user called (``map``, ``estimate``, ...), named in the refusal; by default
+    ``complete`` for a chat and ``embed`` for an embedding.
+    """
+    what = caller or ("complete" if kind == "chat" else "embed")
     for name in extra:
-        if name in _INSTEAD:
-            raise InvalidInputError(_INSTEAD[name])
+        if name in _INSTEAD and what in ("complete", "acomplete"):
+            raise InvalidInputError(_INSTEAD[name].format(caller=what))
     if not extra or provider is None:
         return  # an unknown model: litellm's own error about it says more than a keyword check could
     provider_names = _provider_parameters(kind, model, provider)
@@ -174,7 +179,6 @@ def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[s
             name, sorted(known), n=1
         )
         hint = f"did you mean {close[0]}? " if close else ""
-        what = "complete" if kind == "chat" else "embed"
         raise InvalidInputError(
             f"{what}() got the unknown keyword {name!r}: {hint}litellm.get_supported_openai_params({model!r}) lists what "
             f"{model} takes; send provider-specific extras as extra_body={{{name!r}: ...}}"

@@ -1,0 +1,69 @@
+"""The model names litellm can price, without importing litellm (its import takes seconds).
+
+``prices`` aliases (``{"my-deployment": "gpt-4o-mini"}``) are checked when they are set, which can be while
+``ipython_config.py`` is applied at ``%load_ext``: so while litellm is not imported, the names come from the
+price map bundled in its package (``model_prices_and_context_window_backup.json``, found with
+``importlib.util.find_spec``, read once: about 50 ms for its 3.5 MB and 4,878 names, then a set lookup);
+once it is, from ``litellm.model_cost``, which also holds the models registered with ``litellm.register_model``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Collection
+
+__all__ = ["close_names", "priceable"]
+
+_BUNDLED = "model_prices_and_context_window_backup.json"
+
+
+@functools.lru_cache(maxsize=1)
+def _bundled_names() -> frozenset[str] | None:
+    """The names in litellm's bundled price map; None when it cannot be found or read (then nothing is refused)."""
+    try:
+        spec = importlib.util.find_spec("litellm")
+    except (ImportError, ValueError):
+        return None
+    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
+    for location in locations:
+        try:
+            with open(os.path.join(location, _BUNDLED), encoding="utf-8") as file:
+                names = json.load(file)
+        except (OSError, ValueError):
+            continue
+        if isinstance(names, dict):
+            return frozenset(names) - {"sample_spec"}
+    return None
+
+
+def _names() -> Collection[str] | None:
+    """litellm's own price map once litellm is imported, else the bundled one."""
+    litellm = sys.modules.get("litellm")
+    # While the warm-up thread imports litellm, the module exists without its price map: the bundled one answers.
+    model_cost = getattr(litellm, "model_cost", None) if litellm is not None else None
+    if isinstance(model_cost, dict) and model_cost:
+        return model_cost.keys()
+    return _bundled_names()
+
+
+def priceable(model: str) -> bool:
+    """Whether litellm can price ``model``: a name in its price map, or ``provider/name`` with the name in it."""
+    names = _names()
+    if names is None:
+        return True  # no price map to ask: litellm's own pricing will say
+    return model in names or ("/" in model and model.split("/", 1)[1] in names)
+
+
+def close_names(model: str, n: int = 3) -> list[str]:
+    """The price map's names closest to ``model``; for ``provider/name``, ``provider/`` and the names closest to ``name`` first."""
+    names = [name for name in _names() or () if name != "sample_spec"]
+    close: list[str] = []
+    if "/" in model:
+        provider, name = model.split("/", 1)
+        close = [f"{provider}/{match}" for match in difflib.get_close_matches(name, names, n=n) if "/" not in match]
+    return (close + [match for match in difflib.get_close_matches(model, names, n=n) if match not in close])[:n]
