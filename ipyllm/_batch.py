@@ -310,10 +310,12 @@ class _Run:
                 return
         pace.succeeded()
         self.answer(position, reply)
+        if self.batch.row_errors[position] is not None:  # a reply that does not fit the schema: its error says so
+            return
         if not reply.text:
             self.empty_answers += 1
             self.empty_note = self.empty_note or reply.note
-        elif key is not None and self.batch.row_errors[position] is None:
+        elif key is not None:
             row = reply.usage
             payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
             if self.writer is not None:

@@ -34,6 +34,10 @@ STOP_NOTE = (
 )
 
 
+class Answer(BaseModel):
+    word: str
+
+
 def notes(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ipyllm: ")]
 
@@ -105,6 +109,8 @@ def test_an_empty_answer_is_not_cached(live: StubServer, stream: bool) -> None:
     ipyllm.config.cache = True
     live.script(Fault.reply(""))
     assert ipyllm.complete("hello", stream=stream) == ""
+    key = _api.prepare_chat("hello", {}, source="api").key
+    assert key is not None and _api.session.cache_get(key) is None, "nothing was written to the cache"
     again = ipyllm.complete("hello", stream=stream)
     assert str(again) == "[gpt-4o-mini] hello" and again.usage.status == "ok", "asked again, not answered from the cache"
     third = ipyllm.complete("hello", stream=stream)
@@ -121,6 +127,7 @@ def test_acomplete_does_not_cache_an_empty_answer(live: StubServer) -> None:
 
     first, second = asyncio.run(twice())
     assert (str(first), str(second), second.usage.status) == ("", "[gpt-4o-mini] hello", "ok")
+    assert _api.session.cache_get(_api.prepare_chat("hello", {}, source="api").key or "") is not None, "the real answer is cached"
     assert len(chats(live)) == 2
 
 
@@ -140,6 +147,8 @@ def test_map_keeps_an_empty_answer_out_of_the_cache_and_says_so_once(live: StubS
     live.script(Fault.reply(""))  # the first row's answer (concurrency 1)
     result = ipyllm.map("say {value}", ["a", "b"], concurrency=1, progress=False)
     assert result.tolist() == ["", "[gpt-4o-mini] say b"]
+    keys = [_api.cache_key("chat", ipyllm.config.snapshot(), [{"role": "user", "content": f"say {v}"}], {}) for v in "ab"]
+    assert list(_api.session.cache_get_many(keys)) == [keys[1]], "only the answer with text is kept for a resume"
     assert [r.status for r in _api.session.ledger.rows()] == ["ok", "ok"]
     assert notes(capsys.readouterr().err) == [
         "ipyllm: 1 of 2 rows got an empty answer, e.g. gpt-4o-mini answered with no text (finish reason: stop): not cached; "
@@ -150,6 +159,17 @@ def test_map_keeps_an_empty_answer_out_of_the_cache_and_says_so_once(live: StubS
     assert [r.body["messages"][-1]["content"] for r in chats(live)] == ["say a", "say b", "say a"], "only the empty row is sent again"
     assert [r.status for r in _api.session.ledger.rows()[2:]] == ["ok", "cached"]
     assert notes(capsys.readouterr().err) == []
+
+
+def test_map_with_a_schema_counts_an_empty_answer_as_a_reply_that_does_not_fit(
+    live: StubServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ipyllm.config.update(retry_min_wait=0.05, retry_max_wait=1)
+    live.script(Fault.reply(""))
+    result = ipyllm.map("word: {value}", ["a", "b"], schema=Answer, concurrency=1, progress=False)
+    assert result["word"].isna().tolist() == [True, False]
+    said = notes(capsys.readouterr().err)
+    assert len(said) == 1 and "invalid_output" in said[0] and "empty answer" not in said[0], said
 
 
 # -- the magic -------------------------------------------------------------------------------------------------
@@ -269,10 +289,6 @@ def test_zero_choices_after_a_broken_stream_keep_the_servers_tokens(live: StubSe
     assert (row.status, row.attempts, row.prompt_tokens, row.completion_tokens) == ("error", 2, 5, 0), (
         "the stub reports 5 with zero choices"
     )
-
-
-class Answer(BaseModel):
-    word: str
 
 
 @pytest.mark.parametrize("reply", ["", "not json"], ids=["empty", "not-json"])
