@@ -319,8 +319,8 @@ class ChatRequest:
         return estimate_messages(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
 
     def cached(self, on_text: Callable[[str], Any] | None = None) -> Reply | None:
-        """The cached answer (recorded as a ``cached`` row), or None."""
-        if self.key is None or (hit := session.cache_get(self.key)) is None:
+        """The cached answer (recorded as a ``cached`` row), or None (also for an empty answer an earlier version kept)."""
+        if self.key is None or (hit := session.cache_get(self.key)) is None or not hit.get("text"):
             return None
         row = _cached_row("chat", self.settings.model, self.settings, hit, self.started)
         self.record(row)
@@ -329,14 +329,19 @@ class ChatRequest:
         return self.finish(Reply(hit["text"], row, self.messages), store=False)
 
     def finish(self, reply: Reply, store: bool = True) -> Reply:
-        """Parse the reply against the schema (``InvalidOutputError`` if it does not fit), then cache it."""
+        """Parse the reply against the schema (``InvalidOutputError`` if it does not fit), then cache it.
+
+        An empty answer is said in one line and not cached: asked again, the model may well answer.
+        """
         if self.shape is not None:
             try:
                 reply.parsed = self.shape.parse(reply.text)
             except InvalidOutputError as error:
                 error.usage = reply.usage
                 raise
-        if store and self.key is not None:
+        if reply.note:
+            warn(reply.note)
+        if store and self.key is not None and reply.text:
             row = reply.usage
             session.cache_put(
                 self.key,

@@ -160,6 +160,10 @@ class _Writer:
 class _Run:
     """Everything one batch needs, prepared in the calling thread (so template errors raise before sending)."""
 
+    #: Rows answered with no text (not cached, so that running the map again asks again), and the first one's note.
+    empty_answers = 0
+    empty_note: str | None = None
+
     def __init__(
         self,
         template: str | Callable[[Any], Any],
@@ -284,7 +288,9 @@ class _Run:
             wanted = [key for key in keys if key is not None]
             hits = _api.session.cache_get_many(wanted) if self.resume and wanted else {}
             for (position, messages, problem), key in zip(chunk, keys, strict=True):
-                yield position, messages, problem, key, hits.get(key) if key is not None else None
+                hit = hits.get(key) if key is not None else None
+                # An empty answer an earlier version kept is asked again.
+                yield position, messages, problem, key, hit if hit and hit.get("text") else None
 
     async def one(self, position: int, messages: list[dict[str, Any]], key: str | None, hit: dict[str, Any] | None, pace: _Pace) -> None:
         import asyncio
@@ -337,7 +343,12 @@ class _Run:
                 return
         pace.succeeded()
         self.answer(position, reply)
-        if key is not None and self.batch.row_errors[position] is None:
+        if self.batch.row_errors[position] is not None:  # a reply that does not fit the schema: its error says so
+            return
+        if not reply.text:
+            self.empty_answers += 1
+            self.empty_note = self.empty_note or reply.note
+        elif key is not None:
             row = reply.usage
             payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
             if self.writer is not None:
@@ -407,6 +418,12 @@ def _report(run: _Run, errors: str) -> None:
         _api.warn(f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent: {batch.stop_reason}")
     if (missing := batch.missing_message()) is not None:
         _api.warn(missing)
+    if run.empty_answers:
+        said = f", e.g. {run.empty_note.split(';')[0]}" if run.empty_note else ""
+        _api.warn(
+            f"{run.empty_answers:,} of {run.tally.total:,} rows got an empty answer{said}: not cached; "
+            "run the same map again to ask them again"
+        )
     message = batch.failure_message()
     if message is not None:
         if errors == "raise":

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from ipyllm._answers import broken_message, has_answer, one_choice
+from ipyllm._answers import broken_message, empty_note, endpoint, finish_reason, has_answer, one_choice, streamed_finish
 from ipyllm._config import Settings
 from ipyllm._cost import (
     DEFAULT_OUTPUT_TOKENS,
@@ -189,6 +189,8 @@ class Reply(str):
     display_format: str
     #: With ``schema=``: the validated object (a pydantic model instance, or the decoded JSON).
     parsed: Any = None
+    #: Why an answer has no text (the model ended it with no text, saying why), on one line; None otherwise.
+    note: str | None = None
 
     def __new__(cls, text: str, usage: UsageRow, messages: Messages | None = None, response: Any = None) -> Reply:
         reply = super().__new__(cls, text)
@@ -205,7 +207,7 @@ class Reply(str):
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from ipyllm._display import footer, render
 
-        return render(self.text, self.display_format, footer(self.usage))
+        return render(self.text, self.display_format, footer(self.usage) + ("" if self.text else " · empty reply"))
 
 
 class Embeddings(list[list[float]]):
@@ -260,6 +262,13 @@ class _Call:
 
     #: An embedding call's input, counted locally when the provider reports no usage.
     texts: list[str] | None = None
+    #: Why the answer has no text (``empty_note``), for the reply.
+    note: str | None = None
+
+    @property
+    def where(self) -> str:
+        """The endpoint, as every error names it."""
+        return endpoint(self.settings.base_url, self.row.provider)
 
 
 class Client:
@@ -309,23 +318,26 @@ class Client:
 
         def attempt() -> Any:
             if not stream:
-                return one_choice(completion(**kwargs), call.row.provider)
-            response = self._stream_once(completion, kwargs, on_text)
-            if has_answer(response):
+                response = one_choice(completion(**kwargs), call.where)
+                call.note = empty_note(response, finish_reason(response), call.model, call.where)
                 return response
-            # An empty 200 stream says nothing: llama.cpp sends one for a prompt longer than its context window.
-            # Asked again without streaming (one more request, counted as an attempt), the server says why.
+            response, finish = self._stream_once(completion, kwargs, on_text)
+            if response is not None and (finish is not None or has_answer(response)):
+                # Text, or none with a finish reason: the same answer as without streaming.
+                call.note = empty_note(response, finish, call.model, call.where)
+                return response
+            # A stream with nothing, or nothing and no finish reason, broke: llama.cpp sends an empty 200 for a prompt
+            # longer than its context window. Asked again without streaming (one more request, counted as an attempt),
+            # the server says why.
             call.row.attempts += 1
-            response = one_choice(completion(**kwargs), call.row.provider)
-            if not has_answer(response):
-                raise LLMError(f"{call.row.provider or 'the provider'} sent an empty reply, streamed and not: try again, or another model")
-            if on_text is not None:
-                on_text(response.choices[0].message.content or "")
-            return response
+            again = one_choice(completion(**kwargs), call.where)
+            call.note = empty_note(again, finish_reason(again), call.model, call.where, streamed=response, reasked=True)
+            if on_text is not None and (text := again.choices[0].message.content):
+                on_text(text)
+            return again
 
         response = self._run(call, attempt, on_retry, report, messages)
-        text = response.choices[0].message.content or ""
-        return Reply(text, call.row, messages, response)
+        return self._reply(call, messages, response)
 
     def embed(
         self,
@@ -379,15 +391,23 @@ class Client:
 
         async def attempt() -> Any:
             if around_attempt is None:
-                return one_choice(await acompletion(**kwargs), call.row.provider)
-            async with around_attempt():
-                return one_choice(await acompletion(**kwargs), call.row.provider)
+                response = one_choice(await acompletion(**kwargs), call.where)
+            else:
+                async with around_attempt():
+                    response = one_choice(await acompletion(**kwargs), call.where)
+            call.note = empty_note(response, finish_reason(response), call.model, call.where)
+            return response
 
         import asyncio
 
         response = await self._arun(call, attempt, on_retry, report, messages, sleep or asyncio.sleep)
-        text = response.choices[0].message.content or ""
-        return Reply(text, call.row, messages, response)
+        return self._reply(call, messages, response)
+
+    @staticmethod
+    def _reply(call: _Call, messages: Messages, response: Any) -> Reply:
+        reply = Reply(response.choices[0].message.content or "", call.row, messages, response)
+        reply.note = call.note
+        return reply
 
     async def _arun(
         self,
@@ -476,7 +496,10 @@ class Client:
         row = UsageRow(kind=kind, model=model, provider=resolve_provider(target or model, settings.base_url))
         return _Call(kind, model, settings, row, start=self.clock(), target=target or model)
 
-    def _stream_once(self, completion: Callable[..., Any], kwargs: dict[str, Any], on_text: Callable[[str], Any] | None) -> Any:
+    def _stream_once(
+        self, completion: Callable[..., Any], kwargs: dict[str, Any], on_text: Callable[[str], Any] | None
+    ) -> tuple[Any, str | None]:
+        """One streamed attempt: the answer built from its chunks (None when none came) and the finish reason sent."""
         litellm = load_litellm()
         chunks: list[Any] = []
         pieces: list[str] = []
@@ -512,7 +535,7 @@ class Client:
         # says so).
         if response is not None:  # None for an empty stream (see has_answer)
             response.usage = provider_usage(getattr(stream, "chunks", None), chunks)
-        return response
+        return response, streamed_finish(getattr(stream, "chunks", None), chunks)
 
     def _run(
         self,
@@ -659,8 +682,8 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     status = getattr(exc, "status_code", None)
     status = int(status) if isinstance(status, (int, str)) and str(status).isdigit() else None
     name = type(exc).__name__
-    provider = call.row.provider or "the provider"
-    where = settings.base_url or provider
+    provider = call.row.provider or "the provider"  # whose key it is
+    where = call.where  # who answered
     said = provider_words(exc, settings)
     tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
     key_variable = _key_variable(call)
@@ -674,7 +697,7 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
     if is_missing_key(exc):
         return MissingKeyError(f"no API key for {provider}: {key_hint}", status_code=status)
     if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
-        return error(AuthenticationError, f"{provider} refused the API key ({status})", f"check it, or {key_hint}")
+        return error(AuthenticationError, f"{where} refused the API key ({status})", f"check it, or {key_hint}")
     if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
         sent = status == 404  # else litellm refused the name before sending it
         setting = "embedding_model" if call.kind == "embedding" else "model"
@@ -687,7 +710,7 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
             RequestRejectedError, f"the prompt is longer than {model}'s context window", "shorten it or choose a model with a larger one"
         )
     if name == "ContentPolicyViolationError":
-        return error(RequestRejectedError, f"{provider} refused the request under its content policy", "rephrase the prompt")
+        return error(RequestRejectedError, f"{where} refused the request under its content policy", "rephrase the prompt")
     if status == 429:
         return error(RateLimitError, f"rate limited (429) {tries}", "wait a minute and run again, or raise num_retries / retry_max_wait")
     reason = describe(exc)
@@ -728,12 +751,10 @@ def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
             "change the server's setup or the model",
         )
     if status is not None and status >= 500:
-        return error(
-            ProviderUnavailableError, f"{provider} failed with {status} {tries}", "the provider is having trouble; try again later"
-        )
+        return error(ProviderUnavailableError, f"{where} failed with {status} {tries}", "the provider is having trouble; try again later")
     if status is not None and 400 <= status < 500:
-        return error(RequestRejectedError, f"{provider} rejected the request ({status})", "fix what it names and run again")
-    return error(LLMError, f"{name} from {provider}", "see what it says, and run again")
+        return error(RequestRejectedError, f"{where} rejected the request ({status})", "fix what it names and run again")
+    return error(LLMError, f"{name} from {where}", "see what it says, and run again")
 
 
 def _check_key(call: _Call) -> None:

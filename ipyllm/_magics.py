@@ -445,8 +445,9 @@ class LLMMagics(Magics):
         if args.output:
             self.shell.user_ns[args.output] = reply
         if cell is None:
-            # The retry notes step aside for the returned value (shown by IPython, or assigned).
-            output.can_clear &= _api_warnings() == warnings_before
+            # The retry notes step aside for the returned value (shown by IPython, or assigned); clearing the cell
+            # would take a one-line note (an empty answer's) with them.
+            output.can_clear &= _api_warnings() == warnings_before and not reply.note
             output.withdraw(f"answered after {reply.usage.attempts} attempts")
             return reply
         output.show(reply._repr_mimebundle_(), final=True)

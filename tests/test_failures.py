@@ -61,7 +61,7 @@ def test_a_transient_5xx_keeps_the_servers_words_after_its_retries(live: StubSer
     ipyllm.config.num_retries = 2
     live.script(*[Fault.status(503, "upstream llama is loading the model")] * 3)
     line = one_line(fails(ipyllm.ProviderUnavailableError, "hello"))
-    assert line.startswith("ProviderUnavailableError: openai failed with 503 after 3 attempts")
+    assert line.startswith(f"ProviderUnavailableError: {live.base_url} failed with 503 after 3 attempts")
     assert '"upstream llama is loading the model"' in line and "try again later" in line
     assert len(live.requests) == 3 and len(sleeps.waits) == 2
 

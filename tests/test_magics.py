@@ -235,8 +235,8 @@ def test_provider_failures_print_one_line(ip: Any, live: StubServer) -> None:
         ip.run_cell("%llm hello")
     lines = [line for line in captured.stderr.splitlines() + captured.stdout.splitlines() if line.strip()]
     assert lines == [
-        'AuthenticationError: openai refused the API key (401): "Unauthorized (stub)"; check it, or set LLM_API_KEY or OPENAI_API_KEY, '
-        "or ipyllm.config.api_key"
+        f'AuthenticationError: {live.base_url} refused the API key (401): "Unauthorized (stub)"; '
+        "check it, or set LLM_API_KEY or OPENAI_API_KEY, or ipyllm.config.api_key"
     ]
     assert _api.session.ledger.rows()[-1].status == "error"
 

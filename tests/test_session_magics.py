@@ -159,7 +159,7 @@ def test_an_assigned_line_magic_and_a_refused_call_leave_no_output(ip: Any, live
     assert shown(captured) == []
     assert ip.user_ns["answer"] == "[gpt-4o-mini] hello"
     assert [r.status for r in _api.session.ledger.rows()] == ["ok", "error", "error"]
-    assert captured.stdout.count("RequestRejectedError: openai rejected the request (400)") == 2
+    assert captured.stdout.count(f"RequestRejectedError: {live.base_url} rejected the request (400)") == 2
 
 
 def test_a_failing_cell_after_retries_clears_its_note(ip: Any, live: StubServer) -> None:
