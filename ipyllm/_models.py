@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import difflib
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -21,10 +20,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._client import litellm_loaded, load_litellm
+from ipyllm._client import load_litellm
 from ipyllm._config import Secret, Settings
 from ipyllm._cost import custom_price
 from ipyllm._errors import InvalidInputError
+from ipyllm._pricemap import price_map
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,32 +77,6 @@ def _per_million(entry: dict[str, Any], key: str) -> float:
 def _context(entry: dict[str, Any]) -> int | None:
     window = entry.get("max_input_tokens") or entry.get("max_tokens")
     return int(window) if isinstance(window, (int, float)) and window > 0 else None
-
-
-#: The price map bundled in litellm's package (what litellm itself reads with ``LITELLM_LOCAL_MODEL_COST_MAP``).
-BUNDLED_PRICE_MAP = "model_prices_and_context_window_backup.json"
-
-
-@functools.lru_cache(maxsize=1)
-def _bundled_price_map() -> dict[str, Any]:
-    """litellm's bundled price map, read as JSON without importing litellm; empty when it cannot be found."""
-    spec = importlib.util.find_spec("litellm")  # finds the package without running it
-    if spec is None or not spec.origin:
-        return {}
-    try:
-        with open(os.path.join(os.path.dirname(spec.origin), BUNDLED_PRICE_MAP), encoding="utf-8") as file:
-            prices = json.load(file)
-    except (OSError, ValueError):
-        return {}
-    return prices if isinstance(prices, dict) else {}
-
-
-def price_map() -> dict[str, Any]:
-    """litellm's price map: its own when litellm is imported, else the bundled copy (litellm is not imported)."""
-    if litellm_loaded():
-        prices: dict[str, Any] = load_litellm().model_cost
-        return prices
-    return _bundled_price_map()
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,53 +15,55 @@ import importlib.util
 import json
 import os
 import sys
-from collections.abc import Collection
+from typing import Any
 
-__all__ = ["close_names", "priceable"]
+__all__ = ["close_names", "price_map", "priceable"]
 
 _BUNDLED = "model_prices_and_context_window_backup.json"
 
 
 @functools.lru_cache(maxsize=1)
-def _bundled_names() -> frozenset[str] | None:
-    """The names in litellm's bundled price map; None when it cannot be found or read (then nothing is refused)."""
+def _bundled() -> dict[str, Any]:
+    """litellm's bundled price map, read as JSON without importing litellm; empty when it cannot be found or read
+    (then nothing is refused)."""
     try:
-        spec = importlib.util.find_spec("litellm")
+        spec = importlib.util.find_spec("litellm")  # finds the package without running it
     except (ImportError, ValueError):
-        return None
-    locations = list(spec.submodule_search_locations or ()) if spec is not None else []
-    for location in locations:
+        return {}
+    for location in list(spec.submodule_search_locations or ()) if spec is not None else []:
         try:
             with open(os.path.join(location, _BUNDLED), encoding="utf-8") as file:
-                names = json.load(file)
+                prices = json.load(file)
         except (OSError, ValueError):
             continue
-        if isinstance(names, dict):
-            return frozenset(names) - {"sample_spec"}
-    return None
+        if isinstance(prices, dict):
+            prices.pop("sample_spec", None)
+            return prices
+    return {}
 
 
-def _names() -> Collection[str] | None:
-    """litellm's own price map once litellm is imported, else the bundled one."""
+def price_map() -> dict[str, Any]:
+    """litellm's price map (name -> prices, context window, mode): its own once litellm is imported, else the
+    bundled copy (what litellm itself reads with ``LITELLM_LOCAL_MODEL_COST_MAP``)."""
     litellm = sys.modules.get("litellm")
     # While the warm-up thread imports litellm, the module exists without its price map: the bundled one answers.
     model_cost = getattr(litellm, "model_cost", None) if litellm is not None else None
     if isinstance(model_cost, dict) and model_cost:
-        return model_cost.keys()
-    return _bundled_names()
+        return model_cost
+    return _bundled()
 
 
 def priceable(model: str) -> bool:
     """Whether litellm can price ``model``: a name in its price map, or ``provider/name`` with the name in it."""
-    names = _names()
-    if names is None:
+    names = price_map()
+    if not names:
         return True  # no price map to ask: litellm's own pricing will say
     return model in names or ("/" in model and model.split("/", 1)[1] in names)
 
 
 def close_names(model: str, n: int = 3) -> list[str]:
     """The price map's names closest to ``model``; for ``provider/name``, ``provider/`` and the names closest to ``name`` first."""
-    names = [name for name in _names() or () if name != "sample_spec"]
+    names = [name for name in price_map() if name != "sample_spec"]
     close: list[str] = []
     if "/" in model:
         provider, name = model.split("/", 1)

@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
 
 import ipyllm
-from ipyllm import _models
+from ipyllm import _models, _pricemap
 from ipyllm._client import load_litellm
 from ipyllm.testing import STUB_MODELS, StubServer
 
@@ -92,12 +92,12 @@ def test_models_in_a_fresh_process_lists_the_servers_models_without_importing_li
 
 
 def test_the_bundled_price_map_is_litellms_own(clean_config: ipyllm.LLMConfig) -> None:
-    bundled, loaded = _models._bundled_price_map(), load_litellm().model_cost
+    bundled, loaded = _pricemap._bundled(), load_litellm().model_cost
     text_models = {name for name, entry in bundled.items() if isinstance(entry, dict) and entry.get("mode") in _models.TEXT_MODES}
     assert len(text_models) > 1000 and text_models <= set(loaded)
     for name in ("gpt-4o-mini", "gpt-4o", "claude-haiku-4-5", "text-embedding-3-small"):
         assert bundled[name]["input_cost_per_token"] == loaded[name]["input_cost_per_token"], name
-    assert _models._bundled_price_map() is bundled, "read once"
+    assert _pricemap._bundled() is bundled, "read once"
 
 
 # -- nothing matches ----------------------------------------------------------------------------------------------

@@ -589,10 +589,10 @@ MUTATIONS: list[Mutation] = [
     m(
         "models-prices-import-litellm",
         "models",
-        "a base_url server's prices come from litellm's own price map, imported for them",
-        "ipyllm/_models.py",
-        "    if litellm_loaded():",
-        "    if True:",
+        "a base_url server's prices (and price aliases) come from litellm's own price map, imported for them",
+        "ipyllm/_pricemap.py",
+        '    litellm = sys.modules.get("litellm")',
+        '    litellm = __import__("litellm")',
         "tests/test_models_without_litellm.py -k fresh",
     ),
     m(
