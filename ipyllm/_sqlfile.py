@@ -62,7 +62,7 @@ def _advice(reason: str) -> str:
 
 
 def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}{'s' if count != 1 else ''}"
+    return f"{count:,} {noun}{'s' if count != 1 else ''}"
 
 
 def _identity_of(path: str) -> tuple[int, int] | None:
