@@ -73,7 +73,7 @@ class Session:
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
         self._spend_today: tuple[float, float, float] | None = None
-        self.budgets = Budgets(self.id, self.ledger, self.store, self.warn_once)
+        self.budgets = Budgets(self.id, self.ledger, self.store, self._budget_warning)
 
     # -- the ledger ------------------------------------------------------------------------------------------
     def store(self) -> Store | None:
@@ -100,7 +100,8 @@ class Session:
     def using_store(self, action: Callable[[Store], T]) -> T | None:
         """Run ``action`` on the ledger; if it cannot be used, say so once and return None.
 
-        A file that cannot be used is given up for the session; a server that is away is tried again.
+        A file that is not a ledger is given up for the session; a server that is away, or a file that cannot
+        be written for now, is tried again (the store has said so itself, once per outage).
         """
         store = self.store()
         if store is None:
@@ -108,7 +109,8 @@ class Session:
         try:
             return action(store)
         except LedgerUnavailableError as error:
-            self.warn_once(f"away:{error}" if error.transient else f"store:{store.name}", str(error))
+            if not error.said:
+                self.warn_once(f"away:{error}" if error.transient else f"store:{store.name}", str(error))
             return None
 
     def spend_today(self, user: str) -> tuple[float, float] | None:
@@ -130,6 +132,13 @@ class Session:
         mine = self.ledger.spend(since=midnight, session=self.id)
         mine_as_user = self.ledger.spend(since=midnight, session=self.id, user=user)
         return self._spend_today[1] + mine, self._spend_today[2] + mine_as_user
+
+    def _budget_warning(self, key: str, message: str) -> None:
+        """Budgets could not hold a call's cost in the ledger: said once, and the ledger given up (``store:``), unless
+        the ledger said so itself (it cannot be written for now: its rows wait in its spool, and it is tried again)."""
+        if any(message == getattr(store, "last_said", None) for store in list(self._stores.values())):
+            return
+        self.warn_once(key, message)
 
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:

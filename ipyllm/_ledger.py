@@ -282,11 +282,13 @@ class LedgerUnavailableError(Exception):
     """The ledger cannot be used; the message says what to do.
 
     ``transient``: the store keeps trying by itself (a server that is down), so the session goes on using it.
+    ``said``: the store has said so itself (one line per outage), so the caller says nothing more.
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, transient: bool = False, said: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.said = said
 
 
 #: A response cache entry: key, kind, model, payload (JSON text).

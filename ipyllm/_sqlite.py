@@ -1,16 +1,16 @@
 """The SQLite ledger: usage rows, budget holds and the response cache in one file.
 
 Every row is committed as its call ends, one insert per call, in WAL mode with a busy timeout, so several
-kernels can share one file and a killed kernel loses no finished call. A file that cannot be opened or
-written (corrupt, locked, read-only) never breaks a call: it says so once, in one line, and the rows stay
-in memory.
+kernels can share one file and a killed kernel loses no finished call. Each row has a unique id (``uid``),
+so a row written twice is stored once. The file is watched (``ipyllm._sqlfile``): one that vanishes while
+in use is recreated with all it held, and one that cannot be written never breaks a call: it says so once,
+in one line, and its rows wait in a local spool (and in memory) until it can be written again.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,112 +31,57 @@ from ipyllm._ledger import (
     frame_from_columns,
     row_values,
 )
+from ipyllm._spool import SpooledEntry
+from ipyllm._sqlfile import LedgerFile
+from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, ROW_COLUMNS, SCHEMA_VERSION, Entry, apply, committed
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
-_ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
-_INSERT_ROW = f"INSERT INTO usage ({_ROW_COLUMNS}) VALUES ({', '.join('?' * len(COLUMNS))})"
-_PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)"
 
-
-#: Schema migrations: entry n takes the ledger from version n to n + 1 (``PRAGMA user_version``).
-MIGRATIONS: list[tuple[str, ...]] = [
-    (
-        """CREATE TABLE IF NOT EXISTS usage (
-            id INTEGER PRIMARY KEY,
-            timestamp_us INTEGER NOT NULL,
-            session TEXT, cell INTEGER, source TEXT, kind TEXT, model TEXT, provider TEXT,
-            prompt_tokens INTEGER, completion_tokens INTEGER, total_tokens INTEGER,
-            cost_usd REAL, latency_s REAL, attempts INTEGER, status TEXT, error TEXT)""",
-        "CREATE INDEX IF NOT EXISTS usage_timestamp ON usage (timestamp_us)",
-        "CREATE INDEX IF NOT EXISTS usage_session ON usage (session)",
-    ),
-    (
-        """CREATE TABLE IF NOT EXISTS cache (
-            key TEXT PRIMARY KEY, created_us INTEGER NOT NULL, kind TEXT, model TEXT, payload TEXT NOT NULL)""",
-    ),
-    (
-        "ALTER TABLE usage ADD COLUMN cached_tokens INTEGER",
-        "ALTER TABLE usage ADD COLUMN tokens_estimated INTEGER",
-        "ALTER TABLE usage ADD COLUMN batch TEXT",
-        "ALTER TABLE usage ADD COLUMN user TEXT",
-        "ALTER TABLE usage ADD COLUMN host TEXT",
-        "CREATE INDEX IF NOT EXISTS usage_user ON usage (user, timestamp_us)",
-        # Budget holds of calls in flight, in every kernel writing this ledger (see Hold).
-        """CREATE TABLE IF NOT EXISTS holds (
-            id TEXT PRIMARY KEY, session TEXT, user TEXT, host TEXT, pid INTEGER,
-            amount REAL NOT NULL, created_us INTEGER NOT NULL, expires_us INTEGER NOT NULL)""",
-    ),
-]
-SCHEMA_VERSION = len(MIGRATIONS)
+def _new_uid() -> str:
+    return os.urandom(16).hex()
 
 
 class SQLiteStore:
-    """The persistent ledger (and the response cache) in one SQLite file.
+    """The persistent ledger (and the response cache) in one SQLite file, watched.
 
-    Opened on first use. Every method raises ``LedgerUnavailableError`` with a one-line explanation when the
-    file cannot be used; callers keep rows in memory instead.
+    Opened on first use. While the file cannot be written, rows and cache entries wait in a spool. A file that
+    is not a ledger makes every method raise ``LedgerUnavailableError`` with a one-line explanation; callers
+    keep rows in memory instead.
+
+    Parameters
+    ----------
+    path
+        The ledger file.
+    busy_timeout
+        Seconds a write waits for another kernel's.
+    spool
+        Where rows wait while the file cannot be written (default: ``ipyllm/spool/`` in the Jupyter data directory).
     """
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0, spool: Path | None = None) -> None:
         self.path = Path(path)
         self.name = str(self.path)
         self.shared = False
         self.busy_timeout = busy_timeout
-        self._connection: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
+        #: The file, watched: its connection, its spool and its lock.
+        self.file = LedgerFile(self.path, busy_timeout, spool)
+        self._lock = self.file.lock
+
+    def __repr__(self) -> str:
+        return f"SQLiteStore({self.name!r})"
+
+    @property
+    def last_said(self) -> str:
+        """The line said when the latest outage began ("" before any)."""
+        return self.file.last_said
 
     # -- connection ------------------------------------------------------------------------------------
-    def _connect(self) -> sqlite3.Connection:
-        if self._connection is not None:
-            return self._connection
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            connection = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False)
-            connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(connection)
-        except (sqlite3.Error, OSError) as error:
-            raise self._unavailable(error) from error
-        self._connection = connection
-        return connection
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
-        if version == SCHEMA_VERSION:
-            return
-        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            connection.execute("COMMIT")
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-
-    def _unavailable(self, error: BaseException) -> LedgerUnavailableError:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        if "readonly" in reason or "read-only" in reason or isinstance(error, PermissionError):
-            advice = "make it writable or set LLM_USAGE_DB to a writable file"
-        elif "locked" in reason or "busy" in reason:
-            advice = "another program holds it; close it or set LLM_USAGE_DB to another file"
-        elif "not a database" in reason or "malformed" in reason:
-            advice = "move the broken file away or set LLM_USAGE_DB to another file"
-        else:
-            advice = "set LLM_USAGE_DB to a file that can be written"
-        return LedgerUnavailableError(
-            f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {advice}"
-        )
+    def _connect(self, retry_now: bool = False) -> sqlite3.Connection:
+        return self.file.connect(retry_now)
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
@@ -146,51 +91,55 @@ class SQLiteStore:
         with self._lock:
             connection = self._connect()
             try:
-                connection.execute("BEGIN IMMEDIATE")
-                try:
+                with committed(connection):
                     yield connection
-                    if connection.in_transaction:
-                        connection.execute("COMMIT")
-                except BaseException:
-                    if connection.in_transaction:
-                        connection.execute("ROLLBACK")
-                    raise
             except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+                raise self.file.failed(error) from error
 
-    def _run(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    def _run(self, sql: str, parameters: Sequence[Any] = (), retry_now: bool = False) -> list[tuple[Any, ...]]:
         with self._lock:
-            connection = self._connect()
+            connection = self._connect(retry_now)
             try:
                 return connection.execute(sql, parameters).fetchall()
             except sqlite3.Error as error:
-                raise self._unavailable(error) from error
+                raise self.file.failed(error) from error
+
+    def _write(self, entries: Sequence[Entry], cache: Sequence[SpooledEntry] = ()) -> None:
+        """Rows (uid, the hold each settles, values) and cache entries, committed together; while the file cannot
+        be written, into the spool instead."""
+        with self._lock:
+            try:
+                connection = self._connect()
+                try:
+                    if len(entries) == 1 and not cache and entries[0][1] is None:  # the usual call: one autocommitted insert
+                        uid, _, values = entries[0]
+                        connection.execute(INSERT_ROW, [uid, *(values or ())])
+                    elif len(cache) == 1 and not entries:
+                        connection.execute(PUT_CACHE, cache[0])
+                    else:
+                        with committed(connection):
+                            apply(connection, entries, cache)
+                except sqlite3.Error as error:
+                    raise self.file.failed(error) from error
+            except LedgerUnavailableError as error:
+                if not error.said:
+                    raise
+                self.file.keep(entries, cache)
 
     def close(self) -> None:
-        with self._lock:
-            if self._connection is not None:
-                self._connection.close()
-                self._connection = None
+        """Write what waits (a vanished file's rows, the spool), if the file can be written now; then close it."""
+        self.file.close()
 
     # -- usage rows ------------------------------------------------------------------------------------
     def append(self, row: UsageRow, release: str | None = None) -> None:
         """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
-        values = row_values(row)
-        if release is None:
-            self._run(_INSERT_ROW, values)
-            return
-        with self._transaction() as connection:
-            connection.execute(_INSERT_ROW, values)
-            connection.execute("DELETE FROM holds WHERE id = ?", [release])
+        self._write([(_new_uid(), release, row_values(row))])
 
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
         """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
-        values = [row_values(row) for row in rows]
         created = _micros(_now())
         cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
-        with self._transaction() as connection:
-            connection.executemany(_INSERT_ROW, values)
-            connection.executemany(_PUT_CACHE, cached)
+        self._write([(_new_uid(), None, row_values(row)) for row in rows], cached)
 
     # -- budgets ---------------------------------------------------------------------------------------
     def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
@@ -215,7 +164,7 @@ class SQLiteStore:
 
     def release(self, hold_id: str) -> None:
         """Drop a hold whose call left no row to settle it (it failed before sending)."""
-        self._run("DELETE FROM holds WHERE id = ?", [hold_id])
+        self._write([(_new_uid(), hold_id, None)])
 
     @staticmethod
     def _spent(connection: sqlite3.Connection, since: datetime, user: str | None, now: int) -> float:
@@ -237,7 +186,7 @@ class SQLiteStore:
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
         """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
         where, parameters = ("WHERE session IS NOT ?", [exclude_session]) if exclude_session else ("", [])
-        records = self._run(f"SELECT {_ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters)
+        records = self._run(f"SELECT {ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters, retry_now=True)
         columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
         return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
 
@@ -246,24 +195,21 @@ class SQLiteStore:
         rows = self._run(
             "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ? AND (? IS NULL OR user = ?)",
             [_micros(since), exclude_session, user, user],
+            retry_now=True,
         )
         return float(rows[0][0])
 
     def count(self) -> int:
-        return int(self._run("SELECT COUNT(*) FROM usage")[0][0])
+        return int(self._run("SELECT COUNT(*) FROM usage", retry_now=True)[0][0])
 
     # -- the response cache ----------------------------------------------------------------------------
     def cache_get(self, key: str) -> str | None:
-        rows = self._run("SELECT payload FROM cache WHERE key = ?", [key])
-        return rows[0][0] if rows else None
+        return self.cache_get_many([key]).get(key)
 
     def cache_get_many(self, keys: Sequence[str]) -> dict[str, str]:
-        found: dict[str, str] = {}
-        for start in range(0, len(keys), 500):  # well under SQLite's limit on parameters
-            chunk = keys[start : start + 500]
-            marks = ", ".join("?" * len(chunk))
-            found.update(self._run(f"SELECT key, payload FROM cache WHERE key IN ({marks})", chunk))
-        return found
+        """The cached payloads of ``keys``; while the file cannot be written, the spooled answers too."""
+        with self._lock:
+            return self.file.cached(keys)
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
-        self._run(_PUT_CACHE, [key, _micros(_now()), kind, model, payload])
+        self._write((), [(key, _micros(_now()), kind, model, payload)])

@@ -236,7 +236,7 @@ MUTATIONS: list[Mutation] = [
         "ledger-not-committed",
         "ledger",
         "inserts are never committed (an implicit transaction stays open)",
-        "ipyllm/_sqlite.py",
+        "ipyllm/_sqlfile.py",
         "isolation_level=None",
         'isolation_level="DEFERRED"',
         "tests/test_ledger.py",
@@ -603,6 +603,34 @@ MUTATIONS: list[Mutation] = [
         "    _strings(filter, provider)\n    words",
         "    words",
         "tests/test_models_without_litellm.py -k refuses",
+    ),
+    # -- issue 17: ledger faults ------------------------------------------------------------------------
+    m(
+        "ledger-vanish-unchecked",
+        "ledger faults",
+        "a ledger file deleted or replaced while open is not noticed: rows go to the unlinked file and vanish",
+        "ipyllm/_sqlfile.py",
+        "        if connection is not None and not self.away and self.at_path():",
+        "        if connection is not None and not self.away:",
+        "tests/test_ledger_faults.py -k deleted or replaced",
+    ),
+    m(
+        "spool-never-written-back",
+        "ledger faults",
+        "rows spooled while the ledger could not be written are never written to it",
+        "ipyllm/_sqlfile.py",
+        "        while batch := spool.peek():",
+        "        while batch := []:",
+        "tests/test_ledger_faults.py -k unwritable or killed or outage",
+    ),
+    m(
+        "cache-not-spooled",
+        "ledger faults",
+        "answers that arrive while the ledger cannot be written are not spooled: a second run sends them again",
+        "ipyllm/_sqlfile.py",
+        "            self.spool.put_many(entries, cache)",
+        "            self.spool.put_many(entries, ())",
+        "tests/test_ledger_faults.py -k unwritable or cache_lookups or killed",
     ),
 ]
 

@@ -1,0 +1,369 @@
+"""The SQLite ledger's file, watched: opened on first use, reopened when it vanished, spooled while it cannot be written.
+
+SQLite goes on writing to a file deleted while it is open, and what it writes vanishes at exit. So before each
+use the path's device and inode are compared with the open file's (one ``stat``, a few microseconds). A file
+that vanished (deleted, moved or replaced) is recreated at its path, or the file now there is used, and
+everything the vanished file still holds, read from it while it is still open (every session's rows, the
+cache, the budget holds of calls in flight), is copied in, each row once (by its uid).
+
+A file that cannot be written (its directory gone or replaced, read-only, locked, full) never breaks a call:
+one line says so, once per outage; rows and cache entries wait in a local spool (``ipyllm._spool``, as the
+team ledger's do) as well as in memory, and are written to the ledger, each row once, when it can be written
+again: tried with growing waits (up to 10 s) before a write, at once before the usage frame is read, and at
+exit. Meanwhile cache lookups see the spooled answers. A file that is not a ledger (corrupt, or from a newer
+ipyllm) is given up for the session: one line says so and the rows stay in memory.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sqlite3
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from ipyllm._ledger import LedgerUnavailableError, _micros, _now
+from ipyllm._spool import Spool, SpooledEntry, spool_path
+from ipyllm._sqlschema import COPIES, INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, Entry, apply, cached, committed
+
+__all__ = ["LedgerFile"]
+
+#: Failures that mean the file is not a ledger (this ipyllm's): given up for the session, not tried again.
+_NOT_A_LEDGER = ("not a database", "malformed", "newer than this ipyllm")
+
+
+def _say(message: str) -> None:
+    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, FileExistsError):  # a directory to create is a file
+        return f"{error.filename} is not a directory"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.strerror}: {error.filename}" if error.filename else error.strerror
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _advice(reason: str) -> str:
+    if "readonly" in reason or "read-only" in reason or "Permission denied" in reason:
+        return "make it writable or set LLM_USAGE_DB to a writable file"
+    if "locked" in reason or "busy" in reason:
+        return "another program holds it; close it or set LLM_USAGE_DB to another file"
+    if "not a database" in reason or "malformed" in reason:
+        return "move the broken file away or set LLM_USAGE_DB to another file"
+    if "while in use" in reason:
+        return "restore its directory or set LLM_USAGE_DB to a file that can be written"
+    return "set LLM_USAGE_DB to a file that can be written"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'s' if count != 1 else ''}"
+
+
+def _identity_of(path: str) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` (None when there is none)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
+class _UnreadableError(Exception):
+    """The file that vanished cannot be read back (its disk is gone)."""
+
+
+class LedgerFile:
+    """The ledger file, watched (see the module's docstring); its lock serializes every use.
+
+    ``connect()`` gives the open file, checked to be the one at the path; ``failed(error)`` says what a
+    failure means; ``keep(...)`` puts rows in the spool while the file cannot be written.
+    """
+
+    #: Longest wait, in seconds, between two attempts to write a file that cannot be written.
+    max_backoff = 10.0
+    #: The busy timeout, in seconds, of those attempts: a file locked by another program must not stall every call.
+    probe_timeout = 0.1
+
+    def __init__(self, path: Path, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
+        self.path = path
+        self.busy_timeout = busy_timeout
+        #: The line said when the latest outage began ("" before any).
+        self.last_said = ""
+        self.lock = threading.Lock()
+        self.connection: sqlite3.Connection | None = None
+        self._file = os.path.abspath(path)  # a later change of directory must not look like a vanished file
+        self._spool_at = spool
+        self._spool: Spool | None = None
+        self._identity: tuple[int, int] | None = None  # the open file's device and inode
+        self._companions: dict[str, tuple[int, int] | None] = {}  # and its -wal and -shm files'
+        # A file that vanished while open, kept open until what it holds is in the file at the path.
+        self._vanished: sqlite3.Connection | None = None
+        self._vanished_identity: tuple[int, int] | None = None
+        self._vanished_companions: dict[str, tuple[int, int] | None] = {}
+        self._vanished_how = ""
+        self.away = False  # the file cannot be written: rows wait in the spool
+        self._retry_at = 0.0
+        self._delay = 0.0
+        self._spool_broken = False
+        _watched.add(self)
+
+    @property
+    def spool(self) -> Spool:
+        """Where rows and cache entries wait while the file cannot be written."""
+        if self._spool is None:
+            self._spool = Spool(self._spool_at or spool_path(self._file))
+        return self._spool
+
+    # -- connection: opened on first use, watched, reopened ----------------------------------------------
+    def connect(self, retry_now: bool = False) -> sqlite3.Connection:
+        """The open ledger, still the file at its path (caller holds the lock).
+
+        Reopened when the file vanished, or once the next attempt is due after an outage (``retry_now``: at
+        once); until then an outage raises the line said when it began.
+        """
+        connection = self.connection
+        if connection is not None and not self.away and self.at_path():
+            return connection
+        if self.away and not retry_now and time.monotonic() < self._retry_at:
+            raise self._outage()
+        return self._open()
+
+    def at_path(self) -> bool:
+        """Whether the open file is still the one at the ledger's path: one ``stat``, a few microseconds."""
+        return _identity_of(self._file) == self._identity
+
+    def _open(self) -> sqlite3.Connection:
+        """Open the file at the ledger's path, with what a vanished file held and what waits in the spool."""
+        stale, self.connection = self.connection, None
+        if stale is not None:
+            if self._vanished is None and not self.at_path():
+                self._vanished, self._vanished_identity, self._vanished_companions = stale, self._identity, self._companions
+                self._vanished_how = "replaced" if os.path.lexists(self._file) else "moved or deleted"
+            else:
+                stale.close()
+        connection: sqlite3.Connection | None = None
+        try:
+            self._clear_companions()
+            connection, identity, companions = self._new_connection()
+            copied = self._copy_vanished(connection, identity)
+            written = self._drain(connection)
+            if self.away:
+                connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        except (sqlite3.Error, OSError) as error:
+            if connection is not None:
+                connection.close()
+            raise self.failed(error) from error
+        self.connection, self._identity, self._companions = connection, identity, companions
+        self._recovered(copied, written)
+        return connection
+
+    def _clear_companions(self) -> None:
+        """Unlink the -wal and -shm files at the path that belong to the vanished file (deleted without them, or
+        replaced by a rename): the file now at the path would read them as its own, and break both. The vanished
+        file, still open, keeps using them."""
+        if self._vanished is None or _identity_of(self._file) == self._vanished_identity:
+            return
+        for suffix, identity in self._vanished_companions.items():
+            if identity is not None and _identity_of(self._file + suffix) == identity:
+                os.unlink(self._file + suffix)
+
+    def _new_connection(self) -> tuple[sqlite3.Connection, tuple[int, int], dict[str, tuple[int, int] | None]]:
+        """A connection to the file at the path (created, with its directory, when missing), migrated; the identity
+        of that file and of its -wal and -shm files."""
+        os.makedirs(os.path.dirname(self._file), exist_ok=True)
+        timeout = min(self.busy_timeout, self.probe_timeout) if self.away else self.busy_timeout
+        connection = sqlite3.connect(self._file, timeout=timeout, isolation_level=None, check_same_thread=False)
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute("PRAGMA synchronous = NORMAL")
+            self._migrate(connection)
+            status = os.stat(self._file)
+        except BaseException:
+            connection.close()
+            raise
+        return connection, (status.st_dev, status.st_ino), {suffix: _identity_of(self._file + suffix) for suffix in ("-wal", "-shm")}
+
+    def _migrate(self, connection: sqlite3.Connection) -> None:
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
+        if version == SCHEMA_VERSION:
+            return
+        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
+        with committed(connection):
+            version = connection.execute("PRAGMA user_version").fetchone()[0]
+            for statements in MIGRATIONS[version:]:
+                for statement in statements:
+                    connection.execute(statement)
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _copy_vanished(self, connection: sqlite3.Connection, identity: tuple[int, int]) -> int | None:
+        """Copy what the file that vanished holds into the file now at the path: every session's rows (each once,
+        by uid), cache entries and live holds. Read from the vanished file, which is still open, so rows written
+        to it after it vanished are copied too. The rows it held; None when there is nothing to copy."""
+        vanished = self._vanished
+        if vanished is None:
+            return None
+        copied: int | None = None
+        if identity != self._vanished_identity:  # else the same file is back (its directory was restored)
+            copied = 0
+            try:
+                with committed(connection):
+                    for read, write in COPIES:
+                        for chunk in self._read_vanished(read):
+                            connection.executemany(write, chunk)
+                            copied += len(chunk) if write is INSERT_ROW else 0
+            except _UnreadableError as error:
+                copied = None
+                _say(
+                    f"the usage ledger {self.path} was {self._vanished_how} while in use and what it held cannot be read back "
+                    f"({error}): it starts again at its path; this session's rows are in ipyllm.usage()"
+                )
+        vanished.close()
+        self._vanished = self._vanished_identity = None
+        self._vanished_companions = {}
+        return copied
+
+    def _read_vanished(self, sql: str) -> Iterator[list[Any]]:
+        assert self._vanished is not None
+        try:
+            cursor = self._vanished.execute(sql, [_micros(_now())] if "?" in sql else [])
+            while chunk := cursor.fetchmany(1000):
+                yield chunk
+        except sqlite3.Error as error:
+            raise _UnreadableError(_reason(error)) from error
+
+    def _drain(self, connection: sqlite3.Connection) -> int:
+        """Write what waits in the spool (rows in order, then cache entries), each row once; the rows written."""
+        spool, written = self.spool, 0
+        while batch := spool.peek():
+            with committed(connection):
+                written += apply(connection, [(uid, release, values) for _, uid, release, values in batch], ())
+            spool.drop(batch[-1][0])
+        while entries := spool.peek_cache():
+            with committed(connection):
+                apply(connection, (), [entry for _, entry in entries])
+            spool.drop_cache(entries[-1][0])
+        return written
+
+    def failed(self, error: BaseException) -> LedgerUnavailableError:
+        """What a failure means (caller holds the lock): a file that is not a ledger is given up; anything else is
+        an outage, said once: rows wait in the spool, and the file is tried again after a growing wait."""
+        reason = _reason(error)
+        if any(words in reason for words in _NOT_A_LEDGER):
+            return self.unavailable(error)
+        if self._vanished is not None:
+            reason = f"it was {self._vanished_how} while in use and cannot be recreated: {reason}"
+        if not self.away:
+            self.away, self._delay = True, 0.0
+            self.last_said = self._outage_line(reason)
+            _say(self.last_said)
+        self._delay = min(max(self._delay * 2, 0.25), self.max_backoff)
+        self._retry_at = time.monotonic() + self._delay
+        return self._outage()
+
+    def _outage_line(self, reason: str) -> str:
+        try:
+            self.spool.open()
+        except (sqlite3.Error, OSError) as error:
+            self._spool_broken = True
+            kept = f"rows are kept in memory for this session only (the spool {self.spool.path} cannot be written either: {_reason(error)})"
+        else:
+            self._spool_broken = False
+            kept = f"rows are kept in memory for this session and wait in {self.spool.path} until it can be written again"
+        return f"cannot use the usage ledger {self.path} ({reason}): {kept}; {_advice(reason)}"
+
+    def _outage(self) -> LedgerUnavailableError:
+        return LedgerUnavailableError(self.last_said, transient=True, said=True)
+
+    def _recovered(self, copied: int | None, written: int) -> None:
+        """Say what a reopening did, if it was news: a vanished file's rows copied, waiting rows written."""
+        was_away, self.away, self._delay = self.away, False, 0.0
+        waiting = f"{_plural(written, 'waiting row')} written"
+        if copied is not None:
+            how = self._vanished_how
+            place = "recreated at its path" if how == "moved or deleted" else "merged into the file now at its path"
+            line = (
+                f"the usage ledger {self.path} was {how} while in use: {place} with the {_plural(copied, 'row')} "
+                "it held (every session's), its cached answers and budget holds"
+            )
+            line += f", and {waiting}" if was_away else ""
+            _say(f"{line}; to start an empty ledger, delete it while no kernel has it open")
+        elif was_away:
+            _say(f"the usage ledger {self.path} can be written again: {waiting}")
+
+    def unavailable(self, error: BaseException) -> LedgerUnavailableError:
+        reason = _reason(error)
+        return LedgerUnavailableError(
+            f"cannot use the usage ledger {self.path} ({reason}): rows are kept in memory for this session; {_advice(reason)}"
+        )
+
+    def keep(self, entries: Sequence[Entry], cache: Sequence[SpooledEntry]) -> None:
+        """Rows and cache entries into the spool, committed (a killed process loses nothing); caller holds the lock."""
+        try:
+            self.spool.put_many(entries, cache)
+        except (sqlite3.Error, OSError) as error:
+            if not self._spool_broken:
+                self._spool_broken = True
+                _say(f"cannot write the spool {self.spool.path} ({_reason(error)}): rows are kept in memory for this session only")
+
+    def cached(self, keys: Sequence[str]) -> dict[str, str]:
+        """The cached payloads of ``keys`` (caller holds the lock). While the file cannot be written: what the file
+        still open holds (the vanished one, or the one that cannot be written) and the answers waiting in the
+        spool, so that a map run again sends nothing answered."""
+        try:
+            connection: sqlite3.Connection | None = self.connect()
+        except LedgerUnavailableError as error:
+            if not error.said:
+                raise
+            connection = None
+        found: dict[str, str] = {}
+        readable = connection or self._vanished or self.connection
+        try:
+            found.update(cached(readable, keys) if readable is not None else {})
+        except sqlite3.Error as error:
+            if connection is not None:
+                raise self.failed(error) from error
+        if self.away:
+            try:
+                found.update(self.spool.cached(keys))
+            except (sqlite3.Error, OSError):
+                pass  # said when the spool could not be written
+        return found
+
+    def close(self) -> None:
+        """Write what a vanished file held and what waits in the spool, if the file can be written now; then close."""
+        with self.lock:
+            if self.connection is not None or self.away:
+                try:
+                    self.connect(retry_now=True)
+                except LedgerUnavailableError:
+                    pass  # still in the spool: the next kernel writes it
+            for connection in (self.connection, self._vanished):
+                if connection is not None:
+                    connection.close()
+            self.connection = self._vanished = None
+            self._identity = self._vanished_identity = None
+            self.away = False
+            if self._spool is not None:
+                self._spool.close()
+
+
+_watched: weakref.WeakSet[LedgerFile] = weakref.WeakSet()
+
+
+@atexit.register
+def _at_exit() -> None:
+    """A process that ends writes what a vanished file held and what waits in the spool, if the ledger can be written."""
+    for ledger in list(_watched):
+        try:
+            ledger.close()
+        except Exception:
+            pass  # in the spool still: the next kernel writes it
