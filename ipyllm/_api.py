@@ -17,9 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ipyllm._budget import Budgets, Reservation, host_name, local_midnight, usd, user_name
+from ipyllm._budget import Budgets, Need, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import (
-    DEFAULT_OUTPUT_TOKENS,
     Client,
     Embeddings,
     Estimate,
@@ -180,9 +179,11 @@ class Session:
 
         return record
 
-    def reserve(self, settings: Settings, kind: str, model: str, guess: Callable[[], float], record: Callable[..., None]) -> Reservation:
-        """Hold the call's estimated cost against every limit set, or refuse it (``BudgetExceededError``)."""
-        return self.budgets.reserve(settings, kind, model, resolve_provider(model, settings.base_url), guess, record)
+    def reserve(
+        self, settings: Settings, kind: str, model: str, need: Callable[[], Need], record: Callable[..., None], *, quiet: bool = False
+    ) -> Reservation:
+        """Size the call to every limit set and hold its worst case, or refuse it (``BudgetExceededError``)."""
+        return self.budgets.reserve(settings, kind, model, resolve_provider(model, settings.base_url), need, record, quiet=quiet)
 
     def frame(self, all_sessions: bool = False) -> pd.DataFrame:
         mine = to_frame(self.ledger.rows(None if all_sessions else self.id))
@@ -324,8 +325,8 @@ class ChatRequest:
             self.record(interrupted.usage)
             raise
 
-    def guess(self) -> float:
-        return estimate_messages(self.settings, self.messages).upper_bound(DEFAULT_OUTPUT_TOKENS)
+    def need(self) -> Need:
+        return chat_need(self.settings, self.messages, self.extra)
 
     def cached(self, on_text: Callable[[str], Any] | None = None) -> Reply | None:
         """The cached answer (recorded as a ``cached`` row), or None (also for an empty answer an earlier version kept)."""
@@ -337,20 +338,26 @@ class ChatRequest:
             on_text(hit["text"])
         return self.finish(Reply(hit["text"], row, self.messages), store=False)
 
-    def finish(self, reply: Reply, store: bool = True) -> Reply:
+    def finish(self, reply: Reply, store: bool = True, reservation: Reservation | None = None) -> Reply:
         """Parse the reply against the schema (``InvalidOutputError`` if it does not fit), then cache it.
 
-        An empty answer is said in one line and not cached: asked again, the model may well answer.
+        An empty answer is said in one line and not cached: asked again, the model may well answer. A reply that a
+        budget's output cap cut short says so (one line, and its footer), and is not cached either: with more
+        budget left, the same request gets the whole answer.
         """
+        cut = reservation is not None and cut_by_budget(reply, reservation)
         if self.shape is not None:
             try:
                 reply.parsed = self.shape.parse(reply.text)
             except InvalidOutputError as error:
                 error.usage = reply.usage
                 raise
-        if reply.note:
+        if cut:
+            assert reservation is not None
+            warn(cut_message(reservation))  # says more than the note of an empty reply cut at its cap
+        elif reply.note:
             warn(reply.note)
-        if store and self.key is not None and reply.text:
+        if store and self.key is not None and reply.text and not cut:
             row = reply.usage
             session.cache_put(
                 self.key,
@@ -364,6 +371,36 @@ class ChatRequest:
                 },
             )
         return reply
+
+
+def chat_need(settings: Settings, messages: list[dict[str, Any]], extra: dict[str, Any]) -> Need:
+    """What a chat call may cost, for the budgets: its prompt counted and priced, the output price per token, and
+    the most output it may bill (the user's ``max_tokens`` or ``max_completion_tokens``, else the model's maximum)."""
+    guess = estimate_messages(settings, messages)
+    asked = extra.get("max_completion_tokens")
+    user_cap = settings.max_tokens or (asked if isinstance(asked, int) and not isinstance(asked, bool) and asked > 0 else None)
+    ceilings = [cap for cap in (user_cap, guess.model_max_output) if cap]
+    return Need(guess.input_cost, guess.output_cost_per_token, user_cap, min(ceilings) if ceilings else guess.output_tokens)
+
+
+def cut_by_budget(reply: Reply, reservation: Reservation) -> bool:
+    """Whether a budget's output cap cut the reply short; if so, its footer says so (``reply.cut``)."""
+    room = reservation.capped_by
+    if room is None or reply.finish_reason != "length":
+        return False
+    reply.cut = f"cut at {reservation.cap:,} tokens by {room.limit.setting}"
+    return True
+
+
+def cut_message(reservation: Reservation) -> str:
+    """The one line that says a budget's output cap cut a reply short, and what to do."""
+    room = reservation.capped_by
+    assert room is not None
+    setting = room.limit.setting
+    return (
+        f"the reply was cut at {reservation.cap:,} output tokens: all that {setting} ({usd(room.limit.limit, limit=True)}, "
+        f"{usd(max(room.left, 0.0))} left before this call) could pay for after the prompt; raise {setting} for the whole reply"
+    )
 
 
 def prepare_chat(
@@ -411,11 +448,18 @@ def chat(
         return reply
     request.wait_for_litellm(on_loading)
     settings = request.settings
-    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
+    with session.reserve(settings, "chat", settings.model, request.need, request.record) as reservation:
         reply = session.client.chat(
-            settings, request.messages, report=reservation.report, stream=stream, on_text=on_text, on_retry=on_retry, extra=request.extra
+            settings,
+            request.messages,
+            report=reservation.report,
+            stream=stream,
+            on_text=on_text,
+            on_retry=on_retry,
+            extra=request.extra,
+            cap=reservation.cap,
         )
-    return request.finish(reply)
+    return request.finish(reply, reservation=reservation)
 
 
 async def _send(request: ChatRequest, on_retry: Callable[[RetryNote], Any] | None) -> Reply:
@@ -423,9 +467,11 @@ async def _send(request: ChatRequest, on_retry: Callable[[RetryNote], Any] | Non
     if (reply := request.cached()) is not None:
         return reply
     settings = request.settings
-    with session.reserve(settings, "chat", settings.model, request.guess, request.record) as reservation:
-        reply = await session.client.achat(settings, request.messages, report=reservation.report, on_retry=on_retry, extra=request.extra)
-    return request.finish(reply)
+    with session.reserve(settings, "chat", settings.model, request.need, request.record) as reservation:
+        reply = await session.client.achat(
+            settings, request.messages, report=reservation.report, on_retry=on_retry, extra=request.extra, cap=reservation.cap
+        )
+    return request.finish(reply, reservation=reservation)
 
 
 def complete(
@@ -511,7 +557,9 @@ def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | 
         row = _cached_row("embedding", model, settings, hit, started)
         record(row)
         return Embeddings(hit["vectors"], row)
-    with session.reserve(settings, "embedding", model, lambda: estimate_embedding(settings, items), record) as reservation:
+    with session.reserve(
+        settings, "embedding", model, lambda: Need(estimate_embedding(settings, items), output=False), record
+    ) as reservation:
         vectors = session.client.embed(settings, items, report=reservation.report, on_retry=on_retry, extra=extra)
     if key is not None:
         session.cache_put(
@@ -539,7 +587,8 @@ def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: An
     -------
     Estimate
         ``model``, ``provider``, ``prompt_tokens``, ``input_cost``, ``output_cost_per_token``, ``max_tokens``;
-        ``output_tokens`` (``max_tokens``, else the 1,024 a budget assumes), ``max_output_cost`` and
+        ``model_max_output``, ``output_tokens`` (``max_tokens``, else the model's maximum output, else 32,768),
+        ``max_output_cost`` and
         ``total`` (the most the call may cost). Costs are NaN where the model has no known price.
 
     Raises

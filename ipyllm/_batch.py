@@ -47,6 +47,7 @@ from ipyllm._batchdata import (
     rows_of,
     template_fields,
 )
+from ipyllm._budget import Reservation
 from ipyllm._client import Reply, as_messages, estimate, load_litellm, resolve_provider
 from ipyllm._config import SettingError
 from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
@@ -222,6 +223,9 @@ class _Run:
         self.writer = None if limited else _Writer(self.batch.id)
         self.processes = processes
         self.send: Any = None
+        #: Calls of this batch in flight, and a condition notified as each ends (made on the batch's loop).
+        self.in_flight = 0
+        self._ended: Any = None
 
     def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
         messages = as_messages(fill(self.template, fields, row), self.settings.system)
@@ -310,17 +314,12 @@ class _Run:
             if "429" in note.reason:
                 pace.rate_limited(note.wait)
 
-        def guess() -> float:
-            return estimate(settings, messages).upper_bound(_api.DEFAULT_OUTPUT_TOKENS)
-
-        try:
-            reservation = session.reserve(settings, "chat", settings.model, guess, self.counted)
-        except BudgetExceededError as error:
-            self.stop = True
-            self.batch.stop_reason = self.batch.budget_message = error.message
+        reservation = await self.reserve(messages)
+        if reservation is None:
             self.not_sent(position)
             return
         with reservation:
+            self.in_flight += 1
             try:
                 reply = await session.client.achat(
                     settings,
@@ -330,6 +329,7 @@ class _Run:
                     extra=self.extra,
                     around_attempt=pace.attempt,
                     send=self.send,
+                    cap=reservation.cap,
                 )
             except asyncio.CancelledError:
                 self.batch.row_errors[position] = "interrupted"
@@ -341,11 +341,17 @@ class _Run:
                     self.stop = True
                     self.batch.stop_reason = error.message
                 return
+            finally:
+                self.in_flight -= 1
+                await self.ended()
         pace.succeeded()
         self.answer(position, reply)
         if self.batch.row_errors[position] is not None:  # a reply that does not fit the schema: its error says so
             return
-        if not reply.text:
+        if _api.cut_by_budget(reply, reservation):  # not kept for resume: with more budget, the whole reply
+            self.tally.cut += 1
+            self.batch.cut_message = _api.cut_message(reservation)
+        elif not reply.text:
             self.empty_answers += 1
             self.empty_note = self.empty_note or reply.note
         elif key is not None:
@@ -356,6 +362,50 @@ class _Run:
             else:
                 session.cache_put(key, "chat", settings.model, payload)
 
+    async def reserve(self, messages: list[dict[str, Any]]) -> Reservation | None:
+        """Hold this row's worst case, sized to what the budgets leave; None once they cannot pay for it.
+
+        A refusal while this batch's own calls are in flight is not the end: their holds are worst cases, and
+        settle at what the calls really cost, so the row waits for one of them to end and asks again. Holds of
+        other kernels are waited for too, while they could free enough room. The batch stops sending (one
+        ``over_budget`` row) only when nothing in flight could make room.
+        """
+        import asyncio
+
+        need = _api.chat_need(self.settings, messages, self.extra)
+        while not self.stop:
+            try:
+                return _api.session.reserve(self.settings, "chat", self.settings.model, lambda: need, self.counted, quiet=True)
+            except BudgetExceededError as error:
+                room = error.refusal
+                if room is not None and self.in_flight:
+                    await self.wait_for_an_end()
+                    continue
+                if room is not None and room.holds and room.limit.limit - room.spent >= need.minimum:
+                    await asyncio.sleep(0.25)  # another kernel's calls: they end on their own
+                    continue
+                if self.stop:
+                    break
+                self.stop = True
+                self.batch.stop_reason = self.batch.budget_message = error.message
+                _api.session.budgets.refused(error, self.counted)
+        return None
+
+    async def wait_for_an_end(self) -> None:
+        """Until one of the batch's calls ends (at most half a second: a call may end before the wait starts)."""
+        import asyncio
+
+        assert self._ended is not None
+        async with self._ended:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._ended.wait(), 0.5)
+
+    async def ended(self) -> None:
+        """A call of the batch ended: rows waiting for room ask again."""
+        if self._ended is not None:
+            async with self._ended:
+                self._ended.notify_all()
+
     def not_sent(self, position: int) -> None:
         self.batch.row_errors[position] = "not sent"
         self.tally.not_sent += 1
@@ -364,6 +414,7 @@ class _Run:
         import asyncio
 
         pace = _Pace(self.concurrency, self.tally)
+        self._ended = asyncio.Condition()
         rows = self.looked_up()
         if self.processes > 1 and _api.session.client._acompletion is None:
             from ipyllm._helpers import Spread
@@ -409,6 +460,11 @@ class _Run:
 
 def _report(run: _Run, errors: str) -> None:
     batch = run.batch
+    if run.tally.cut and batch.cut_message is not None:
+        _api.warn(
+            f"{run.tally.cut:,} of {run.tally.total:,} replies were cut short by a budget's output cap (not kept for resume); "
+            f"the last: {batch.cut_message}"
+        )
     if batch.budget_message is not None:
         _api.warn(
             f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent, the batch spent {_api.usd(run.tally.spent)}: "
@@ -447,14 +503,15 @@ def _whole(name: str, value: Any) -> int:
 
 def _estimate(run: _Run) -> BatchEstimate:
     tokens = low = high = 0.0
-    output_tokens = run.settings.max_tokens or _api.DEFAULT_OUTPUT_TOKENS
+    output_tokens = 0
     for _, messages, _problem in run.prepared:
         if messages is None:
             continue
         guess = estimate(run.settings, messages)
         tokens += guess.prompt_tokens
         low += guess.input_cost
-        high += guess.upper_bound(_api.DEFAULT_OUTPUT_TOKENS)
+        high += guess.upper_bound()
+        output_tokens = max(output_tokens, guess.output_tokens)
     return BatchEstimate(run.settings.model, run.tally.total, int(tokens), low, high, output_tokens)
 
 

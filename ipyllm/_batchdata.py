@@ -73,6 +73,8 @@ class Batch:
     parsed: list[Any] = field(default_factory=list)
     row_errors: list[str | None] = field(default_factory=list)
     budget_message: str | None = None
+    #: The note of the last reply a budget's output cap cut short (``tally.cut`` counts them).
+    cut_message: str | None = None
     stop_reason: str | None = None
     result: Any = None
     summary: str = ""

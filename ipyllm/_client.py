@@ -25,7 +25,7 @@ from typing import Any
 from ipyllm._answers import broken_message, empty_note, endpoint, finish_reason, has_answer, one_choice, streamed_finish
 from ipyllm._config import Settings
 from ipyllm._cost import (
-    DEFAULT_OUTPUT_TOKENS,
+    UNKNOWN_MAX_OUTPUT,
     Estimate,
     cached_tokens,
     call_cost,
@@ -53,7 +53,7 @@ from ipyllm._ledger import UsageRow
 from ipyllm._retry import RetryNote, describe, is_missing_key, is_permanent, retrying
 
 __all__ = [
-    "DEFAULT_OUTPUT_TOKENS",
+    "UNKNOWN_MAX_OUTPUT",
     "Client",
     "Embeddings",
     "Estimate",
@@ -191,6 +191,10 @@ class Reply(str):
     parsed: Any = None
     #: Why an answer has no text (the model ended it with no text, saying why), on one line; None otherwise.
     note: str | None = None
+    #: Why the model stopped, as the provider said: ``stop``, ``length`` (the output cap), ``tool_calls``, ...
+    finish_reason: str | None = None
+    #: Set when a budget's output cap cut the reply short: ``cut at 2,583 tokens by budget_usd`` (in the footer).
+    cut: str | None = None
 
     def __new__(cls, text: str, usage: UsageRow, messages: Messages | None = None, response: Any = None) -> Reply:
         reply = super().__new__(cls, text)
@@ -207,7 +211,8 @@ class Reply(str):
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         from ipyllm._display import footer, render
 
-        return render(self.text, self.display_format, footer(self.usage) + ("" if self.text else " · empty reply"))
+        empty = "" if self.text else " · empty reply"
+        return render(self.text, self.display_format, footer(self.usage, self.cut) + empty)
 
 
 class Embeddings(list[list[float]]):
@@ -218,6 +223,20 @@ class Embeddings(list[list[float]]):
     def __init__(self, vectors: Sequence[list[float]], usage: UsageRow) -> None:
         super().__init__(vectors)
         self.usage = usage
+
+
+@functools.lru_cache(maxsize=256)
+def caps_completion_tokens(model: str, base_url: str | None) -> bool:
+    """Whether the model's output cap is ``max_completion_tokens``: the reasoning models, whose hidden reasoning
+    tokens are billed as output and counted against that cap (litellm says which take it)."""
+    litellm = load_litellm()
+    provider = resolve_provider(model, base_url)
+    try:
+        if not litellm.supports_reasoning(model=model, custom_llm_provider=provider):
+            return False
+        return "max_completion_tokens" in (litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or ())
+    except Exception:
+        return False
 
 
 def as_messages(prompt_or_messages: str | Sequence[dict[str, Any]], system: str | None) -> Messages:
@@ -307,10 +326,11 @@ class Client:
         on_text: Callable[[str], Any] | None = None,
         on_retry: Callable[[RetryNote], Any] | None = None,
         extra: dict[str, Any] | None = None,
+        cap: int | None = None,
     ) -> Reply:
-        """One chat call, retried; ``on_text`` receives each streamed piece."""
+        """One chat call, retried; ``on_text`` receives each streamed piece; ``cap`` is a budget's output cap."""
         litellm = load_litellm()
-        kwargs = self._chat_arguments(settings, messages, extra)
+        kwargs = self._chat_arguments(settings, messages, extra, cap)
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -375,6 +395,7 @@ class Client:
         around_attempt: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         send: Callable[..., Awaitable[Any]] | None = None,
+        cap: int | None = None,
     ) -> Reply:
         """``chat`` without blocking the event loop (not streamed): ``litellm.acompletion`` under the same policy.
 
@@ -384,7 +405,7 @@ class Client:
         Cancelling the task records an ``interrupted`` row.
         """
         litellm = load_litellm()
-        kwargs = self._chat_arguments(settings, messages, extra)
+        kwargs = self._chat_arguments(settings, messages, extra, cap)
         acompletion = self._acompletion or send or litellm.acompletion
         call = self._begin("chat", settings.model, settings)
         call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -407,6 +428,7 @@ class Client:
     def _reply(call: _Call, messages: Messages, response: Any) -> Reply:
         reply = Reply(response.choices[0].message.content or "", call.row, messages, response)
         reply.note = call.note
+        reply.finish_reason = finish_reason(response)
         return reply
 
     async def _arun(
@@ -471,7 +493,9 @@ class Client:
         raise error.with_traceback(None)
 
     # -- the call --------------------------------------------------------------------------------------
-    def _chat_arguments(self, settings: Settings, messages: Messages, extra: dict[str, Any] | None) -> dict[str, Any]:
+    def _chat_arguments(
+        self, settings: Settings, messages: Messages, extra: dict[str, Any] | None, cap: int | None = None
+    ) -> dict[str, Any]:
         kwargs = self._common_arguments(settings, settings.model)
         kwargs["messages"] = messages
         if settings.temperature is not None:
@@ -479,6 +503,13 @@ class Client:
         if settings.max_tokens is not None:
             kwargs["max_tokens"] = settings.max_tokens
         kwargs.update(extra or {})
+        if cap is not None:
+            # A budget's output cap replaces the user's own (it is never above it), under the name the model takes.
+            asked = "max_completion_tokens" in kwargs
+            kwargs.pop("max_tokens", None)
+            kwargs.pop("max_completion_tokens", None)
+            name = "max_completion_tokens" if asked or caps_completion_tokens(settings.model, settings.base_url) else "max_tokens"
+            kwargs[name] = cap
         return kwargs
 
     def _common_arguments(self, settings: Settings, model: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ pandas or IPython; litellm is imported through the client's ``load_litellm``.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -19,13 +20,14 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 __all__ = [
-    "DEFAULT_OUTPUT_TOKENS",
+    "UNKNOWN_MAX_OUTPUT",
     "Estimate",
     "cached_tokens",
     "call_cost",
     "custom_price",
     "estimate",
     "estimate_embedding",
+    "max_output",
     "price",
     "provider_usage",
     "reported_cost",
@@ -143,16 +145,18 @@ def call_cost(
     return price(settings, model, provider, prompt_tokens, completion_tokens, kind, usage)
 
 
-#: Output tokens assumed when ``max_tokens`` is unset: what a budget holds and a dry run bounds.
-DEFAULT_OUTPUT_TOKENS = 1024
+#: The most output tokens a call is taken to bill when neither ``max_tokens`` nor the model's own maximum
+#: output is known (a local model with ``prices``): what a dry run bounds and a budget caps at.
+UNKNOWN_MAX_OUTPUT = 32_768
 
 
 @dataclass(frozen=True, repr=False)
 class Estimate:
     """What a chat call would cost before it is sent: the prompt's tokens and prices per token.
 
-    ``upper_bound`` adds ``max_tokens`` (or ``DEFAULT_OUTPUT_TOKENS``) of output at the output price; costs
-    are NaN where the model has no known price.
+    ``output_tokens`` is the most output the call may bill: ``max_tokens``, else the model's own maximum output
+    (``model_max_output``, from litellm's model map), else ``UNKNOWN_MAX_OUTPUT``. Costs are NaN where the
+    model has no known price.
     """
 
     model: str
@@ -161,12 +165,12 @@ class Estimate:
     input_cost: float
     output_cost_per_token: float
     max_tokens: int | None
-    default_output_tokens: int = DEFAULT_OUTPUT_TOKENS
+    model_max_output: int | None = None
 
     @property
     def output_tokens(self) -> int:
-        """The most output tokens the call may bill: ``max_tokens``, else the default."""
-        return self.max_tokens or self.default_output_tokens
+        """The most output tokens the call may bill: ``max_tokens``, else the model's maximum output."""
+        return self.max_tokens or self.model_max_output or UNKNOWN_MAX_OUTPUT
 
     @property
     def max_output_cost(self) -> float:
@@ -177,12 +181,13 @@ class Estimate:
         """The most the call may cost: the input plus ``output_tokens`` at the output price."""
         return self.input_cost + self.max_output_cost
 
-    def upper_bound(self, default_output_tokens: int | None = None) -> float:
-        """Input cost plus ``max_tokens`` (or ``default_output_tokens``) at the output price; NaN if unpriced."""
-        return self.input_cost + self.output_cost_per_token * (self.max_tokens or default_output_tokens or self.default_output_tokens)
+    def upper_bound(self) -> float:
+        """The most the call may cost (``total``); NaN if unpriced."""
+        return self.total
 
     def describe(self) -> str:
-        """``input $0.0000091 (61 tokens) · output $0.60 per 1M tokens, at most $0.00061 for 1,024 tokens``."""
+        """``input $0.0000091 (61 tokens) · output $0.60 per 1M tokens, at most $0.0098 for 16,384 tokens (the model's
+        maximum; max_tokens unset)``."""
         from ipyllm._display import format_cost
 
         if math.isnan(self.input_cost):
@@ -191,7 +196,12 @@ class Estimate:
             text = f"input {format_cost(self.input_cost)} ({self.prompt_tokens:,} tokens)"
         if math.isnan(self.output_cost_per_token):
             return f"{text} · output price unknown"
-        where = "max_tokens" if self.max_tokens else "max_tokens unset"
+        if self.max_tokens:
+            where = "max_tokens"
+        elif self.model_max_output:
+            where = "the model's maximum; max_tokens unset"
+        else:
+            where = "max_tokens unset, the model's maximum unknown"
         return (
             f"{text} · output {format_cost(self.output_cost_per_token * 1e6)} per 1M tokens, "
             f"at most {format_cost(self.max_output_cost)} for {self.output_tokens:,} tokens ({where})"
@@ -219,7 +229,27 @@ def estimate(settings: Settings, messages: Messages) -> Estimate:
         input_cost=price(settings, settings.model, provider, tokens, 0),
         output_cost_per_token=price(settings, settings.model, provider, 0, 1),
         max_tokens=settings.max_tokens,
+        model_max_output=max_output(settings, settings.model, provider),
     )
+
+
+def max_output(settings: Settings, model: str, provider: str | None) -> int | None:
+    """The model's own maximum output tokens, from litellm's model map (for a ``prices`` alias, the alias's);
+    None when unknown."""
+    custom = custom_price(settings, model)
+    if isinstance(custom, dict):
+        return None
+    return _max_output(custom, None) if isinstance(custom, str) else _max_output(model, provider)
+
+
+@functools.lru_cache(maxsize=256)
+def _max_output(model: str, provider: str | None) -> int | None:
+    # Memoized: litellm's lookup takes up to tens of milliseconds for a model it does not know.
+    try:
+        value = _litellm().get_model_info(model, custom_llm_provider=provider).get("max_output_tokens")
+    except Exception:
+        return None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def estimate_embedding(settings: Settings, texts: list[str]) -> float:

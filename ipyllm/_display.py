@@ -31,11 +31,12 @@ def format_cost(cost: float | None) -> str:
     return f"${cost:.{digits}f}"
 
 
-def footer(row: UsageRow) -> str:
+def footer(row: UsageRow, cut: str | None = None) -> str:
     """``gpt-4o-mini · 12→85 tokens · $0.000053 · 1.4 s · 1 attempt``.
 
     Counts made locally because the provider reported none are marked, with the cost priced from them:
-    ``~26→10 tokens · ~$0.000012``.
+    ``~26→10 tokens · ~$0.000012``. A reply a budget's output cap cut short ends with ``cut``
+    (``cut at 2,583 tokens by budget_usd``).
     """
     mark = "~" if row.tokens_estimated else ""
     parts = [row.model]
@@ -48,6 +49,8 @@ def footer(row: UsageRow) -> str:
     parts.append(f"{row.attempts} attempt{'s' if row.attempts != 1 else ''}")
     if row.status not in ("ok",):
         parts.append(row.status)
+    if cut:
+        parts.append(cut)
     return " · ".join(parts)
 
 

@@ -106,7 +106,13 @@ class StreamBrokenError(LLMError):
 
 
 class BudgetExceededError(LLMError):
-    """The call was not sent: with its estimated cost, spending would pass ``budget_usd`` or ``daily_budget_usd``."""
+    """The call was not sent: a spending limit leaves too little for its input and a useful reply.
+
+    ``refusal`` is the limit's headroom when it was refused (spent, held by calls in flight, the limit); None
+    for a model with no known price.
+    """
+
+    refusal: Any = None
 
 
 class Interrupted(KeyboardInterrupt):

@@ -25,16 +25,20 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COLUMNS",
+    "Headroom",
     "Hold",
     "LedgerUnavailableError",
     "Limit",
     "MemoryLedger",
     "Refusal",
+    "Sizer",
     "Store",
     "UsageRow",
     "default_usage_db",
+    "fixed",
     "is_server_url",
     "open_store",
+    "tightest",
     "to_frame",
 ]
 
@@ -132,14 +136,46 @@ class Limit:
 
 
 @dataclass(frozen=True)
-class Refusal:
-    """The limit a hold would pass, and what was spent (rows and holds) against it; with ``team`` and
-    ``by_user`` (today's spend of everyone and of the hold's user) when the store knows them."""
+class Headroom:
+    """What a limit leaves for one more call: the spend recorded against it (rows) and the holds of calls in
+    flight (their sum and how many), as read in the transaction that takes the next hold.
+
+    On a ledger others write to, ``team`` and ``by_user`` (today's spend of everyone and of the hold's user,
+    holds included) when the store knows them. A refusal is the headroom that was too small.
+    """
 
     limit: Limit
     spent: float
+    held: float = 0.0
+    holds: int = 0
     team: float | None = None
     by_user: float | None = None
+
+    @property
+    def left(self) -> float:
+        """USD the limit leaves once the holds in flight are counted as spent."""
+        return self.limit.limit - self.spent - self.held
+
+
+#: A refusal is the headroom that could not pay for the call.
+Refusal = Headroom
+
+#: Sizes a hold from the headroom every limit leaves: the USD to hold, or None to refuse.
+Sizer = Callable[[Sequence[Headroom]], float | None]
+
+
+def fixed(amount: float) -> Sizer:
+    """A sizer for a hold of a known amount: held when it fits every headroom."""
+
+    def size(rooms: Sequence[Headroom]) -> float | None:
+        return amount if all(amount <= room.left + 1e-12 for room in rooms) else None
+
+    return size
+
+
+def tightest(rooms: Sequence[Headroom]) -> Headroom:
+    """The headroom that leaves the least."""
+    return min(rooms, key=lambda room: room.left)
 
 
 def _micros(moment: datetime) -> int:
@@ -309,7 +345,12 @@ class Store(Protocol):
         """Several rows (no holds to settle) and cache entries, committed together: a batch's writer."""
         ...
 
-    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None: ...
+    def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
+        """In one transaction, read what each of ``limits`` leaves (rows and live holds of every kernel) and take
+        ``hold`` with the amount ``size`` gives for those headrooms (default: ``hold.amount`` if it fits);
+        return the hold taken, or the tightest headroom when ``size`` refuses."""
+        ...
+
     def release(self, hold_id: str) -> None: ...
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float: ...
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame: ...

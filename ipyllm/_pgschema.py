@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "HEADROOM",
     "INSERT_ROW",
     "INSERT_SETTLING",
     "LOCK_BUDGETS",
@@ -20,7 +21,6 @@ __all__ = [
     "MIGRATIONS",
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
-    "SPENT",
     "csv_frame",
 ]
 
@@ -63,9 +63,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
-SPENT = (
-    'SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND (%s::text IS NULL OR "user" = %s))'
-    ' + (SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > %s AND (%s::text IS NULL OR "user" = %s))'
+#: What a limit leaves: the rows since its start, the live holds' sum and count, and which of the given holds
+#: are among them (of one user, when given). One statement, so one snapshot: a row that lands meanwhile with its
+#: hold's deletion is seen either as the hold or as the row, never both or neither.
+HEADROOM = (
+    "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM usage"
+    ' WHERE timestamp_us >= %(since)s AND (%(user)s::text IS NULL OR "user" = %(user)s)),'
+    " h.held, h.holds, h.ids FROM (SELECT COALESCE(SUM(amount), 0) AS held, COUNT(*) AS holds,"
+    " COALESCE(array_agg(id) FILTER (WHERE id = ANY(%(ids)s)), '{}') AS ids FROM holds"
+    ' WHERE expires_us > %(now)s AND (%(user)s::text IS NULL OR "user" = %(user)s)) AS h'
 )
 
 

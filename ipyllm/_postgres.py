@@ -24,23 +24,29 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._ledger import (
     CacheEntry,
+    Headroom,
     Hold,
     LedgerUnavailableError,
     Limit,
     Refusal,
+    Sizer,
     UsageRow,
     _micros,
     _now,
     _process_alive,
+    fixed,
     row_values,
+    tightest,
 )
 from ipyllm._pgschema import (
+    HEADROOM,
     INSERT_ROW,
     INSERT_SETTLING,
     LOCK_BUDGETS,
@@ -49,7 +55,6 @@ from ipyllm._pgschema import (
     MIGRATIONS,
     ROW_COLUMNS,
     SCHEMA_VERSION,
-    SPENT,
     csv_frame,
 )
 from ipyllm._spool import Spool, spool_path
@@ -109,8 +114,12 @@ class PostgresStore:
         self._draining = threading.Lock()
         atexit.register(self._at_exit)
         # Budgets while away: the spend last read per limit, with the sequence number of holds and rows since.
-        self._last_read: dict[tuple[str, int, str | None], tuple[float, int]] = {}
+        self._last_read: dict[tuple[str, int, str | None], tuple[Headroom, int]] = {}
         self._since: dict[str, tuple[int, float, str | None]] = {}
+        #: Holds of this kernel's calls in flight: id -> (amount, user).
+        self._live: dict[str, tuple[float, str | None]] = {}
+        #: Holds whose calls ended here, their rows on the way to the server: id -> (amount held, row's cost, user).
+        self._settling: dict[str, tuple[float, float, str | None]] = {}
         self._seq = 0
         self._said_offline_budget = False
         self._said_spool = False
@@ -269,7 +278,14 @@ class PostgresStore:
                             cursor.execute(INSERT_SETTLING, [release, uid, *values])
                         written += values is not None
                 self.spool.drop(batch[-1][0])
+                self._settled(release for _, _, release, _ in batch)
         return written
+
+    def _settled(self, hold_ids: Any) -> None:
+        """These holds' rows are on the server now. No lock: the writer calls this while it holds ``_draining``,
+        which the foreground takes inside ``_lock`` (each pop is atomic)."""
+        for hold_id in hold_ids:
+            self._settling.pop(hold_id, None)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the rows of this kernel are on the server (at most ``timeout`` s; not at all while it is away)."""
@@ -333,6 +349,8 @@ class PostgresStore:
                     connection.execute(INSERT_SETTLING, [release, uid, *values])
             except _errors() as error:
                 self._lost(error)
+            else:
+                self._settled([release])
 
     def _at_exit(self) -> None:
         """A kernel or script that ends writes what waits, if the server is there (else the next one will)."""
@@ -401,26 +419,28 @@ class PostgresStore:
                 return None
 
     # -- budgets -----------------------------------------------------------------------------------------
-    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
-        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
+    def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
+        """Take ``hold``, sized by ``size`` from what each of ``limits`` leaves with the rows and live holds of every
+        kernel; or refuse it (the tightest headroom).
 
         One transaction under an advisory lock: kernels on every machine take holds one at a time. While the
-        server is away: the spend last read plus this kernel's holds and rows since.
+        server is away: the spend and holds last read, plus this kernel's holds and rows since.
         """
+        size = size or fixed(hold.amount)
         with self._lock:
             connection = self._usable()
             if connection is not None:
                 try:
-                    refusal = self._reserve_on_server(connection, hold, limits)
+                    taken = self._reserve_on_server(connection, hold, limits, size)
                 except _errors() as error:
                     self._lost(error)
                 else:
-                    if refusal is None:
-                        self._taken(hold)
-                    return refusal
-            return self._reserve_here(hold, limits)
+                    if isinstance(taken, Hold):
+                        self._taken(taken)
+                    return taken
+            return self._reserve_here(hold, limits, size)
 
-    def _reserve_on_server(self, connection: psycopg.Connection[Any], hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+    def _reserve_on_server(self, connection: psycopg.Connection[Any], hold: Hold, limits: Sequence[Limit], size: Sizer) -> Hold | Refusal:
         now = _micros(_now())
         with connection.transaction(), connection.cursor() as cursor:
             # A hold lost in a server crash only frees budget early, and its call's row still comes: no fsync wait.
@@ -432,13 +452,20 @@ class PostgresStore:
             dead = [hold_id for hold_id, pid in cursor.fetchall() if pid and not _process_alive(int(pid))]
             if dead:
                 cursor.execute("DELETE FROM holds WHERE id = ANY(%s)", [dead])
+            rooms = []
             for limit in limits:
-                spent = self._spent(cursor, limit.since, limit.user, now)
-                self._last_read[_key(limit)] = (spent, self._seq)
-                if spent + hold.amount > limit.limit:
-                    team = spent if limit.user is None else self._spent(cursor, limit.since, None, now)
-                    by_user = spent if limit.user is not None else self._spent(cursor, limit.since, hold.user, now)
-                    return Refusal(limit, spent, team, by_user)  # leaving the block commits nothing but the cleanup
+                room = self._headroom(cursor, limit, limit.user, now)
+                self._last_read[_key(limit)] = (room, self._seq)
+                rooms.append(room)
+            amount = size(rooms)
+            if amount is None:
+                room = tightest(rooms)
+                limit = room.limit
+                team = room if limit.user is None else self._headroom(cursor, limit, None, now)
+                by_user = room if limit.user is not None else self._headroom(cursor, limit, hold.user, now)
+                # Leaving the block commits nothing but the cleanup.
+                return replace(room, team=team.spent + team.held, by_user=by_user.spent + by_user.held)
+            hold = replace(hold, amount=amount)
             cursor.execute(
                 'INSERT INTO holds (id, session, "user", host, pid, amount, created_us, expires_us)'
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
@@ -447,34 +474,56 @@ class PostgresStore:
         # What the server counted is known: forget what was counted here before it.
         oldest = min((seq for _, seq in self._last_read.values()), default=self._seq)
         self._since = {k: v for k, v in self._since.items() if v[0] >= oldest}
-        return None
+        return hold
 
-    @staticmethod
-    def _spent(cursor: psycopg.Cursor[Any], since: datetime, user: str | None, now: int) -> float:
-        cursor.execute(SPENT, [_micros(since), user, user, now, user, user])
+    def _headroom(self, cursor: psycopg.Cursor[Any], limit: Limit, user: str | None, now: int) -> Headroom:
+        """What ``limit`` leaves on the server (of ``user``'s rows and holds only, when given).
+
+        A call that ended here counts as spent, at its cost, while its row is still on the way and the server
+        still holds its hold.
+        """
+        settling = dict(self._settling)  # the writer forgets entries as their rows land
+        cursor.execute(HEADROOM, {"since": _micros(limit.since), "user": user, "now": now, "ids": list(settling)})
         row = cursor.fetchone()
-        return float(row[0]) if row else 0.0
+        spent, held, holds, present = row if row else (0.0, 0.0, 0, [])
+        ended = [settling[hold_id] for hold_id in present or ()]
+        return Headroom(
+            limit,
+            float(spent) + sum(cost for _, cost, _ in ended),
+            max(0.0, float(held) - sum(amount for amount, _, _ in ended)),
+            int(holds) - len(ended),
+        )
 
-    def _reserve_here(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
+    def _reserve_here(self, hold: Hold, limits: Sequence[Limit], size: Sizer) -> Hold | Refusal:
         if not self._said_offline_budget:
             self._said_offline_budget = True
             _say(f"budgets count the spend last read from {self.name} plus this kernel's calls until it is back")
+        rooms = []
         for limit in limits:
-            read, seq = self._last_read.get(_key(limit), (0.0, 0))
-            spent = read + sum(amount for s, amount, user in self._since.values() if s >= seq and limit.user in (None, user))
-            if spent + hold.amount > limit.limit:
-                return Refusal(limit, spent)
+            read, seq = self._last_read.get(_key(limit), (Headroom(limit, 0.0), 0))
+            since = [(hold_id, amount) for hold_id, (s, amount, user) in self._since.items() if s >= seq and limit.user in (None, user)]
+            held = [amount for hold_id, amount in since if hold_id in self._live]
+            spent = sum(amount for hold_id, amount in since if hold_id not in self._live)
+            rooms.append(Headroom(limit, read.spent + spent, read.held + sum(held), read.holds + len(held)))
+        amount = size(rooms)
+        if amount is None:
+            return tightest(rooms)
+        hold = replace(hold, amount=amount)
         self._taken(hold)
-        return None
+        return hold
 
     def _taken(self, hold: Hold) -> None:
         self._since[hold.id] = (self._seq, hold.amount, hold.user)
+        self._live[hold.id] = (hold.amount, hold.user)
         self._seq += 1
 
     def _count(self, row: UsageRow, release: str | None) -> None:
         """A row replaces its hold in what this kernel counts (caller holds the lock)."""
         cost = 0.0 if row.cost_usd != row.cost_usd else row.cost_usd  # NaN: unpriced, counted as 0
         taken = self._since.get(release) if release else None
+        live = self._live.pop(release or "", None)
+        if live is not None:
+            self._settling[release or ""] = (live[0], cost, live[1])
         if taken is not None:
             self._since[release or ""] = (taken[0], cost, taken[2])
         elif cost:
@@ -485,6 +534,7 @@ class PostgresStore:
         """Drop a hold whose call left no row to settle it (by the writer, in order with the rows)."""
         with self._lock:
             self._since.pop(hold_id, None)
+            self._live.pop(hold_id, None)
         self._keep(uuid.uuid4().hex, hold_id, None)
 
     # -- the response cache (shared by the team; skipped while the server is away) ------------------------

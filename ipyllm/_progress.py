@@ -35,6 +35,8 @@ class Tally:
     not_sent: int = 0
     interrupted: int = 0
     retries: int = 0
+    #: Replies a budget's output cap cut short.
+    cut: int = 0
     pauses: int = 0
     paused_until: float = 0.0
     spent: float = 0.0

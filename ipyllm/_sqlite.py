@@ -13,6 +13,7 @@ import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,16 +21,20 @@ from typing import TYPE_CHECKING, Any
 from ipyllm._ledger import (
     COLUMNS,
     CacheEntry,
+    Headroom,
     Hold,
     LedgerUnavailableError,
     Limit,
     Refusal,
+    Sizer,
     UsageRow,
     _micros,
     _now,
     _process_alive,
+    fixed,
     frame_from_columns,
     row_values,
+    tightest,
 )
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
@@ -142,8 +147,9 @@ class SQLiteStore:
         self._write([(_new_uid(), None, row_values(row)) for row in rows], cached)
 
     # -- budgets ---------------------------------------------------------------------------------------
-    def reserve(self, hold: Hold, limits: Sequence[Limit]) -> Refusal | None:
-        """Take ``hold`` unless, with the rows and live holds of every kernel, it would pass one of ``limits``.
+    def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
+        """Take ``hold``, sized by ``size`` from what each of ``limits`` leaves with the rows and live holds of every
+        kernel; or refuse it (the tightest headroom).
 
         One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file take holds one at a time, so together
         they cannot pass a limit. Holds of processes on this host that have died are dropped first.
@@ -151,30 +157,34 @@ class SQLiteStore:
         now = _micros(_now())
         with self._transaction() as connection:
             self._drop_dead_holds(connection, hold.host, now)
-            for limit in limits:
-                spent = self._spent(connection, limit.since, limit.user, now)
-                if spent + hold.amount > limit.limit:
-                    connection.execute("ROLLBACK")
-                    return Refusal(limit, spent)
+            rooms = [self._headroom(connection, limit, now) for limit in limits]
+            amount = (size or fixed(hold.amount))(rooms)
+            if amount is None:
+                connection.execute("ROLLBACK")
+                return tightest(rooms)
+            hold = replace(hold, amount=amount)
             connection.execute(
                 "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
             )
-        return None
+        return hold
 
     def release(self, hold_id: str) -> None:
         """Drop a hold whose call left no row to settle it (it failed before sending)."""
         self._write([(_new_uid(), hold_id, None)])
 
     @staticmethod
-    def _spent(connection: sqlite3.Connection, since: datetime, user: str | None, now: int) -> float:
-        user_filter = "" if user is None else " AND user = ?"
-        extra = [] if user is None else [user]
-        rows = connection.execute(
-            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(since), *extra]
+    def _headroom(connection: sqlite3.Connection, limit: Limit, now: int) -> Headroom:
+        """What ``limit`` leaves: the rows since its start and the live holds (of its user, for a user's limit)."""
+        user_filter = "" if limit.user is None else " AND user = ?"
+        extra = [] if limit.user is None else [limit.user]
+        spent = connection.execute(
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(limit.since), *extra]
         ).fetchone()
-        held = connection.execute(f"SELECT COALESCE(SUM(amount), 0) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]).fetchone()
-        return float(rows[0]) + float(held[0])
+        held, holds = connection.execute(
+            f"SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]
+        ).fetchone()
+        return Headroom(limit, float(spent[0]), float(held), int(holds))
 
     @staticmethod
     def _drop_dead_holds(connection: sqlite3.Connection, host: str | None, now: int) -> None:

@@ -15,7 +15,9 @@ The server speaks the parts of the OpenAI API that ipyllm uses: ``POST /v1/chat/
 and streamed, with ``usage`` on the last chunk when ``stream_options.include_usage`` is asked for),
 ``POST /v1/embeddings``, ``GET /v1/models``, and the Azure forms
 ``/openai/deployments/{name}/chat/completions`` and ``.../embeddings``. Replies are deterministic:
-``"[{model}] {echo of the last user message}"``; tokens are counted as words and punctuation marks.
+``"[{model}] {echo of the last user message}"`` (``reply_tokens`` makes them longer), cut at the request's
+``max_tokens`` / ``max_completion_tokens`` with the finish reason ``length``, as providers do; tokens are
+counted as words and punctuation marks.
 Accounting modes, as real providers differ: no usage in streams (``usage_in_stream=False``, as llama.cpp's
 server) or in any answer (``report_usage=False``), prompt tokens served from a prompt cache
 (``cached_tokens``), and the call's cost reported by the provider (``usage_cost``, as OpenRouter's
@@ -325,13 +327,13 @@ class _Handler(BaseHTTPRequestHandler):
     # -- answers --------------------------------------------------------------------------------------
     def _chat(self, model: str, body: dict[str, Any], scripted: str | None = None) -> None:
         stub = self.server.stub
-        text, usage = _reply(model, body, scripted)
+        text, usage, finish = _reply(model, body, scripted, stub.reply_tokens)
         payload: dict[str, Any] = {
             "id": "chatcmpl-stub",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
         }
         if stub.report_usage:
             payload["usage"] = stub._accounted(usage)
@@ -339,7 +341,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None, scripted: str | None = None) -> None:
         stub = self.server.stub
-        text, usage = _reply(model, body, scripted)
+        text, usage, finish = _reply(model, body, scripted, stub.reply_tokens)
         asked = bool((body.get("stream_options") or {}).get("include_usage"))
         include_usage = asked and stub.usage_in_stream and stub.report_usage
         self.send_response(200)
@@ -382,7 +384,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 if self.server.stub.chunk_delay:
                     time.sleep(self.server.stub.chunk_delay)
-            self.wfile.write(event({}, finish="stop"))
+            self.wfile.write(event({}, finish=finish))
             if include_usage:
                 self.wfile.write(event({}, with_usage=True))
             self.wfile.write(b"data: [DONE]\n\n")
@@ -420,7 +422,8 @@ def _message_text(content: Any) -> str:
     return "" if content is None else str(content)
 
 
-def _reply(model: str, body: dict[str, Any], scripted: str | None = None) -> tuple[str, dict[str, int]]:
+def _reply(model: str, body: dict[str, Any], scripted: str | None = None, reply_tokens: int = 0) -> tuple[str, dict[str, int], str]:
+    """The reply's text, its usage and its finish reason (``length`` when ``max_tokens`` cut it, else ``stop``)."""
     messages = body.get("messages") or []
     last_user: dict[str, Any] = next((m for m in reversed(messages) if m.get("role") == "user"), {})
     prompt = _message_text(last_user.get("content"))
@@ -432,16 +435,22 @@ def _reply(model: str, body: dict[str, Any], scripted: str | None = None) -> tup
         text = json.dumps(fit_schema(schema, prompt, schema))
     else:
         text = f"[{model}] {prompt}".strip()
+        if (missing := reply_tokens - count_tokens(text)) > 0:
+            # A long reply, as a model that goes on and on: the echo, then as many words as asked for (numbered, so no
+            # two streamed pieces are alike: litellm stops a stream that repeats one piece 100 times).
+            text = f"{text} {' '.join(f'more{i}' for i in range(missing))}"
+    finish = "stop"
     if (max_tokens := body.get("max_tokens") or body.get("max_completion_tokens")) is not None:
         # Cut after the last whole token that fits, as a provider stops at max_tokens.
         tokens = list(_TOKEN_RE.finditer(text))
         if len(tokens) > int(max_tokens):
             text = text[: tokens[int(max_tokens) - 1].end()] if int(max_tokens) > 0 else ""
+            finish = "length"
     # Each message costs its words plus 3, as OpenAI's own accounting roughly does.
     prompt_tokens = sum(count_tokens(_message_text(m.get("content"))) + 3 for m in messages) + 3
     completion_tokens = count_tokens(text)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
-    return text, usage
+    return text, usage, finish
 
 
 def fit_schema(schema: dict[str, Any], prompt: str, root: dict[str, Any] | None = None) -> Any:
@@ -536,6 +545,10 @@ class StubServer:
     cost_header
         A cost in USD sent in an ``x-litellm-response-cost`` header on chat answers, as a litellm proxy
         does; None: none.
+    reply_tokens
+        Make every chat reply at least this many tokens long (the echo, then ``more0 more1 ...``), as a model that
+        writes at length; still cut at the request's ``max_tokens`` / ``max_completion_tokens`` (finish
+        reason ``length``), as providers do.
 
     Each is also an attribute, to change while the server runs.
     """
@@ -552,6 +565,7 @@ class StubServer:
         usage_cost: float | None = None,
         cost_header: float | None = None,
         delay: float = 0.0,
+        reply_tokens: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -562,6 +576,7 @@ class StubServer:
         self.cached_tokens = cached_tokens
         self.usage_cost = usage_cost
         self.cost_header = cost_header
+        self.reply_tokens = reply_tokens
         self.requests: list[RecordedRequest] = []
         self._faults: deque[Fault] = deque()
         self._lock = threading.Lock()
@@ -756,6 +771,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cached-tokens", type=int, default=0, metavar="N", help="report N prompt tokens as served from a prompt cache")
     parser.add_argument("--usage-cost", type=float, metavar="USD", help="report this cost in usage.cost (as OpenRouter)")
     parser.add_argument("--cost-header", type=float, metavar="USD", help="send this cost in x-litellm-response-cost (as a litellm proxy)")
+    parser.add_argument("--reply-tokens", type=int, default=0, metavar="N", help="make every chat reply at least N tokens long")
     args = parser.parse_args(argv)
     try:
         faults = [Fault.parse(f) for f in args.fault]
@@ -770,6 +786,7 @@ def main(argv: list[str] | None = None) -> None:
         usage_cost=args.usage_cost,
         cost_header=args.cost_header,
         delay=args.delay,
+        reply_tokens=args.reply_tokens,
     ).start()
     stub.script(*faults)
     print(f"ipyllm stub server on {stub.base_url}", flush=True)

@@ -235,14 +235,16 @@ def test_estimate_returns_what_a_call_would_cost(live: StubServer) -> None:
     assert (guess.model, guess.provider, guess.prompt_tokens, guess.max_tokens) == ("gpt-4o-mini", "openai", tokens, None)
     assert guess.input_cost == pytest.approx(tokens * price["input_cost_per_token"])
     assert guess.output_cost_per_token == pytest.approx(price["output_cost_per_token"])
-    assert guess.output_tokens == 1024 and guess.total == pytest.approx(guess.input_cost + 1024 * price["output_cost_per_token"])
+    # max_tokens unset: the most the call may bill is the model's own maximum output (16,384 for gpt-4o-mini).
+    assert guess.model_max_output == litellm.model_cost["gpt-4o-mini"]["max_output_tokens"] == 16_384
+    assert guess.output_tokens == 16_384 and guess.total == pytest.approx(guess.input_cost + 16_384 * price["output_cost_per_token"])
     bounded = ipyllm.estimate(messages, max_tokens=100, model="gpt-4o")
     assert bounded.output_tokens == 100
     assert bounded.total == pytest.approx(tokens * rates("gpt-4o")["input_cost_per_token"] + 100 * rates("gpt-4o")["output_cost_per_token"])
     assert live.requests == [] and _api.session.ledger.rows() == [], "nothing sent, nothing recorded"
     shown = repr(guess)
     assert "\n" not in shown and shown.startswith("Estimate(gpt-4o-mini (openai): input $")
-    assert "output $0.60 per 1M tokens, at most $0.00061 for 1,024 tokens" in shown
+    assert "output $0.60 per 1M tokens, at most $0.0098 for 16,384 tokens (the model's maximum; max_tokens unset)" in shown
 
 
 def test_estimate_of_an_unpriced_model_says_so(live: StubServer) -> None:
@@ -262,11 +264,11 @@ def test_the_dry_run_line_gives_a_total_and_a_rate(ip: Any, live: StubServer) ->
     with capture_output() as captured:
         ip.run_cell_magic("llm", "--dry-run", "hello")
     line = captured.outputs[-1].data["text/plain"].splitlines()[-1]
-    # 8 tokens at $0.15 per 1M is $0.0000012; 1,024 tokens at $0.60 per 1M at most $0.00061.
+    # 8 tokens at $0.15 per 1M is $0.0000012; the model's 16,384 output tokens at $0.60 per 1M at most $0.0098.
     assert load_litellm().token_counter(model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]) == 8
     assert line == (
         "dry run, nothing sent · gpt-4o-mini (openai) · input $0.0000012 (8 tokens) · "
-        "output $0.60 per 1M tokens, at most $0.00061 for 1,024 tokens (max_tokens unset)"
+        "output $0.60 per 1M tokens, at most $0.0098 for 16,384 tokens (the model's maximum; max_tokens unset)"
     )
     with capture_output() as captured:
         ip.run_cell_magic("llm", "--dry-run --max-tokens 200", "hello")

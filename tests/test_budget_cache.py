@@ -21,13 +21,16 @@ from ipyllm.testing import StubServer, count_tokens
 
 # Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).
 USD = r"\$(\d+\.\d{4}|0\.0000\d{2,3}|\d+\.\d{2})"
-BUDGET_LINE = re.compile(rf"^budget: spent {USD} of {USD} (this session|today); this call may cost up to {USD}: raise \w+ to go on$")
+BUDGET_LINE = re.compile(
+    rf"^budget: spent {USD}(, {USD} held by \d+ calls? in flight,)? of {USD} (this session|today); "
+    rf"this call needs at least {USD} \(its input( and \d+ output tokens?)?\): raise \w+ to go on$"
+)
 
 
 def test_a_session_budget_refuses_the_call_that_could_pass_it(live: StubServer) -> None:
     first = ipyllm.complete("first call", max_tokens=10)
-    # Room for what was spent, not for another call of up to 1024 output tokens at $0.60 per million.
-    ipyllm.config.budget_usd = first.usage.cost_usd + 0.0001
+    # Room for what was spent, not for another call's prompt and 16 output tokens ($0.0000096 at $0.60 per million).
+    ipyllm.config.budget_usd = first.usage.cost_usd + 0.000005
     with pytest.raises(ipyllm.BudgetExceededError) as caught:
         ipyllm.complete("second call")
     assert BUDGET_LINE.match(caught.value.message), caught.value.message
@@ -36,17 +39,23 @@ def test_a_session_budget_refuses_the_call_that_could_pass_it(live: StubServer) 
     row = caught.value.usage
     assert (row.status, row.attempts, row.cost_usd) == ("over_budget", 0, 0.0)
     assert list(ipyllm.usage()["status"]) == ["ok", "over_budget"]
-    # A small max_tokens fits the remaining room.
+    assert "this call needs at least $0.0000" in caught.value.message and "(its input and 16 output tokens)" in caught.value.message
+    # A small max_tokens fits the remaining room: sent as asked.
     assert ipyllm.complete("third", max_tokens=5).usage.status == "ok"
+    assert live.requests[-1].body["max_tokens"] == 5
 
 
-def test_the_estimate_counts_the_prompt_and_max_tokens(live: StubServer) -> None:
+def test_a_max_tokens_that_does_not_fit_is_lowered_to_what_the_budget_can_pay(live: StubServer) -> None:
     ipyllm.config.update(budget_usd=0.001, max_tokens=100)
-    ipyllm.complete("fits")
+    fits = ipyllm.complete("fits")
+    assert live.requests[-1].body["max_tokens"] == 100, "a user's max_tokens that fits stays"
+    assert fits.cut is None
     ipyllm.config.max_tokens = 10_000  # 10,000 * $0.60 per million = $0.006 > $0.001
-    with pytest.raises(ipyllm.BudgetExceededError, match=r"this call may cost up to \$0\.0060"):
-        ipyllm.complete("does not fit")
-    assert len(live.requests) == 1
+    lowered = ipyllm.complete("does not fit")
+    guess = ipyllm.estimate("does not fit")
+    left = 0.001 - fits.usage.cost_usd - guess.input_cost * 1.1
+    assert live.requests[-1].body["max_tokens"] == int(left / guess.output_cost_per_token)
+    assert lowered.usage.status == "ok" and ipyllm.usage()["cost_usd"].sum() <= 0.001
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ import pytest
 import ipyllm
 from ipyllm import _api
 from ipyllm._config import LedgerURL
-from ipyllm._ledger import COLUMNS, Hold, Limit, UsageRow, open_store
+from ipyllm._ledger import COLUMNS, Headroom, Hold, Limit, UsageRow, open_store
 from ipyllm.testing import Fault, StubServer
 
 from .pg import PostgresServer, find_binaries
@@ -170,7 +170,12 @@ def test_two_processes_at_concurrency_16_never_pass_a_shared_daily_budget(pg: Po
     refusals = [line for r in results for line in r["refusals"]]
     assert len(refusals) == 32  # every thread ends refused
     assert all(
-        re.match(r"^budget: spent \$\S+ of \$0\.25 today; this call may cost up to \$0\.0100: raise daily_budget_usd", x) for x in refusals
+        re.match(
+            r"^budget: spent \$\S+(, \$\S+ held by \d+ calls? in flight,)? of \$0\.25 today; "
+            r"this call needs at least \$0\.0100 \(its input and 10 output tokens\): raise daily_budget_usd",
+            x,
+        )
+        for x in refusals
     )
     assert pg.sql("SELECT COUNT(*) FROM holds", database=database) == [(0,)]
 
@@ -206,7 +211,8 @@ def test_a_user_budget_refuses_one_user_while_another_goes_on(team: str, pg: Pos
     with pytest.raises(ipyllm.BudgetExceededError) as refused:
         ipyllm.complete("ada asks again says hello to the stub, at length", max_tokens=10)
     assert str(refused.value.message) == (
-        "budget: spent $0.0300 of $0.03 today by ada (team $0.5300); this call may cost up to $0.0100: raise user_daily_budget_usd to go on"
+        "budget: spent $0.0300 of $0.03 today by ada (team $0.5300); this call needs at least $0.0100 (its input and 10 output tokens): "
+        "raise user_daily_budget_usd to go on"
     )
     ipyllm.config.update(user="bob")
     for _ in range(3):
@@ -463,15 +469,20 @@ def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresSe
         return Hold(name, amount, "s", "ada", host, pid, now, now + timedelta(seconds=60))
 
     limits = [Limit("daily_budget_usd", 1.0, midnight)]
-    assert first.reserve(hold("a", 0.6), limits) is None
+    assert isinstance(first.reserve(hold("a", 0.6), limits), Hold)
     refusal = second.reserve(hold("b", 0.6), limits)
-    assert refusal is not None and refusal.spent == pytest.approx(0.6)
+    # Nothing spent yet; 0.6 held by a call in flight of the other kernel.
+    assert isinstance(refusal, Headroom) and (refusal.spent, refusal.held, refusal.holds) == (0.0, pytest.approx(0.6), 1)
     first.append(UsageRow(model="m", cost_usd=0.1, user="ada"), release="a")  # settled: the row replaces the hold
     assert first.flush()  # type: ignore[attr-defined]
-    assert second.reserve(hold("b", 0.6), limits) is None
+    taken = second.reserve(hold("b", 0.6), limits)
+    assert isinstance(taken, Hold) and taken.amount == 0.6
     # A hold of a process on this host that has died frees its budget.
-    assert second.reserve(hold("dead", 0.3, pid=2**22 + 12345), limits) is None
-    assert first.reserve(hold("c", 0.3, host="here"), limits) is None
+    assert isinstance(second.reserve(hold("dead", 0.3, pid=2**22 + 12345), limits), Hold)
+    assert isinstance(first.reserve(hold("c", 0.3, host="here"), limits), Hold)
+    # A sizer takes what a limit leaves: 2.0 - 0.1 spent - (0.6 + 0.3) held.
+    sized = first.reserve(hold("d", 0.0), [Limit("daily_budget_usd", 2.0, midnight)], size=lambda rooms: rooms[0].left)
+    assert isinstance(sized, Hold) and sized.amount == pytest.approx(1.0)
     first.close()
     second.close()
 

@@ -10,7 +10,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import Hold, Limit, SQLiteStore, UsageRow
+from ipyllm._ledger import Headroom, Hold, Limit, SQLiteStore, UsageRow
 from ipyllm.testing import Fault, StubServer
 
 #: $0.001 per output token and max_tokens=10: a call may cost up to $0.01 and the budget can hold 5.
@@ -60,18 +60,20 @@ def test_holds_of_another_kernel_count_until_settled_or_expired(tmp_path: Path) 
     def hold(name: str, amount: float, pid: int = 1, lifetime: float = 60) -> Hold:
         return Hold(name, amount, "other", "ada", "elsewhere", pid, now, now + timedelta(seconds=lifetime))
 
-    assert store.reserve(hold("a", 0.6), limit) is None
+    assert isinstance(store.reserve(hold("a", 0.6), limit), Hold)
     refused = store.reserve(hold("b", 0.6), limit)
-    assert refused is not None and refused.spent == pytest.approx(0.6)
+    # Refused: nothing spent yet, 0.6 held by one call in flight.
+    assert isinstance(refused, Headroom) and (refused.spent, refused.held, refused.holds) == (0.0, pytest.approx(0.6), 1)
     # Settling "a" with its row: spend stays 0.6 (row instead of hold), so "b" is still refused...
     store.append(UsageRow(session="other", cost_usd=0.6, user="ada"), release="a")
-    assert store.reserve(hold("b", 0.6), limit) is not None
-    assert store.reserve(hold("c", 0.4), limit) is None
+    refused = store.reserve(hold("b", 0.6), limit)
+    assert isinstance(refused, Headroom) and (refused.spent, refused.held, refused.holds) == (pytest.approx(0.6), 0.0, 0)
+    assert isinstance(store.reserve(hold("c", 0.4), limit), Hold)
     # ...and an expired hold (a kernel that died) stops counting.
-    assert store.reserve(hold("d", 0.1), limit) is not None
+    assert isinstance(store.reserve(hold("d", 0.1), limit), Headroom)
     store.release("c")
-    assert store.reserve(hold("e", 0.3, lifetime=-1), limit) is None  # already expired when taken
-    assert store.reserve(hold("f", 0.4), limit) is None
+    assert isinstance(store.reserve(hold("e", 0.3, lifetime=-1), limit), Hold)  # already expired when taken
+    assert isinstance(store.reserve(hold("f", 0.4), limit), Hold)
 
 
 def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> None:
@@ -86,5 +88,6 @@ def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> Non
     midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
     limit = [Limit("daily_budget_usd", 1.0, midnight)]
     host = socket.gethostname()
-    assert store.reserve(Hold("dead", 0.9, "s", "u", host, pid, now, now + timedelta(hours=1)), limit) is None
-    assert store.reserve(Hold("alive", 0.9, "s", "u", host, 1, now, now + timedelta(hours=1)), limit) is None  # pid 1 lives
+    assert isinstance(store.reserve(Hold("dead", 0.9, "s", "u", host, pid, now, now + timedelta(hours=1)), limit), Hold)
+    taken = store.reserve(Hold("alive", 0.9, "s", "u", host, 1, now, now + timedelta(hours=1)), limit)  # pid 1 lives
+    assert isinstance(taken, Hold) and taken.amount == 0.9

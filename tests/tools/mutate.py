@@ -632,6 +632,52 @@ MUTATIONS: list[Mutation] = [
         "            self.spool.put_many(entries, ())",
         "tests/test_ledger_faults.py -k unwritable or cache_lookups or killed",
     ),
+    # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
+    m(
+        "budget-cap-not-sent",
+        "budgets",
+        "the output cap a budget derives is not sent: a long reply runs past the budget",
+        "ipyllm/_client.py",
+        "        if cap is not None:\n            # A budget's output cap",
+        "        if False:\n            # A budget's output cap",
+        "tests/test_budget_caps.py -k long_reply",
+    ),
+    m(
+        "budget-cap-not-derived",
+        "budgets",
+        "the cap is the model's maximum whatever the budget leaves",
+        "ipyllm/_budget.py",
+        "        cap = affordable if self.ceiling is None else min(self.ceiling, affordable)",
+        "        cap = affordable if self.ceiling is None else self.ceiling",
+        "tests/test_budget_caps.py -k long_reply",
+    ),
+    m(
+        "budget-hold-not-the-cap",
+        "budgets",
+        "a call holds its input and 16 output tokens, not the reply its cap allows: calls at once pass the budget",
+        "ipyllm/_budget.py",
+        "        return self.held_input + cap * rate, cap",
+        "        return self.held_input + self.minimum_tokens * rate, cap",
+        "tests/test_budget_caps.py -k threads",
+    ),
+    m(
+        "budget-map-stops-at-once",
+        "budgets",
+        "a map stops at the first refusal while its own calls in flight hold the room",
+        "ipyllm/_batch.py",
+        "                if room is not None and self.in_flight:",
+        "                if False:",
+        "tests/test_budget_caps.py -k map_over_long",
+    ),
+    m(
+        "budget-held-shown-as-spent",
+        "budgets",
+        "the refusal line counts the holds of calls in flight as spent",
+        "ipyllm/_budget.py",
+        '        f"budget: spent {usd(room.spent)}{held}',
+        '        f"budget: spent {usd(room.spent + room.held)}{held}',
+        "tests/test_budget_caps.py -k refusal_line",
+    ),
 ]
 
 
