@@ -219,9 +219,21 @@ class Helper:
         """One attempt in the helper: ``litellm.acompletion(**kwargs)``'s response, or its exception raised here."""
         self.sent += 1
         ident, future = self._ask("call", kwargs)
+        answer = asyncio.wrap_future(future)
         try:
-            return await asyncio.wrap_future(future)
+            while True:
+                done, _ = await asyncio.wait({answer}, timeout=1.0)
+                if done:
+                    return answer.result()
+                if self.process.poll() is not None and not answer.done():
+                    # Exited, and its pipe has not said so yet (on a loaded machine the reader can lag): fail the attempt
+                    # rather than wait for an answer that cannot come.
+                    self.alive = False
+                    self.pending.pop(ident, None)
+                    answer.cancel()
+                    raise ConnectionError("Connection error: ipyllm's helper process exited during the call")
         except asyncio.CancelledError:
+            answer.cancel()
             if self.pending.pop(ident, None) is not None:
                 with contextlib.suppress(OSError, ValueError):
                     _send(self.process.stdin, ("cancel", ident, None), self._lock)

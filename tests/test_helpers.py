@@ -159,7 +159,7 @@ def test_a_helper_that_dies_fails_its_call_and_gets_no_more(fast: StubServer) ->
             except BaseException as error:
                 outcome.append(error)
 
-        worker = threading.Thread(target=call)
+        worker = threading.Thread(target=call, daemon=True)  # should it hang, the failure below says so, and pytest still exits
         worker.start()
         deadline = time.monotonic() + 10
         while not chat_requests(fast) and time.monotonic() < deadline:

@@ -26,7 +26,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import SCHEMA_VERSION, Hold, Limit, UsageRow, row_values
+from ipyllm._ledger import SCHEMA_VERSION, Headroom, Hold, Limit, UsageRow, row_values
 from ipyllm._spool import Spool, spool_path
 from ipyllm._sqlite import MIGRATIONS, SQLiteStore
 from ipyllm.testing import StubServer
@@ -243,7 +243,7 @@ def test_a_deleted_ledger_is_noticed_before_the_next_write_and_recreated_with_al
     other.append(UsageRow(session="theirs", model="b", cost_usd=0.2))
     other.close()
     store.cache_put("key", "chat", "a", '{"text": "kept"}')
-    assert store.reserve(hold("in flight", 0.5), []) is None
+    assert isinstance(store.reserve(hold("in flight", 0.5), []), Hold)
     shutil.rmtree(ledger.parent)
     assert store.file.connection is not None
     # A row that reached the file after it vanished (between the check and the write) is copied too.
@@ -257,7 +257,7 @@ def test_a_deleted_ledger_is_noticed_before_the_next_write_and_recreated_with_al
     # The hold of the call in flight came along: a budget still counts it, so it cannot be passed.
     midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
     refusal = store.reserve(hold("next", 0.5), [Limit("daily_budget_usd", 1.0, midnight)])
-    assert refusal is not None and refusal.spent == pytest.approx(0.1 + 0.2 + 0.3 + 0.5)
+    assert isinstance(refusal, Headroom) and (refusal.spent, refusal.held) == (pytest.approx(0.1 + 0.2 + 0.3), pytest.approx(0.5))
     store.append(UsageRow(session="mine", model="d", cost_usd=0.1), release="in flight")  # the call ends: its row settles the hold
     assert query(ledger, "SELECT COUNT(*) FROM holds") == [(0,)]
     lines = said(capfd.readouterr().err)
