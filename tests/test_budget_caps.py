@@ -28,6 +28,8 @@ from ipyllm._budget import INPUT_MARGIN, MIN_OUTPUT_TOKENS, Need
 from ipyllm._client import load_litellm
 from ipyllm.testing import Fault, StubServer
 
+from .helpers import run_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 INPUT, OUTPUT = 0.15e-6, 0.60e-6
 #: A dollar figure as the refusal line writes it.
@@ -140,23 +142,6 @@ def test_the_magic_shows_the_cut_in_the_footer(ip: Any, live: StubServer) -> Non
 
 
 # -- many threads ---------------------------------------------------------------------------------------------
-
-
-def run_threads(count: int, prompt: str) -> list[BaseException | None]:
-    outcomes: list[BaseException | None] = [None] * count
-
-    def call(index: int) -> None:
-        try:
-            ipyllm.complete(f"{prompt} (thread {index})")
-        except BaseException as error:
-            outcomes[index] = error
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(120)
-    return outcomes
 
 
 @pytest.mark.parametrize("setting", ["budget_usd", "daily_budget_usd"])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,32 +12,17 @@ from ipyllm import _api
 from ipyllm._ledger import Headroom, Hold, Limit, SQLiteStore, UsageRow
 from ipyllm.testing import Fault, StubServer
 
+from .helpers import run_threads
+
 #: $0.001 per output token and max_tokens=10: a call may cost up to $0.01 and the budget can hold 5.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
-
-
-def run_threads(count: int) -> list[BaseException | None]:
-    outcomes: list[BaseException | None] = [None] * count
-
-    def call(index: int) -> None:
-        try:
-            ipyllm.complete(f"thread {index} says hello to the stub", max_tokens=10)
-        except BaseException as error:
-            outcomes[index] = error
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    return outcomes
 
 
 @pytest.mark.parametrize("setting", ["budget_usd", "daily_budget_usd", "user_daily_budget_usd"])
 def test_32_threads_never_pass_a_budget(live: StubServer, tmp_path: Path, setting: str) -> None:
     ipyllm.config.update(prices=PRICED, usage_db=str(tmp_path / "usage.sqlite"), **{setting: 0.05})
     live.script(*[Fault.slow(0.3)] * 32)  # every call is in flight while the others decide
-    outcomes = run_threads(32)
+    outcomes = run_threads(32, "says hello to the stub", max_tokens=10)
     frame = ipyllm.usage()
     sent = frame[frame["status"] == "ok"]
     # Each reply is "[gpt-4o-mini] thread N says ..." cut to 10 tokens: exactly $0.01 a call.
