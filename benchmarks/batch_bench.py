@@ -43,7 +43,7 @@ def prompts(n: int) -> list[str]:
 
 
 def bare_loop(base_url: str, items: list[str], concurrency: int) -> float:
-    from ipyllm._client import load_litellm
+    from ipyllm._litellm import load_litellm
 
     litellm = load_litellm()
 
@@ -64,7 +64,7 @@ def bare_loop(base_url: str, items: list[str], concurrency: int) -> float:
 
 
 def batch_completion(base_url: str, items: list[str], concurrency: int) -> float:
-    from ipyllm._client import load_litellm
+    from ipyllm._litellm import load_litellm
 
     litellm = load_litellm()
     started = time.perf_counter()

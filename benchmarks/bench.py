@@ -59,7 +59,8 @@ def call_overhead(n: int = 300, rounds: int = 3) -> None:
 
     import ipyllm
     from ipyllm import _api
-    from ipyllm._client import Client, load_litellm
+    from ipyllm._client import Client
+    from ipyllm._litellm import load_litellm
 
     litellm = load_litellm()
     # (wall, CPU of this thread, CPU of the whole process) inside litellm.completion, and around ipyllm.complete.

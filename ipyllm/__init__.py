@@ -13,27 +13,32 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._api import SESSION_ID, acomplete, complete, embed, estimate, usage
-from ipyllm._batch import Batch, BatchError, BatchEstimate, BatchInterrupted, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
+from ipyllm._batch import Batch, BatchEstimate, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
 from ipyllm._chat import chat_history, chat_reset
-from ipyllm._client import Embeddings, Estimate, Reply, warm_up
-from ipyllm._config import LLMConfig, SettingError, config
-from ipyllm._errors import (
+from ipyllm._client import Embeddings, Reply
+from ipyllm._config import LLMConfig, config
+from ipyllm._cost import Estimate
+from ipyllm._ledger import COLUMNS, UsageRow
+from ipyllm._litellm import warm_up
+from ipyllm._retry import RetryNote
+from ipyllm.errors import (
     AuthenticationError,
+    BatchError,
+    BatchInterrupted,
     BudgetExceededError,
     Interrupted,
     InvalidInputError,
+    InvalidOutputError,
     LLMError,
     MissingKeyError,
     ProviderUnavailableError,
     RateLimitError,
     RequestRejectedError,
+    SettingError,
     StreamBrokenError,
     UnknownModelError,
     UnknownSettingError,
 )
-from ipyllm._ledger import COLUMNS, UsageRow
-from ipyllm._retry import RetryNote
-from ipyllm._schema import InvalidOutputError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -12,8 +12,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from ipyllm._errors import LLMError, RequestRejectedError
 from ipyllm._retry import describe
+from ipyllm.errors import LLMError, RequestRejectedError
 
 __all__ = ["broken_message", "empty_note", "endpoint", "finish_reason", "has_answer", "one_choice", "reported_usage", "streamed_finish"]
 

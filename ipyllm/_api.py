@@ -18,24 +18,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import Budgets, Need, Reservation, host_name, local_midnight, usd, user_name
-from ipyllm._client import (
-    Client,
-    Embeddings,
-    Estimate,
-    Reply,
-    as_messages,
-    estimate_embedding,
-    litellm_loaded,
-    load_litellm,
-    resolve_provider,
-)
-from ipyllm._client import estimate as estimate_messages
-from ipyllm._config import SETTING_NAMES, SettingError, Settings, config
-from ipyllm._errors import Interrupted
-from ipyllm._ledger import LedgerUnavailableError, MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
+from ipyllm._client import Client, Embeddings, Reply, as_messages
+from ipyllm._config import SETTING_NAMES, Settings, config
+from ipyllm._cost import Estimate, estimate_embedding
+from ipyllm._cost import estimate as estimate_messages
+from ipyllm._ledger import MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
+from ipyllm._litellm import litellm_loaded, load_litellm, resolve_provider
+from ipyllm._notices import notice
 from ipyllm._retry import RetryNote
-from ipyllm._schema import InvalidOutputError, Schema
+from ipyllm._schema import Schema
 from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
+from ipyllm.errors import Interrupted, InvalidOutputError, LedgerUnavailableError, SettingError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,11 +46,6 @@ _RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages
 
 #: What the default ledger's place (the Jupyter data directory) depends on.
 _DATA_DIR_VARIABLES = ("JUPYTER_DATA_DIR", "JUPYTER_PLATFORM_DIRS", "XDG_DATA_HOME", "HOME", "APPDATA")
-
-
-def warn(message: str) -> None:
-    """One line on stderr: what happened and what to do."""
-    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
 
 class Session:
@@ -142,7 +130,7 @@ class Session:
     def warn_once(self, key: str, message: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            warn(message)
+            notice(message)
 
     def record(self, row: UsageRow, release: str | None = None) -> None:
         """File a finished call's row: committed to the ledger (settling the hold ``release``), then in memory."""
@@ -354,9 +342,9 @@ class ChatRequest:
                 raise
         if cut:
             assert reservation is not None
-            warn(cut_message(reservation))  # says more than the note of an empty reply cut at its cap
+            notice(cut_message(reservation))  # says more than the note of an empty reply cut at its cap
         elif reply.note:
-            warn(reply.note)
+            notice(reply.note)
         if store and self.key is not None and reply.text and not cut:
             row = reply.usage
             session.cache_put(

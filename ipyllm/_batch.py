@@ -35,29 +35,30 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ipyllm import _api
-from ipyllm._batchdata import (
-    Batch,
-    BatchError,
-    BatchEstimate,
-    BatchInterrupted,
-    Fields,
-    MissingValue,
-    fill,
-    is_missing,
-    rows_of,
-    template_fields,
-)
+from ipyllm._batchdata import Batch, BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields
 from ipyllm._budget import Reservation
-from ipyllm._client import Reply, as_messages, estimate, load_litellm, resolve_provider
-from ipyllm._config import SettingError
-from ipyllm._errors import AuthenticationError, BudgetExceededError, LLMError, MissingKeyError, UnknownModelError
+from ipyllm._client import Reply, as_messages
+from ipyllm._cost import estimate
 from ipyllm._ledger import UsageRow
+from ipyllm._litellm import load_litellm, resolve_provider
+from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, Tally, progress_display
 
 # asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
 from ipyllm._retry import RetryNote
-from ipyllm._schema import InvalidOutputError, Schema
+from ipyllm._schema import Schema
 from ipyllm._validate import check_keywords
+from ipyllm.errors import (
+    AuthenticationError,
+    BatchError,
+    BatchInterrupted,
+    BudgetExceededError,
+    InvalidOutputError,
+    LLMError,
+    MissingKeyError,
+    SettingError,
+    UnknownModelError,
+)
 
 __all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "amap", "last_batch", "map"]
 
@@ -461,22 +462,22 @@ class _Run:
 def _report(run: _Run, errors: str) -> None:
     batch = run.batch
     if run.tally.cut and batch.cut_message is not None:
-        _api.warn(
+        notice(
             f"{run.tally.cut:,} of {run.tally.total:,} replies were cut short by a budget's output cap (not kept for resume); "
             f"the last: {batch.cut_message}"
         )
     if batch.budget_message is not None:
-        _api.warn(
+        notice(
             f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent, the batch spent {_api.usd(run.tally.spent)}: "
             f"{batch.budget_message}, then run the same map again to send only them"
         )
     elif batch.stop_reason is not None:
-        _api.warn(f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent: {batch.stop_reason}")
+        notice(f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent: {batch.stop_reason}")
     if (missing := batch.missing_message()) is not None:
-        _api.warn(missing)
+        notice(missing)
     if run.empty_answers:
         said = f", e.g. {run.empty_note.split(';')[0]}" if run.empty_note else ""
-        _api.warn(
+        notice(
             f"{run.empty_answers:,} of {run.tally.total:,} rows got an empty answer{said}: not cached; "
             "run the same map again to ask them again"
         )
@@ -484,7 +485,7 @@ def _report(run: _Run, errors: str) -> None:
     if message is not None:
         if errors == "raise":
             raise BatchError(message, batch)
-        _api.warn(message)
+        notice(message)
 
 
 def _check_errors(errors: str) -> None:

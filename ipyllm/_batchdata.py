@@ -13,19 +13,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipyllm import _api
-from ipyllm._config import SettingError
-from ipyllm._errors import LLMError
 from ipyllm._progress import Tally
 from ipyllm._schema import Schema
+from ipyllm.errors import SettingError
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "Batch",
-    "BatchError",
     "BatchEstimate",
-    "BatchInterrupted",
     "Fields",
     "MissingValue",
     "fill",
@@ -33,27 +30,6 @@ __all__ = [
     "rows_of",
     "template_fields",
 ]
-
-
-class BatchError(LLMError):
-    """``errors="raise"``: some rows failed; ``.result`` holds every answer that came, ``.batch`` the details."""
-
-    def __init__(self, message: str, batch: Batch) -> None:
-        super().__init__(message)
-        self.batch = batch
-        self.result = batch.result
-
-
-class BatchInterrupted(KeyboardInterrupt):
-    """Ctrl-C during a batch: the calls in flight were cancelled; ``.result`` holds the answers that came."""
-
-    def __init__(self, batch: Batch) -> None:
-        super().__init__(batch.interrupted_message())
-        self.batch = batch
-        self.result = batch.result
-
-    def _render_traceback_(self) -> list[str]:
-        return [f"KeyboardInterrupt: {self.args[0]}"]
 
 
 @dataclass

@@ -40,8 +40,8 @@ from functools import lru_cache
 from typing import Any
 
 from ipyllm._config import Settings
-from ipyllm._errors import BudgetExceededError
-from ipyllm._ledger import Headroom, Hold, LedgerUnavailableError, Limit, MemoryLedger, Sizer, Store, UsageRow, tightest
+from ipyllm._ledger import Headroom, Hold, Limit, MemoryLedger, Sizer, Store, UsageRow, tightest
+from ipyllm.errors import BudgetExceededError, LedgerUnavailableError
 
 __all__ = ["INPUT_MARGIN", "MIN_OUTPUT_TOKENS", "Budgets", "Need", "Reservation", "host_name", "local_midnight", "usd", "user_name"]
 

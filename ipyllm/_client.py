@@ -10,170 +10,34 @@ the layer above decides where the row goes.
 
 from __future__ import annotations
 
-import functools
-import logging
-import os
-import threading
 import time
-import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from ipyllm._answers import broken_message, empty_note, endpoint, finish_reason, has_answer, one_choice, streamed_finish
 from ipyllm._config import Settings
 from ipyllm._cost import (
-    UNKNOWN_MAX_OUTPUT,
-    Estimate,
     cached_tokens,
     call_cost,
-    custom_price,
-    estimate,
-    estimate_embedding,
-    price,
     provider_usage,
     usage_field,
 )
-from ipyllm._errors import (
-    AuthenticationError,
+from ipyllm._explain import check_key, explain, provider_words
+from ipyllm._ledger import UsageRow
+from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, resolve_provider, unlogged
+from ipyllm._retry import RetryNote, retrying
+from ipyllm.errors import (
     Interrupted,
     LLMError,
-    MissingKeyError,
-    ProviderUnavailableError,
-    RateLimitError,
-    RequestRejectedError,
     StreamBrokenError,
-    UnknownModelError,
-    provider_words,
-    redact,
 )
-from ipyllm._ledger import UsageRow
-from ipyllm._retry import RetryNote, describe, is_missing_key, is_permanent, retrying
 
-__all__ = [
-    "UNKNOWN_MAX_OUTPUT",
-    "Client",
-    "Embeddings",
-    "Estimate",
-    "Reply",
-    "custom_price",
-    "estimate",
-    "estimate_embedding",
-    "litellm_loaded",
-    "load_litellm",
-    "price",
-    "redact",
-    "resolve_provider",
-    "warm_up",
-]
+__all__ = ["Client", "Embeddings", "Reply", "as_messages"]
 
 Messages = list[dict[str, Any]]
 Report = Callable[[UsageRow], Any]
-
-# Without these, litellm fetches its price map, blog posts and header lists from the network at import.
-_OFFLINE_DEFAULTS = {
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "LITELLM_LOCAL_BLOG_POSTS": "True",
-    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
-}
-_litellm: ModuleType | None = None
-_import_lock = threading.Lock()
-
-
-def load_litellm() -> ModuleType:
-    """Import and quieten litellm once, whichever thread asks first."""
-    global _litellm
-    if _litellm is None:
-        with _import_lock:
-            if _litellm is None:
-                for name, value in _OFFLINE_DEFAULTS.items():
-                    os.environ.setdefault(name, value)
-                import litellm
-
-                # Pydantic complains about litellm's own types the first time they are used.
-                warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier", category=UserWarning)
-                litellm.suppress_debug_info = True
-                litellm.set_verbose = False
-                for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
-                    logging.getLogger(name).setLevel(logging.CRITICAL)
-                _prime(litellm)
-                _litellm = litellm
-    return _litellm
-
-
-# litellm's lists of logging callbacks: while all are empty, nobody reads what its success handler builds.
-_CALLBACK_LISTS = (
-    "callbacks",
-    "success_callback",
-    "_async_success_callback",
-    "failure_callback",
-    "_async_failure_callback",
-    "input_callback",
-    "_async_input_callback",
-    "service_callback",
-)
-
-
-def has_callbacks(litellm: ModuleType) -> bool:
-    """Whether the user registered any litellm logging callback."""
-    return any(getattr(litellm, name, None) for name in _CALLBACK_LISTS)
-
-
-def unlogged(litellm: ModuleType | None = None) -> AbstractContextManager[Any]:
-    """Calls made inside skip litellm's logging payload when no litellm callback is registered.
-
-    After every call litellm builds a logging payload for its callbacks (about 1 ms of CPU per call), on a
-    thread of its own that takes the GIL while ipyllm commits the row, or on the event loop for ``acompletion``.
-    With no callback registered nobody reads it, so the call runs as one of litellm's internal sub-calls,
-    which skip only that step: the response, its usage and its price are the same. A user who registers a
-    callback (Langfuse, OpenTelemetry, ...) gets litellm's logging as before.
-    """
-    litellm = litellm or _litellm
-    if litellm is None or has_callbacks(litellm):
-        return nullcontext()
-    try:
-        from litellm._internal_context import is_internal_call
-    except ImportError:  # another litellm version: its logging stays on
-        return nullcontext()
-    return _internal(is_internal_call)
-
-
-@contextmanager
-def _internal(flag: Any) -> Any:
-    token = flag.set(True)
-    try:
-        yield
-    finally:
-        flag.reset(token)
-
-
-def _prime(litellm: ModuleType) -> None:
-    """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
-    would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
-    try:
-        litellm.token_counter(model="gpt-4o-mini", text="warm up")
-        # Not when the user has logging callbacks: they would record the mock call.
-        if not has_callbacks(litellm):
-            with unlogged(litellm):
-                litellm.completion(
-                    model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0
-                )
-    except Exception:  # a cold first call is slower, not wrong
-        pass
-
-
-def litellm_loaded() -> bool:
-    """Whether litellm is imported and primed: a call made before then waits for it (seconds)."""
-    return _litellm is not None
-
-
-def warm_up() -> threading.Thread:
-    """Import litellm in a background thread, so the first call does not stall."""
-    thread = threading.Thread(target=load_litellm, name="ipyllm-warm-up", daemon=True)
-    thread.start()
-    return thread
 
 
 class Reply(str):
@@ -225,20 +89,6 @@ class Embeddings(list[list[float]]):
         self.usage = usage
 
 
-@functools.lru_cache(maxsize=256)
-def caps_completion_tokens(model: str, base_url: str | None) -> bool:
-    """Whether the model's output cap is ``max_completion_tokens``: the reasoning models, whose hidden reasoning
-    tokens are billed as output and counted against that cap (litellm says which take it)."""
-    litellm = load_litellm()
-    provider = resolve_provider(model, base_url)
-    try:
-        if not litellm.supports_reasoning(model=model, custom_llm_provider=provider):
-            return False
-        return "max_completion_tokens" in (litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or ())
-    except Exception:
-        return False
-
-
 def as_messages(prompt_or_messages: str | Sequence[dict[str, Any]], system: str | None) -> Messages:
     """A prompt becomes one user message; the session's system prompt goes first unless one is there."""
     if isinstance(prompt_or_messages, str):
@@ -283,6 +133,11 @@ class _Call:
     texts: list[str] | None = None
     #: Why the answer has no text (``empty_note``), for the reply.
     note: str | None = None
+
+    @property
+    def provider(self) -> str | None:
+        """The provider litellm resolved."""
+        return self.row.provider
 
     @property
     def where(self) -> str:
@@ -373,7 +228,7 @@ class Client:
         model = settings.embedding_model
         target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
         kwargs = self._common_arguments(settings, target)
-        kwargs["max_retries"] = _NO_RETRIES
+        kwargs["max_retries"] = NO_RETRIES
         kwargs["input"] = texts
         kwargs.update(extra or {})
         embedding = self._embedding or litellm.embedding
@@ -467,7 +322,7 @@ class Client:
         error: LLMError | None = None
         try:
             if call.check_key:
-                _check_key(call)
+                check_key(call)
             with unlogged():
                 response: Any = await policy(counted)
             row.latency_s = self.clock() - call.start
@@ -589,7 +444,7 @@ class Client:
         interrupted: Interrupted | None = None
         try:
             if call.check_key:
-                _check_key(call)
+                check_key(call)
             with unlogged():
                 response = policy(counted)
             row.latency_s = self.clock() - call.start
@@ -673,209 +528,3 @@ class Client:
         row.cached_tokens = None if usage is None else cached_tokens(usage)
         row.tokens_estimated = estimated
         row.cost_usd = call_cost(call.settings, call.model, row.provider, prompt or 0, completion, call.kind, usage, response)
-
-
-#: ``max_retries`` for embeddings: zero, but true. litellm's OpenAI embedding path reads
-#: ``max_retries or litellm.DEFAULT_MAX_RETRIES`` (``llms/openai/openai.py``), so a plain 0 becomes 2 and the
-#: OpenAI SDK sends every attempt three times beneath ipyllm's policy.
-class _NoRetries(int):
-    def __bool__(self) -> bool:
-        return True
-
-
-_NO_RETRIES = _NoRetries(0)
-
-
-@functools.lru_cache(maxsize=256)
-def resolve_provider(model: str, base_url: str | None) -> str | None:
-    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None.
-
-    Memoized: litellm's lookup scans its endpoint list (about 1 ms) and depends only on these two.
-    """
-    try:
-        return str(load_litellm().get_llm_provider(model, api_base=base_url)[1])
-    except Exception:
-        return None
-
-
-def model_names() -> list[str]:
-    """Every model name litellm's price map knows."""
-    litellm = load_litellm()
-    return sorted(set(litellm.model_cost) - {"sample_spec"})
-
-
-def explain(exc: BaseException, call: _Call, attempts: int) -> LLMError:
-    """Turn what litellm raised into one of ipyllm's errors: what the provider said (key removed, one line) and
-    what to do next. The result never refers to ``exc``, which can repeat the key."""
-    settings, model = call.settings, call.model
-    if isinstance(exc, LLMError):
-        return exc
-    status = getattr(exc, "status_code", None)
-    status = int(status) if isinstance(status, (int, str)) and str(status).isdigit() else None
-    name = type(exc).__name__
-    provider = call.row.provider or "the provider"  # whose key it is
-    where = call.where  # who answered
-    said = provider_words(exc, settings)
-    tries = f"after {attempts} attempt{'s' if attempts != 1 else ''}"
-    key_variable = _key_variable(call)
-    key_hint = f"set LLM_API_KEY{f' or {key_variable}' if key_variable else ''}, or ipyllm.config.api_key"
-
-    def error(cls: type[LLMError], what: str, advice: str) -> LLMError:
-        # One line: what happened: "what the provider said"; what to do.
-        told = f'{what}: "{said}"; {advice}' if said else f"{what}: {advice}"
-        return cls(told, status_code=status, provider_message=said)
-
-    if is_missing_key(exc):
-        return MissingKeyError(f"no API key for {provider}: {key_hint}", status_code=status)
-    if status in (401, 403) or name in ("AuthenticationError", "PermissionDeniedError"):
-        return error(AuthenticationError, f"{where} refused the API key ({status})", f"check it, or {key_hint}")
-    if "LLM Provider NOT provided" in str(exc) or status == 404 or name == "NotFoundError":
-        sent = status == 404  # else litellm refused the name before sending it
-        setting = "embedding_model" if call.kind == "embedding" else "model"
-        advice = unknown_model_message(
-            model, said if sent else "", base_url=settings.base_url, api_key=settings.api_key, sent=sent, setting=setting
-        )
-        return UnknownModelError(advice, status_code=status, provider_message=said)
-    if name == "ContextWindowExceededError":
-        return error(
-            RequestRejectedError, f"the prompt is longer than {model}'s context window", "shorten it or choose a model with a larger one"
-        )
-    if name == "ContentPolicyViolationError":
-        return error(RequestRejectedError, f"{where} refused the request under its content policy", "rephrase the prompt")
-    if status == 429:
-        return error(RateLimitError, f"rate limited (429) {tries}", "wait a minute and run again, or raise num_retries / retry_max_wait")
-    reason = describe(exc)
-    if reason == "litellm's repeated-chunk guard":
-        return error(LLMError, "litellm's repeated-chunk guard stopped the reply (the model sent one piece over and over)", "try again")
-    if reason == "the stream broke before any text":
-        return error(
-            ProviderUnavailableError,
-            f"the reply stream from {where} broke before any text {tries}",
-            "try again later, or call without streaming",
-        )
-    if reason == "connection error":
-        return ProviderUnavailableError(
-            f"could not connect to {where} {tries}: check that it is up and that base_url is right",
-            status_code=status,
-            provider_message=said,
-        )
-    if reason == "gateway timeout (504)":
-        return error(
-            ProviderUnavailableError,
-            f"{where} answered 504 gateway timeout {tries}",
-            "a gateway before the model gave up waiting; try again later",
-        )
-    if reason == "request timeout (408) from the server":
-        return error(
-            ProviderUnavailableError, f"{where} answered 408 request timeout {tries}", "the server gave up on the request; try again later"
-        )
-    if reason == "timed out":
-        return ProviderUnavailableError(
-            f"no answer within {settings.timeout:g} s {tries} from {where}: try again later, or raise timeout (LLM_TIMEOUT)",
-            status_code=status,
-            provider_message=said,
-        )
-    if status is not None and status >= 500 and is_permanent(exc):
-        return error(
-            ProviderUnavailableError,
-            f"{where} cannot serve this request ({status}, not retried: no retry can fix it)",
-            "change the server's setup or the model",
-        )
-    if status is not None and status >= 500:
-        return error(ProviderUnavailableError, f"{where} failed with {status} {tries}", "the provider is having trouble; try again later")
-    if status is not None and 400 <= status < 500:
-        return error(RequestRejectedError, f"{where} rejected the request ({status})", "fix what it names and run again")
-    return error(LLMError, f"{name} from {where}", "see what it says, and run again")
-
-
-def _check_key(call: _Call) -> None:
-    """Before sending: with no session key and no base_url, the provider's key variable must be set.
-
-    Only for providers whose key is an ``*_API_KEY`` variable: AWS and Google find credentials in files too,
-    and Azure takes Azure AD credentials instead of a key.
-    """
-    check = check_environment(call.target or call.model)
-    wanted = [name for name in check.missing if name.endswith("_API_KEY")]
-    if check.in_environment or check.keyless or not wanted:
-        return
-    if call.row.provider == "azure" and any(os.environ.get(name) for name in ("AZURE_AD_TOKEN", "AZURE_CLIENT_SECRET", "AZURE_USERNAME")):
-        return  # Azure AD credentials stand in for the key
-    provider = call.row.provider or "the provider"
-    raise MissingKeyError(f"no API key for {provider}: set LLM_API_KEY or {wanted[0]}, or ipyllm.config.api_key")
-
-
-@dataclass(frozen=True)
-class KeyCheck:
-    """litellm's environment check for a model: is a key there, and which variables are missing."""
-
-    in_environment: bool
-    missing: tuple[str, ...]
-
-    @property
-    def keyless(self) -> bool:
-        """Only a server address is missing (Ollama and other local servers need no key)."""
-        return bool(self.missing) and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in self.missing)
-
-
-def check_environment(model: str) -> KeyCheck:
-    """Whether the provider's own key variable (``OPENAI_API_KEY``, ...) is set, via ``litellm.validate_environment``."""
-    try:
-        check = load_litellm().validate_environment(model)
-    except Exception:
-        return KeyCheck(False, ())
-    return KeyCheck(bool(check.get("keys_in_environment")), tuple(str(name) for name in check.get("missing_keys") or ()))
-
-
-def _key_variable(call: _Call) -> str | None:
-    """The provider's own key variable (``OPENAI_API_KEY``, ...), from litellm's environment check."""
-    missing = check_environment(call.model).missing
-    if missing:
-        return missing[0]
-    return f"{call.row.provider.upper()}_API_KEY" if call.row.provider else None
-
-
-def unknown_model_message(
-    model: str,
-    provider_said: str = "",
-    *,
-    base_url: str | None = None,
-    api_key: str | None = None,
-    sent: bool = True,
-    setting: str = "model",
-) -> str:
-    """What to do about a model the provider does not serve: close matches, or what the ``base_url`` server offers.
-
-    With ``base_url`` set, the server's own list (``GET {base_url}/models``) names the alternatives; the
-    advice to use ``openai/<name>`` with ``base_url`` is only given to a user who has not done so already.
-    ``sent`` is False when litellm refused the name before any request (no provider prefix it knows);
-    ``setting`` is the one to change (``embedding_model`` for an embedding call).
-    """
-    import difflib
-
-    said = f" ({provider_said})" if provider_said else ""
-    if base_url:
-        from ipyllm._models import server_models
-
-        offered = server_models(base_url, api_key, timeout=5.0)
-        bare = model.removeprefix("openai/")
-        if offered and bare in offered:
-            if not sent:
-                return f"the server at {base_url} serves {bare!r}{said}: name it openai/{bare}, so that litellm sends it there"
-            where = f"the server at {base_url}"
-            return f"{where} does not serve {model!r}{said}, though it lists it: check base_url (OpenAI-style ones end in /v1)"
-        if offered:
-            close = difflib.get_close_matches(bare, offered, n=3, cutoff=0.6)
-            shown = ", ".join(offered[:5]) + (f", ... and {len(offered) - 5} more" if len(offered) > 5 else "")
-            example = f"e.g. %llm_config {setting}=openai/{(close or offered)[0].removeprefix('openai/')}"
-            if not sent:  # litellm did not know the name: the closest names the server offers
-                hint = f"did you mean {', '.join(close)}? " if close else ""
-                return f"unknown model {model!r}{said}: {hint}the server at {base_url} offers: {shown}: {example}"
-            return f"the server at {base_url} does not serve {model!r}{said}; it offers: {shown}: use one of them, {example}"
-        if model.startswith("openai/"):
-            return f"the server at {base_url} does not serve {model!r}{said}: check the name against the server's own model list"
-    names = model_names()
-    if model in names:
-        return f"the provider does not serve {model!r}{said}: check that your account, deployment or server offers it"
-    matches = difflib.get_close_matches(model, names, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(matches)}? " if matches else ""
-    return f"unknown model {model!r}{said}: {hint}For an OpenAI-compatible server use openai/{model.split('/')[-1]} with base_url"

@@ -11,41 +11,20 @@ from __future__ import annotations
 import math
 import os
 import threading
-import warnings
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from traitlets import Bool, Dict, TraitError, TraitType, validate
+from traitlets import Bool, Dict, TraitType, validate
 from traitlets.config import Configurable
 
+from ipyllm._notices import notice
 from ipyllm._pricemap import close_names, priceable
+from ipyllm.errors import SettingError, UnknownSettingError
 
-__all__ = ["LLMConfig", "RevealedKey", "Secret", "SettingError", "Settings", "UnknownSettingError", "config"]
-
-
-class SettingError(TraitError, ValueError):
-    """A setting was given a value it does not allow; the old value stays."""
-
-    def __init__(self, message: str, name: str = "") -> None:
-        super().__init__(message)
-        self.name = name
-
-    @classmethod
-    def refused(cls, name: str, value: Any, allowed: str) -> SettingError:
-        shown = "the API key" if name == "api_key" else f"{value:g}" if isinstance(value, float) else repr(value)
-        return cls(f"{name} must be {allowed} (got {shown}); the old value stays.", name)
-
-    def _render_traceback_(self) -> list[str]:
-        # IPython prints this instead of a traceback.
-        return [f"SettingError: {self}"]
-
-
-class UnknownSettingError(SettingError, AttributeError):  # type: ignore[misc]  # name: str here, str | None there
-    """No setting has this name (a typo such as ``config.budget = 5``): a ``SettingError``, and the
-    ``AttributeError`` Python raises for an attribute an object does not take."""
+__all__ = ["LLMConfig", "RevealedKey", "Secret", "Settings", "config"]
 
 
 def _mask(plain: str) -> str:
@@ -382,7 +361,7 @@ class LLMConfig(Configurable):
             try:
                 setattr(self, name, environ[variable])
             except SettingError as error:
-                warnings.warn(f"ignoring {variable}: {error}", stacklevel=2)
+                notice(f"ignoring {variable}: {error}")
 
     # -- validation across settings --------------------------------------------------------------------
     @validate("retry_min_wait", "retry_max_wait")

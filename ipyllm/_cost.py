@@ -9,15 +9,13 @@ pandas or IPython; litellm is imported through the client's ``load_litellm``.
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ipyllm._config import Settings
-
-if TYPE_CHECKING:
-    from types import ModuleType
+from ipyllm._display import format_cost
+from ipyllm._litellm import load_litellm, max_output_tokens, resolve_provider
 
 __all__ = [
     "UNKNOWN_MAX_OUTPUT",
@@ -35,19 +33,6 @@ __all__ = [
 ]
 
 Messages = list[dict[str, Any]]
-
-
-def _litellm() -> ModuleType:
-    # The client imports this module, so its loader is looked up at call time.
-    from ipyllm._client import load_litellm
-
-    return load_litellm()
-
-
-def _provider(model: str, base_url: str | None) -> str | None:
-    from ipyllm._client import resolve_provider
-
-    return resolve_provider(model, base_url)
 
 
 _ABSENT = object()
@@ -188,8 +173,6 @@ class Estimate:
     def describe(self) -> str:
         """``input $0.0000091 (61 tokens) · output $0.60 per 1M tokens, at most $0.0098 for 16,384 tokens (the model's
         maximum; max_tokens unset)``."""
-        from ipyllm._display import format_cost
-
         if math.isnan(self.input_cost):
             text = f"input price unknown ({self.prompt_tokens:,} tokens)"
         else:
@@ -208,16 +191,14 @@ class Estimate:
         )
 
     def __repr__(self) -> str:
-        from ipyllm._display import format_cost
-
         total = "" if math.isnan(self.total) else f" · at most {format_cost(self.total)} in all"
         return f"Estimate({self.model} ({self.provider or 'provider unknown'}): {self.describe()}{total})"
 
 
 def estimate(settings: Settings, messages: Messages) -> Estimate:
     """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
-    litellm = _litellm()
-    provider = _provider(settings.model, settings.base_url)
+    litellm = load_litellm()
+    provider = resolve_provider(settings.model, settings.base_url)
     try:
         tokens = int(litellm.token_counter(model=settings.model, messages=messages))
     except Exception:
@@ -239,26 +220,16 @@ def max_output(settings: Settings, model: str, provider: str | None) -> int | No
     custom = custom_price(settings, model)
     if isinstance(custom, dict):
         return None
-    return _max_output(custom, None) if isinstance(custom, str) else _max_output(model, provider)
-
-
-@functools.lru_cache(maxsize=256)
-def _max_output(model: str, provider: str | None) -> int | None:
-    # Memoized: litellm's lookup takes up to tens of milliseconds for a model it does not know.
-    try:
-        value = _litellm().get_model_info(model, custom_llm_provider=provider).get("max_output_tokens")
-    except Exception:
-        return None
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+    return max_output_tokens(custom, None) if isinstance(custom, str) else max_output_tokens(model, provider)
 
 
 def estimate_embedding(settings: Settings, texts: list[str]) -> float:
     """What embedding ``texts`` would cost (NaN when the price is unknown)."""
-    litellm = _litellm()
+    litellm = load_litellm()
     model = settings.embedding_model
     target = f"azure/{settings.embedding_deployment}" if settings.embedding_deployment else model
     tokens = sum(int(litellm.token_counter(model=model, text=text)) for text in texts)
-    return price(settings, model, _provider(target, settings.base_url), tokens, 0, "embedding")
+    return price(settings, model, resolve_provider(target, settings.base_url), tokens, 0, "embedding")
 
 
 def custom_price(settings: Settings, model: str) -> str | dict[str, float] | None:
@@ -277,7 +248,7 @@ def price(
     With ``usage`` (what the provider reported), litellm prices all of it: cached and cache-creation prompt
     tokens, reasoning and audio tokens at their own rates.
     """
-    litellm = _litellm()
+    litellm = load_litellm()
     custom = custom_price(settings, model)
     arguments: dict[str, Any] = {"model": model, "custom_llm_provider": provider}
     if isinstance(custom, str):

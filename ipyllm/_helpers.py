@@ -96,7 +96,7 @@ def rebuilt(described: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> Base
 
 def serve() -> None:
     """A helper's main: attempts in, responses out, until its stdin closes."""
-    from ipyllm._client import load_litellm, unlogged
+    from ipyllm._litellm import load_litellm, unlogged
 
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever litellm prints must not land between the frames

@@ -20,6 +20,8 @@ from operator import attrgetter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from ipyllm._notices import notice
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -27,7 +29,6 @@ __all__ = [
     "COLUMNS",
     "Headroom",
     "Hold",
-    "LedgerUnavailableError",
     "Limit",
     "MemoryLedger",
     "Refusal",
@@ -205,7 +206,7 @@ class MemoryLedger:
             try:
                 listener(row)
             except Exception as error:  # a broken display must not break the call that was recorded
-                print(f"ipyllm: a usage listener failed: {error!r}", file=sys.stderr)
+                notice(f"a usage listener failed: {error!r}")
 
     def rows(self, session: str | None = None) -> list[UsageRow]:
         with self._lock:
@@ -312,19 +313,6 @@ def _process_alive(pid: int) -> bool:
     except OSError:  # exists, owned by someone else
         return True
     return True
-
-
-class LedgerUnavailableError(Exception):
-    """The ledger cannot be used; the message says what to do.
-
-    ``transient``: the store keeps trying by itself (a server that is down), so the session goes on using it.
-    ``said``: the store has said so itself (one line per outage), so the caller says nothing more.
-    """
-
-    def __init__(self, message: str, *, transient: bool = False, said: bool = False) -> None:
-        super().__init__(message)
-        self.transient = transient
-        self.said = said
 
 
 #: A response cache entry: key, kind, model, payload (JSON text).

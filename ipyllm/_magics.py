@@ -26,10 +26,13 @@ from IPython.core.magic_arguments import argument, magic_arguments, parse_argstr
 
 from ipyllm import _api, _batch
 from ipyllm._chat import cell_key, chat_reset, conversation
-from ipyllm._client import Reply, as_messages, estimate, warm_up
-from ipyllm._config import SETTING_NAMES, SettingError, config, unknown_setting
+from ipyllm._client import Reply, as_messages
+from ipyllm._config import SETTING_NAMES, config, unknown_setting
+from ipyllm._cost import estimate
 from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
-from ipyllm._errors import Interrupted, InvalidInputError, LLMError, StreamBrokenError
+from ipyllm._litellm import warm_up
+from ipyllm._notices import said
+from ipyllm.errors import Interrupted, InvalidInputError, LLMError, SettingError, StreamBrokenError
 
 if TYPE_CHECKING:
     import argparse
@@ -409,7 +412,7 @@ class LLMMagics(Magics):
             if cell is not None:
                 output.show(render("".join(pieces), "text" if fmt == "json" else fmt))
 
-        warnings_before = _api_warnings()
+        warnings_before = said()
         try:
             reply = _api.chat(
                 messages,
@@ -429,11 +432,11 @@ class LLMMagics(Magics):
             if error.partial and error.usage is not None:
                 output.show(render(error.partial.rstrip() + " …", "text" if fmt == "json" else fmt, footer(error.usage)), final=True)
             else:
-                output.can_clear &= _api_warnings() == warnings_before
+                output.can_clear &= said() == warnings_before
                 output.withdraw("interrupted")
             raise
         except (LLMError, KeyboardInterrupt) as error:
-            output.can_clear &= _api_warnings() == warnings_before
+            output.can_clear &= said() == warnings_before
             attempts = getattr(getattr(error, "usage", None), "attempts", None)
             output.withdraw("interrupted" if isinstance(error, KeyboardInterrupt) else f"gave up after {attempts or 'several'} attempts")
             raise
@@ -447,7 +450,7 @@ class LLMMagics(Magics):
         if cell is None:
             # The retry notes step aside for the returned value (shown by IPython, or assigned); clearing the cell
             # would take a one-line note (an empty answer's) with them.
-            output.can_clear &= _api_warnings() == warnings_before and not reply.note
+            output.can_clear &= said() == warnings_before and not reply.note
             output.withdraw(f"answered after {reply.usage.attempts} attempts")
             return reply
         output.show(reply._repr_mimebundle_(), final=True)
@@ -557,11 +560,6 @@ class LLMMagics(Magics):
             return models(" ".join(args.filter) or None, provider=args.provider)
         except ValueError as error:
             raise UsageError(str(error)) from None
-
-
-def _api_warnings() -> int:
-    """How many one-line warnings the session has printed (a cell showing one must not be cleared)."""
-    return len(getattr(_api.session, "_warned", ()))
 
 
 def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict[str, Any], is_cell: bool) -> None:

@@ -20,11 +20,12 @@ import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._client import load_litellm
 from ipyllm._config import Secret, Settings
 from ipyllm._cost import custom_price
-from ipyllm._errors import InvalidInputError
+from ipyllm._litellm import load_litellm
+from ipyllm._notices import notice
 from ipyllm._pricemap import price_map
+from ipyllm.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -226,7 +227,6 @@ def models(filter: str | None = None, provider: str | None = None) -> pd.DataFra
         When ``filter`` or ``provider`` is not a string, or ``provider`` is not one litellm knows (the message
         names close matches); also a ``ValueError``. Nothing is sent.
     """
-    from ipyllm._api import warn
     from ipyllm._config import config
 
     _strings(filter, provider)
@@ -238,9 +238,9 @@ def models(filter: str | None = None, provider: str | None = None) -> pd.DataFra
             if not rows and words:
                 offered = [str(item["id"]) for item in listing]
                 what = f"it offers: {_listed(offered)}" if offered else "it lists no models"
-                warn(f"no model of the server at {config.base_url} matches {filter!r}; {what}")
+                notice(f"no model of the server at {config.base_url} matches {filter!r}; {what}")
             return _frame(rows)
-        warn(f"the server at {config.base_url} did not list its models (GET /models): showing litellm's catalogue instead")
+        notice(f"the server at {config.base_url} did not list its models (GET /models): showing litellm's catalogue instead")
     known = catalogue()
     if provider is not None and provider not in known.prefixes and not any(e.provider == provider for e in known.entries.values()):
         close = difflib.get_close_matches(provider, sorted(known.prefixes), n=3)
@@ -262,7 +262,7 @@ def models(filter: str | None = None, provider: str | None = None) -> pd.DataFra
         close = difflib.get_close_matches(" ".join(words), [name.lower() for name in names], n=3, cutoff=0.6)
         where = f"{provider}'s models in litellm's catalogue" if provider else "litellm's catalogue"
         hint = f"close matches: {', '.join(close)}" if close else "try fewer or shorter words"
-        warn(f"no model in {where} matches {filter!r}; {hint}")
+        notice(f"no model in {where} matches {filter!r}; {hint}")
     return _frame(rows)
 
 

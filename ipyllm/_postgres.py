@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import io
-import sys
 import threading
 import time
 import uuid
@@ -33,7 +32,6 @@ from ipyllm._ledger import (
     CacheEntry,
     Headroom,
     Hold,
-    LedgerUnavailableError,
     Limit,
     Refusal,
     Sizer,
@@ -45,6 +43,7 @@ from ipyllm._ledger import (
     row_values,
     tightest,
 )
+from ipyllm._notices import notice
 from ipyllm._pgschema import (
     HEADROOM,
     INSERT_ROW,
@@ -58,6 +57,7 @@ from ipyllm._pgschema import (
     csv_frame,
 )
 from ipyllm._spool import Spool, spool_path
+from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,10 +75,6 @@ def _errors() -> tuple[type[BaseException], ...]:
     except ImportError:
         return ()
     return (psycopg.Error,)
-
-
-def _say(message: str) -> None:
-    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
 
 class PostgresStore:
@@ -210,7 +206,7 @@ class PostgresStore:
             if not self._away:  # one line per outage, whatever fails first and however often
                 self._away = True
                 self._reason = self._reason_of(error)
-                _say(
+                notice(
                     f"cannot use the team ledger {self.name} ({self._reason}): rows wait in {self.spool.path} "
                     "and are written when it is back; budgets count this kernel's calls and the last spend read"
                 )
@@ -259,7 +255,7 @@ class PostgresStore:
                 if back:
                     self._away, self._said_offline_budget = False, False
             if back:
-                _say(f"the team ledger {self.name} is back: {written} waiting row{'s' if written != 1 else ''} written")
+                notice(f"the team ledger {self.name} is back: {written} waiting row{'s' if written != 1 else ''} written")
         if connection is not None:
             connection.close()
 
@@ -329,7 +325,7 @@ class PostgresStore:
         except Exception as error:  # the spool itself is unusable: straight to the server, else memory only
             if not self._said_spool:
                 self._said_spool = True
-                _say(f"cannot write the spool {self.spool.path} ({error}): rows go straight to the server or stay in memory")
+                notice(f"cannot write the spool {self.spool.path} ({error}): rows go straight to the server or stay in memory")
             self._write_now(uid, release, values)
             return
         self._wake()
@@ -497,7 +493,7 @@ class PostgresStore:
     def _reserve_here(self, hold: Hold, limits: Sequence[Limit], size: Sizer) -> Hold | Refusal:
         if not self._said_offline_budget:
             self._said_offline_budget = True
-            _say(f"budgets count the spend last read from {self.name} plus this kernel's calls until it is back")
+            notice(f"budgets count the spend last read from {self.name} plus this kernel's calls until it is back")
         rooms = []
         for limit in limits:
             read, seq = self._last_read.get(_key(limit), (Headroom(limit, 0.0), 0))

@@ -16,7 +16,7 @@ from typing import Any
 
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
-from ipyllm._errors import StreamBrokenError
+from ipyllm.errors import StreamBrokenError
 
 __all__ = [
     "RETRY_STATUS",

@@ -14,25 +14,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ipyllm._client import Messages, load_litellm, resolve_provider
-from ipyllm._config import SettingError, Settings
-from ipyllm._errors import LLMError
+from ipyllm._config import Settings
+from ipyllm._litellm import response_format, supports_response_schema
+from ipyllm.errors import InvalidOutputError, SettingError
 
 __all__ = ["InvalidOutputError", "Schema"]
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*(?P<body>.*?)\s*```\s*$", re.DOTALL)
-
-
-class InvalidOutputError(LLMError):
-    """The reply is not JSON that fits the schema; ``.raw`` is the reply's text, ``.usage`` the call's row."""
-
-    #: The error kind of a ``map`` row whose reply does not fit.
-    kind = "invalid_output"
-
-    def __init__(self, detail: str, *, raw: str = "", schema: str = "the schema", **kwargs: Any) -> None:
-        super().__init__(f"the reply does not fit {schema} ({detail}): its text is in .raw; describe the fields in the prompt", **kwargs)
-        self.detail = detail
-        self.raw = raw
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:
@@ -105,11 +93,7 @@ class Schema:
 
     def response_format(self) -> dict[str, Any]:
         if self.model is not None:
-            from litellm.utils import type_to_response_format_param
-
-            load_litellm()
-            # litellm's own translation: strict mode, additionalProperties false, every field required.
-            return dict(type_to_response_format_param(self.model) or {})
+            return response_format(self.model)  # litellm's own translation
         return {"type": "json_schema", "json_schema": {"name": self.name, "schema": self.json_schema}}
 
     def instruction(self) -> str:
@@ -119,17 +103,9 @@ class Schema:
 
     def native(self, settings: Settings) -> bool:
         """Whether litellm says ``settings.model`` takes a JSON schema as ``response_format``."""
-        litellm = load_litellm()
-        try:
-            return bool(
-                litellm.supports_response_schema(
-                    model=settings.model, custom_llm_provider=resolve_provider(settings.model, settings.base_url)
-                )
-            )
-        except Exception:
-            return False
+        return supports_response_schema(settings.model, settings.base_url)
 
-    def apply(self, messages: Messages, extra: dict[str, Any], native: bool) -> tuple[Messages, dict[str, Any]]:
+    def apply(self, messages: list[dict[str, Any]], extra: dict[str, Any], native: bool) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The messages and extra arguments that ask for this schema: ``response_format``, or an instruction."""
         if "response_format" in extra:
             raise SettingError("pass schema= or response_format=, not both", "schema")
@@ -143,7 +119,9 @@ class Schema:
             system["content"] = f"{system.get('content') or ''}\n\n{self.instruction()}".strip()
         return messages, extra
 
-    def request(self, settings: Settings, messages: Messages, extra: dict[str, Any]) -> tuple[Messages, dict[str, Any]]:
+    def request(
+        self, settings: Settings, messages: list[dict[str, Any]], extra: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         """The messages and extra arguments that ask ``settings.model`` for this schema."""
         return self.apply(messages, extra, self.native(settings))
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import os
 import sqlite3
-import sys
 import threading
 import time
 import weakref
@@ -27,18 +26,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ipyllm._ledger import LedgerUnavailableError, _micros, _now
+from ipyllm._ledger import _micros, _now
+from ipyllm._notices import notice
 from ipyllm._spool import Spool, SpooledEntry, spool_path
 from ipyllm._sqlschema import COPIES, INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, Entry, apply, cached, committed
+from ipyllm.errors import LedgerUnavailableError
 
 __all__ = ["LedgerFile"]
 
 #: Failures that mean the file is not a ledger (this ipyllm's): given up for the session, not tried again.
 _NOT_A_LEDGER = ("not a database", "malformed", "newer than this ipyllm")
-
-
-def _say(message: str) -> None:
-    print(f"ipyllm: {message}", file=sys.stderr, flush=True)
 
 
 def _reason(error: BaseException) -> str:
@@ -222,7 +219,7 @@ class LedgerFile:
                             copied += len(chunk) if write is INSERT_ROW else 0
             except _UnreadableError as error:
                 copied = None
-                _say(
+                notice(
                     f"the usage ledger {self.path} was {self._vanished_how} while in use and what it held cannot be read back "
                     f"({error}): it starts again at its path; this session's rows are in ipyllm.usage()"
                 )
@@ -264,7 +261,7 @@ class LedgerFile:
         if not self.away:
             self.away, self._delay = True, 0.0
             self.last_said = self._outage_line(reason)
-            _say(self.last_said)
+            notice(self.last_said)
         self._delay = min(max(self._delay * 2, 0.25), self.max_backoff)
         self._retry_at = time.monotonic() + self._delay
         return self._outage()
@@ -295,9 +292,9 @@ class LedgerFile:
                 "it held (every session's), its cached answers and budget holds"
             )
             line += f", and {waiting}" if was_away else ""
-            _say(f"{line}; to start an empty ledger, delete it while no kernel has it open")
+            notice(f"{line}; to start an empty ledger, delete it while no kernel has it open")
         elif was_away:
-            _say(f"the usage ledger {self.path} can be written again: {waiting}")
+            notice(f"the usage ledger {self.path} can be written again: {waiting}")
 
     def unavailable(self, error: BaseException) -> LedgerUnavailableError:
         reason = _reason(error)
@@ -312,7 +309,7 @@ class LedgerFile:
         except (sqlite3.Error, OSError) as error:
             if not self._spool_broken:
                 self._spool_broken = True
-                _say(f"cannot write the spool {self.spool.path} ({_reason(error)}): rows are kept in memory for this session only")
+                notice(f"cannot write the spool {self.spool.path} ({_reason(error)}): rows are kept in memory for this session only")
 
     def cached(self, keys: Sequence[str]) -> dict[str, str]:
         """The cached payloads of ``keys`` (caller holds the lock). While the file cannot be written: what the file

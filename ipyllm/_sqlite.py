@@ -23,7 +23,6 @@ from ipyllm._ledger import (
     CacheEntry,
     Headroom,
     Hold,
-    LedgerUnavailableError,
     Limit,
     Refusal,
     Sizer,
@@ -39,6 +38,7 @@ from ipyllm._ledger import (
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
 from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, ROW_COLUMNS, SCHEMA_VERSION, Entry, apply, committed
+from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
     import pandas as pd

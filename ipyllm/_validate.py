@@ -9,12 +9,11 @@ match while every real parameter still passes; provider-specific extras go throu
 from __future__ import annotations
 
 import difflib
-import functools
-import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ipyllm._errors import InvalidInputError
+from ipyllm._litellm import call_arguments, provider_parameters
+from ipyllm.errors import InvalidInputError
 
 __all__ = ["ROLES", "check_encodable", "check_keywords", "check_prompt", "check_texts"]
 
@@ -125,39 +124,6 @@ def check_texts(texts: Any) -> list[str]:
     return items
 
 
-@functools.lru_cache(maxsize=4)
-def _litellm_arguments(kind: str) -> frozenset[str]:
-    """litellm's own call arguments: the function's signature and the parameters it reads from ``**kwargs``."""
-    from ipyllm._client import load_litellm
-
-    litellm = load_litellm()
-    function = litellm.completion if kind == "chat" else litellm.embedding
-    names = {name for name in inspect.signature(function).parameters if name != "kwargs"}
-    try:
-        from litellm.types.utils import all_litellm_params
-
-        names |= set(all_litellm_params)
-    except ImportError:  # pragma: no cover - an older litellm
-        pass
-    return frozenset(names)
-
-
-def _provider_parameters(kind: str, model: str, provider: str | None) -> frozenset[str]:
-    from ipyllm._client import load_litellm
-
-    litellm = load_litellm()
-    try:
-        supported = litellm.get_supported_openai_params(
-            model=model, custom_llm_provider=provider, request_type="embeddings" if kind == "embedding" else "chat_completion"
-        )
-    except Exception:
-        supported = None
-    names = set(supported or ())
-    if kind == "embedding":
-        names |= {"dimensions", "encoding_format", "user"}
-    return frozenset(names)
-
-
 def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[str, Any], caller: str | None = None) -> None:
     """Refuse keywords neither the model's provider nor litellm accepts, naming the close match.
 
@@ -170,8 +136,8 @@ def check_keywords(kind: str, model: str, provider: str | None, extra: Mapping[s
             raise InvalidInputError(_INSTEAD[name].format(caller=what))
     if not extra or provider is None:
         return  # an unknown model: litellm's own error about it says more than a keyword check could
-    provider_names = _provider_parameters(kind, model, provider)
-    known = provider_names | _litellm_arguments(kind) | _ALWAYS
+    provider_names = provider_parameters(kind, model, provider)
+    known = provider_names | call_arguments(kind) | _ALWAYS
     for name in extra:
         if name in known:
             continue

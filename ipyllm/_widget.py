@@ -27,10 +27,11 @@ import ipywidgets as widgets
 from traitlets import TraitError
 
 from ipyllm import _api
-from ipyllm._client import check_environment, load_litellm, price, resolve_provider
 from ipyllm._config import Settings, config
+from ipyllm._cost import price
 from ipyllm._display import format_cost
 from ipyllm._ledger import UsageRow
+from ipyllm._litellm import check_environment, load_litellm, resolve_provider
 from ipyllm._models import Catalogue, catalogue
 
 __all__ = ["Catalogue", "ModelInfo", "Picker", "catalogue", "describe_model", "picker"]

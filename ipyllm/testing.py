@@ -689,8 +689,8 @@ def provider_configured() -> str | None:
     model's own key variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...) in the environment. A model of a
     local server that needs no key (``ollama/llama3``) counts too.
     """
-    from ipyllm._client import check_environment, resolve_provider
     from ipyllm._config import config
+    from ipyllm._litellm import check_environment, resolve_provider
 
     if config.base_url:
         return f"the server at {config.base_url} (base_url)"
@@ -727,9 +727,9 @@ def offline_unless_configured(*, always: bool = False) -> StubServer | None:
     StubServer or None
         The running stub server, to script faults with ``stub.script(...)``; None with a real provider.
     """
-    from ipyllm._client import resolve_provider
     from ipyllm._config import config
     from ipyllm._ledger import default_usage_db
+    from ipyllm._litellm import resolve_provider
 
     global _offline
     reused = _offline is not None and _offline._server is not None and config.base_url == _offline.base_url

@@ -13,7 +13,8 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import Client, load_litellm
+from ipyllm._client import Client
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
 PRICES = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}

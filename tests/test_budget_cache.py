@@ -15,8 +15,8 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import load_litellm
 from ipyllm._ledger import SQLiteStore, UsageRow, default_usage_db
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import StubServer, count_tokens
 
 # Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).

@@ -25,7 +25,7 @@ from IPython.utils.capture import capture_output
 import ipyllm
 from ipyllm import _api
 from ipyllm._budget import INPUT_MARGIN, MIN_OUTPUT_TOKENS, Need
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
 from .helpers import run_threads
@@ -239,7 +239,7 @@ WORKER = textwrap.dedent(
     import ipyllm
     settings, go, texts = json.loads(sys.argv[1])
     ipyllm.config.update(**settings)
-    ipyllm._client.load_litellm()
+    ipyllm._litellm.load_litellm()
     Path(go + ".ready." + str(__import__("os").getpid())).touch()
     while not Path(go).exists():
         time.sleep(0.01)

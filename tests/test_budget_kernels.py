@@ -58,7 +58,7 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
     kernels = [start_new_kernel(kernel_name="python3") for _ in range(2)]
     try:
         for _, client in kernels:
-            setup = f"import ipyllm, json\nipyllm.config.prices = {PRICES!r}\nipyllm._client.load_litellm()"
+            setup = f"import ipyllm, json\nipyllm.config.prices = {PRICES!r}\nipyllm._litellm.load_litellm()"
             assert client.execute(setup, reply=True, timeout=120)["content"]["status"] == "ok"
         start = time.time() + 2
         ids = [client.execute(CALLS.format(start=start, name=n)) for n, (_, client) in enumerate(kernels)]

@@ -7,7 +7,8 @@ import math
 import pytest
 
 import ipyllm
-from ipyllm._config import SETTING_NAMES, LLMConfig, Secret, SettingError
+from ipyllm._config import SETTING_NAMES, LLMConfig, Secret
+from ipyllm.errors import SettingError
 
 from .conftest import SECRET
 
@@ -48,10 +49,12 @@ def test_environment_variables_are_read() -> None:
     assert (cfg.budget_usd, cfg.daily_budget_usd, cfg.usage_db, cfg.cache) == (1.5, 10.0, ":memory:", True)
 
 
-def test_a_bad_environment_variable_warns_once_and_keeps_the_default() -> None:
-    with pytest.warns(UserWarning, match=r"ignoring LLM_NUM_RETRIES: num_retries must be a whole number from 0 to 100 \(got 'lots'\)"):
-        cfg = LLMConfig(environ={"LLM_NUM_RETRIES": "lots", "LLM_MODEL": "gpt-4o"})
+def test_a_bad_environment_variable_is_said_once_and_keeps_the_default(capfd: pytest.CaptureFixture[str]) -> None:
+    cfg = LLMConfig(environ={"LLM_NUM_RETRIES": "lots", "LLM_MODEL": "gpt-4o"})
     assert cfg.num_retries == 5 and cfg.model == "gpt-4o"
+    assert capfd.readouterr().err.splitlines() == [
+        "ipyllm: ignoring LLM_NUM_RETRIES: num_retries must be a whole number from 0 to 100 (got 'lots'); the old value stays."
+    ]
 
 
 def test_config_files_win_over_the_environment() -> None:

@@ -21,8 +21,9 @@ from pydantic import BaseModel
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import Client, load_litellm
+from ipyllm._client import Client
 from ipyllm._ledger import MemoryLedger
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer, count_tokens
 
 from .conftest import SECRET, SleepRecorder

@@ -13,7 +13,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api, _retry
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET, SleepRecorder

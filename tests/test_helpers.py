@@ -18,8 +18,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api, _helpers
-from ipyllm._config import SettingError
-from ipyllm._errors import AuthenticationError
+from ipyllm.errors import AuthenticationError, SettingError
 from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET
@@ -28,7 +27,7 @@ from .conftest import SECRET
 @pytest.fixture(scope="module")
 def helper() -> Iterator[_helpers.Helper]:
     """The session's helper process, started once for the module (importing litellm takes seconds)."""
-    from ipyllm._client import load_litellm
+    from ipyllm._litellm import load_litellm
 
     (started,) = _helpers.helpers(1)
     load_litellm()  # here too, meanwhile: an interrupt must not land in the import

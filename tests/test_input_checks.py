@@ -27,8 +27,8 @@ from pydantic import BaseModel
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import load_litellm
 from ipyllm._config import LLMConfig
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import StubServer
 
 from .conftest import SECRET
@@ -158,7 +158,7 @@ def test_an_infinite_or_nan_budget_is_refused_and_the_old_one_stays(live: StubSe
     assert len(live.requests) == 0 and all(row.cost_usd == 0 for row in _api.session.ledger.rows())
 
 
-def test_every_numeric_setting_refuses_infinity(ip: Any, live: StubServer) -> None:
+def test_every_numeric_setting_refuses_infinity(ip: Any, live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
     for name in ("daily_budget_usd", "user_daily_budget_usd", "temperature", "retry_max_wait", "num_retries", "max_tokens", "timeout"):
         assert "and finite" in refused(ipyllm.SettingError, setattr, ipyllm.config, name, math.inf), name
     per_token = {"m": {"input_cost_per_token": math.inf, "output_cost_per_token": 0.0}}
@@ -167,8 +167,8 @@ def test_every_numeric_setting_refuses_infinity(ip: Any, live: StubServer) -> No
     with pytest.raises(UsageError) as caught:
         ip.run_line_magic("llm_config", "budget_usd=inf")
     assert type(caught.value) is UsageError and "and finite" in str(caught.value)
-    with pytest.warns(UserWarning, match="ignoring LLM_BUDGET_USD: budget_usd must be"):
-        assert LLMConfig(environ={"LLM_BUDGET_USD": "inf"}).budget_usd is None
+    assert LLMConfig(environ={"LLM_BUDGET_USD": "inf"}).budget_usd is None
+    assert "ipyllm: ignoring LLM_BUDGET_USD: budget_usd must be" in capfd.readouterr().err
     nothing_sent(live)
     assert ipyllm.config.budget_usd is None
 

@@ -109,7 +109,7 @@ def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: 
     monkeypatch.setenv("LLM_USAGE_DB", ":memory:")
     manager, client = start_new_kernel(kernel_name="python3")
     try:
-        for code in ("%load_ext ipyllm", "%xmode Verbose", "import ipyllm._client as c; c.load_litellm()"):
+        for code in ("%load_ext ipyllm", "%xmode Verbose", "import ipyllm._litellm as c; c.load_litellm()"):
             assert client.execute(code, reply=True, timeout=60)["content"]["status"] == "ok"
         stub.script(Fault.slow(30))
         msg_id = client.execute("%llm hello")

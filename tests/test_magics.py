@@ -12,7 +12,7 @@ from ipywidgets.widgets.widget import _instances as widget_instances
 
 import ipyllm
 from ipyllm import _api, _magics
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer, count_tokens
 
 from .conftest import SECRET

@@ -21,7 +21,7 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _models, _pricemap
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import STUB_MODELS, StubServer
 
 from .conftest import SECRET

@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 import ipyllm
-from ipyllm import _api, _client
-from ipyllm._config import LLMConfig, SettingError
+from ipyllm import _api, _litellm
+from ipyllm._config import LLMConfig
+from ipyllm.errors import SettingError
 from ipyllm.testing import StubServer
 
 
@@ -127,7 +128,7 @@ def test_a_litellm_callback_the_user_registered_still_sees_every_call(live: Stub
         async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
             seen.append("async")
 
-    for name in _client._CALLBACK_LISTS:  # litellm files a callback in its other lists too: all are put back after
+    for name in _litellm.CALLBACK_LISTS:  # litellm files a callback in its other lists too: all are put back after
         monkeypatch.setattr(litellm, name, [])
     litellm.callbacks.append(Recorder())
     ipyllm.complete("hello")

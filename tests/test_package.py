@@ -70,12 +70,12 @@ shell.run_line_magic('load_ext', 'ipyllm')
 load_s = time.perf_counter() - started
 warm = [thread for thread in threading.enumerate() if thread.name == 'ipyllm-warm-up']
 alive = bool(warm) and warm[0].is_alive()
-from ipyllm import _client
-loaded_at_return = _client._litellm is not None
+from ipyllm import _litellm
+loaded_at_return = _litellm._module is not None
 warm[0].join(120)
 print(json.dumps({'before': before, 'load_s': load_s, 'threads': len(warm), 'alive': alive,
                   'loaded_at_return': loaded_at_return, 'import_s': time.perf_counter() - started,
-                  'loaded': _client._litellm is not None and 'litellm' in sys.modules}))
+                  'loaded': _litellm._module is not None and 'litellm' in sys.modules}))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=180)
     facts = json.loads(result.stdout.strip().splitlines()[-1])

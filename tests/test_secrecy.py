@@ -23,8 +23,8 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import load_litellm
 from ipyllm._config import LLMConfig, RevealedKey, Secret
+from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
 #: No recognisable shape: only ipyllm's knowledge of the key can keep it out of sight.

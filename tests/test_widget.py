@@ -22,7 +22,7 @@ from ipywidgets.widgets.widget import _instances as widget_instances
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 from ipyllm._widget import Picker, catalogue, describe_model, typed_model
 from ipyllm.testing import StubServer, count_tokens
 

@@ -1,4 +1,5 @@
-"""ipyllm's exceptions. Each prints as one line in IPython (``_render_traceback_``), yet stays catchable by type.
+"""Every exception ipyllm raises. Each prints as one line in IPython (``_render_traceback_``), yet stays
+catchable by type; all are importable from ``ipyllm`` too.
 
 ::
 
@@ -13,11 +14,17 @@
           ├── ProviderUnavailableError                      connection errors, timeouts, 5xx after every retry
           ├── RequestRejectedError                          400/422, context window, content policy
           ├── StreamBrokenError                             the stream broke after text arrived; ``.partial``
-          ├── BudgetExceededError                           not sent: the call could pass a spending limit
+          ├── BudgetExceededError                           not sent: a spending limit leaves too little; ``.refusal``
+          ├── InvalidOutputError                            the reply does not fit ``schema=``; ``.raw``
+          ├── BatchError                                    ``map(errors="raise")``: rows failed; ``.result``, ``.batch``
           └── InvalidInputError (TypeError, ValueError)     not sent: a bad prompt, text or keyword; no row
 
     KeyboardInterrupt
-     └── Interrupted                                        Ctrl-C during a call; ``.usage`` is its ``interrupted`` row
+     ├── Interrupted                                        Ctrl-C during a call; ``.usage`` is its ``interrupted`` row
+     └── BatchInterrupted                                   Ctrl-C during a ``map``; ``.result`` holds what came
+
+    LedgerUnavailableError                                  internal: the ledger cannot be used (never reaches a caller:
+                                                            rows stay in memory and one line says so)
 
 An interrupted call records an ``interrupted`` row (what was sent and received so far, counted locally) and
 raises ``Interrupted``: still a ``KeyboardInterrupt`` to ``except`` clauses, shown as one line.
@@ -29,22 +36,23 @@ the key removed, as ``.provider_message``.
 
 from __future__ import annotations
 
-import os
-import re
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._config import SettingError, UnknownSettingError
+from traitlets import TraitError
 
 if TYPE_CHECKING:
-    from ipyllm._config import Settings
-    from ipyllm._ledger import UsageRow
+    from ipyllm._usage import UsageRow
 
 __all__ = [
     "AuthenticationError",
+    "BatchError",
+    "BatchInterrupted",
     "BudgetExceededError",
     "Interrupted",
     "InvalidInputError",
+    "InvalidOutputError",
     "LLMError",
+    "LedgerUnavailableError",
     "MissingKeyError",
     "ProviderUnavailableError",
     "RateLimitError",
@@ -54,6 +62,28 @@ __all__ = [
     "UnknownModelError",
     "UnknownSettingError",
 ]
+
+
+class SettingError(TraitError, ValueError):
+    """A setting was given a value it does not allow; the old value stays."""
+
+    def __init__(self, message: str, name: str = "") -> None:
+        super().__init__(message)
+        self.name = name
+
+    @classmethod
+    def refused(cls, name: str, value: Any, allowed: str) -> SettingError:
+        shown = "the API key" if name == "api_key" else f"{value:g}" if isinstance(value, float) else repr(value)
+        return cls(f"{name} must be {allowed} (got {shown}); the old value stays.", name)
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython prints this instead of a traceback.
+        return [f"SettingError: {self}"]
+
+
+class UnknownSettingError(SettingError, AttributeError):  # type: ignore[misc]  # name: str here, str | None there
+    """No setting has this name (a typo such as ``config.budget = 5``): a ``SettingError``, and the
+    ``AttributeError`` Python raises for an attribute an object does not take."""
 
 
 class LLMError(Exception):
@@ -136,38 +166,47 @@ class InvalidInputError(LLMError, TypeError, ValueError):
     """Nothing was sent: the prompt, the texts or a keyword cannot make a valid request (no usage row)."""
 
 
-# -- what the provider said, safe to show ---------------------------------------------------------------
+class InvalidOutputError(LLMError):
+    """The reply is not JSON that fits the schema; ``.raw`` is the reply's text, ``.usage`` the call's row."""
 
-_KEY_PATTERN = re.compile(r"\b(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-]{6,}")
-# Environment variables whose values are credentials (OPENAI_API_KEY, AZURE_AD_TOKEN, AWS_SECRET_ACCESS_KEY, ...).
-_SECRET_VARIABLE = re.compile(r"(_API_KEY|_KEY|_TOKEN|_SECRET|_PASSWORD)$|SECRET_ACCESS_KEY$")
+    #: The error kind of a ``map`` row whose reply does not fit.
+    kind = "invalid_output"
 
-
-def redact(text: str, settings: Settings | None = None) -> str:
-    """Remove the session's key, any credential variable's value, and anything shaped like a key, from text."""
-    secrets = [str.__str__(settings.api_key.reveal())] if settings is not None and settings.api_key else []
-    secrets += [value for name, value in os.environ.items() if _SECRET_VARIABLE.search(name) and len(value) >= 8]
-    for secret in sorted(secrets, key=len, reverse=True):
-        text = text.replace(secret, "****")
-    return _KEY_PATTERN.sub(r"\1****", text)
+    def __init__(self, detail: str, *, raw: str = "", schema: str = "the schema", **kwargs: Any) -> None:
+        super().__init__(f"the reply does not fit {schema} ({detail}): its text is in .raw; describe the fields in the prompt", **kwargs)
+        self.detail = detail
+        self.raw = raw
 
 
-_PREFIXES = (
-    re.compile(r"^(litellm\.)?\w+(Error|Exception|Timeout)?: "),  # litellm.AuthenticationError: AuthenticationError:
-    re.compile(r"^\w+Exception - "),  # OpenAIException - the server's words
-    re.compile(r"^Error code: \d+ - "),
-)
+class BatchError(LLMError):
+    """``errors="raise"``: some rows failed; ``.result`` holds every answer that came, ``.batch`` the details."""
+
+    def __init__(self, message: str, batch: Any) -> None:
+        super().__init__(message)
+        self.batch = batch
+        self.result = batch.result
 
 
-def provider_words(exc: BaseException, settings: Settings | None = None, limit: int = 160) -> str:
-    """The provider's own words on one line, without litellm's prefixes, the key removed, shortened to ``limit``."""
-    body = getattr(exc, "body", None)
-    text = body.get("message") if isinstance(body, dict) and isinstance(body.get("message"), str) else None
-    if not text:
-        text = str(getattr(exc, "message", None) or exc)
-        text = text.split(" Original exception:")[0]
-        for _ in range(4):
-            for prefix in _PREFIXES:
-                text = prefix.sub("", text.strip())
-    line = " ".join(redact(text, settings).split())
-    return line if len(line) <= limit else line[: limit - 1].rstrip() + "…"
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a batch: the calls in flight were cancelled; ``.result`` holds the answers that came."""
+
+    def __init__(self, batch: Any) -> None:
+        super().__init__(batch.interrupted_message())
+        self.batch = batch
+        self.result = batch.result
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self.args[0]}"]
+
+
+class LedgerUnavailableError(Exception):
+    """The ledger cannot be used; the message says what to do.
+
+    ``transient``: the store keeps trying by itself (a server that is down), so the session goes on using it.
+    ``said``: the store has said so itself (one line per outage), so the caller says nothing more.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False, said: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+        self.said = said

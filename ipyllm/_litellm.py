@@ -1,0 +1,277 @@
+"""The one adapter to litellm: its import, its quiet and offline defaults, its private parts, and what ipyllm asks of it.
+
+Every other module gets litellm through ``load_litellm()`` and uses only its public API; what is private or
+fragile lives here, each pinned by a test (``tests/unit/test_litellm.py``) so that an upgrade that drops one
+fails loudly:
+
+- ``litellm._internal_context.is_internal_call``: the flag that skips litellm's logging payload;
+- the callback lists (``litellm.callbacks``, ``success_callback``, ...), read to know whether anyone listens;
+- ``max_retries`` that is zero but true, because litellm's OpenAI embedding path reads ``max_retries or 2``;
+- the environment defaults that keep its import offline, and the loggers it writes to.
+
+litellm is imported on first use (its import takes seconds), or by ``warm_up()`` in a background thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import threading
+import warnings
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+__all__ = [
+    "CALLBACK_LISTS",
+    "NO_RETRIES",
+    "KeyCheck",
+    "call_arguments",
+    "caps_completion_tokens",
+    "check_environment",
+    "has_callbacks",
+    "litellm_loaded",
+    "load_litellm",
+    "max_output_tokens",
+    "model_names",
+    "provider_parameters",
+    "resolve_provider",
+    "response_format",
+    "supports_response_schema",
+    "unlogged",
+    "warm_up",
+]
+
+# Without these, litellm fetches its price map, blog posts and header lists from the network at import.
+_OFFLINE_DEFAULTS = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_LOCAL_BLOG_POSTS": "True",
+    "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True",
+}
+
+
+_module: ModuleType | None = None
+_import_lock = threading.Lock()
+
+
+def load_litellm() -> ModuleType:
+    """Import and quieten litellm once, whichever thread asks first."""
+    global _module
+    if _module is None:
+        with _import_lock:
+            if _module is None:
+                for name, value in _OFFLINE_DEFAULTS.items():
+                    os.environ.setdefault(name, value)
+                import litellm
+
+                # Pydantic complains about litellm's own types the first time they are used.
+                warnings.filterwarnings("ignore", message=r".*`ReadOnly` qualifier", category=UserWarning)
+                litellm.suppress_debug_info = True
+                litellm.set_verbose = False
+                for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
+                    logging.getLogger(name).setLevel(logging.CRITICAL)
+                _prime(litellm)
+                _module = litellm
+    return _module
+
+
+#: litellm's lists of logging callbacks: while all are empty, nobody reads what its success handler builds.
+CALLBACK_LISTS = (
+    "callbacks",
+    "success_callback",
+    "_async_success_callback",
+    "failure_callback",
+    "_async_failure_callback",
+    "input_callback",
+    "_async_input_callback",
+    "service_callback",
+)
+
+
+def has_callbacks(litellm: ModuleType) -> bool:
+    """Whether the user registered any litellm logging callback."""
+    return any(getattr(litellm, name, None) for name in CALLBACK_LISTS)
+
+
+def unlogged(litellm: ModuleType | None = None) -> AbstractContextManager[Any]:
+    """Calls made inside skip litellm's logging payload when no litellm callback is registered.
+
+    After every call litellm builds a logging payload for its callbacks (about 1 ms of CPU per call), on a
+    thread of its own that takes the GIL while ipyllm commits the row, or on the event loop for ``acompletion``.
+    With no callback registered nobody reads it, so the call runs as one of litellm's internal sub-calls,
+    which skip only that step: the response, its usage and its price are the same. A user who registers a
+    callback (Langfuse, OpenTelemetry, ...) gets litellm's logging as before.
+    """
+    litellm = litellm or _module
+    if litellm is None or has_callbacks(litellm):
+        return nullcontext()
+    try:
+        from litellm._internal_context import is_internal_call
+    except ImportError:  # another litellm version: its logging stays on
+        return nullcontext()
+    return _internal(is_internal_call)
+
+
+@contextmanager
+def _internal(flag: Any) -> Any:
+    token = flag.set(True)
+    try:
+        yield
+    finally:
+        flag.reset(token)
+
+
+def _prime(litellm: ModuleType) -> None:
+    """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
+    would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
+    try:
+        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+        # Not when the user has logging callbacks: they would record the mock call.
+        if not has_callbacks(litellm):
+            with unlogged(litellm):
+                litellm.completion(
+                    model="gpt-4o-mini", messages=[{"role": "user", "content": "warm up"}], mock_response="ok", max_retries=0
+                )
+    except Exception:  # a cold first call is slower, not wrong
+        pass
+
+
+def litellm_loaded() -> bool:
+    """Whether litellm is imported and primed: a call made before then waits for it (seconds)."""
+    return _module is not None
+
+
+def warm_up() -> threading.Thread:
+    """Import litellm in a background thread, so the first call does not stall."""
+    thread = threading.Thread(target=load_litellm, name="ipyllm-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+@functools.lru_cache(maxsize=256)
+def caps_completion_tokens(model: str, base_url: str | None) -> bool:
+    """Whether the model's output cap is ``max_completion_tokens``: the reasoning models, whose hidden reasoning
+    tokens are billed as output and counted against that cap (litellm says which take it)."""
+    litellm = load_litellm()
+    provider = resolve_provider(model, base_url)
+    try:
+        if not litellm.supports_reasoning(model=model, custom_llm_provider=provider):
+            return False
+        return "max_completion_tokens" in (litellm.get_supported_openai_params(model=model, custom_llm_provider=provider) or ())
+    except Exception:
+        return False
+
+
+#: ``max_retries`` for embeddings: zero, but true. litellm's OpenAI embedding path reads
+#: ``max_retries or litellm.DEFAULT_MAX_RETRIES`` (``llms/openai/openai.py``), so a plain 0 becomes 2 and the
+#: OpenAI SDK sends every attempt three times beneath ipyllm's policy.
+class _NoRetries(int):
+    def __bool__(self) -> bool:
+        return True
+
+
+NO_RETRIES = _NoRetries(0)
+
+
+@functools.lru_cache(maxsize=256)
+def resolve_provider(model: str, base_url: str | None) -> str | None:
+    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None.
+
+    Memoized: litellm's lookup scans its endpoint list (about 1 ms) and depends only on these two.
+    """
+    try:
+        return str(load_litellm().get_llm_provider(model, api_base=base_url)[1])
+    except Exception:
+        return None
+
+
+def model_names() -> list[str]:
+    """Every model name litellm's price map knows."""
+    litellm = load_litellm()
+    return sorted(set(litellm.model_cost) - {"sample_spec"})
+
+
+@dataclass(frozen=True)
+class KeyCheck:
+    """litellm's environment check for a model: is a key there, and which variables are missing."""
+
+    in_environment: bool
+    missing: tuple[str, ...]
+
+    @property
+    def keyless(self) -> bool:
+        """Only a server address is missing (Ollama and other local servers need no key)."""
+        return bool(self.missing) and all(name.endswith(("_API_BASE", "_BASE_URL")) for name in self.missing)
+
+
+def check_environment(model: str) -> KeyCheck:
+    """Whether the provider's own key variable (``OPENAI_API_KEY``, ...) is set, via ``litellm.validate_environment``."""
+    try:
+        check = load_litellm().validate_environment(model)
+    except Exception:
+        return KeyCheck(False, ())
+    return KeyCheck(bool(check.get("keys_in_environment")), tuple(str(name) for name in check.get("missing_keys") or ()))
+
+
+@functools.lru_cache(maxsize=256)
+def max_output_tokens(model: str, provider: str | None) -> int | None:
+    """The model's own maximum output tokens, from litellm's model map; None when unknown.
+
+    Memoized: litellm's lookup takes up to tens of milliseconds for a model it does not know.
+    """
+    try:
+        value = load_litellm().get_model_info(model, custom_llm_provider=provider).get("max_output_tokens")
+    except Exception:
+        return None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
+
+
+@functools.lru_cache(maxsize=4)
+def call_arguments(kind: str) -> frozenset[str]:
+    """litellm's own call arguments (``chat`` or ``embedding``): the function's signature and the parameters it
+    reads from ``**kwargs``."""
+    litellm = load_litellm()
+    function = litellm.completion if kind == "chat" else litellm.embedding
+    names = {name for name in inspect.signature(function).parameters if name != "kwargs"}
+    try:
+        from litellm.types.utils import all_litellm_params
+
+        names |= set(all_litellm_params)
+    except ImportError:  # pragma: no cover - an older litellm
+        pass
+    return frozenset(names)
+
+
+def provider_parameters(kind: str, model: str, provider: str | None) -> frozenset[str]:
+    """The OpenAI-style parameters litellm says the model's provider takes (``get_supported_openai_params``)."""
+    litellm = load_litellm()
+    try:
+        supported = litellm.get_supported_openai_params(
+            model=model, custom_llm_provider=provider, request_type="embeddings" if kind == "embedding" else "chat_completion"
+        )
+    except Exception:
+        supported = None
+    names = set(supported or ())
+    if kind == "embedding":
+        names |= {"dimensions", "encoding_format", "user"}
+    return frozenset(names)
+
+
+def response_format(model_class: Any) -> dict[str, Any]:
+    """litellm's ``response_format`` for a pydantic model class: strict mode, additionalProperties false, every
+    field required."""
+    load_litellm()
+    from litellm.utils import type_to_response_format_param
+
+    return dict(type_to_response_format_param(model_class) or {})
+
+
+def supports_response_schema(model: str, base_url: str | None) -> bool:
+    """Whether litellm says ``model`` takes a JSON schema as ``response_format``."""
+    try:
+        return bool(load_litellm().supports_response_schema(model=model, custom_llm_provider=resolve_provider(model, base_url)))
+    except Exception:
+        return False
