@@ -118,7 +118,9 @@ def frame_at_scale(rows: int = 100_000) -> None:
 
     import pandas  # noqa: F401 - imported once per session; not what is measured here
 
-    from ipyllm._ledger import MemoryLedger, SQLiteStore, UsageRow, to_frame
+    from ipyllm._sqlite import SQLiteStore
+    from ipyllm._store import MemoryLedger
+    from ipyllm._usage import UsageRow, to_frame
 
     ledger = MemoryLedger()
     now = datetime.now(timezone.utc)
@@ -213,7 +215,7 @@ def team_ledger(calls: int = 300, rows: int = 100_000) -> None:
             from datetime import timedelta
 
             from ipyllm._budget import local_midnight
-            from ipyllm._ledger import Hold, Limit
+            from ipyllm._store import Hold, Limit
 
             limits = [Limit("daily_budget_usd", 1e9, local_midnight()), Limit("user_daily_budget_usd", 1e9, local_midnight(), "ada")]
             reserves = []

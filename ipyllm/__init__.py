@@ -18,9 +18,9 @@ from ipyllm._chat import chat_history, chat_reset
 from ipyllm._client import Embeddings, Reply
 from ipyllm._config import LLMConfig, config
 from ipyllm._cost import Estimate
-from ipyllm._ledger import COLUMNS, UsageRow
 from ipyllm._litellm import warm_up
 from ipyllm._retry import RetryNote
+from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.errors import (
     AuthenticationError,
     BatchError,
@@ -113,7 +113,7 @@ def load_ipython_extension(ipython: Any) -> None:
     """``%load_ext ipyllm``: register the magics and warm litellm up in the background."""
     from ipyllm._magics import load
 
-    load(ipython)
+    load(ipython, picker)
 
 
 def unload_ipython_extension(ipython: Any) -> None:

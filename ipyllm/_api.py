@@ -17,16 +17,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ipyllm import _loop
 from ipyllm._budget import Budgets, Need, Reservation, host_name, local_midnight, usd, user_name
 from ipyllm._client import Client, Embeddings, Reply, as_messages
 from ipyllm._config import SETTING_NAMES, Settings, config
 from ipyllm._cost import Estimate, estimate_embedding
 from ipyllm._cost import estimate as estimate_messages
-from ipyllm._ledger import MemoryLedger, Store, UsageRow, open_store, store_key, to_frame
+from ipyllm._ledger import open_store, store_key
 from ipyllm._litellm import litellm_loaded, load_litellm, resolve_provider
 from ipyllm._notices import notice
 from ipyllm._retry import RetryNote
 from ipyllm._schema import Schema
+from ipyllm._store import MemoryLedger, Store
+from ipyllm._usage import UsageRow, to_frame
 from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
 from ipyllm.errors import Interrupted, InvalidOutputError, LedgerUnavailableError, SettingError
 
@@ -519,8 +522,6 @@ async def acomplete(
     The same call otherwise (reserved against the budgets, retried with the session's policy through
     ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
     """
-    from ipyllm import _loop
-
     # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
     request = prepare_chat(prompt_or_messages, overrides, source="api", schema=schema, caller="acomplete")
     return await _loop.run(_send(request, on_retry))

@@ -34,12 +34,12 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ipyllm import _api
+from ipyllm import _api, _loop
 from ipyllm._batchdata import Batch, BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields
 from ipyllm._budget import Reservation
 from ipyllm._client import Reply, as_messages
 from ipyllm._cost import estimate
-from ipyllm._ledger import UsageRow
+from ipyllm._helpers import Spread
 from ipyllm._litellm import load_litellm, resolve_provider
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, Tally, progress_display
@@ -47,6 +47,7 @@ from ipyllm._progress import INTERVAL, Display, Tally, progress_display
 # asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
 from ipyllm._retry import RetryNote
 from ipyllm._schema import Schema
+from ipyllm._usage import UsageRow
 from ipyllm._validate import check_keywords
 from ipyllm.errors import (
     AuthenticationError,
@@ -418,8 +419,6 @@ class _Run:
         self._ended = asyncio.Condition()
         rows = self.looked_up()
         if self.processes > 1 and _api.session.client._acompletion is None:
-            from ipyllm._helpers import Spread
-
             self.send = Spread(load_litellm().acompletion, self.processes - 1)
 
         async def worker() -> None:
@@ -586,8 +585,6 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     """
     import asyncio
 
-    from ipyllm import _loop
-
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "map")
     if dry_run:
@@ -643,8 +640,6 @@ async def amap(
     result); Ctrl-C raises ``BatchInterrupted`` as ``map`` does.
     """
     import asyncio
-
-    from ipyllm import _loop
 
     _check_errors(errors)
     run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "amap")

@@ -40,7 +40,9 @@ from functools import lru_cache
 from typing import Any
 
 from ipyllm._config import Settings
-from ipyllm._ledger import Headroom, Hold, Limit, MemoryLedger, Sizer, Store, UsageRow, tightest
+from ipyllm._display import format_cost
+from ipyllm._store import Headroom, Hold, Limit, MemoryLedger, Sizer, Store, tightest
+from ipyllm._usage import UsageRow
 from ipyllm.errors import BudgetExceededError, LedgerUnavailableError
 
 __all__ = ["INPUT_MARGIN", "MIN_OUTPUT_TOKENS", "Budgets", "Need", "Reservation", "host_name", "local_midnight", "usd", "user_name"]
@@ -76,8 +78,6 @@ def host_name() -> str:
 def usd(amount: float, *, limit: bool = False) -> str:
     """Spend to a hundredth of a cent (``$0.4812``), smaller amounts to two digits (``$0.000042``);
     a limit as it was set (``$0.50``)."""
-    from ipyllm._display import format_cost
-
     if limit and round(amount, 2) == amount:
         return f"${amount:.2f}"
     return format_cost(amount) if 0 < amount < 0.0001 else f"${amount:.4f}"

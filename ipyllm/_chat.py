@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._display import footer
-from ipyllm._ledger import UsageRow
+from ipyllm._usage import UsageRow
 
 if TYPE_CHECKING:
     import pandas as pd

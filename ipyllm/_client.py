@@ -24,10 +24,11 @@ from ipyllm._cost import (
     provider_usage,
     usage_field,
 )
+from ipyllm._display import footer, render
 from ipyllm._explain import check_key, explain, provider_words
-from ipyllm._ledger import UsageRow
 from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, resolve_provider, unlogged
 from ipyllm._retry import RetryNote, retrying
+from ipyllm._usage import UsageRow
 from ipyllm.errors import (
     Interrupted,
     LLMError,
@@ -73,8 +74,6 @@ class Reply(str):
         return str.__str__(self)
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        from ipyllm._display import footer, render
-
         empty = "" if self.text else " · empty reply"
         return render(self.text, self.display_format, footer(self.usage, self.cut) + empty)
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from typing import Any
 
-from ipyllm._ledger import UsageRow
+from ipyllm._usage import UsageRow
 
 __all__ = ["FORMATS", "LiveOutput", "footer", "format_cost", "render"]
 

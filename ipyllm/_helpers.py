@@ -16,7 +16,6 @@ Not ``multiprocessing``: a spawned child would import the notebook's or script's
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextlib
@@ -30,6 +29,8 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
+
+from ipyllm._litellm import load_litellm, unlogged
 
 __all__ = ["Spread", "helpers"]
 
@@ -96,12 +97,12 @@ def rebuilt(described: tuple[str, str, tuple[Any, ...], dict[str, Any]]) -> Base
 
 def serve() -> None:
     """A helper's main: attempts in, responses out, until its stdin closes."""
-    from ipyllm._litellm import load_litellm, unlogged
-
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever litellm prints must not land between the frames
     lock = threading.Lock()
     litellm = load_litellm()
+    import asyncio
+
     loop = asyncio.new_event_loop()
     tasks: dict[int, asyncio.Task[None]] = {}
 
@@ -219,6 +220,8 @@ class Helper:
         """One attempt in the helper: ``litellm.acompletion(**kwargs)``'s response, or its exception raised here."""
         self.sent += 1
         ident, future = self._ask("call", kwargs)
+        import asyncio
+
         answer = asyncio.wrap_future(future)
         try:
             while True:

@@ -8,10 +8,13 @@ coroutines to this one loop as ``Job``s, and wait for them without blocking thei
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+# asyncio is imported when a loop is first needed: ``import ipyllm`` stays fast.
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Job", "submit"]
 
@@ -21,6 +24,8 @@ _lock = threading.Lock()
 
 def loop() -> asyncio.AbstractEventLoop:
     """The shared loop, started on first use (a daemon thread, so it never keeps the process alive)."""
+    import asyncio
+
     global _loop
     with _lock:
         if _loop is None:
@@ -64,6 +69,8 @@ class Job:
 
     async def wait(self, timeout: float | None = None) -> bool:
         """From another loop: True once finished, False after ``timeout`` seconds."""
+        import asyncio
+
         event = asyncio.Event()
         entry = (asyncio.get_running_loop(), event)
         with self._lock:

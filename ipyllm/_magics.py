@@ -16,7 +16,7 @@ import re
 import shlex
 import string
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ from ipyllm._config import SETTING_NAMES, config, unknown_setting
 from ipyllm._cost import estimate
 from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
 from ipyllm._litellm import warm_up
+from ipyllm._models import models
 from ipyllm._notices import said
 from ipyllm.errors import Interrupted, InvalidInputError, LLMError, SettingError, StreamBrokenError
 
@@ -323,6 +324,7 @@ class LLMMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.cell_id: str | None = None
+        self.picker: Callable[[], Any] = lambda: None
         self.cell_source: str | None = None
         self.run = 0
 
@@ -505,9 +507,7 @@ class LLMMagics(Magics):
         if not show:
             from IPython.display import display
 
-            from ipyllm._widget import picker
-
-            display(picker())
+            display(self.picker())
             return
         print(settings_text())
 
@@ -553,8 +553,6 @@ class LLMMagics(Magics):
 
         litellm's catalogue; with ``base_url`` set, the models the server lists at ``GET {base_url}/models``.
         """
-        from ipyllm._models import models
-
         args = parse_options(self.llm_models.parser, line)
         try:
             return models(" ".join(args.filter) or None, provider=args.provider)
@@ -621,9 +619,14 @@ def _figure_bundle(figure: Any) -> dict[str, Any]:
     return {"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<ipyllm usage plot>"}
 
 
-def load(shell: Any) -> None:
-    """Register the magics on ``shell``; make ``ipyllm.config`` reachable through ``%config``."""
+def load(shell: Any, picker: Callable[[], Any]) -> None:
+    """Register the magics on ``shell``; make ``ipyllm.config`` reachable through ``%config``.
+
+    ``picker`` makes the model picker that ``%llm_config`` shows (``ipyllm.picker``: ipywidgets is imported only
+    when a picker is first shown, so that ``%load_ext`` stays fast).
+    """
     magics = LLMMagics(shell)
+    magics.picker = picker
     shell.register_magics(magics)
     shell.events.register("pre_run_cell", magics.pre_run_cell)
     shell.events.register("post_run_cell", magics.post_run_cell)

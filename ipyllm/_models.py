@@ -16,11 +16,10 @@ import functools
 import json
 import math
 import os
-import urllib.request
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._config import Secret, Settings
+from ipyllm._config import Secret, Settings, config
 from ipyllm._cost import custom_price
 from ipyllm._litellm import load_litellm
 from ipyllm._notices import notice
@@ -118,6 +117,8 @@ def _server_listing(base_url: str, api_key: str | None, timeout: float) -> list[
     headers = {"Accept": "application/json"}
     if api_key or os.environ.get("OPENAI_API_KEY"):
         headers["Authorization"] = "Bearer " + str.__str__(_plain(api_key) or os.environ.get("OPENAI_API_KEY", ""))
+    import urllib.request  # with ssl and http.client: 25 ms, for a list only some sessions ask for
+
     request = urllib.request.Request(f"{base_url.rstrip('/')}/models", headers=headers, method="GET")
     payload: Any = None
     interrupted = False
@@ -227,8 +228,6 @@ def models(filter: str | None = None, provider: str | None = None) -> pd.DataFra
         When ``filter`` or ``provider`` is not a string, or ``provider`` is not one litellm knows (the message
         names close matches); also a ``ValueError``. Nothing is sent.
     """
-    from ipyllm._config import config
-
     _strings(filter, provider)
     words = (filter or "").lower().split()
     if provider is None and config.base_url:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING
 
-from ipyllm._ledger import COLUMNS, frame_from_columns
+from ipyllm._usage import COLUMNS, frame_from_columns
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -28,21 +28,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._ledger import (
-    CacheEntry,
-    Headroom,
-    Hold,
-    Limit,
-    Refusal,
-    Sizer,
-    UsageRow,
-    _micros,
-    _now,
-    _process_alive,
-    fixed,
-    row_values,
-    tightest,
-)
 from ipyllm._notices import notice
 from ipyllm._pgschema import (
     HEADROOM,
@@ -57,6 +42,8 @@ from ipyllm._pgschema import (
     csv_frame,
 )
 from ipyllm._spool import Spool, spool_path
+from ipyllm._store import CacheEntry, Headroom, Hold, Limit, Refusal, Sizer, fixed, process_alive, tightest
+from ipyllm._usage import UsageRow, micros, row_values, utc_now
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
@@ -390,7 +377,7 @@ class PostgresStore:
         rows = self._query(
             "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= %s AND session IS DISTINCT FROM %s"
             ' AND (%s::text IS NULL OR "user" = %s)',
-            [_micros(since), exclude_session, user, user],
+            [micros(since), exclude_session, user, user],
         )
         if rows is None:
             raise self._unreachable("the team's spend is not known")
@@ -437,7 +424,7 @@ class PostgresStore:
             return self._reserve_here(hold, limits, size)
 
     def _reserve_on_server(self, connection: psycopg.Connection[Any], hold: Hold, limits: Sequence[Limit], size: Sizer) -> Hold | Refusal:
-        now = _micros(_now())
+        now = micros(utc_now())
         with connection.transaction(), connection.cursor() as cursor:
             # A hold lost in a server crash only frees budget early, and its call's row still comes: no fsync wait.
             cursor.execute("SET LOCAL synchronous_commit = off")
@@ -445,7 +432,7 @@ class PostgresStore:
             cursor.execute("DELETE FROM holds WHERE expires_us <= %s", [now])
             # Holds of kernels on this machine that have died free their budget at once.
             cursor.execute("SELECT id, pid FROM holds WHERE host = %s", [hold.host])
-            dead = [hold_id for hold_id, pid in cursor.fetchall() if pid and not _process_alive(int(pid))]
+            dead = [hold_id for hold_id, pid in cursor.fetchall() if pid and not process_alive(int(pid))]
             if dead:
                 cursor.execute("DELETE FROM holds WHERE id = ANY(%s)", [dead])
             rooms = []
@@ -465,7 +452,7 @@ class PostgresStore:
             cursor.execute(
                 'INSERT INTO holds (id, session, "user", host, pid, amount, created_us, expires_us)'
                 " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, micros(hold.created), micros(hold.expires)],
             )
         # What the server counted is known: forget what was counted here before it.
         oldest = min((seq for _, seq in self._last_read.values()), default=self._seq)
@@ -479,7 +466,7 @@ class PostgresStore:
         still holds its hold.
         """
         settling = dict(self._settling)  # the writer forgets entries as their rows land
-        cursor.execute(HEADROOM, {"since": _micros(limit.since), "user": user, "now": now, "ids": list(settling)})
+        cursor.execute(HEADROOM, {"since": micros(limit.since), "user": user, "now": now, "ids": list(settling)})
         row = cursor.fetchone()
         spent, held, holds, present = row if row else (0.0, 0.0, 0, [])
         ended = [settling[hold_id] for hold_id in present or ()]
@@ -552,9 +539,9 @@ class PostgresStore:
         self._query(
             "INSERT INTO cache (key, created_us, kind, model, payload) VALUES (%s, %s, %s, %s, %s) "
             "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload RETURNING key",
-            [key, _micros(_now()), kind, model, payload],
+            [key, micros(utc_now()), kind, model, payload],
         )
 
 
 def _key(limit: Limit) -> tuple[str, int, str | None]:
-    return (limit.setting, _micros(limit.since), limit.user)
+    return (limit.setting, micros(limit.since), limit.user)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ipyllm._store import default_usage_db
+
 __all__ = ["Spool", "SpooledEntry", "spool_path"]
 
 #: A cache entry as the ledger stores it: key, created (microseconds), kind, model, payload (JSON text).
@@ -34,8 +36,6 @@ _PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payloa
 
 def spool_path(name: str) -> Path:
     """``ipyllm/spool/<digest>.sqlite`` beside the default ledger, one file per ledger (a server named without its password)."""
-    from ipyllm._ledger import default_usage_db
-
     digest = hashlib.sha256(name.encode()).hexdigest()[:16]
     return default_usage_db().parent / "spool" / f"{digest}.sqlite"
 

@@ -26,10 +26,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ipyllm._ledger import _micros, _now
 from ipyllm._notices import notice
 from ipyllm._spool import Spool, SpooledEntry, spool_path
 from ipyllm._sqlschema import COPIES, INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, Entry, apply, cached, committed
+from ipyllm._usage import micros, utc_now
 from ipyllm.errors import LedgerUnavailableError
 
 __all__ = ["LedgerFile"]
@@ -231,7 +231,7 @@ class LedgerFile:
     def _read_vanished(self, sql: str) -> Iterator[list[Any]]:
         assert self._vanished is not None
         try:
-            cursor = self._vanished.execute(sql, [_micros(_now())] if "?" in sql else [])
+            cursor = self._vanished.execute(sql, [micros(utc_now())] if "?" in sql else [])
             while chunk := cursor.fetchmany(1000):
                 yield chunk
         except sqlite3.Error as error:

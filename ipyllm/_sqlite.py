@@ -18,26 +18,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._ledger import (
-    COLUMNS,
-    CacheEntry,
-    Headroom,
-    Hold,
-    Limit,
-    Refusal,
-    Sizer,
-    UsageRow,
-    _micros,
-    _now,
-    _process_alive,
-    fixed,
-    frame_from_columns,
-    row_values,
-    tightest,
-)
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
 from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, ROW_COLUMNS, SCHEMA_VERSION, Entry, apply, committed
+from ipyllm._store import CacheEntry, Headroom, Hold, Limit, Refusal, Sizer, fixed, process_alive, tightest
+from ipyllm._usage import COLUMNS, UsageRow, frame_from_columns, micros, row_values, utc_now
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
@@ -142,7 +127,7 @@ class SQLiteStore:
 
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
         """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
-        created = _micros(_now())
+        created = micros(utc_now())
         cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
         self._write([(_new_uid(), None, row_values(row)) for row in rows], cached)
 
@@ -154,7 +139,7 @@ class SQLiteStore:
         One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file take holds one at a time, so together
         they cannot pass a limit. Holds of processes on this host that have died are dropped first.
         """
-        now = _micros(_now())
+        now = micros(utc_now())
         with self._transaction() as connection:
             self._drop_dead_holds(connection, hold.host, now)
             rooms = [self._headroom(connection, limit, now) for limit in limits]
@@ -165,7 +150,7 @@ class SQLiteStore:
             hold = replace(hold, amount=amount)
             connection.execute(
                 "INSERT INTO holds (id, session, user, host, pid, amount, created_us, expires_us) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, _micros(hold.created), _micros(hold.expires)],
+                [hold.id, hold.session, hold.user, hold.host, hold.pid, hold.amount, micros(hold.created), micros(hold.expires)],
             )
         return hold
 
@@ -179,7 +164,7 @@ class SQLiteStore:
         user_filter = "" if limit.user is None else " AND user = ?"
         extra = [] if limit.user is None else [limit.user]
         spent = connection.execute(
-            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [_micros(limit.since), *extra]
+            f"SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ?{user_filter}", [micros(limit.since), *extra]
         ).fetchone()
         held, holds = connection.execute(
             f"SELECT COALESCE(SUM(amount), 0), COUNT(*) FROM holds WHERE expires_us > ?{user_filter}", [now, *extra]
@@ -190,7 +175,7 @@ class SQLiteStore:
     def _drop_dead_holds(connection: sqlite3.Connection, host: str | None, now: int) -> None:
         connection.execute("DELETE FROM holds WHERE expires_us <= ?", [now])
         for hold_id, pid in connection.execute("SELECT id, pid FROM holds WHERE host IS ?", [host]).fetchall():
-            if pid and not _process_alive(int(pid)):
+            if pid and not process_alive(int(pid)):
                 connection.execute("DELETE FROM holds WHERE id = ?", [hold_id])
 
     def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
@@ -204,7 +189,7 @@ class SQLiteStore:
         """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
         rows = self._run(
             "SELECT COALESCE(SUM(cost_usd), 0) FROM usage WHERE timestamp_us >= ? AND session IS NOT ? AND (? IS NULL OR user = ?)",
-            [_micros(since), exclude_session, user, user],
+            [micros(since), exclude_session, user, user],
             retry_now=True,
         )
         return float(rows[0][0])
@@ -222,4 +207,4 @@ class SQLiteStore:
             return self.file.cached(keys)
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
-        self._write((), [(key, _micros(_now()), kind, model, payload)])
+        self._write((), [(key, micros(utc_now()), kind, model, payload)])

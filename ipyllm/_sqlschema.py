@@ -8,8 +8,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from ipyllm._ledger import COLUMNS
 from ipyllm._spool import SpooledEntry
+from ipyllm._usage import COLUMNS
 
 __all__ = ["COPIES", "INSERT_ROW", "MIGRATIONS", "PUT_CACHE", "ROW_COLUMNS", "SCHEMA_VERSION", "Entry", "apply", "cached", "committed"]
 

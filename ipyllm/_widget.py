@@ -30,9 +30,9 @@ from ipyllm import _api
 from ipyllm._config import Settings, config
 from ipyllm._cost import price
 from ipyllm._display import format_cost
-from ipyllm._ledger import UsageRow
 from ipyllm._litellm import check_environment, load_litellm, resolve_provider
 from ipyllm._models import Catalogue, catalogue
+from ipyllm._usage import UsageRow
 
 __all__ = ["Catalogue", "ModelInfo", "Picker", "catalogue", "describe_model", "picker"]
 

@@ -728,8 +728,8 @@ def offline_unless_configured(*, always: bool = False) -> StubServer | None:
         The running stub server, to script faults with ``stub.script(...)``; None with a real provider.
     """
     from ipyllm._config import config
-    from ipyllm._ledger import default_usage_db
     from ipyllm._litellm import resolve_provider
+    from ipyllm._store import default_usage_db
 
     global _offline
     reused = _offline is not None and _offline._server is not None and config.base_url == _offline.base_url

@@ -25,7 +25,7 @@ import pytest  # noqa: E402
 import ipyllm  # noqa: E402
 from ipyllm import _api  # noqa: E402
 from ipyllm._client import Client  # noqa: E402
-from ipyllm._ledger import MemoryLedger  # noqa: E402
+from ipyllm._store import MemoryLedger  # noqa: E402
 from ipyllm.testing import StubServer  # noqa: E402
 
 #: The mutation check (tests/tools/mutate.py) is run by hand, not collected.

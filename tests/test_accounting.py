@@ -15,8 +15,8 @@ from IPython.utils.capture import capture_output
 import ipyllm
 from ipyllm import _api
 from ipyllm._display import footer
-from ipyllm._ledger import UsageRow
 from ipyllm._litellm import load_litellm
+from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer, count_tokens
 
 from .conftest import SleepRecorder

@@ -15,8 +15,10 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import SQLiteStore, UsageRow, default_usage_db
 from ipyllm._litellm import load_litellm
+from ipyllm._sqlite import SQLiteStore
+from ipyllm._store import default_usage_db
+from ipyllm._usage import UsageRow
 from ipyllm.testing import StubServer, count_tokens
 
 # Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).

@@ -17,7 +17,8 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 import ipyllm
-from ipyllm._ledger import SQLiteStore, UsageRow
+from ipyllm._sqlite import SQLiteStore
+from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET

@@ -22,8 +22,8 @@ from pydantic import BaseModel
 import ipyllm
 from ipyllm import _api
 from ipyllm._client import Client
-from ipyllm._ledger import MemoryLedger
 from ipyllm._litellm import load_litellm
+from ipyllm._store import MemoryLedger
 from ipyllm.testing import Fault, StubServer, count_tokens
 
 from .conftest import SECRET, SleepRecorder

@@ -9,7 +9,9 @@ import pandas as pd
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import COLUMNS, MemoryLedger, SQLiteStore, UsageRow, default_usage_db, to_frame
+from ipyllm._sqlite import SQLiteStore
+from ipyllm._store import MemoryLedger, default_usage_db
+from ipyllm._usage import COLUMNS, UsageRow, to_frame
 from ipyllm.testing import Fault, StubServer
 
 SPEC_DTYPES = {

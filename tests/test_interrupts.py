@@ -22,8 +22,8 @@ from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import SQLiteStore
 from ipyllm._litellm import load_litellm
+from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
 from .conftest import SECRET

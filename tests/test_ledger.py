@@ -19,7 +19,9 @@ from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import COLUMNS, SCHEMA_VERSION, SQLiteStore, UsageRow, default_usage_db
+from ipyllm._sqlite import SCHEMA_VERSION, SQLiteStore
+from ipyllm._store import default_usage_db
+from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
 from .conftest import SECRET
@@ -191,7 +193,7 @@ def test_a_read_only_directory_never_breaks_a_call(stub: StubServer, tmp_path: P
 def test_an_old_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
     with sqlite3.connect(path) as connection:
-        from ipyllm._ledger import MIGRATIONS
+        from ipyllm._sqlite import MIGRATIONS
 
         for statement in MIGRATIONS[0]:
             connection.execute(statement)

@@ -26,9 +26,10 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import SCHEMA_VERSION, Headroom, Hold, Limit, UsageRow, row_values
 from ipyllm._spool import Spool, spool_path
-from ipyllm._sqlite import MIGRATIONS, SQLiteStore
+from ipyllm._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from ipyllm._store import Headroom, Hold, Limit
+from ipyllm._usage import UsageRow, row_values
 from ipyllm.testing import StubServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -338,7 +339,7 @@ def test_the_spool_keeps_rows_and_answers_across_processes_in_order(tmp_path: Pa
 KILLED = textwrap.dedent(
     """
     import os, sys
-    from ipyllm._ledger import UsageRow
+    from ipyllm._usage import UsageRow
     from ipyllm._sqlite import SQLiteStore
     store = SQLiteStore(sys.argv[1])
     store.append(UsageRow(session="killed", model="one", cost_usd=0.01))

@@ -210,7 +210,7 @@ def test_an_unprefixed_name_the_server_serves_is_told_to_take_the_prefix(live: S
 
 
 def test_without_base_url_the_advice_is_unchanged(session: _api.Session, clean_config: ipyllm.LLMConfig) -> None:
-    from ipyllm._client import unknown_model_message
+    from ipyllm._explain import unknown_model_message
 
     assert unknown_model_message("gpt-4o-mni").startswith("unknown model 'gpt-4o-mni': did you mean gpt-4o-mini")
     assert "For an OpenAI-compatible server use openai/llama3 with base_url" in unknown_model_message("llama3")

@@ -23,7 +23,9 @@ import pytest
 import ipyllm
 from ipyllm import _api
 from ipyllm._config import LedgerURL
-from ipyllm._ledger import COLUMNS, Headroom, Hold, Limit, UsageRow, open_store
+from ipyllm._ledger import open_store
+from ipyllm._store import Headroom, Hold, Limit
+from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import Fault, StubServer
 
 from .pg import PostgresServer, find_binaries
@@ -90,7 +92,7 @@ def ledger_lines(text: str) -> list[str]:
 WORKER = """
 import json, os, sys, threading, time
 import ipyllm
-from ipyllm._client import load_litellm
+from ipyllm._litellm import load_litellm
 
 args = json.loads(sys.argv[1])
 load_litellm()

@@ -9,7 +9,9 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._ledger import Headroom, Hold, Limit, SQLiteStore, UsageRow
+from ipyllm._sqlite import SQLiteStore
+from ipyllm._store import Headroom, Hold, Limit
+from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
 from .helpers import run_threads

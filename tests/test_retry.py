@@ -18,7 +18,7 @@ import ipyllm
 from ipyllm import _retry
 from ipyllm._client import Client
 from ipyllm._config import LLMConfig
-from ipyllm._ledger import UsageRow
+from ipyllm._usage import UsageRow
 from ipyllm.errors import ProviderUnavailableError, RateLimitError, RequestRejectedError, StreamBrokenError
 from ipyllm.testing import Fault, StubServer
 

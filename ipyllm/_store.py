@@ -1,0 +1,233 @@
+"""What every ledger backend shares: the ``Store`` protocol, budget holds and limits, this session's rows in
+memory, and where the default ledger lives.
+
+A ``Store`` persists usage rows, budget holds and the response cache: the SQLite file (``_sqlite``) or a team's
+PostgreSQL server (``_postgres``); ``_ledger.open_store`` picks one. Knows nothing of litellm.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from ipyllm._notices import notice
+from ipyllm._usage import UsageRow
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "CacheEntry",
+    "Headroom",
+    "Hold",
+    "Limit",
+    "MemoryLedger",
+    "Refusal",
+    "Sizer",
+    "Store",
+    "default_usage_db",
+    "fixed",
+    "process_alive",
+    "tightest",
+]
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A budget reservation: the estimated cost of one call in flight, counted as spent until the call's
+    row settles it. ``expires`` bounds it, so a hold left by a kernel that died never blocks a budget."""
+
+    id: str
+    amount: float
+    session: str
+    user: str | None
+    host: str | None
+    pid: int
+    created: datetime
+    expires: datetime
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A spending limit checked against the ledger: spend since ``since`` (of ``user`` only, when set)."""
+
+    setting: str
+    limit: float
+    since: datetime
+    user: str | None = None
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """What a limit leaves for one more call: the spend recorded against it (rows) and the holds of calls in
+    flight (their sum and how many), as read in the transaction that takes the next hold.
+
+    On a ledger others write to, ``team`` and ``by_user`` (today's spend of everyone and of the hold's user,
+    holds included) when the store knows them. A refusal is the headroom that was too small.
+    """
+
+    limit: Limit
+    spent: float
+    held: float = 0.0
+    holds: int = 0
+    team: float | None = None
+    by_user: float | None = None
+
+    @property
+    def left(self) -> float:
+        """USD the limit leaves once the holds in flight are counted as spent."""
+        return self.limit.limit - self.spent - self.held
+
+
+#: A refusal is the headroom that could not pay for the call.
+Refusal = Headroom
+
+
+#: Sizes a hold from the headroom every limit leaves: the USD to hold, or None to refuse.
+Sizer = Callable[[Sequence[Headroom]], float | None]
+
+
+def fixed(amount: float) -> Sizer:
+    """A sizer for a hold of a known amount: held when it fits every headroom."""
+
+    def size(rooms: Sequence[Headroom]) -> float | None:
+        return amount if all(amount <= room.left + 1e-12 for room in rooms) else None
+
+    return size
+
+
+def tightest(rooms: Sequence[Headroom]) -> Headroom:
+    """The headroom that leaves the least."""
+    return min(rooms, key=lambda room: room.left)
+
+
+class MemoryLedger:
+    """This session's rows, in call order; safe to append from several threads.
+
+    ``subscribe(callback)`` calls ``callback(row)`` after each append (from the appending thread) and
+    returns a function that unsubscribes.
+    """
+
+    def __init__(self) -> None:
+        self._rows: list[UsageRow] = []
+        self._spent: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self._listeners: list[Callable[[UsageRow], object]] = []
+
+    def append(self, row: UsageRow) -> None:
+        with self._lock:
+            self._rows.append(row)
+            if not math.isnan(row.cost_usd):
+                self._spent[row.session] = self._spent.get(row.session, 0.0) + row.cost_usd
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(row)
+            except Exception as error:  # a broken display must not break the call that was recorded
+                notice(f"a usage listener failed: {error!r}")
+
+    def rows(self, session: str | None = None) -> list[UsageRow]:
+        with self._lock:
+            rows = list(self._rows)
+        return rows if session is None else [r for r in rows if r.session == session]
+
+    def subscribe(self, callback: Callable[[UsageRow], object]) -> Callable[[], None]:
+        with self._lock:
+            self._listeners.append(callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._listeners:
+                    self._listeners.remove(callback)
+
+        return unsubscribe
+
+    def spend(self, since: datetime | None = None, *, session: str | None = None, user: str | None = None) -> float:
+        """USD recorded in memory (since ``since``; of ``session`` / ``user`` only), unknown prices counted as 0.
+
+        A session's total is kept as rows arrive, so the per-call budget check does not rescan the rows.
+        """
+        if since is None and user is None:
+            with self._lock:
+                return sum(self._spent.values()) if session is None else self._spent.get(session, 0.0)
+        return sum(
+            r.cost_usd
+            for r in self.rows(session)
+            if not math.isnan(r.cost_usd) and (since is None or r.timestamp >= since) and (user is None or r.user == user)
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def default_usage_db() -> Path:
+    """``ipyllm/usage.sqlite`` under the user's Jupyter data directory."""
+    try:
+        from jupyter_core.paths import jupyter_data_dir
+
+        base = Path(jupyter_data_dir())
+    except ImportError:  # jupyter_core's own rules, for a plain IPython without Jupyter
+        if os.environ.get("JUPYTER_DATA_DIR"):
+            base = Path(os.environ["JUPYTER_DATA_DIR"])
+        elif sys.platform == "darwin":
+            base = Path.home() / "Library" / "Jupyter"
+        elif os.name == "nt":
+            base = Path(os.environ.get("APPDATA", Path.home())) / "jupyter"
+        else:
+            base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "jupyter"
+    return base / "ipyllm" / "usage.sqlite"
+
+
+def process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+#: A response cache entry: key, kind, model, payload (JSON text).
+CacheEntry = tuple[str, str, str, str]
+
+
+class Store(Protocol):
+    """A persistent ledger: usage rows, budget holds and the response cache. Every method raises
+    ``LedgerUnavailableError`` (one line, saying what to do) when the store cannot be used."""
+
+    #: How the store is named to the user (a path, or a URL without its password).
+    name: str
+    #: True for a ledger shared by a team (a server): the picker then shows the team's spend today.
+    shared: bool
+
+    def append(self, row: UsageRow, release: str | None = None) -> None: ...
+    def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
+        """Several rows (no holds to settle) and cache entries, committed together: a batch's writer."""
+        ...
+
+    def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
+        """In one transaction, read what each of ``limits`` leaves (rows and live holds of every kernel) and take
+        ``hold`` with the amount ``size`` gives for those headrooms (default: ``hold.amount`` if it fits);
+        return the hold taken, or the tightest headroom when ``size`` refuses."""
+        ...
+
+    def release(self, hold_id: str) -> None: ...
+    def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float: ...
+    def frame(self, exclude_session: str | None = None) -> pd.DataFrame: ...
+    def cache_get(self, key: str) -> str | None: ...
+    def cache_get_many(self, keys: Sequence[str]) -> dict[str, str]:
+        """The payloads of those of ``keys`` that are cached: a batch looks up its rows ahead, many at once."""
+        ...
+
+    def cache_put(self, key: str, kind: str, model: str, payload: str) -> None: ...
+    def close(self) -> None: ...
