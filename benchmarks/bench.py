@@ -59,7 +59,7 @@ def call_overhead(n: int = 300, rounds: int = 3) -> None:
 
     import ipyllm
     from ipyllm import _api
-    from ipyllm._client import Client
+    from ipyllm._engine import Client
     from ipyllm._litellm import load_litellm
 
     litellm = load_litellm()

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, acomplete, complete, embed, estimate, usage
-from ipyllm._batch import Batch, BatchEstimate, amap, last_batch, map  # noqa: A004 - ipyllm.map, as SPEC names it
+from ipyllm._api import SESSION_ID, Session, acomplete, amap, complete, embed, estimate, last_batch, map, usage  # noqa: A004 - ipyllm.map
+from ipyllm._batchdata import Batch, BatchEstimate
 from ipyllm._chat import chat_history, chat_reset
-from ipyllm._client import Embeddings, Reply
 from ipyllm._config import LLMConfig, config
 from ipyllm._cost import Estimate
+from ipyllm._engine import Embeddings, Reply
 from ipyllm._litellm import warm_up
 from ipyllm._retry import RetryNote
 from ipyllm._usage import COLUMNS, UsageRow
@@ -69,6 +69,7 @@ __all__ = [
     "Reply",
     "RequestRejectedError",
     "RetryNote",
+    "Session",
     "SettingError",
     "StreamBrokenError",
     "UnknownModelError",

@@ -9,9 +9,9 @@ error does (``endpoint``).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
+from ipyllm._litellm import repeated_chunk_limit
 from ipyllm._retry import describe
 from ipyllm.errors import LLMError, RequestRejectedError
 
@@ -27,7 +27,7 @@ def broken_message(exc: BaseException, pieces: int) -> str:
     """Why a stream stopped after ``pieces`` pieces of text, naming litellm's repeated-chunk guard when it fired."""
     reason = describe(exc)
     if reason == "litellm's repeated-chunk guard":
-        limit = getattr(sys.modules.get("litellm"), "REPEATED_STREAMING_CHUNK_LIMIT", 100)
+        limit = repeated_chunk_limit()
         return (
             f"litellm's repeated-chunk guard stopped the reply after {pieces} pieces: the model sent the same piece {limit} times "
             "in a row; try again, or raise temperature"

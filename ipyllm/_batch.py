@@ -34,19 +34,23 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-from ipyllm import _api, _loop
+from ipyllm import _loop
 from ipyllm._batchdata import Batch, BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields
-from ipyllm._budget import Reservation
-from ipyllm._client import Reply, as_messages
+from ipyllm._budget import Need, Reservation, usd
+from ipyllm._calls import Prepared, cache_key, cut_by_budget, cut_message
 from ipyllm._cost import estimate
+from ipyllm._engine import Reply, as_messages
 from ipyllm._helpers import Spread
 from ipyllm._litellm import load_litellm, resolve_provider
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, Tally, progress_display
+from ipyllm._records import Records
 
 # asyncio and the shared loop are imported when a batch runs, so that ``import ipyllm`` stays fast.
 from ipyllm._retry import RetryNote
 from ipyllm._schema import Schema
+from ipyllm._session import Session
+from ipyllm._store import Headroom
 from ipyllm._usage import UsageRow
 from ipyllm._validate import check_keywords
 from ipyllm.errors import (
@@ -61,11 +65,10 @@ from ipyllm.errors import (
     UnknownModelError,
 )
 
-__all__ = ["Batch", "BatchError", "BatchEstimate", "BatchInterrupted", "amap", "last_batch", "map"]
+__all__ = ["Batch", "BatchEstimate", "amap", "map"]
 
 #: Errors that every row would meet too: the batch stops sending at the first one.
 _FATAL = (MissingKeyError, AuthenticationError, UnknownModelError)
-_last: Batch | None = None
 
 
 # -- the run ------------------------------------------------------------------------------------------------
@@ -128,7 +131,8 @@ class _Writer:
     row is written, so that the ledger is complete when ``map`` returns.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, records: Records, name: str) -> None:
+        self.records = records
         self._queue: queue.SimpleQueue[tuple[UsageRow | None, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=f"ipyllm-ledger-{name}", daemon=True)
         self._thread.start()
@@ -151,9 +155,9 @@ class _Writer:
             rows = [item[0] for item in items if item is not None and item[0] is not None]
             entries = [item[1] for item in items if item is not None and item[0] is None]
             try:
-                _api.session.record_many(rows, entries)
-            except Exception as error:  # a broken ledger is reported by the session; anything else is said once here
-                _api.session.warn_once(f"batch-writer:{type(error).__name__}", f"a usage row could not be written ({error})")
+                self.records.record_many(rows, entries)
+            except Exception as error:  # a broken ledger is reported by the records; anything else is said once here
+                self.records.warn_once(f"batch-writer:{type(error).__name__}", f"a usage row could not be written ({error})")
 
     def close(self) -> None:
         self._queue.put(None)
@@ -169,6 +173,7 @@ class _Run:
 
     def __init__(
         self,
+        session: Session,
         template: str | Callable[[Any], Any],
         data: Any,
         concurrency: int,
@@ -195,7 +200,8 @@ class _Run:
         # template gets the row as it is and handles its own.
         self.missing_fields = template_fields(template) if isinstance(template, str) and missing == "skip" else ()
         load_litellm()
-        self.settings, extra = _api.split_overrides(overrides)
+        self.session = session
+        self.settings, extra = session.split_overrides(overrides)
         if extra:  # as complete() checks them: a typo such as max_token would be sent with every row, and billed
             check_keywords("chat", self.settings.model, resolve_provider(self.settings.model, self.settings.base_url), extra, caller)
         self.shape = Schema.of(schema) if schema is not None else None
@@ -204,7 +210,7 @@ class _Run:
             _, extra = self.shape.apply([], extra, self.native)
         self.extra = extra
         self.resume = resume
-        self.batch = Batch(uuid.uuid4().hex[:12], index, Tally(total), self.shape)
+        self.batch = Batch(uuid.uuid4().hex[:12], index, Tally(total), self.shape, session)
         self.batch.replies = [None] * total
         self.batch.parsed = [None] * total
         self.batch.row_errors = [None] * total
@@ -212,7 +218,7 @@ class _Run:
         self.concurrency = concurrency
         self.tally = self.batch.tally
         self.tally.budget = self.settings.budget_usd
-        self.stamp = _api.session.stamper("map", batch=self.batch.id)
+        self.stamp = session.stamper("map", batch=self.batch.id)
         self.writer: _Writer | None = None
         self.stop = False
         # The first row is filled here, so that a template that does not fit the data fails before sending.
@@ -222,7 +228,7 @@ class _Run:
         self._first = False
         self.prepared: Iterator[tuple[int, list[dict[str, Any]] | None, str | None]] = itertools.chain([head] if head else [], prepared)
         limited = any(getattr(self.settings, name) is not None for name in ("budget_usd", "daily_budget_usd", "user_daily_budget_usd"))
-        self.writer = None if limited else _Writer(self.batch.id)
+        self.writer = None if limited else _Writer(session.records, self.batch.id)
         self.processes = processes
         self.send: Any = None
         #: Calls of this batch in flight, and a condition notified as each ends (made on the batch's loop).
@@ -257,7 +263,7 @@ class _Run:
         if self.writer is not None and release is None:
             self.writer.row(self.stamp(row))
         else:
-            _api.session.record(self.stamp(row), release)
+            self.session.records.record(self.stamp(row), release)
         if isinstance(row.cost_usd, float) and not math.isnan(row.cost_usd):
             self.tally.spent += row.cost_usd
 
@@ -285,27 +291,38 @@ class _Run:
         self.batch.row_errors[position] = why
         self.tally.missing += 1
 
-    def looked_up(self) -> Iterator[tuple[int, list[dict[str, Any]] | None, str | None, str | None, dict[str, Any] | None]]:
-        """The prepared rows with their cache keys and, when resuming, their cached answers: looked up 64 rows at
-        a time, in one query, rather than one query per row on the event loop."""
+    def looked_up(self) -> Iterator[tuple[int, Prepared | None, Any, dict[str, Any] | None]]:
+        """The rows, each prepared as any call is (its cache key, its row stamped for this batch), and, when resuming,
+        their cached answers: looked up 64 rows at a time, in one query, rather than one query per row on the loop."""
         settings, keyed = self.settings, self.resume or self.settings.cache
         while chunk := list(itertools.islice(self.prepared, 64)):
-            keys = [_api.cache_key("chat", settings, m, self.extra) if keyed and m is not None else None for _, m, _ in chunk]
-            wanted = [key for key in keys if key is not None]
-            hits = _api.session.cache_get_many(wanted) if self.resume and wanted else {}
-            for (position, messages, problem), key in zip(chunk, keys, strict=True):
-                hit = hits.get(key) if key is not None else None
-                # An empty answer an earlier version kept is asked again.
-                yield position, messages, problem, key, hit if hit and hit.get("text") else None
+            calls = [
+                None
+                if messages is None
+                else Prepared(
+                    "chat",
+                    settings,
+                    messages,
+                    self.extra,
+                    cache_key("chat", settings, messages, self.extra) if keyed else None,
+                    self.counted,
+                    time.perf_counter(),
+                )
+                for _, messages, _ in chunk
+            ]
+            wanted = [call.key for call in calls if call is not None and call.key is not None]
+            hits = self.session.records.cache_get_many(wanted) if self.resume and wanted else {}
+            for (position, _, problem), call in zip(chunk, calls, strict=True):
+                hit = hits.get(call.key) if call is not None and call.key is not None else None
+                yield position, call, problem, hit
 
-    async def one(self, position: int, messages: list[dict[str, Any]], key: str | None, hit: dict[str, Any] | None, pace: _Pace) -> None:
+    async def one(self, position: int, call: Prepared, hit: dict[str, Any] | None, pace: _Pace) -> None:
         import asyncio
 
-        settings, session = self.settings, _api.session
-        if hit is not None:
-            row = _api._cached_row("chat", settings.model, settings, hit, time.perf_counter())
-            self.counted(row)
-            self.answer(position, Reply(hit["text"], row, messages))
+        session = self.session
+        cached = call.from_cache(hit)
+        if isinstance(cached, Reply):
+            self.answer(position, cached)
             return
         if self.stop:
             self.not_sent(position)
@@ -316,7 +333,7 @@ class _Run:
             if "429" in note.reason:
                 pace.rate_limited(note.wait)
 
-        reservation = await self.reserve(messages)
+        reservation = await self.reserve(call)
         if reservation is None:
             self.not_sent(position)
             return
@@ -324,8 +341,8 @@ class _Run:
             self.in_flight += 1
             try:
                 reply = await session.client.achat(
-                    settings,
-                    messages,
+                    call.settings,
+                    call.payload,
                     report=reservation.report,
                     on_retry=on_retry,
                     extra=self.extra,
@@ -350,21 +367,20 @@ class _Run:
         self.answer(position, reply)
         if self.batch.row_errors[position] is not None:  # a reply that does not fit the schema: its error says so
             return
-        if _api.cut_by_budget(reply, reservation):  # not kept for resume: with more budget, the whole reply
+        if cut_by_budget(reply, reservation):  # not kept for resume: with more budget, the whole reply
             self.tally.cut += 1
-            self.batch.cut_message = _api.cut_message(reservation)
+            self.batch.cut_message = cut_message(reservation)
         elif not reply.text:
             self.empty_answers += 1
             self.empty_note = self.empty_note or reply.note
-        elif key is not None:
-            row = reply.usage
-            payload = {"text": reply.text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens}
+        entry = call.entry(reply) if call.key is not None else None
+        if call.key is not None and entry is not None:
             if self.writer is not None:
-                self.writer.cache(key, "chat", settings.model, payload)
+                self.writer.cache(call.key, "chat", call.model, entry)
             else:
-                session.cache_put(key, "chat", settings.model, payload)
+                session.records.cache_put(call.key, "chat", call.model, entry)
 
-    async def reserve(self, messages: list[dict[str, Any]]) -> Reservation | None:
+    async def reserve(self, call: Prepared) -> Reservation | None:
         """Hold this row's worst case, sized to what the budgets leave; None once they cannot pay for it.
 
         A refusal while this batch's own calls are in flight is not the end: their holds are worst cases, and
@@ -372,26 +388,35 @@ class _Run:
         other kernels are waited for too, while they could free enough room. The batch stops sending (one
         ``over_budget`` row) only when nothing in flight could make room.
         """
-        import asyncio
 
-        need = _api.chat_need(self.settings, messages, self.extra)
+        need = call.need()
         while not self.stop:
             try:
-                return _api.session.reserve(self.settings, "chat", self.settings.model, lambda: need, self.counted, quiet=True)
+                return self.session.reserve(call, lambda: need, quiet=True)
             except BudgetExceededError as error:
-                room = error.refusal
-                if room is not None and self.in_flight:
-                    await self.wait_for_an_end()
-                    continue
-                if room is not None and room.holds and room.limit.limit - room.spent >= need.minimum:
-                    await asyncio.sleep(0.25)  # another kernel's calls: they end on their own
+                if await self.room_may_come(error.refusal, need):
                     continue
                 if self.stop:
                     break
                 self.stop = True
                 self.batch.stop_reason = self.batch.budget_message = error.message
-                _api.session.budgets.refused(error, self.counted)
+                self.session.budgets.refused(error, self.counted)
         return None
+
+    async def room_may_come(self, room: Headroom | None, need: Need) -> bool:
+        """After a refusal: True once it is worth asking again (a call of the batch ended, or a while passed while
+        other kernels' calls hold room that could be freed); False when nothing in flight could make room."""
+        import asyncio
+
+        if room is None:  # no price: no wait makes room
+            return False
+        if self.in_flight:
+            await self.wait_for_an_end()
+            return True
+        if room.holds and room.limit.limit - room.spent >= need.minimum:
+            await asyncio.sleep(0.25)  # another kernel's calls: they end on their own
+            return True
+        return False
 
     async def wait_for_an_end(self) -> None:
         """Until one of the batch's calls ends (at most half a second: a call may end before the wait starts)."""
@@ -418,18 +443,18 @@ class _Run:
         pace = _Pace(self.concurrency, self.tally)
         self._ended = asyncio.Condition()
         rows = self.looked_up()
-        if self.processes > 1 and _api.session.client._acompletion is None:
+        if self.processes > 1 and self.session.client._acompletion is None:
             self.send = Spread(load_litellm().acompletion, self.processes - 1)
 
         async def worker() -> None:
-            for position, messages, problem, key, hit in rows:
+            for position, call, problem, hit in rows:
                 if isinstance(problem, MissingValue):
                     self.skip(position, problem)
                     continue
-                if messages is None:
+                if call is None:
                     self.fail(position, problem or "template")
                     continue
-                await self.one(position, messages, key, hit, pace)
+                await self.one(position, call, hit, pace)
 
         workers = [asyncio.ensure_future(worker()) for _ in range(self.concurrency)]
         try:
@@ -453,8 +478,7 @@ class _Run:
                 self.not_sent(position)
         batch.build_result()
         batch.summarize()
-        global _last
-        _last = batch
+        self.session.last_batch = batch
         return batch
 
 
@@ -467,7 +491,7 @@ def _report(run: _Run, errors: str) -> None:
         )
     if batch.budget_message is not None:
         notice(
-            f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent, the batch spent {_api.usd(run.tally.spent)}: "
+            f"{run.tally.not_sent:,} of {run.tally.total:,} rows not sent, the batch spent {usd(run.tally.spent)}: "
             f"{batch.budget_message}, then run the same map again to send only them"
         )
     elif batch.stop_reason is not None:
@@ -516,6 +540,7 @@ def _estimate(run: _Run) -> BatchEstimate:
 
 
 def map(  # noqa: A001 - ipyllm.map, as SPEC names it
+    session: Session,
     template: str | Callable[[Any], Any],
     data: Any,
     *,
@@ -586,7 +611,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     import asyncio
 
     _check_errors(errors)
-    run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "map")
+    run = _Run(session, template, data, concurrency, schema, resume, overrides, processes, missing, "map")
     if dry_run:
         estimated = _estimate(run)
         run.finish_quietly()
@@ -622,6 +647,7 @@ def _interrupted(run: _Run, display: Display) -> BatchInterrupted:
 
 
 async def amap(
+    session: Session,
     template: str | Callable[[Any], Any],
     data: Any,
     *,
@@ -642,7 +668,7 @@ async def amap(
     import asyncio
 
     _check_errors(errors)
-    run = _Run(template, data, concurrency, schema, resume, overrides, processes, missing, "amap")
+    run = _Run(session, template, data, concurrency, schema, resume, overrides, processes, missing, "amap")
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
     try:
@@ -663,8 +689,3 @@ async def amap(
         pass
     _report(run, errors)
     return run.batch.result
-
-
-def last_batch() -> Batch | None:
-    """The latest batch of this session (finished, failed or interrupted): ``.result``, ``.errors``, ``.usage()``."""
-    return _last

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ipyllm import _api
+from ipyllm._budget import usd
 from ipyllm._progress import Tally
 from ipyllm._schema import Schema
+from ipyllm._session import Session
 from ipyllm.errors import SettingError
 
 if TYPE_CHECKING:
@@ -45,6 +46,8 @@ class Batch:
     index: Any
     tally: Tally
     shape: Schema | None = None
+    #: The session that ran it (its rows are the batch's usage).
+    session: Session | None = field(default=None, repr=False)
     replies: list[str | None] = field(default_factory=list)
     parsed: list[Any] = field(default_factory=list)
     row_errors: list[str | None] = field(default_factory=list)
@@ -68,7 +71,8 @@ class Batch:
         return pd.Series(pd.array(self.replies, dtype="string"), index=self.index, name="raw")
 
     def usage(self) -> pd.DataFrame:
-        frame = _api.usage()
+        assert self.session is not None
+        frame = self.session.usage()
         return frame[frame["batch"] == self.id].reset_index(drop=True)
 
     def build_result(self) -> Any:
@@ -121,7 +125,7 @@ class Batch:
             parts.append(f"{t.interrupted:,} interrupted")
         pauses = f" · {t.pauses} rate-limit pause{'s' if t.pauses != 1 else ''}" if t.pauses else ""
         self.summary = (
-            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {_api.usd(t.spent) if t.spent else '$0'} · "
+            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {usd(t.spent) if t.spent else '$0'} · "
             f"{t.elapsed:.1f} s ({t.rate:.1f} rows/s){pauses}"
         )
         return self.summary
@@ -140,7 +144,7 @@ class Batch:
         t = self.tally
         return (
             f"batch {self.id} interrupted after {t.answered + t.cached:,} of {t.total:,} rows ({t.interrupted:,} calls cancelled, "
-            f"{_api.usd(t.spent)} spent): the partial result is ipyllm.last_batch().result; run the same map again to resume"
+            f"{usd(t.spent)} spent): the partial result is ipyllm.last_batch().result; run the same map again to resume"
         )
 
 
@@ -158,7 +162,7 @@ class BatchEstimate:
     def __str__(self) -> str:
         return (
             f"dry run, nothing sent · {self.rows:,} rows · {self.model} · {self.prompt_tokens:,} prompt tokens · "
-            f"estimated {_api.usd(self.low_usd)} (prompts alone) to {_api.usd(self.high_usd)} "
+            f"estimated {usd(self.low_usd)} (prompts alone) to {usd(self.high_usd)} "
             f"(with {self.output_tokens_per_row:,} output tokens a row)"
         )
 

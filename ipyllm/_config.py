@@ -13,6 +13,7 @@ import os
 import threading
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -342,6 +343,8 @@ class LLMConfig(Configurable):
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         self._version = 0
         self._frozen: tuple[int, Settings] | None = None
+        #: Settings ``using()`` applies to the calls of one context (a thread, an asyncio task) only.
+        self._overlay: ContextVar[dict[str, Any] | None] = ContextVar(f"ipyllm-config-{id(self)}", default=None)
         for name in kwargs:
             if not hasattr(type(self), name):
                 raise unknown_setting(name)  # traitlets would pass it on to object.__init__ with a warning
@@ -427,7 +430,11 @@ class LLMConfig(Configurable):
 
         Every call takes one, so the frozen settings are kept until a setting changes, and overrides are
         validated on a scratch configuration kept per thread (making one takes longer than a call's own work).
+        Settings ``using()`` applies in this context come under the overrides.
         """
+        overlay = self._overlay.get()
+        if overlay:
+            overrides = {**overlay, **overrides}
         if overrides:
             scratch = getattr(_scratch, "config", None)
             if scratch is None:
@@ -449,13 +456,22 @@ class LLMConfig(Configurable):
 
     @contextmanager
     def using(self, **values: Any) -> Iterator[LLMConfig]:
-        """Apply settings for the duration of a ``with`` block, then restore the old values."""
-        old = {name: getattr(self, name) for name in values}
-        self.update(**values)
+        """Apply settings to the calls made in this ``with`` block, in this context only.
+
+        The calls of the block (and of the asyncio tasks it starts) see them; other threads, and the
+        configuration's own attributes, do not: ``config.model`` still reads the shared setting. The values are
+        checked at once, like any setting (a refused value raises before the block starts).
+        """
+        unknown = [name for name in values if name not in SETTING_NAMES]
+        if unknown:
+            raise unknown_setting(unknown[0])
+        merged = {**(self._overlay.get() or {}), **values}
+        self.snapshot(**merged)  # refused here, not at the first call
+        token = self._overlay.set(merged)
         try:
             yield self
         finally:
-            self.update(**old)
+            self._overlay.reset(token)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.settings().items() if value not in (None, {}))

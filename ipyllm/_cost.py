@@ -15,7 +15,7 @@ from typing import Any
 
 from ipyllm._config import Settings
 from ipyllm._display import format_cost
-from ipyllm._litellm import load_litellm, max_output_tokens, resolve_provider
+from ipyllm._litellm import hidden_params, load_litellm, max_output_tokens, resolve_provider
 
 __all__ = [
     "UNKNOWN_MAX_OUTPUT",
@@ -56,13 +56,6 @@ def usage_field(usage: Any, name: str) -> Any:
     return getattr(usage, name, None)
 
 
-def _hidden_params(response: Any) -> dict[str, Any]:
-    """litellm's ``response._hidden_params`` (its price, the provider's headers); empty when there are none."""
-    private = getattr(response, "__pydantic_private__", None)
-    hidden = private.get("_hidden_params") if private else getattr(response, "_hidden_params", None)
-    return hidden if isinstance(hidden, dict) else {}
-
-
 def provider_usage(received: Any, yielded: list[Any]) -> Any:
     """The last usage among a stream's chunks as the provider sent them (litellm keeps them on its stream
     wrapper); the yielded chunks when the stream is not litellm's (a test's stand-in)."""
@@ -96,7 +89,7 @@ def _amount(value: Any) -> float | None:
 
 def reported_cost(response: Any, usage: Any) -> float | None:
     """The call's cost as a proxy (``x-litellm-response-cost``) or the provider (``usage.cost``, as OpenRouter) reported it."""
-    headers = _hidden_params(response).get("additional_headers") or {}
+    headers = hidden_params(response).get("additional_headers") or {}
     for value in (*(headers.get(name) for name in _COST_HEADERS), usage_field(usage, "cost")):
         amount = _amount(value)
         if amount is not None:
@@ -124,7 +117,7 @@ def call_cost(
         # litellm priced the response from its whole usage while returning it (``response_cost``): the same
         # price ``cost_per_token`` gives, at no further cost. Zero is not trusted: it is also litellm's answer
         # for a model it cannot price.
-        amount = _amount(_hidden_params(response).get("response_cost"))
+        amount = _amount(hidden_params(response).get("response_cost"))
         if amount:
             return amount
     return price(settings, model, provider, prompt_tokens, completion_tokens, kind, usage)

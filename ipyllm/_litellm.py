@@ -33,11 +33,14 @@ __all__ = [
     "caps_completion_tokens",
     "check_environment",
     "has_callbacks",
+    "hidden_params",
     "litellm_loaded",
     "load_litellm",
     "max_output_tokens",
     "model_names",
+    "provider_chunks",
     "provider_parameters",
+    "repeated_chunk_limit",
     "resolve_provider",
     "response_format",
     "supports_response_schema",
@@ -275,3 +278,22 @@ def supports_response_schema(model: str, base_url: str | None) -> bool:
         return bool(load_litellm().supports_response_schema(model=model, custom_llm_provider=resolve_provider(model, base_url)))
     except Exception:
         return False
+
+
+def hidden_params(response: Any) -> dict[str, Any]:
+    """litellm's ``response._hidden_params`` (its price, the provider's headers); empty when there are none."""
+    private = getattr(response, "__pydantic_private__", None)
+    hidden = private.get("_hidden_params") if private else getattr(response, "_hidden_params", None)
+    return hidden if isinstance(hidden, dict) else {}
+
+
+def provider_chunks(stream: Any) -> list[Any] | None:
+    """The chunks of a stream as the provider sent them: litellm's stream wrapper keeps them (``chunks``) besides
+    what it yields, which includes a usage chunk of its own making."""
+    chunks = getattr(stream, "chunks", None)
+    return chunks if isinstance(chunks, list) else None
+
+
+def repeated_chunk_limit() -> int:
+    """How many identical pieces in a row make litellm stop a stream."""
+    return int(getattr(_module, "REPEATED_STREAMING_CHUNK_LIMIT", 100))

@@ -24,12 +24,12 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from ipyllm import _api, _batch
+from ipyllm import _api
 from ipyllm._chat import cell_key, chat_reset, conversation
-from ipyllm._client import Reply, as_messages
 from ipyllm._config import SETTING_NAMES, config, unknown_setting
 from ipyllm._cost import estimate
 from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
+from ipyllm._engine import Reply, as_messages
 from ipyllm._litellm import warm_up
 from ipyllm._models import models
 from ipyllm._notices import said
@@ -398,7 +398,7 @@ class LLMMagics(Magics):
         messages = [*history, {"role": "user", "content": prompt}]
         if args.dry_run:
             try:
-                settings, _ = _api.split_overrides(overrides)
+                settings, _ = _api.session.split_overrides(overrides)
             except SettingError as error:
                 raise UsageError(str(error)) from None
             self._dry_run(settings, as_messages(messages, settings.system))
@@ -416,7 +416,7 @@ class LLMMagics(Magics):
 
         warnings_before = said()
         try:
-            reply = _api.chat(
+            reply = _api.session.chat(
                 messages,
                 source="magic",
                 stream=not args.no_stream,
@@ -577,9 +577,9 @@ def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict
     data, schema = namespace[args.map], namespace.get(args.schema) if args.schema else None
     try:
         if args.dry_run:
-            print(_batch.map(template, data, schema=schema, dry_run=True, missing=args.missing, **overrides))
+            print(_api.map(template, data, schema=schema, dry_run=True, missing=args.missing, **overrides))
             return
-        result = _batch.map(
+        result = _api.map(
             template,
             data,
             concurrency=args.concurrency,

@@ -10,17 +10,18 @@ import email.utils
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
 from ipyllm.errors import StreamBrokenError
 
 __all__ = [
     "RETRY_STATUS",
     "RetryNote",
+    "async_retrying",
     "backoff",
     "describe",
     "is_permanent",
@@ -207,4 +208,24 @@ def retrying(
         sleep=sleep,
         before_sleep=before_sleep,
         reraise=True,
+    )
+
+
+def async_retrying(
+    num_retries: int,
+    min_wait: float,
+    max_wait: float,
+    *,
+    sleep: Callable[[float], Awaitable[Any]],
+    on_retry: Callable[[RetryNote], Any] | None = None,
+) -> AsyncRetrying:
+    """``retrying`` for coroutines: the same stop, waits, retry test and notes, its waits spent with ``sleep``."""
+    policy = retrying(num_retries, min_wait, max_wait, on_retry=on_retry)
+    return AsyncRetrying(
+        sleep=sleep,
+        stop=policy.stop,
+        wait=policy.wait,
+        retry=policy.retry,
+        before_sleep=policy.before_sleep,
+        reraise=policy.reraise,
     )

@@ -27,6 +27,7 @@ import ipywidgets as widgets
 from traitlets import TraitError
 
 from ipyllm import _api
+from ipyllm._budget import user_name
 from ipyllm._config import Settings, config
 from ipyllm._cost import price
 from ipyllm._display import format_cost
@@ -388,8 +389,8 @@ class Picker(widgets.VBox):
             text += f" + {unpriced} call{'s' if unpriced != 1 else ''} of unknown price"
         if config.budget_usd is not None:
             text += f" of {format_cost(config.budget_usd)} budget"
-        user = config.user or _api.user_name()
-        today = _api.session.spend_today(user)
+        user = config.user or user_name()
+        today = _api.session.records.spend_today(user)
         if today is not None:  # a team ledger: everyone's spend today, and this user's
             text += f" · today: team {format_cost(today[0])}, {user} {format_cost(today[1])}"
         self.spend.value = f"<b>{html.escape(text)}</b>"

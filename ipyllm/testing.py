@@ -46,6 +46,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from ipyllm._config import config
+from ipyllm._litellm import check_environment, resolve_provider
+from ipyllm._store import default_usage_db
+
 __all__ = ["Fault", "RecordedRequest", "StubServer", "count_tokens", "fit_schema", "offline_unless_configured", "provider_configured"]
 
 STUB_MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "stub-local")
@@ -689,9 +693,6 @@ def provider_configured() -> str | None:
     model's own key variable (``OPENAI_API_KEY``, ``ANTHROPIC_API_KEY``, ...) in the environment. A model of a
     local server that needs no key (``ollama/llama3``) counts too.
     """
-    from ipyllm._config import config
-    from ipyllm._litellm import check_environment, resolve_provider
-
     if config.base_url:
         return f"the server at {config.base_url} (base_url)"
     provider = resolve_provider(config.model, None)
@@ -727,10 +728,6 @@ def offline_unless_configured(*, always: bool = False) -> StubServer | None:
     StubServer or None
         The running stub server, to script faults with ``stub.script(...)``; None with a real provider.
     """
-    from ipyllm._config import config
-    from ipyllm._litellm import resolve_provider
-    from ipyllm._store import default_usage_db
-
     global _offline
     reused = _offline is not None and _offline._server is not None and config.base_url == _offline.base_url
     configured = None if reused else provider_configured()

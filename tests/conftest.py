@@ -24,7 +24,7 @@ import pytest  # noqa: E402
 
 import ipyllm  # noqa: E402
 from ipyllm import _api  # noqa: E402
-from ipyllm._client import Client  # noqa: E402
+from ipyllm._engine import Client  # noqa: E402
 from ipyllm._store import MemoryLedger  # noqa: E402
 from ipyllm.testing import StubServer  # noqa: E402
 
@@ -74,7 +74,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
     monkeypatch.delenv("LLM_USAGE_DB", raising=False)
-    monkeypatch.setattr(_api, "session", _api.Session(MemoryLedger(), Client()))
+    monkeypatch.setattr(_api, "session", _api.Session(config=ipyllm.config, ledger=MemoryLedger(), client=Client(), id=_api.SESSION_ID))
     observers_before = config_observers()
     saved = ipyllm.config.settings()
     defaults = {name: trait.default() for name, trait in ipyllm.config.traits(config=True).items()}
@@ -86,7 +86,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     left_open = open_pickers()
     for picker in left_open:
         picker.close()
-    for store in _api.session._stores.values():
+    for store in _api.session.records._stores.values():
         store.close()
     ipyllm.config.update(**saved)
     if magics is not None or (magics := sys.modules.get("ipyllm._magics")) is not None:
@@ -104,7 +104,7 @@ def sleeps() -> SleepRecorder:
 @pytest.fixture
 def session(sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch) -> Iterator[_api.Session]:
     """A fresh ledger and a client whose retry waits are recorded, not slept."""
-    fresh = _api.Session(MemoryLedger(), Client(sleep=sleeps))
+    fresh = _api.Session(config=ipyllm.config, ledger=MemoryLedger(), client=Client(sleep=sleeps), id=_api.SESSION_ID)
     monkeypatch.setattr(_api, "session", fresh)
     yield fresh
 

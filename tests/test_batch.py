@@ -13,7 +13,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import Client
+from ipyllm._engine import Client
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 

@@ -15,6 +15,7 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._budget import usd
 from ipyllm._litellm import load_litellm
 from ipyllm._sqlite import SQLiteStore
 from ipyllm._store import default_usage_db
@@ -186,7 +187,7 @@ def test_the_cache_is_off_by_default_and_outlives_the_session(live: StubServer) 
     assert len(live.requests) == 2
     ipyllm.config.cache = True
     ipyllm.complete("kept")
-    _api.session.__init__(client=_api.session.client)  # a new kernel on the same ledger file
+    _api.session.__init__(config=ipyllm.config, client=_api.session.client, id=_api.SESSION_ID)  # a new kernel on the same ledger file
     assert ipyllm.complete("kept").usage.status == "cached"
     assert len(live.requests) == 3
 
@@ -279,4 +280,4 @@ def test_llm_usage_plot_without_matplotlib_says_what_to_install(ip: Any, monkeyp
 
 
 def test_amounts_below_a_hundredth_of_a_cent_keep_two_digits() -> None:
-    assert (_api.usd(0.4812), _api.usd(0.000042), _api.usd(0.0), _api.usd(0.5, limit=True)) == ("$0.4812", "$0.000042", "$0.0000", "$0.50")
+    assert (usd(0.4812), usd(0.000042), usd(0.0), usd(0.5, limit=True)) == ("$0.4812", "$0.000042", "$0.0000", "$0.50")

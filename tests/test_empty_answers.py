@@ -21,7 +21,8 @@ from pydantic import BaseModel
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._client import Client
+from ipyllm._calls import cache_key
+from ipyllm._engine import Client
 from ipyllm._litellm import load_litellm
 from ipyllm._store import MemoryLedger
 from ipyllm.testing import Fault, StubServer, count_tokens
@@ -110,8 +111,8 @@ def test_an_empty_answer_is_not_cached(live: StubServer, stream: bool) -> None:
     ipyllm.config.cache = True
     live.script(Fault.reply(""))
     assert ipyllm.complete("hello", stream=stream) == ""
-    key = _api.prepare_chat("hello", {}, source="api").key
-    assert key is not None and _api.session.cache_get(key) is None, "nothing was written to the cache"
+    key = _api.session.prepare_chat("hello", {}, source="api").key
+    assert key is not None and _api.session.records.cache_get(key) is None, "nothing was written to the cache"
     again = ipyllm.complete("hello", stream=stream)
     assert str(again) == "[gpt-4o-mini] hello" and again.usage.status == "ok", "asked again, not answered from the cache"
     third = ipyllm.complete("hello", stream=stream)
@@ -128,15 +129,17 @@ def test_acomplete_does_not_cache_an_empty_answer(live: StubServer) -> None:
 
     first, second = asyncio.run(twice())
     assert (str(first), str(second), second.usage.status) == ("", "[gpt-4o-mini] hello", "ok")
-    assert _api.session.cache_get(_api.prepare_chat("hello", {}, source="api").key or "") is not None, "the real answer is cached"
+    assert _api.session.records.cache_get(_api.session.prepare_chat("hello", {}, source="api").key or "") is not None, (
+        "the real answer is cached"
+    )
     assert len(chats(live)) == 2
 
 
 def test_an_empty_answer_an_earlier_version_cached_is_asked_again(live: StubServer) -> None:
     ipyllm.config.cache = True
-    request = _api.prepare_chat("hello", {}, source="api")
+    request = _api.session.prepare_chat("hello", {}, source="api")
     assert request.key is not None
-    _api.session.cache_put(
+    _api.session.records.cache_put(
         request.key, "chat", "gpt-4o-mini", {"text": "", "prompt_tokens": 7, "completion_tokens": 0, "provider": "openai"}
     )
     reply = ipyllm.complete("hello")
@@ -148,8 +151,8 @@ def test_map_keeps_an_empty_answer_out_of_the_cache_and_says_so_once(live: StubS
     live.script(Fault.reply(""))  # the first row's answer (concurrency 1)
     result = ipyllm.map("say {value}", ["a", "b"], concurrency=1, progress=False)
     assert result.tolist() == ["", "[gpt-4o-mini] say b"]
-    keys = [_api.cache_key("chat", ipyllm.config.snapshot(), [{"role": "user", "content": f"say {v}"}], {}) for v in "ab"]
-    assert list(_api.session.cache_get_many(keys)) == [keys[1]], "only the answer with text is kept for a resume"
+    keys = [cache_key("chat", ipyllm.config.snapshot(), [{"role": "user", "content": f"say {v}"}], {}) for v in "ab"]
+    assert list(_api.session.records.cache_get_many(keys)) == [keys[1]], "only the answer with text is kept for a resume"
     assert [r.status for r in _api.session.ledger.rows()] == ["ok", "ok"]
     assert notes(capsys.readouterr().err) == [
         "ipyllm: 1 of 2 rows got an empty answer, e.g. gpt-4o-mini answered with no text (finish reason: stop): not cached; "
@@ -226,7 +229,13 @@ def restamped(finish: str | None) -> Callable[..., Any]:
 @pytest.fixture
 def restamp(live: StubServer, sleeps: SleepRecorder, monkeypatch: pytest.MonkeyPatch) -> Callable[[str | None], None]:
     def use(finish: str | None) -> None:
-        monkeypatch.setattr(_api, "session", _api.Session(MemoryLedger(), Client(completion=restamped(finish), sleep=sleeps)))
+        monkeypatch.setattr(
+            _api,
+            "session",
+            _api.Session(
+                config=ipyllm.config, ledger=MemoryLedger(), client=Client(completion=restamped(finish), sleep=sleeps), id=_api.SESSION_ID
+            ),
+        )
 
     return use
 

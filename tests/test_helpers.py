@@ -48,12 +48,12 @@ def chat_requests(stub: StubServer) -> list[Any]:
 
 def one_attempt(helper: _helpers.Helper, waits: list[float], prompt: str = "hello") -> Any:
     """One ``achat`` whose attempts all go through the helper; retry waits recorded (and slept briefly)."""
-    from ipyllm._client import as_messages
+    from ipyllm._engine import as_messages
 
     async def sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    settings, _ = _api.split_overrides({})
+    settings, _ = _api.session.split_overrides({})
     record = _api.session.recorder("api")
     return asyncio.run(_api.session.client.achat(settings, as_messages(prompt, None), report=record, send=helper.acompletion, sleep=sleep))
 
@@ -118,10 +118,10 @@ def test_ctrl_c_cancels_the_helpers_calls_and_the_rerun_sends_only_the_missing_r
 
 
 def test_cancelling_a_call_cancels_it_in_the_helper(fast: StubServer, helper: _helpers.Helper) -> None:
-    from ipyllm._client import as_messages
+    from ipyllm._engine import as_messages
 
     fast.script(Fault.slow(10))
-    settings, _ = _api.split_overrides({})
+    settings, _ = _api.session.split_overrides({})
 
     async def main() -> None:
         call = asyncio.ensure_future(

@@ -21,7 +21,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 import ipyllm
-from ipyllm import _api
+from ipyllm import _api, _calls
 from ipyllm._litellm import load_litellm
 from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
@@ -120,10 +120,10 @@ def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(
         raise KeyboardInterrupt
 
     told: list[str] = []
-    monkeypatch.setattr(_api, "litellm_loaded", lambda: False)
-    monkeypatch.setattr(_api, "load_litellm", interrupted_load)
+    monkeypatch.setattr(_calls, "litellm_loaded", lambda: False)
+    monkeypatch.setattr(_calls, "load_litellm", interrupted_load)
     with pytest.raises(ipyllm.Interrupted) as caught:
-        _api.chat("hello", source="api", on_loading=lambda: told.append("loading"))
+        _api.session.chat("hello", source="api", on_loading=lambda: told.append("loading"))
     assert caught.value.__context__ is None
     assert caught.value._render_traceback_() == ["KeyboardInterrupt: interrupted while litellm was loading; nothing was sent"]
     assert told == ["loading"] and live.requests == []

@@ -156,7 +156,7 @@ def test_a_locked_ledger_never_breaks_a_call(live: StubServer, tmp_path: Path, c
     holder.execute("BEGIN EXCLUSIVE")
     try:
         ipyllm.config.usage_db = str(path)
-        _api.session._stores[str(path)] = SQLiteStore(path, busy_timeout=0.2)
+        _api.session.records._stores[str(path)] = SQLiteStore(path, busy_timeout=0.2)
         assert ipyllm.complete("one").usage.status == "ok"
         one_warning(capfd.readouterr().err, "locked", "another program holds it")
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -258,7 +259,7 @@ def test_an_interrupt_while_listing_leaves_the_key_in_no_frame_and_no_context(mo
         assert header == f"Bearer {SECRET}"
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_models.urllib.request, "urlopen", interrupted_urlopen)
+    monkeypatch.setattr(urllib.request, "urlopen", interrupted_urlopen)
     with pytest.raises(KeyboardInterrupt) as caught:
         _models.server_models("http://127.0.0.1:9/v1", Secret(SECRET))
     assert caught.value.__context__ is None and caught.value.__cause__ is None

@@ -59,7 +59,7 @@ def team(pg: PostgresServer, live: StubServer, capfd: pytest.CaptureFixture[str]
     url = pg.url(pg.new_database())
     ipyllm.config.update(usage_db=url, prices=PRICED)
     yield url
-    for store in _api.session._stores.values():
+    for store in _api.session.records._stores.values():
         if store is not None:
             store.close()
 
@@ -325,7 +325,7 @@ def test_a_wrong_password_says_one_line_and_the_rows_are_written_later(
         assert wait_for(lambda: rows_in(pg, database) == 5)
         assert pg.sql("SELECT COUNT(DISTINCT uid) FROM usage", database=database) == [(5,)]
     finally:
-        for store in _api.session._stores.values():
+        for store in _api.session.records._stores.values():
             if store is not None:
                 store.close()
     everything = capfd.readouterr()
@@ -337,10 +337,10 @@ def test_a_read_only_database_keeps_the_rows_until_it_can_be_written(
 ) -> None:
     database = team.rsplit("/", 1)[1]
     ipyllm.complete("migrates the ledger says hello to the stub, at length", max_tokens=10)
-    for store in _api.session._stores.values():
+    for store in _api.session.records._stores.values():
         assert store is not None
         store.close()
-    _api.session._stores.clear()
+    _api.session.records._stores.clear()
     pg.sql(f"ALTER DATABASE {database} SET default_transaction_read_only = on")
     try:
         for index in range(3):
@@ -367,7 +367,7 @@ def test_an_unreachable_server_does_not_stall_calls(pg: PostgresServer, live: St
         assert time.perf_counter() - started < 15
         assert len(_api.session.ledger.rows()) == 20
     finally:
-        for store in _api.session._stores.values():
+        for store in _api.session.records._stores.values():
             if store is not None:
                 store.close()
 
@@ -385,7 +385,7 @@ def test_without_psycopg_calls_go_on_and_say_what_to_install(
         assert len(lines) == 2 and "psycopg is not installed: pip install 'ipyllm[postgres]'" in lines[0], lines
         assert len(_api.session.ledger.rows()) == 3
     finally:
-        for store in _api.session._stores.values():
+        for store in _api.session.records._stores.values():
             if store is not None:
                 store.close()
 

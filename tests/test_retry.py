@@ -16,8 +16,8 @@ import pytest
 
 import ipyllm
 from ipyllm import _retry
-from ipyllm._client import Client
 from ipyllm._config import LLMConfig
+from ipyllm._engine import Client
 from ipyllm._usage import UsageRow
 from ipyllm.errors import ProviderUnavailableError, RateLimitError, RequestRejectedError, StreamBrokenError
 from ipyllm.testing import Fault, StubServer

@@ -26,8 +26,8 @@ from ipyllm._cost import (
 )
 from ipyllm._display import footer, render
 from ipyllm._explain import check_key, explain, provider_words
-from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, resolve_provider, unlogged
-from ipyllm._retry import RetryNote, retrying
+from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, provider_chunks, resolve_provider, unlogged
+from ipyllm._retry import RetryNote, async_retrying, retrying
 from ipyllm._usage import UsageRow
 from ipyllm.errors import (
     Interrupted,
@@ -297,21 +297,8 @@ class Client:
         """``_run`` for coroutines: the session's tenacity policy as ``AsyncRetrying``, the same row whatever happens."""
         import asyncio
 
-        from tenacity import AsyncRetrying
-
         settings, row = call.settings, call.row
-        sync = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, on_retry=on_retry)
-        policy = AsyncRetrying(
-            sleep=sleep,
-            stop=sync.stop,
-            wait=sync.wait,
-            retry=sync.retry,
-            before=sync.before,
-            after=sync.after,
-            before_sleep=sync.before_sleep,
-            reraise=sync.reraise,
-            retry_error_callback=sync.retry_error_callback,
-        )
+        policy = async_retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=sleep, on_retry=on_retry)
         row.attempts = 0
 
         async def counted() -> Any:
@@ -324,27 +311,15 @@ class Client:
                 check_key(call)
             with unlogged():
                 response: Any = await policy(counted)
-            row.latency_s = self.clock() - call.start
-            self._record_usage(call, response, messages)
-            return response
+            return self._succeeded(call, response, messages)
         except (KeyboardInterrupt, asyncio.CancelledError):
             self._interrupted(call, messages)  # the row: the prompt was sent, counted locally
             raise
         except Exception as exc:
-            error = explain(exc, call, row.attempts)
-            row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
-            reported = getattr(error, "reported_usage", None)
-            if reported is not None:
-                self._set_tokens(call, reported[0], reported[1])
-            error.usage = row
+            error = self._failed(call, exc, messages)
         finally:
-            if row.status not in ("ok", "interrupted"):
-                row.latency_s = self.clock() - call.start
-            report(row)
-        # As in _run: raised outside the except block, nothing chained (litellm's exception can repeat the key).
-        assert error is not None
-        error.__cause__ = error.__context__ = None
-        raise error.with_traceback(None)
+            self._report(call, report)
+        raise _unchained(error)
 
     # -- the call --------------------------------------------------------------------------------------
     def _chat_arguments(
@@ -419,8 +394,8 @@ class Client:
         # in ``chunks``, tell what really arrived: the reply carries that usage, or none (then ipyllm counts and
         # says so).
         if response is not None:  # None for an empty stream (see has_answer)
-            response.usage = provider_usage(getattr(stream, "chunks", None), chunks)
-        return response, streamed_finish(getattr(stream, "chunks", None), chunks)
+            response.usage = provider_usage(provider_chunks(stream), chunks)
+        return response, streamed_finish(provider_chunks(stream), chunks)
 
     def _run(
         self,
@@ -446,32 +421,42 @@ class Client:
                 check_key(call)
             with unlogged():
                 response = policy(counted)
-            row.latency_s = self.clock() - call.start
-            self._record_usage(call, response, messages)
-            return response
+            return self._succeeded(call, response, messages)
         except KeyboardInterrupt:
             interrupted = self._interrupted(call, messages)
         except Exception as exc:
-            error = explain(exc, call, row.attempts)
-            row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
-            if isinstance(error, StreamBrokenError) and messages is not None:
-                self._count_locally(call, messages, error.partial)
-            reported = getattr(error, "reported_usage", None)
-            if reported is not None:
-                self._set_tokens(call, reported[0], reported[1])
-            error.usage = row
+            error = self._failed(call, exc, messages)
         finally:
-            if row.status not in ("ok", "interrupted"):  # an interrupted row's latency ends at the interrupt
-                row.latency_s = self.clock() - call.start
-            report(row)
-        # Raised outside the except block, so neither __cause__ nor __context__ carries litellm's exception
-        # (which can repeat the key), a fresh traceback starts here, above litellm's frames, and IPython shows
-        # the error's one line.
+            self._report(call, report)
         if interrupted is not None:
             raise interrupted
-        assert error is not None
-        error.__cause__ = error.__context__ = None
-        raise error.with_traceback(None)
+        raise _unchained(error)
+
+    # -- the row: one place builds it, whichever way the call ended --------------------------------------------
+    def _succeeded(self, call: _Call, response: Any, messages: Messages | None) -> Any:
+        call.row.latency_s = self.clock() - call.start
+        self._record_usage(call, response, messages)
+        return response
+
+    def _failed(self, call: _Call, exc: BaseException, messages: Messages | None) -> LLMError:
+        """The call failed after its attempts: ipyllm's one-line error, and the row says so, with the tokens the
+        provider reported (or, for a stream that broke, those counted of what had come)."""
+        row = call.row
+        error = explain(exc, call, row.attempts)
+        row.status, row.error = "error", f"{type(error).__name__}: {error.message}"
+        if isinstance(error, StreamBrokenError) and messages is not None:
+            self._count_locally(call, messages, error.partial)
+        reported = getattr(error, "reported_usage", None)
+        if reported is not None:
+            self._set_tokens(call, reported[0], reported[1])
+        error.usage = row
+        return error
+
+    def _report(self, call: _Call, report: Report) -> None:
+        row = call.row
+        if row.status not in ("ok", "interrupted"):  # an interrupted row's latency ends at the interrupt
+            row.latency_s = self.clock() - call.start
+        report(row)
 
     def _interrupted(self, call: _Call, messages: Messages | None) -> Interrupted:
         """The row of an interrupted call: what was sent and received so far, counted locally, and its cost."""
@@ -527,3 +512,12 @@ class Client:
         row.cached_tokens = None if usage is None else cached_tokens(usage)
         row.tokens_estimated = estimated
         row.cost_usd = call_cost(call.settings, call.model, row.provider, prompt or 0, completion, call.kind, usage, response)
+
+
+def _unchained(error: LLMError | None) -> LLMError:
+    """The error to raise outside the ``except`` block: neither ``__cause__`` nor ``__context__`` carries litellm's
+    exception (which can repeat the key), and a fresh traceback starts above litellm's frames, so IPython shows
+    the error's one line."""
+    assert error is not None
+    error.__cause__ = error.__context__ = None
+    return error.with_traceback(None)

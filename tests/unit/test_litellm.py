@@ -1,0 +1,71 @@
+"""What ipyllm takes from litellm beyond its public API, pinned: an upgrade that drops one fails here, loudly,
+rather than quietly turning a speed-up off or a retry on. Each of these is used in ``ipyllm/_litellm.py`` only."""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import logging
+from pathlib import Path
+
+import pytest
+
+from ipyllm import _litellm
+
+
+@pytest.fixture(scope="module")
+def litellm():  # type: ignore[no-untyped-def]
+    return _litellm.load_litellm()
+
+
+def test_the_internal_call_flag_that_skips_the_logging_payload(litellm) -> None:  # type: ignore[no-untyped-def]
+    from litellm._internal_context import is_internal_call
+
+    assert isinstance(is_internal_call, contextvars.ContextVar)
+    with _litellm.unlogged(litellm):
+        assert is_internal_call.get() is True
+    assert not is_internal_call.get()
+
+
+@pytest.mark.parametrize("name", _litellm.CALLBACK_LISTS)
+def test_the_callback_lists_read_to_know_whether_anyone_listens(litellm, name: str) -> None:  # type: ignore[no-untyped-def]
+    assert isinstance(getattr(litellm, name), list), f"litellm.{name} is no longer a list of callbacks"
+
+
+def test_the_truthy_zero_max_retries_of_the_openai_embedding_path(litellm) -> None:  # type: ignore[no-untyped-def]
+    # litellm's OpenAI embedding path reads `max_retries or litellm.DEFAULT_MAX_RETRIES`: a plain 0 becomes 2.
+    source = Path(inspect.getfile(litellm.llms.openai.openai)).read_text()
+    assert "max_retries or" in source, "litellm no longer turns max_retries=0 into its default: NO_RETRIES may go"
+    assert _litellm.NO_RETRIES == 0 and bool(_litellm.NO_RETRIES) is True
+
+
+def test_the_environment_defaults_that_keep_its_import_offline(litellm) -> None:  # type: ignore[no-untyped-def]
+    package = Path(inspect.getfile(litellm)).parent
+    sources = "\n".join(path.read_text(errors="replace") for path in package.rglob("*.py") if path.stat().st_size < 2_000_000)
+    for name in _litellm._OFFLINE_DEFAULTS:
+        assert name in sources, f"litellm no longer reads {name}"
+
+
+def test_the_loggers_it_writes_to_are_quiet(litellm) -> None:  # type: ignore[no-untyped-def]
+    from litellm._logging import verbose_logger, verbose_proxy_logger, verbose_router_logger
+
+    names = {verbose_logger.name, verbose_router_logger.name, verbose_proxy_logger.name}
+    assert names <= {"LiteLLM", "LiteLLM Router", "LiteLLM Proxy"}
+    assert all(logging.getLogger(name).level == logging.CRITICAL for name in names)
+
+
+def test_the_private_attributes_read_from_responses_and_streams(litellm) -> None:  # type: ignore[no-untyped-def]
+    response = litellm.completion(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], mock_response="ok")
+    assert isinstance(_litellm.hidden_params(response), dict) and "response_cost" in _litellm.hidden_params(response)
+    from litellm.litellm_core_utils.streaming_handler import CustomStreamWrapper
+
+    assert "self.chunks" in inspect.getsource(CustomStreamWrapper), "the stream wrapper no longer keeps the provider's chunks"
+    assert isinstance(litellm.REPEATED_STREAMING_CHUNK_LIMIT, int)
+
+
+def test_the_helpers_it_imports_from_its_submodules(litellm) -> None:  # type: ignore[no-untyped-def]
+    from litellm.types.utils import all_litellm_params
+    from litellm.utils import type_to_response_format_param
+
+    assert "api_base" in set(all_litellm_params) and callable(type_to_response_format_param)
+    assert "timeout" in _litellm.call_arguments("chat")
