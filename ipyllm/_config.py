@@ -343,8 +343,6 @@ class LLMConfig(Configurable):
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         self._version = 0
         self._frozen: tuple[int, Settings] | None = None
-        #: Settings ``using()`` applies to the calls of one context (a thread, an asyncio task) only.
-        self._overlay: ContextVar[dict[str, Any] | None] = ContextVar(f"ipyllm-config-{id(self)}", default=None)
         for name in kwargs:
             if not hasattr(type(self), name):
                 raise unknown_setting(name)  # traitlets would pass it on to object.__init__ with a warning
@@ -432,9 +430,9 @@ class LLMConfig(Configurable):
         validated on a scratch configuration kept per thread (making one takes longer than a call's own work).
         Settings ``using()`` applies in this context come under the overrides.
         """
-        overlay = self._overlay.get()
-        if overlay:
-            overrides = {**overlay, **overrides}
+        overlays = _overlays.get()
+        if overlays and id(self) in overlays:
+            overrides = {**overlays[id(self)], **overrides}
         if overrides:
             scratch = getattr(_scratch, "config", None)
             if scratch is None:
@@ -465,13 +463,14 @@ class LLMConfig(Configurable):
         unknown = [name for name in values if name not in SETTING_NAMES]
         if unknown:
             raise unknown_setting(unknown[0])
-        merged = {**(self._overlay.get() or {}), **values}
+        overlays = _overlays.get() or {}
+        merged = {**overlays.get(id(self), {}), **values}
         self.snapshot(**merged)  # refused here, not at the first call
-        token = self._overlay.set(merged)
+        token = _overlays.set({**overlays, id(self): merged})
         try:
             yield self
         finally:
-            self._overlay.reset(token)
+            _overlays.reset(token)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.settings().items() if value not in (None, {}))
@@ -515,6 +514,9 @@ class Settings:
 #: Setting names in the order they are documented and shown.
 SETTING_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Settings))
 assert set(SETTING_NAMES) == set(LLMConfig.class_traits(config=True)), "Settings and LLMConfig must list the same settings"
+
+#: Settings ``using()`` applies to the calls of one context (a thread, an asyncio task) only, per configuration.
+_overlays: ContextVar[dict[int, dict[str, Any]] | None] = ContextVar("ipyllm-config-overlays", default=None)
 
 #: Scratch configurations that validate per-call overrides, one per thread.
 _scratch = threading.local()

@@ -693,8 +693,8 @@ MUTATIONS: list[Mutation] = [
         "configuration",
         "config.using() changes the shared configuration, which other threads see",
         "ipyllm/_config.py",
-        "        token = self._overlay.set(merged)",
-        "        token = self._overlay.set(merged)\n        self.update(**values)",
+        "        token = _overlays.set({**overlays, id(self): merged})",
+        "        token = _overlays.set({**overlays, id(self): merged})\n        self.update(**values)",
         "tests/unit/test_session.py -k using",
     ),
 ]
