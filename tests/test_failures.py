@@ -322,9 +322,9 @@ def test_the_wait_policy_in_isolation() -> None:
     assert [zero.cap(n) for n in range(1, 5)] == [1, 2, 4, 8], "a zero floor still backs off"
 
 
-def test_readme_states_the_formula_the_code_uses() -> None:
+def test_the_docs_state_the_formula_the_code_uses() -> None:
     from pathlib import Path
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert "uniform over [retry_min_wait, min(retry_max_wait, retry_min_wait * 2**n)]" in readme
-    assert "max(r, that draw)" in readme
+    page = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
+    assert "uniform over [retry_min_wait, min(retry_max_wait, retry_min_wait * 2**n)]" in page
+    assert "max(r, that draw)" in page

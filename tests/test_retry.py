@@ -150,7 +150,7 @@ def run(completion: Scripted, sleeps: SleepRecorder, **settings: Any) -> tuple[A
 
 
 def upper_bound(attempt: int, min_wait: float, max_wait: float) -> float:
-    """The most that the wait after failed attempt n may be: min(max_wait, min_wait * 2**n) (README's formula)."""
+    """The most that the wait after failed attempt n may be: min(max_wait, min_wait * 2**n) (the formula in docs/errors.md)."""
     return min(max_wait, min_wait * 2**attempt)
 
 
