@@ -29,7 +29,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the session and its one cached-call path", {"_calls", "_session"}),
     ("batches: map/amap, progress, helper processes", {"_progress", "_helpers", "_batchdata", "_batch"}),
     ("the faces: the public API, the magics, the picker, the stub server",
-     {"_api", "_chat", "_widget", "_prompt", "_assignments", "_usageview", "_mapcell", "_llmcall", "_magics", "testing", "__init__"}),
+     {"_api", "_chat", "_pickerinfo", "_widget",
+      "_prompt", "_assignments", "_usageview", "_mapcell", "_llmcall", "_magics",
+      "testing", "__init__"}),
 ]  # fmt: skip
 LAYER_OF = {name: number for number, (_, names) in enumerate(LAYERS) for name in names}
 
