@@ -10,17 +10,15 @@ the session's ledger and counts every call, whatever made it.
 Picking a model: the provider dropdown chooses which of litellm's chat models the list shows; the
 search box filters the list, and a name that is not in the catalogue (a deployment, a local model) is
 offered as the list's first entry, with the provider's prefix (``llama3`` with ``ollama`` gives
-``ollama/llama3``). Clicking an entry makes it the session's model.
+``ollama/llama3``). Clicking an entry makes it the session's model. What the picker says (the list, the
+model's prices and key, the spend) is made in ``ipyllm._pickerinfo``; this module binds it to the widgets.
 """
 
 from __future__ import annotations
 
 import functools
 import html
-import math
-import threading
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as widgets
@@ -28,14 +26,12 @@ from traitlets import TraitError
 
 from ipyllm import _api
 from ipyllm._budget import user_name
-from ipyllm._config import Settings, config
-from ipyllm._cost import price
-from ipyllm._display import format_cost
-from ipyllm._litellm import check_environment, load_litellm, resolve_provider
+from ipyllm._config import config
 from ipyllm._models import Catalogue, catalogue
+from ipyllm._pickerinfo import ModelInfo, SpendTally, describe_model, info_html, model_choices, provider_of
 from ipyllm._usage import UsageRow
 
-__all__ = ["Catalogue", "ModelInfo", "Picker", "catalogue", "describe_model", "picker"]
+__all__ = ["Catalogue", "ModelInfo", "Picker", "SpendLine", "catalogue", "describe_model", "picker"]
 
 #: Settings typed into a text field: name -> (label, placeholder shown while unset).
 TEXT_SETTINGS: dict[str, tuple[str, str]] = {
@@ -52,99 +48,6 @@ _LABEL_WIDTH = "110px"
 _WIDTH = "600px"
 #: Lines of text (model info, messages, spend) start under the fields, not under their labels.
 _INDENTED = {"width": "480px", "margin": "2px 0 2px 120px"}
-
-
-# -- litellm's catalogue (shared with %llm_models, in ipyllm._models) ---------------------------------
-
-
-def provider_of(model: str, base_url: str | None) -> str | None:
-    """The catalogue's provider for ``model``, else the one litellm routes it to, else None."""
-    return catalogue().provider_of.get(model) or resolve_provider(model, base_url)
-
-
-def typed_model(text: str, provider: str | None) -> str | None:
-    """The model name a typed text stands for: catalogue names and ``prefix/name`` as typed, else prefixed."""
-    name = text.strip()
-    if not name or any(c.isspace() for c in name):
-        return None
-    known = catalogue()
-    if name in known.provider_of or "/" in name or provider is None or provider not in known.prefixes:
-        return name
-    return f"{provider}/{name}"
-
-
-def matching(names: Iterable[str], search: str) -> list[str]:
-    """Names containing every word of ``search`` (case-insensitive)."""
-    words = search.lower().split()
-    return [name for name in names if all(word in name.lower() for word in words)]
-
-
-# -- what the picker says about a model ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    """Prices per million tokens (NaN: unknown), context window (None: unknown) and key availability."""
-
-    model: str
-    provider: str | None
-    input_per_million: float
-    output_per_million: float
-    context_window: int | None
-    key_available: bool
-    key_note: str
-
-    def summary(self) -> str:
-        """Two lines: the model, its provider and context window; its prices per million tokens."""
-        context = "unknown" if self.context_window is None else f"{self.context_window:,} tokens"
-        return (
-            f"{self.model} ({self.provider or 'provider unknown'}) · context window {context}\n"
-            f"per 1M tokens: input {_per_million(self.input_per_million)} · output {_per_million(self.output_per_million)}"
-        )
-
-
-def _per_million(cost: float) -> str:
-    return "unknown" if math.isnan(cost) else format_cost(cost)
-
-
-def describe_model(settings: Settings) -> ModelInfo:
-    """Prices, context window and key availability of ``settings.model``, from litellm's catalogue.
-
-    Prices come from the same function that prices calls (so ``prices`` apply); nothing is guessed.
-    """
-    litellm = load_litellm()
-    model = settings.model
-    routed = resolve_provider(model, settings.base_url)
-    provider = routed or catalogue().provider_of.get(model)
-    context: int | None = None
-    try:
-        window = litellm.get_model_info(model, custom_llm_provider=routed).get("max_input_tokens")
-        context = int(window) if isinstance(window, (int, float)) and window > 0 else None
-    except Exception:
-        context = None
-    available, note = key_status(model, provider, settings)
-    return ModelInfo(
-        model=model,
-        provider=provider,
-        input_per_million=price(settings, model, routed, 1_000_000, 0),
-        output_per_million=price(settings, model, routed, 0, 1_000_000),
-        context_window=context,
-        key_available=available,
-        key_note=note,
-    )
-
-
-def key_status(model: str, provider: str | None, settings: Settings) -> tuple[bool, str]:
-    """Whether a key is there for the model's provider: the session's own, or litellm's environment check."""
-    if settings.api_key:
-        return True, "key: set for this session (LLM_API_KEY, %llm_config or this picker)"
-    check = check_environment(model)
-    if check.in_environment:
-        return True, f"key: found in the environment for {provider or 'this provider'}"
-    if check.keyless:
-        return True, "key: none needed (a local server)"
-    wanted = " or ".join(["LLM_API_KEY", *check.missing[:2]])
-    return False, f"key: none for {provider or 'this provider'}: set {wanted}, or type one below"
 
 
 # -- the widget ----------------------------------------------------------------------------------------
@@ -171,7 +74,6 @@ class Picker(widgets.VBox):
     def __init__(self, rows: int = 6, **kwargs: Any) -> None:
         self._updating = 0
         self._closed = False
-        self._lock = threading.Lock()
         known = catalogue()
         style = {"description_width": _LABEL_WIDTH}
         wide = widgets.Layout(width=_WIDTH)
@@ -193,20 +95,10 @@ class Picker(widgets.VBox):
         )
         self.models = widgets.Select(options=(), rows=rows, style=style, layout=wide, description=" ")
         self.info = widgets.HTML(layout=widgets.Layout(**_INDENTED))
-        self.fields: dict[str, widgets.Text] = {
-            name: widgets.Text(
-                description=label,
-                placeholder=placeholder,
-                continuous_update=False,
-                style=style,
-                layout=wide,
-                tooltip="Enter or leave the field to apply; empty: unset",
-            )
-            for name, (label, placeholder) in TEXT_SETTINGS.items()
-        }
+        self.fields = _text_fields(style, wide)
         self.api_key = widgets.Password(description="API key", continuous_update=False, style=style, layout=wide)
         self.message = widgets.HTML(layout=widgets.Layout(**_INDENTED))
-        self.spend = widgets.HTML(layout=widgets.Layout(**_INDENTED))
+        self.spend = SpendLine(layout=widgets.Layout(**_INDENTED))
         header = widgets.HTML("<b>ipyllm</b> · model picker <span style='color:#777'>(the session configuration)</span>")
         children = [
             header,
@@ -226,27 +118,20 @@ class Picker(widgets.VBox):
         super().__init__(children=children, **kwargs)
         self.add_class("ipyllm-picker")
 
-        self._calls = self._tokens = self._unpriced = 0
-        self._cost = 0.0
-        session = _api.session
-        for row in session.ledger.rows(session.id):
-            self._count(row)
-
         with self._syncing():
             self._follow_model()
             for name in TEXT_SETTINGS:
                 self.fields[name].value = _shown(getattr(config, name))
             self._show_key()
-            self._show_spend()
+            self.spend.show()
 
-        self.provider.observe(self._on_provider, names="value")
-        self.search.observe(self._on_search, names="value")
+        self.provider.observe(self._on_filter, names="value")
+        self.search.observe(self._on_filter, names="value")
         self.models.observe(self._on_model, names="value")
         self.api_key.observe(self._on_key, names="value")
         for name, field in self.fields.items():
             field.observe(functools.partial(self._on_field, name), names="value")
         config.observe(self._on_config, names=list(WATCHED))
-        self._unsubscribe: Callable[[], None] | None = session.ledger.subscribe(self._on_row)
 
     # -- binding helpers ---------------------------------------------------------------------------------
     def _syncing(self) -> _Syncing:
@@ -294,13 +179,8 @@ class Picker(widgets.VBox):
             self._say("API key applied to this session; it is not kept in the picker.")
         self._show_key()
 
-    def _on_provider(self, change: dict[str, Any]) -> None:
-        if self._updating:
-            return
-        with self._syncing():
-            self._fill_list()
-
-    def _on_search(self, change: dict[str, Any]) -> None:
+    def _on_filter(self, change: dict[str, Any]) -> None:
+        # Another provider, or another search: the list follows.
         if self._updating:
             return
         with self._syncing():
@@ -319,7 +199,7 @@ class Picker(widgets.VBox):
             if name == "api_key":
                 self._show_key()
             if name == "budget_usd":
-                self._show_spend()
+                self.spend.show()
 
     def _follow_model(self) -> None:
         """Show the config's model: its provider in the dropdown, selected in the list, its info."""
@@ -337,15 +217,8 @@ class Picker(widgets.VBox):
 
     def _fill_list(self) -> None:
         """The provider's chat models that match the search, the typed name first, the config's model selected."""
-        provider = self.provider.value
-        names = list(catalogue().chat_models.get(provider, ()))
         current = config.model
-        if provider_of(current, config.base_url) == provider and current not in names:
-            names.insert(0, current)
-        shown: list[tuple[str, str]] = [(name, name) for name in matching(names, self.search.value)]
-        typed = typed_model(self.search.value, provider)
-        if typed is not None and typed not in names:
-            shown.insert(0, (f"{typed}  (as typed)", typed))
+        shown = model_choices(self.provider.value, self.search.value, current, config.base_url)
         with self.models.hold_sync():
             self.models.index = None
             self.models.options = shown
@@ -353,47 +226,12 @@ class Picker(widgets.VBox):
                 self.models.value = current
 
     def _show_info(self) -> None:
-        info = describe_model(config.snapshot())
-        key_color = "#080" if info.key_available else "#b00"
-        model, prices = (html.escape(line) for line in info.summary().splitlines())
-        key = f"<span style='color:{key_color}'>{html.escape(info.key_note)}</span>"
-        self.info.value = f"<div style='line-height:1.45'>{model}<br>{prices}<br>{key}</div>"
+        self.info.value = info_html(describe_model(config.snapshot()))
 
     def _show_key(self) -> None:
         self.api_key.placeholder = (
             "set for this session: type another to replace it" if config.api_key else "not set: type a key (or set LLM_API_KEY)"
         )
-
-    # -- the ledger -> spend line ----------------------------------------------------------------------------
-    def _count(self, row: UsageRow) -> None:
-        with self._lock:
-            self._calls += 1
-            self._tokens += row.total_tokens or 0
-            if math.isnan(row.cost_usd):
-                self._unpriced += row.prompt_tokens is not None
-            else:
-                self._cost += row.cost_usd
-
-    def _on_row(self, row: UsageRow) -> None:
-        # Called in the thread that recorded the call (a worker thread for ipyllm.map).
-        if row.session != _api.session.id or self._closed:
-            return
-        self._count(row)
-        self._show_spend()
-
-    def _show_spend(self) -> None:
-        with self._lock:
-            calls, tokens, cost, unpriced = self._calls, self._tokens, self._cost, self._unpriced
-        text = f"Session spend: {calls:,} call{'s' if calls != 1 else ''} · {tokens:,} tokens · {format_cost(cost)}"
-        if unpriced:
-            text += f" + {unpriced} call{'s' if unpriced != 1 else ''} of unknown price"
-        if config.budget_usd is not None:
-            text += f" of {format_cost(config.budget_usd)} budget"
-        user = config.user or user_name()
-        today = _api.session.records.spend_today(user)
-        if today is not None:  # a team ledger: everyone's spend today, and this user's
-            text += f" · today: team {format_cost(today[0])}, {user} {format_cost(today[1])}"
-        self.spend.value = f"<b>{html.escape(text)}</b>"
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
         # Where widgets cannot show (a terminal, a notebook viewer), one line instead of the widget's repr.
@@ -403,15 +241,61 @@ class Picker(widgets.VBox):
 
     # -- lifecycle -----------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Unbind from the config and the ledger, and close every part of the picker."""
+        """Unbind from the config and the ledger (the spend line's), and close every part of the picker."""
         if not self._closed:
             self._closed = True
             config.unobserve(self._on_config, names=list(WATCHED))
+            for child in self.children:
+                child.close()
+        super().close()
+
+
+def _text_fields(style: dict[str, str], layout: widgets.Layout) -> dict[str, widgets.Text]:
+    """The text field of each of ``TEXT_SETTINGS``, applied when the user presses Enter or leaves it."""
+    return {
+        name: widgets.Text(
+            description=label,
+            placeholder=placeholder,
+            continuous_update=False,
+            style=style,
+            layout=layout,
+            tooltip="Enter or leave the field to apply; empty: unset",
+        )
+        for name, (label, placeholder) in TEXT_SETTINGS.items()
+    }
+
+
+class SpendLine(widgets.HTML):
+    """The session's spend so far, counted from its ledger as each call ends, whatever made it; ``close()`` stops listening."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._closed = False
+        self._tally = SpendTally()
+        session = _api.session
+        for row in session.ledger.rows(session.id):
+            self._tally.count(row)
+        self._unsubscribe: Callable[[], None] | None = session.ledger.subscribe(self._on_row)
+
+    def _on_row(self, row: UsageRow) -> None:
+        # Called in the thread that recorded the call (a worker thread for ipyllm.map).
+        if row.session != _api.session.id or self._closed:
+            return
+        self._tally.count(row)
+        self.show()
+
+    def show(self) -> None:
+        """Show the spend again (the budget in it may have changed)."""
+        user = config.user or user_name()
+        text = self._tally.text(config.budget_usd, user, _api.session.records.spend_today(user))
+        self.value = f"<b>{html.escape(text)}</b>"
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
             if self._unsubscribe is not None:
                 self._unsubscribe()
                 self._unsubscribe = None
-            for child in self.children:
-                child.close()
         super().close()
 
 

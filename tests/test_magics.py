@@ -11,7 +11,7 @@ from IPython.utils.capture import capture_output
 from ipywidgets.widgets.widget import _instances as widget_instances
 
 import ipyllm
-from ipyllm import _api, _magics
+from ipyllm import _api, _display, _magics, _prompt
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer, count_tokens
 
@@ -90,9 +90,9 @@ def test_formats(ip: Any, fmt: str, mime: str, expected: str) -> None:
 
 
 def test_json_format_pretty_prints_valid_json(ip: Any) -> None:
-    bundle = _magics.render('{"a": [1, 2]}', "json", "footer")
+    bundle = _display.render('{"a": [1, 2]}', "json", "footer")
     assert bundle["text/markdown"].startswith('```json\n{\n  "a": [\n    1,')
-    assert "(not valid JSON)" in _magics.render("{oops", "json", "footer")["text/markdown"]
+    assert "(not valid JSON)" in _display.render("{oops", "json", "footer")["text/markdown"]
 
 
 def test_json_format_through_the_magic(ip: Any, live: StubServer) -> None:
@@ -121,7 +121,7 @@ def test_interpolation_fills_names_and_keeps_escaped_braces(ip: Any, live: StubS
 
 def test_interpolation_reaches_in_and_attributes() -> None:
     namespace = {"In": ["", "df.describe()"], "x": 3.14159, "obj": argparse.Namespace(name="Ada")}
-    assert _magics.interpolate("{In[1]} / {x:.2f} / {obj.name}", namespace) == "df.describe() / 3.14 / Ada"
+    assert _prompt.interpolate("{In[1]} / {x:.2f} / {obj.name}", namespace) == "df.describe() / 3.14 / Ada"
 
 
 def test_interpolation_of_in_formats_and_attributes_through_the_magic(ip: Any, live: StubServer) -> None:
@@ -179,7 +179,7 @@ def test_a_bad_line_magic_flag_is_reported_not_sent(ip: Any, live: StubServer) -
 )
 def test_the_line_prompt_is_kept_as_typed(ip: Any, line: str, options: str, prompt: str) -> None:
     parser = ip.magics_manager.registry["LLMMagics"].llm.parser
-    assert _magics.split_prompt(parser, line) == (options, prompt)
+    assert _prompt.split_prompt(parser, line) == (options, prompt)
 
 
 def test_chat_keeps_history_and_a_rerun_replaces_its_turn(ip: Any, live: StubServer) -> None:
@@ -376,9 +376,9 @@ def test_a_line_prompt_ending_in_a_question_mark_is_sent_not_taken_for_help(ip: 
 
 
 def test_the_magics_own_help_still_works(ip: Any) -> None:
-    assert _magics.keep_question_marks(["%llm?\n"]) == ["%llm?\n"]
-    assert _magics.keep_question_marks(["%llm_config x?\n"]) == ["%llm_config x?\n"]
-    assert _magics.keep_question_marks(["  x = %llm Why 'so'?\n"]) == ["  x = get_ipython().run_line_magic('llm', \"Why 'so'?\")\n"]
+    assert _prompt.keep_question_marks(["%llm?\n"]) == ["%llm?\n"]
+    assert _prompt.keep_question_marks(["%llm_config x?\n"]) == ["%llm_config x?\n"]
+    assert _prompt.keep_question_marks(["  x = %llm Why 'so'?\n"]) == ["  x = get_ipython().run_line_magic('llm', \"Why 'so'?\")\n"]
     with capture_output() as captured:
         ip.run_cell("%llm?")
     assert "--dry-run" in captured.stdout

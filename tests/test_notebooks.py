@@ -28,8 +28,7 @@ import pytest
 from nbclient import NotebookClient
 
 import ipyllm
-from ipyllm import testing
-from ipyllm.testing import StubServer, offline_unless_configured, provider_configured
+from ipyllm.testing import StubServer, _notebooks, offline_unless_configured, provider_configured
 
 from .conftest import SECRET
 
@@ -222,10 +221,10 @@ def test_notebooks_run_unchanged_with_a_configured_provider(stub: StubServer, tm
 def fresh_offline(clean_config: ipyllm.LLMConfig, monkeypatch: pytest.MonkeyPatch) -> Iterator[ipyllm.LLMConfig]:
     for name in ("OPENAI_API_KEY", "LLM_API_KEY", "LLM_BASE_URL", "LLM_MODEL", "OLLAMA_API_BASE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(testing, "_offline", None)
+    monkeypatch.setattr(_notebooks, "_offline", None)
     yield clean_config
-    if testing._offline is not None:
-        testing._offline.stop()
+    if _notebooks._offline is not None:
+        _notebooks._offline.stop()
 
 
 def quietly(function: Any, **kwargs: Any) -> tuple[Any, str]:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ipyllm._magics import usage_table
 from ipyllm._usage import UsageRow, to_frame
+from ipyllm._usageview import usage_table
 
 
 def test_by_cell_tells_the_sessions_apart_and_keeps_calls_outside_cells() -> None:

@@ -23,7 +23,8 @@ from ipywidgets.widgets.widget import _instances as widget_instances
 import ipyllm
 from ipyllm import _api
 from ipyllm._litellm import load_litellm
-from ipyllm._widget import Picker, catalogue, describe_model, typed_model
+from ipyllm._pickerinfo import typed_model
+from ipyllm._widget import Picker, catalogue, describe_model
 from ipyllm.testing import StubServer, count_tokens
 
 from .conftest import SECRET

@@ -196,7 +196,7 @@ MUTATIONS: list[Mutation] = [
         "show-reveals-key",
         "key masking",
         "%llm_config --show prints the key",
-        "ipyllm/_magics.py",
+        "ipyllm/_assignments.py",
         'shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value',
         'shown = "unset" if value is None else value.reveal() if name == "api_key" '
         "else repr(value) if not isinstance(value, str) else value",

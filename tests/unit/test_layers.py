@@ -3,6 +3,9 @@ the imports make no circle, and no module imports one of ipyllm's own inside a f
 circle), but ``ipyllm/__init__.py``'s lazy hooks. Third-party imports deferred inside functions (litellm,
 pandas, psycopg, ipywidgets) are not counted: deferring them keeps ``import ipyllm`` fast.
 
+Modules of a subpackage are named by their dotted path under ``ipyllm`` (``testing._server``); a subpackage's
+``__init__.py`` by the subpackage's name (``testing``). Relative imports count as the absolute ones they stand for.
+
 Keep this list up to date: it is the map of the house.
 """
 
@@ -28,32 +31,66 @@ LAYERS: list[tuple[str, set[str]]] = [
      {"_store", "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_postgres", "_ledger", "_budget", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
     ("batches: map/amap, progress, helper processes", {"_progress", "_helpers", "_batchdata", "_batch"}),
-    ("the faces: the public API, the magics, the picker, the stub server", {"_api", "_chat", "_widget", "_magics", "testing", "__init__"}),
+    ("the faces: the public API, the magics, the picker, the stub server",
+     {"_api", "_chat", "_pickerinfo", "_widget",
+      "_prompt", "_assignments", "_usageview", "_mapcell", "_llmcall", "_magics",
+      "testing._faults", "testing._replies", "testing._handler", "testing._server", "testing._notebooks", "testing._cli",
+      "testing", "testing.__main__", "__init__"}),
 ]  # fmt: skip
 LAYER_OF = {name: number for number, (_, names) in enumerate(LAYERS) for name in names}
 
 
+def module_name(path: Path) -> str:
+    """``_config``, ``__init__`` (the package's own), ``testing`` (a subpackage's ``__init__.py``), ``testing._server``."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
+
+
+def module_path(name: str) -> Path:
+    path = PACKAGE.joinpath(*name.split("."))
+    return path.with_suffix(".py") if not path.is_dir() else path / "__init__.py"
+
+
 def modules() -> list[str]:
-    return sorted(path.stem for path in PACKAGE.glob("*.py"))
+    return sorted(module_name(path) for path in PACKAGE.rglob("*.py"))
 
 
 def own_imports(name: str) -> list[tuple[str, int, bool]]:
-    """The ipyllm modules ``name`` imports: (module, line, whether the import sits inside a function)."""
-    tree = ast.parse((PACKAGE / f"{name}.py").read_text())
+    """The ipyllm modules ``name`` imports: (module, line, whether the import sits inside a function).
+
+    ``from ipyllm.testing import _server`` imports the module ``testing._server``; ``from ipyllm.testing import
+    StubServer`` the subpackage ``testing`` itself (its ``__init__``).
+    """
+    path = module_path(name)
+    tree = ast.parse(path.read_text())
+    known = set(modules())
+    # Where a relative import starts: the package this module is in (for an __init__.py, the package itself).
+    here = ["ipyllm", *path.relative_to(PACKAGE).parts[:-1]]
     found: list[tuple[str, int, bool]] = []
+
+    def own(dotted: str) -> str | None:
+        """``ipyllm.testing._server`` -> ``testing._server``, ``ipyllm`` -> ``""``; None for another package."""
+        first, _, rest = dotted.partition(".")
+        return rest if first == "ipyllm" else None
+
+    def imported_from(node: ast.ImportFrom) -> list[str]:
+        base = node.module or ""
+        if node.level:
+            base = ".".join([*here[: len(here) - node.level + 1], *([base] if base else [])])
+        package = own(base)
+        if package is None:
+            return []
+        if package == "":  # from ipyllm import _loop
+            return [alias.name for alias in node.names]
+        return list(dict.fromkeys(f"{package}.{a.name}" if f"{package}.{a.name}" in known else package for a in node.names))
 
     def visit(node: ast.AST, in_function: bool) -> None:
         for child in ast.iter_child_nodes(node):
             inside = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-            if isinstance(child, ast.ImportFrom) and child.level == 0 and child.module and child.module.split(".")[0] == "ipyllm":
-                if child.module == "ipyllm":  # from ipyllm import _loop
-                    found.extend((alias.name, child.lineno, in_function) for alias in child.names)
-                else:
-                    found.append((child.module.split(".")[1], child.lineno, in_function))
+            if isinstance(child, ast.ImportFrom):
+                found.extend((imported, child.lineno, in_function) for imported in imported_from(child))
             elif isinstance(child, ast.Import):
-                found.extend(
-                    (alias.name.split(".")[1], child.lineno, in_function) for alias in child.names if alias.name.startswith("ipyllm.")
-                )
+                found.extend((imported, child.lineno, in_function) for alias in child.names if (imported := own(alias.name)))
             visit(child, inside)
 
     visit(tree, False)
@@ -101,3 +138,27 @@ def test_the_test_sees_a_function_level_import_and_an_import_up_a_layer(tmp_path
     assert own_imports("_cost") == [("_session", 2, True)]
     with pytest.raises(AssertionError, match="inside a function"):
         test_imports_point_down_and_stay_at_module_level("_cost")
+
+
+def test_the_test_reads_subpackages_and_relative_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A subpackage's modules are seen, each import is resolved to the module it names, relative ones included."""
+    (tmp_path / "testing").mkdir()
+    (tmp_path / "testing" / "__init__.py").write_text("from ipyllm.testing._server import StubServer\n")
+    (tmp_path / "testing" / "_faults.py").write_text("")
+    (tmp_path / "testing" / "_server.py").write_text(
+        "from .. import _loop\nfrom ._faults import Fault\nfrom . import _faults\nfrom ipyllm.testing import Fault, StubServer\n"
+        "import ipyllm._config\n\n\ndef f():\n    from .._session import Session\n    return Session\n"
+    )
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", tmp_path)
+    assert modules() == ["testing", "testing._faults", "testing._server"]
+    assert own_imports("testing") == [("testing._server", 1, False)]
+    assert own_imports("testing._server") == [
+        ("_loop", 1, False),
+        ("testing._faults", 2, False),
+        ("testing._faults", 3, False),
+        ("testing", 4, False),
+        ("_config", 5, False),
+        ("_session", 9, True),
+    ]
+    with pytest.raises(AssertionError, match="inside a function"):
+        test_imports_point_down_and_stay_at_module_level("testing._server")

@@ -1,0 +1,90 @@
+"""``%llm_usage``: the spend as a table grouped by model, day, cell, ... and as a plot.
+
+Pure logic over the usage frame (pandas and matplotlib are imported when first needed).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from IPython.core.error import UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["GROUPINGS", "figure_bundle", "plot_usage", "usage_table"]
+
+
+GROUPINGS = ("model", "day", "cell", "batch", "user", "host")
+
+
+def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
+    """Spend grouped by model, day (local) or cell: calls, tokens, cost, errors, retries, mean latency, total."""
+    import pandas as pd
+
+    counts = ["calls", "input_tokens", "output_tokens", "errors", "retries"]
+    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries", "mean_latency_s"]
+    if frame.empty:
+        empty = pd.DataFrame({c: [0] for c in columns}, index=pd.Index(["total"], name=by)).astype(dict.fromkeys(counts, "Int64"))
+        return empty.assign(cost_usd=0.0, mean_latency_s=math.nan)
+    if by == "day":
+        key = frame["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.date.rename("day")
+    elif by == "cell" and frame["session"].nunique() > 1:
+        # Cell 2 of one session is not cell 2 of another.
+        key = (frame["session"] + " In[" + frame["cell"].astype("string").fillna("-") + "]").rename("cell")
+    else:
+        key = frame[by]
+    work = frame.assign(errors=(frame["status"] == "error").astype("Int64"), retries=(frame["attempts"] - 1).clip(lower=0))
+    grouped = work.groupby(key, sort=True, dropna=False)
+    table = pd.DataFrame(
+        {
+            "calls": grouped.size(),
+            "input_tokens": grouped["prompt_tokens"].sum(),
+            "output_tokens": grouped["completion_tokens"].sum(),
+            "cost_usd": grouped["cost_usd"].sum(min_count=1),
+            "errors": grouped["errors"].sum(),
+            "retries": grouped["retries"].sum(),
+            "mean_latency_s": grouped["latency_s"].mean(),
+        }
+    )
+    total = table.drop(columns="mean_latency_s").sum(numeric_only=True, min_count=1)
+    total["mean_latency_s"] = work["latency_s"].mean()
+    table.index = table.index.astype(object)
+    table = pd.concat([table, total.rename("total").to_frame().T])
+    table.index.name = by
+    return table.astype(dict.fromkeys(counts, "Int64"))
+
+
+def plot_usage(frame: pd.DataFrame) -> Any:
+    """Cumulative cost over time and cost by model (needs matplotlib)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UsageError("--plot needs matplotlib: pip install matplotlib (or pip install 'ipyllm[plot]')") from None
+    figure, (over_time, by_model) = plt.subplots(1, 2, figsize=(11, 3.6))
+    costs = frame.assign(cost_usd=frame["cost_usd"].fillna(0.0)).sort_values("timestamp")
+    if costs.empty:
+        over_time.text(0.5, 0.5, "no calls yet", ha="center", va="center", transform=over_time.transAxes)
+    else:
+        local = costs["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.tz_localize(None)
+        over_time.step(local, costs["cost_usd"].cumsum(), where="post")
+        spend = costs.groupby("model")["cost_usd"].sum().sort_values()
+        by_model.barh(spend.index.astype(str), spend.to_numpy())
+    over_time.set_title("cumulative cost (USD)")
+    over_time.tick_params(axis="x", labelrotation=30)
+    by_model.set_title("cost by model (USD)")
+    figure.tight_layout()
+    plt.close(figure)  # shown once, by the magic
+    return figure
+
+
+def figure_bundle(figure: Any) -> dict[str, Any]:
+    """The figure as a PNG bundle for the display publisher."""
+    import base64
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return {"image/png": base64.b64encode(buffer.getvalue()).decode(), "text/plain": "<ipyllm usage plot>"}

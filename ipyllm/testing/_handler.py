@@ -1,0 +1,223 @@
+"""The stub server's HTTP side: routes, scripted faults applied to one request, answers written to the socket.
+
+What the answers say is made in ``_replies``; what the handler needs of the server's state (its faults,
+its recorded requests, its accounting modes) is the ``Stub`` protocol, which ``StubServer`` fulfils.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+from urllib.parse import parse_qs, urlsplit
+
+from ipyllm.testing._faults import Fault, RecordedRequest
+from ipyllm.testing._replies import (
+    DONE,
+    chat_payload,
+    chat_reply,
+    chunk,
+    embeddings_payload,
+    error_payload,
+    models_payload,
+    sent_key,
+    stream_pieces,
+    usage_chunk,
+    zero_choices_chunk,
+    zero_choices_payload,
+)
+
+__all__ = ["Handler", "Server", "Stub"]
+
+_AZURE_PATH = re.compile(r"^/openai/deployments/(?P<deployment>[^/]+)/(?P<endpoint>chat/completions|embeddings)$")
+
+
+class Stub(Protocol):
+    """What the handler asks of the stub server: its settings, its fault script and its record of requests."""
+
+    delay: float
+    chunk_delay: float
+    usage_in_stream: bool
+    report_usage: bool
+    reply_tokens: int
+
+    def script(self, *faults: Fault) -> Any: ...
+    def reset(self) -> None: ...
+    def _next_fault(self) -> Fault | None: ...
+    def _record(self, request: RecordedRequest) -> None: ...
+    def _accounted(self, usage: dict[str, Any]) -> dict[str, Any]: ...
+    def _cost_headers(self) -> dict[str, str]: ...
+
+
+def route(path: str) -> tuple[str | None, str | None]:
+    """The model endpoint a path asks for (``chat``, ``embeddings`` or None) and the Azure deployment in it."""
+    if path in ("/v1/chat/completions", "/chat/completions"):
+        return "chat", None
+    if path in ("/v1/embeddings", "/embeddings"):
+        return "embeddings", None
+    if (match := _AZURE_PATH.match(path)) is not None:
+        return ("chat" if match["endpoint"] == "chat/completions" else "embeddings"), match["deployment"]
+    return None, None
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: Server
+    protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's delayed ACK
+    # add ~40 ms to every answer, a latency no provider has.
+    disable_nagle_algorithm = True
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
+        pass
+
+    # -- plumbing -------------------------------------------------------------------------------------
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _drop(self) -> None:
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def _read_body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw or b"{}")
+        except json.JSONDecodeError:
+            body = {"_raw": raw.decode(errors="replace")}
+        return body if isinstance(body, dict) else {"_raw": body}
+
+    def _no_route(self, path: str) -> None:
+        self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+
+    # -- routes ---------------------------------------------------------------------------------------
+    def do_GET(self) -> None:
+        path = urlsplit(self.path).path
+        if path in ("/v1/models", "/models"):
+            self._send_json(200, models_payload())
+        elif path in ("/", "/health", "/_stub/health"):
+            self._send_json(200, {"status": "ok"})
+        else:
+            self._no_route(path)
+
+    def do_POST(self) -> None:
+        parts = urlsplit(self.path)
+        path = parts.path
+        body = self._read_body()
+        stub = self.server.stub
+        if path == "/_stub/script":
+            faults = body.get("faults", [])
+            stub.script(*(Fault.from_dict(f) if isinstance(f, dict) else Fault.parse(str(f)) for f in faults))
+            self._send_json(200, {"scripted": len(faults)})
+            return
+        if path == "/_stub/reset":
+            stub.reset()
+            self._send_json(200, {"reset": True})
+            return
+        endpoint, deployment = route(path)
+        if endpoint is None:
+            self._no_route(path)
+            return
+
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        arrived = time.time()
+        fault = stub._next_fault()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        stub._record(RecordedRequest("POST", path, query, headers, body, fault=fault.kind if fault else "", time=arrived))
+        model = body.get("model") or deployment or "stub"
+        if fault is not None and self._answered_by(fault, model, body):
+            return
+        if stub.delay:
+            time.sleep(stub.delay)
+        scripted = fault.message if fault is not None and fault.kind == "reply" else None
+        if endpoint == "embeddings":
+            self._send_json(200, embeddings_payload(model, body, stub.report_usage))
+        elif body.get("stream"):
+            self._chat_stream(model, body, fault, scripted)
+        else:
+            text, usage, finish = chat_reply(model, body, scripted, stub.reply_tokens)
+            payload = chat_payload(model, text, finish, stub._accounted(usage) if stub.report_usage else None)
+            self._send_json(200, payload, stub._cost_headers())
+
+    def _answered_by(self, fault: Fault, model: str, body: dict[str, Any]) -> bool:
+        """Apply a fault: True when it is the whole answer, False when the request is answered after it."""
+        if fault.kind == "echo_key":
+            fault = Fault.status(fault.code, f"Incorrect API key provided: {sent_key(self.headers)}", error_type="invalid_request_error")
+        if fault.kind == "status":
+            payload, headers = error_payload(fault)
+            self._send_json(fault.code, payload, headers)
+        elif fault.kind == "empty_stream":
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+        elif fault.kind == "zero_choices" and not body.get("stream"):
+            self._send_json(200, zero_choices_payload(model, fault.finish_reason))
+        elif fault.kind == "drop":
+            self._drop()
+        else:
+            if fault.kind == "slow":
+                time.sleep(fault.delay)
+            return False
+        return True
+
+    def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None, scripted: str | None) -> None:
+        stub = self.server.stub
+        text, usage, finish = chat_reply(model, body, scripted, stub.reply_tokens)
+        asked = bool((body.get("stream_options") or {}).get("include_usage"))
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        for name, value in stub._cost_headers().items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.close_connection = True
+        created = int(time.time())
+        if fault is not None and fault.kind == "zero_choices":
+            self.wfile.write(zero_choices_chunk(model, created, fault.finish_reason))
+            self.wfile.flush()
+            return
+        try:
+            self.wfile.write(chunk(model, created, {"role": "assistant", "content": ""}))
+            for index, piece in enumerate(stream_pieces(text)):
+                if fault is not None and fault.kind == "break_stream" and index >= fault.after_chunks:
+                    self.wfile.flush()
+                    self._drop()
+                    return
+                self.wfile.write(chunk(model, created, {"content": piece}))
+                self.wfile.flush()
+                if stub.chunk_delay:
+                    time.sleep(stub.chunk_delay)
+            self.wfile.write(chunk(model, created, {}, finish))
+            if asked and stub.usage_in_stream and stub.report_usage:
+                self.wfile.write(usage_chunk(model, created, stub._accounted(usage)))
+            self.wfile.write(DONE)
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    stub: Stub
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that gave up (a cancelled call) is not the server's error.
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):
+            super().handle_error(request, client_address)
