@@ -31,6 +31,7 @@ from ipyllm._cost import estimate
 from ipyllm._display import FORMATS, LiveOutput, footer, note_bundle, render
 from ipyllm._engine import Reply, as_messages
 from ipyllm._litellm import warm_up
+from ipyllm._locations import LOCATIONS, default_usage_db
 from ipyllm._models import models
 from ipyllm._notices import said
 from ipyllm.errors import Interrupted, InvalidInputError, LLMError, SettingError, StreamBrokenError
@@ -220,6 +221,10 @@ def settings_text() -> str:
     width = max(map(len, SETTING_NAMES))
     lines = []
     for name, value in config.settings().items():
+        if isinstance(value, LOCATIONS):
+            value = str(value)  # the file's path, :memory:, a server's URL with its password masked
+        elif name == "usage_db" and value is None:
+            value = f"unset: {default_usage_db()}"  # where the rows go meanwhile
         shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)

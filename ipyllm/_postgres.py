@@ -27,7 +27,9 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
+from ipyllm._locations import Server
 from ipyllm._notices import notice
 from ipyllm._pgschema import (
     HEADROOM,
@@ -50,8 +52,6 @@ if TYPE_CHECKING:
     import pandas as pd
     import psycopg
 
-    from ipyllm._config import LedgerURL
-
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
 
 
@@ -69,8 +69,8 @@ class PostgresStore:
 
     Parameters
     ----------
-    url
-        ``postgresql://user[:password]@host[:port]/dbname``; its password is revealed only to connect.
+    server
+        The database (``postgresql://user[:password]@host[:port]/dbname`` parsed); its password is revealed only to connect.
     spool
         The local file rows wait in while the server cannot be reached (default: beside the default ledger).
     connect_timeout
@@ -80,12 +80,12 @@ class PostgresStore:
     #: Longest wait, in seconds, between two attempts to reach a server that is away.
     max_backoff = 10.0
 
-    def __init__(self, url: LedgerURL, spool: Path | None = None, connect_timeout: int = 2) -> None:
-        self.url = url
-        self.name = url.masked()
+    def __init__(self, server: Server, spool: Path | None = None, connect_timeout: int = 2) -> None:
+        self.server = server
+        self.name = str(server)  # the password masked
         self.shared = True
         self.connect_timeout = connect_timeout
-        self.spool = Spool(spool or spool_path(self.name))
+        self.spool = Spool(spool or spool_path(server))
         self._lock = threading.RLock()
         self._connection: psycopg.Connection[Any] | None = None  # the foreground's: budgets, reads, the cache
         self._tried = False
@@ -115,7 +115,7 @@ class PostgresStore:
         """A new connection, migrated; raises on any failure (the caller decides what it means)."""
         import psycopg
 
-        connection = psycopg.connect(self.url.reveal(), connect_timeout=self.connect_timeout, autocommit=True, application_name="ipyllm")
+        connection = psycopg.connect(self.server.url(), connect_timeout=self.connect_timeout, autocommit=True, application_name="ipyllm")
         try:
             self._migrate(connection)
         except BaseException:
@@ -177,8 +177,10 @@ class PostgresStore:
         reason = lines[0] if lines else type(error).__name__
         if isinstance(error, ImportError):
             reason = "psycopg is not installed: pip install 'ipyllm[postgres]'"
-        password = self.url.password()
-        return reason.replace(password, "****") if password else reason
+        password = self.server.revealed_password()
+        for shown in (password, quote(password, safe="")) if password else ():
+            reason = reason.replace(shown, "****")
+        return reason
 
     def _lost(self, error: BaseException, connection: psycopg.Connection[Any] | None = None) -> None:
         """The server cannot be used: say so (once per reason), and let the writer find it again."""

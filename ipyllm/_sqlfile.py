@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ipyllm._locations import SQLiteFile
 from ipyllm._notices import notice
 from ipyllm._spool import Spool, SpooledEntry, spool_path
 from ipyllm._sqlschema import COPIES, INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, Entry, apply, cached, committed
@@ -87,14 +88,15 @@ class LedgerFile:
     #: The busy timeout, in seconds, of those attempts: a file locked by another program must not stall every call.
     probe_timeout = 0.1
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
-        self.path = path
+    def __init__(self, location: SQLiteFile, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
+        self.location = location
+        self.path = location.path
         self.busy_timeout = busy_timeout
         #: The line said when the latest outage began ("" before any).
         self.last_said = ""
         self.lock = threading.Lock()
         self.connection: sqlite3.Connection | None = None
-        self._file = os.path.abspath(path)  # a later change of directory must not look like a vanished file
+        self._file = str(location.path)  # absolute: a later change of directory must not look like a vanished file
         self._spool_at = spool
         self._spool: Spool | None = None
         self._identity: tuple[int, int] | None = None  # the open file's device and inode
@@ -114,7 +116,7 @@ class LedgerFile:
     def spool(self) -> Spool:
         """Where rows and cache entries wait while the file cannot be written."""
         if self._spool is None:
-            self._spool = Spool(self._spool_at or spool_path(self._file))
+            self._spool = Spool(self._spool_at or spool_path(self.location))
         return self._spool
 
     # -- connection: opened on first use, watched, reopened ----------------------------------------------

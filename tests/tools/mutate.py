@@ -685,7 +685,7 @@ MUTATIONS: list[Mutation] = [
         "a cache entry leaves out the provider: a hit after map imports litellm to resolve it",
         "ipyllm/_calls.py",
         '            "provider": row.provider,\n        }',
-        '        }',
+        "        }",
         "tests/unit/test_session.py -k without_litellm",
     ),
     m(

@@ -19,7 +19,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ipyllm"
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation: exceptions, rows, notices, the price map's names, the event loop",
      {"errors", "_usage", "_notices", "_pricemap", "_loop"}),
-    ("configuration: settings, the key, the ledger's location, the environment", {"_config"}),
+    ("configuration: settings, the key, the ledger's location, the environment", {"_secrets", "_locations", "_config"}),
     ("the litellm adapter: its import, private flags, callbacks", {"_litellm"}),
     ("prices, estimates, the model list, how replies look", {"_cost", "_models", "_display"}),
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
