@@ -118,6 +118,7 @@ def frame_at_scale(rows: int = 100_000) -> None:
 
     import pandas  # noqa: F401 - imported once per session; not what is measured here
 
+    from ipyllm._locations import SQLiteFile
     from ipyllm._sqlite import SQLiteStore
     from ipyllm._store import MemoryLedger
     from ipyllm._usage import UsageRow, to_frame
@@ -149,7 +150,7 @@ def frame_at_scale(rows: int = 100_000) -> None:
     print(f"usage():              {built * 1000:.0f} ms for {len(frame):,} rows in memory")
 
     with tempfile.TemporaryDirectory() as folder:
-        store = SQLiteStore(Path(folder) / "usage.sqlite")
+        store = SQLiteStore(SQLiteFile(Path(folder) / "usage.sqlite"))
         t = time.perf_counter()
         for row in made[:2000]:
             store.append(row)  # one committed insert per call, as in a session
@@ -188,8 +189,8 @@ def team_ledger(calls: int = 300, rows: int = 100_000) -> None:
         return
     import ipyllm
     from ipyllm import _api
-    from ipyllm._config import LedgerURL
     from ipyllm._ledger import open_store
+    from ipyllm._locations import parse_location
     from ipyllm.testing import StubServer
 
     server = PostgresServer(binaries, fsync=True).start()  # durable, as a team's server would be
@@ -227,7 +228,7 @@ def team_ledger(calls: int = 300, rows: int = 100_000) -> None:
                 reserves.append(time.perf_counter() - started)
                 store.release(hold.id)
             database = server.new_database()
-            bulk = open_store(LedgerURL(server.url(database)))
+            bulk = open_store(parse_location(server.url(database)))
             assert bulk is not None
             bulk.count()  # creates the schema
             server.sql(

@@ -12,6 +12,7 @@ from typing import Any
 from IPython.core.error import UsageError
 
 from ipyllm._config import SETTING_NAMES, config, unknown_setting
+from ipyllm._locations import LOCATIONS, default_usage_db
 
 __all__ = ["parse_assignments", "settings_text", "split_assignments"]
 
@@ -85,6 +86,10 @@ def settings_text() -> str:
     width = max(map(len, SETTING_NAMES))
     lines = []
     for name, value in config.settings().items():
+        if isinstance(value, LOCATIONS):
+            value = str(value)  # the file's path, :memory:, a server's URL with its password masked
+        elif name == "usage_db" and value is None:
+            value = f"unset: {default_usage_db()}"  # where the rows go meanwhile
         shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value
         lines.append(f"{name:<{width}}  {shown}")
     return "\n".join(lines)

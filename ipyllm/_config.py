@@ -16,104 +16,18 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from traitlets import Bool, Dict, TraitType, validate
 from traitlets.config import Configurable
 
+from ipyllm._locations import ACCEPTED, LOCATIONS, Location, LocationError, SQLiteFile, parse_location
 from ipyllm._notices import notice
 from ipyllm._pricemap import close_names, priceable
+from ipyllm._secrets import Secret
 from ipyllm.errors import SettingError, UnknownSettingError
 
-__all__ = ["LLMConfig", "RevealedKey", "Secret", "Settings", "config"]
-
-
-def _mask(plain: str) -> str:
-    return "****" + plain[-4:] if len(plain) >= 16 else "****"
-
-
-class RevealedKey(str):
-    """The key in plain text, as handed to litellm: its text is the key, its ``repr`` is masked.
-
-    litellm and the OpenAI SDK keep this object in their frames while a request runs, so a traceback that
-    prints locals (``%xmode Verbose``), or a dict of arguments shown with ``repr``, shows ``'****'``.
-    """
-
-    __slots__ = ()
-
-    def __repr__(self) -> str:
-        return repr(_mask(str.__str__(self)))
-
-
-class Secret(str):
-    """The API key as the session keeps it: a string whose *text* is the masked form (``****`` and at most
-    the last four characters), so ``repr``, ``str``, ``json.dumps`` and formatting never show the key.
-
-    ``reveal()`` gives the key for the one place that needs it, the provider call. Two secrets are equal
-    when their keys are. ``copy`` and ``deepcopy`` return the same object; pickling is refused, since a
-    pickle would hold the key in plain text.
-    """
-
-    _key: RevealedKey
-    #: The text a Secret shows for its plain value.
-    _masked_text = staticmethod(_mask)
-
-    def __new__(cls, plain: str) -> Secret:
-        text = plain.reveal() if isinstance(plain, Secret) else str.__str__(plain)
-        secret = super().__new__(cls, cls._masked_text(text))
-        secret.__dict__["_key"] = RevealedKey(text)
-        return secret
-
-    def reveal(self) -> RevealedKey:
-        return self._key
-
-    def masked(self) -> str:
-        return str.__str__(self)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("a Secret cannot be changed")
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Secret):
-            return str.__eq__(self._key, other._key)
-        return NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        return not self == other if isinstance(other, Secret) else NotImplemented
-
-    def __hash__(self) -> int:
-        return str.__hash__(self._key)
-
-    def __copy__(self) -> Secret:
-        return self
-
-    def __deepcopy__(self, memo: Any) -> Secret:
-        return self
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        raise TypeError("the API key cannot be pickled (a pickle would hold it in plain text): set LLM_API_KEY where it is loaded")
-
-
-class LedgerURL(Secret):
-    """A PostgreSQL URL whose text hides the password (``postgresql://ada:****@db:5432/team``), so repr, str
-    and formatting never show it. ``reveal()`` gives the plain URL for the one place that needs it: the connection.
-    """
-
-    @staticmethod
-    def _masked_text(plain: str) -> str:
-        parts = urlsplit(plain)
-        if parts.password is None:
-            return plain
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:****@{host}"))
-
-    def password(self) -> str | None:
-        return urlsplit(str.__str__(self.reveal())).password
-
-
-def plain_text(value: str) -> str:
-    """A setting's value as typed: a ``Secret`` revealed (a ``RevealedKey``, masked in reprs), else as is."""
-    return value.reveal() if isinstance(value, Secret) else value
+__all__ = ["LLMConfig", "Settings", "config"]
 
 
 # -- trait types that parse strings and explain refusals -------------------------------------------
@@ -199,26 +113,22 @@ class URL(_Setting):
 
 
 class Ledger(_Setting):
-    allowed = "a file path, :memory: or a postgresql://user@host:5432/dbname URL"
+    """Where the ledger is, parsed once: a ``SQLiteFile``, a ``Server`` or ``Memory`` (see ``ipyllm._locations``);
+    a string or a path is parsed, a location is kept as it is."""
 
-    def parse(self, value: Any) -> str:
+    allowed = ACCEPTED
+
+    def parse(self, value: Any) -> Location:
+        if isinstance(value, LOCATIONS):
+            return value
+        if isinstance(value, os.PathLike):
+            return SQLiteFile(value)
         if not isinstance(value, str):
             raise self.refuse(value)
-        text = value.reveal().strip() if isinstance(value, Secret) else value.strip()
-        if not text:
-            raise self.refuse(value)
-        if text.lower().startswith(("postgresql://", "postgres://")):
-            parts = urlsplit(text)
-            try:
-                parts.port  # noqa: B018 - raises on a port that is not a number
-            except ValueError:
-                raise self.refuse(LedgerURL(text)) from None
-            if not (parts.hostname or parts.path.strip("/")) or any(c.isspace() for c in text):
-                raise self.refuse(LedgerURL(text))
-            return LedgerURL(text)
-        if "://" in text:
-            raise self.refuse(LedgerURL(text))  # another kind of URL: refused, its password still hidden
-        return text
+        try:
+            return parse_location(value)
+        except LocationError as error:
+            raise self.refuse(error.shown) from None  # the value shown with its password masked
 
 
 class Key(_Setting):
@@ -327,7 +237,7 @@ class LLMConfig(Configurable):
         None,
         help=(
             "Usage ledger (LLM_USAGE_DB): a SQLite file, :memory:, or a team's postgresql://user@host:5432/dbname "
-            "(password never shown); unset: a file in the Jupyter data directory."
+            "(password never shown); unset: a file in the Jupyter data directory. Read back as a SQLiteFile, Server or Memory."
         ),
     )
     user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
@@ -505,7 +415,7 @@ class Settings:
     budget_usd: float | None
     daily_budget_usd: float | None
     user_daily_budget_usd: float | None
-    usage_db: str | None
+    usage_db: Location | None
     user: str | None
     cache: bool
     prices: dict[str, Any] = field(default_factory=dict)

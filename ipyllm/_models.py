@@ -19,11 +19,12 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._config import Secret, Settings, config
+from ipyllm._config import Settings, config
 from ipyllm._cost import custom_price
 from ipyllm._litellm import load_litellm
 from ipyllm._notices import notice
 from ipyllm._pricemap import price_map
+from ipyllm._secrets import Secret
 from ipyllm.errors import InvalidInputError
 
 if TYPE_CHECKING:

@@ -1,15 +1,17 @@
 """The PostgreSQL ledger's schema and SQL: the SQLite ledger's tables in PostgreSQL's types, its versioned
-migrations, the statements the store runs, and the frame read from ``COPY`` CSV."""
+migrations (and the migration itself), the statements the store runs, and the frame read from ``COPY`` CSV."""
 
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ipyllm._usage import COLUMNS, frame_from_columns
+from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
     import pandas as pd
+    import psycopg
 
 __all__ = [
     "HEADROOM",
@@ -22,6 +24,8 @@ __all__ = [
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "csv_frame",
+    "migrate",
+    "write_entry",
 ]
 
 # "user" is a reserved word in PostgreSQL.
@@ -73,6 +77,46 @@ HEADROOM = (
     " COALESCE(array_agg(id) FILTER (WHERE id = ANY(%(ids)s)), '{}') AS ids FROM holds"
     ' WHERE expires_us > %(now)s AND (%(user)s::text IS NULL OR "user" = %(user)s)) AS h'
 )
+
+
+def migrate(connection: psycopg.Connection[Any]) -> None:
+    """Bring the schema to ``SCHEMA_VERSION``: many kernels starting at once migrate it once (under an advisory lock);
+    a schema already there is only read, so a read-only server can still be read."""
+    import psycopg
+
+    try:
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row else 0
+    except psycopg.errors.UndefinedTable:
+        version = 0
+    if version == SCHEMA_VERSION:
+        return  # the usual case
+    with connection.transaction():
+        # Many kernels starting at once: one migrates, the others wait here and then find nothing to do.
+        connection.execute("SELECT pg_advisory_xact_lock(%s, %s)", [LOCK_SPACE, LOCK_MIGRATE])
+        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = connection.execute("SELECT version FROM schema_version").fetchone()
+        version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            newer = f"the ledger's schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}"
+            raise LedgerUnavailableError(f"{newer}: upgrade ipyllm")
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                connection.execute(statement)
+        if row is None:
+            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", [SCHEMA_VERSION])
+        else:
+            connection.execute("UPDATE schema_version SET version = %s", [SCHEMA_VERSION])
+
+
+def write_entry(cursor: psycopg.Connection[Any] | psycopg.Cursor[Any], uid: str, release: str | None, values: list[Any] | None) -> None:
+    """Write one spooled entry: a row (with the hold it settles, in one statement), or the release of a hold."""
+    if values is None:
+        cursor.execute("DELETE FROM holds WHERE id = %s", [release])
+    elif release is None:
+        cursor.execute(INSERT_ROW, [uid, *values])
+    else:
+        cursor.execute(INSERT_SETTLING, [release, uid, *values])
 
 
 def csv_frame(buffer: io.BytesIO) -> pd.DataFrame:

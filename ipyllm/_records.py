@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ipyllm._budget import local_midnight
 from ipyllm._config import LLMConfig
 from ipyllm._ledger import open_store, store_key
+from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
 from ipyllm._notices import notice
 from ipyllm._store import MemoryLedger, Store
 from ipyllm._usage import UsageRow, to_frame
@@ -57,7 +58,7 @@ class Records:
         self.memory = memory or MemoryLedger()
         self._lock = threading.RLock()
         self._stores: dict[str, Store | None] = {}
-        self._keys: dict[Any, str] = {}
+        self._keys: dict[Any, tuple[str, SQLiteFile | Server]] = {}
         self._warned: set[str] = set()
         self._memory_cache: dict[str, str] = {}
         self._spend_today: tuple[float, float, float] | None = None
@@ -66,14 +67,16 @@ class Records:
     def store(self) -> Store | None:
         """The ledger named by ``usage_db``: a SQLite file or a team's server (None for ``:memory:`` or a file
         already found broken)."""
-        name = self.config.usage_db
-        if name == ":memory:":
+        location = self.config.usage_db
+        if isinstance(location, Memory):
             return None
-        # Resolved once per name and environment (finding the Jupyter data directory takes 0.1 ms): every call asks.
-        cached = (name, *map(os.environ.get, _DATA_DIR_VARIABLES)) if not name else name
-        key = self._keys.get(cached)
-        if key is None:
-            key = self._keys[cached] = store_key(name)
+        # The default resolved once per environment (finding the Jupyter data directory takes 0.1 ms): every call asks.
+        cached = (None, *map(os.environ.get, _DATA_DIR_VARIABLES)) if location is None else location
+        found = self._keys.get(cached)
+        if found is None:
+            where = default_usage_db() if location is None else location
+            found = self._keys[cached] = (store_key(where), where)
+        key, where = found
         if f"store:{key}" in self._warned:
             return None
         store = self._stores.get(key)
@@ -81,7 +84,7 @@ class Records:
             return store
         with self._lock:  # one store per ledger, whichever thread asks first
             if key not in self._stores:
-                store = self._stores[key] = open_store(name)
+                store = self._stores[key] = open_store(where)
                 for other_key, other in list(self._stores.items()):
                     if other is not None and other is not store and store is not None and other.name == store.name:
                         other.close()  # the same server with another password: its waiting rows are in the same spool

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ipyllm._store import default_usage_db
+from ipyllm._locations import Server, SQLiteFile, default_usage_db
 
 __all__ = ["Spool", "SpooledEntry", "spool_path"]
 
@@ -34,10 +34,11 @@ _PUT = "INSERT OR IGNORE INTO spool (uid, release, row_values) VALUES (?, ?, ?)"
 _PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)"
 
 
-def spool_path(name: str) -> Path:
-    """``ipyllm/spool/<digest>.sqlite`` beside the default ledger, one file per ledger (a server named without its password)."""
-    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
-    return default_usage_db().parent / "spool" / f"{digest}.sqlite"
+def spool_path(location: SQLiteFile | Server) -> Path:
+    """``ipyllm/spool/<digest>.sqlite`` beside the default ledger, one file per ledger (a server named without its
+    password: the same server with another password shares its spool)."""
+    digest = hashlib.sha256(str(location).encode()).hexdigest()[:16]
+    return default_usage_db().path.parent / "spool" / f"{digest}.sqlite"
 
 
 class Spool:

@@ -26,9 +26,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ipyllm._locations import SQLiteFile
 from ipyllm._notices import notice
 from ipyllm._spool import Spool, SpooledEntry, spool_path
-from ipyllm._sqlschema import COPIES, INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, Entry, apply, cached, committed
+from ipyllm._sqlschema import COPIES, INSERT_ROW, Entry, apply, cached, committed, migrate
 from ipyllm._usage import micros, utc_now
 from ipyllm.errors import LedgerUnavailableError
 
@@ -75,6 +76,77 @@ class _UnreadableError(Exception):
     """The file that vanished cannot be read back (its disk is gone)."""
 
 
+class _Vanished:
+    """A ledger file that vanished while open (deleted, moved or replaced): kept open, with the identity it and its
+    -wal and -shm files had, until what it holds is in the file now at its path."""
+
+    def __init__(
+        self, connection: sqlite3.Connection, identity: tuple[int, int] | None, companions: dict[str, tuple[int, int] | None], how: str
+    ) -> None:
+        self.connection, self.identity, self.companions, self.how = connection, identity, companions, how
+
+    def clear_companions(self, file: str) -> None:
+        """Unlink the -wal and -shm files at the path that belong to the vanished file (deleted without them, or
+        replaced by a rename): the file now at the path would read them as its own, and break both. The vanished
+        file, still open, keeps using them."""
+        if _identity_of(file) == self.identity:
+            return
+        for suffix, identity in self.companions.items():
+            if identity is not None and _identity_of(file + suffix) == identity:
+                os.unlink(file + suffix)
+
+    def copy_into(self, connection: sqlite3.Connection, identity: tuple[int, int], path: Path) -> int | None:
+        """Copy what the vanished file holds into the file now at the path (whose identity is ``identity``), then close
+        it: every session's rows (each once, by uid), cache entries and live holds. Read from the vanished file, which
+        is still open, so rows written to it after it vanished are copied too. The rows it held; None when there is
+        nothing to copy."""
+        copied: int | None = None
+        if identity != self.identity:  # else the same file is back (its directory was restored)
+            copied = 0
+            try:
+                with committed(connection):
+                    for read, write in COPIES:
+                        for chunk in self._read(read):
+                            connection.executemany(write, chunk)
+                            copied += len(chunk) if write is INSERT_ROW else 0
+            except _UnreadableError as error:
+                copied = None
+                notice(
+                    f"the usage ledger {path} was {self.how} while in use and what it held cannot be read back "
+                    f"({error}): it starts again at its path; this session's rows are in ipyllm.usage()"
+                )
+        self.close()
+        return copied
+
+    def _read(self, sql: str) -> Iterator[list[Any]]:
+        try:
+            cursor = self.connection.execute(sql, [micros(utc_now())] if "?" in sql else [])
+            while chunk := cursor.fetchmany(1000):
+                yield chunk
+        except sqlite3.Error as error:
+            raise _UnreadableError(_reason(error)) from error
+
+    def close(self) -> None:
+        self.connection.close()
+
+
+def _new_connection(file: str, timeout: float) -> tuple[sqlite3.Connection, tuple[int, int], dict[str, tuple[int, int] | None]]:
+    """A connection to the ledger ``file`` (created, with its directory, when missing), migrated; the identity of that
+    file and of its -wal and -shm files."""
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    connection = sqlite3.connect(file, timeout=timeout, isolation_level=None, check_same_thread=False)
+    try:
+        connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        connection.execute("PRAGMA journal_mode = WAL")
+        connection.execute("PRAGMA synchronous = NORMAL")
+        migrate(connection)
+        status = os.stat(file)
+    except BaseException:
+        connection.close()
+        raise
+    return connection, (status.st_dev, status.st_ino), {suffix: _identity_of(file + suffix) for suffix in ("-wal", "-shm")}
+
+
 class LedgerFile:
     """The ledger file, watched (see the module's docstring); its lock serializes every use.
 
@@ -87,23 +159,21 @@ class LedgerFile:
     #: The busy timeout, in seconds, of those attempts: a file locked by another program must not stall every call.
     probe_timeout = 0.1
 
-    def __init__(self, path: Path, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
-        self.path = path
+    def __init__(self, location: SQLiteFile, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
+        self.location = location
+        self.path = location.path
         self.busy_timeout = busy_timeout
         #: The line said when the latest outage began ("" before any).
         self.last_said = ""
         self.lock = threading.Lock()
         self.connection: sqlite3.Connection | None = None
-        self._file = os.path.abspath(path)  # a later change of directory must not look like a vanished file
+        self._file = str(location.path)  # absolute: a later change of directory must not look like a vanished file
         self._spool_at = spool
         self._spool: Spool | None = None
         self._identity: tuple[int, int] | None = None  # the open file's device and inode
         self._companions: dict[str, tuple[int, int] | None] = {}  # and its -wal and -shm files'
         # A file that vanished while open, kept open until what it holds is in the file at the path.
-        self._vanished: sqlite3.Connection | None = None
-        self._vanished_identity: tuple[int, int] | None = None
-        self._vanished_companions: dict[str, tuple[int, int] | None] = {}
-        self._vanished_how = ""
+        self._vanished: _Vanished | None = None
         self.away = False  # the file cannot be written: rows wait in the spool
         self._retry_at = 0.0
         self._delay = 0.0
@@ -114,7 +184,7 @@ class LedgerFile:
     def spool(self) -> Spool:
         """Where rows and cache entries wait while the file cannot be written."""
         if self._spool is None:
-            self._spool = Spool(self._spool_at or spool_path(self._file))
+            self._spool = Spool(self._spool_at or spool_path(self.location))
         return self._spool
 
     # -- connection: opened on first use, watched, reopened ----------------------------------------------
@@ -140,15 +210,21 @@ class LedgerFile:
         stale, self.connection = self.connection, None
         if stale is not None:
             if self._vanished is None and not self.at_path():
-                self._vanished, self._vanished_identity, self._vanished_companions = stale, self._identity, self._companions
-                self._vanished_how = "replaced" if os.path.lexists(self._file) else "moved or deleted"
+                how = "replaced" if os.path.lexists(self._file) else "moved or deleted"
+                self._vanished = _Vanished(stale, self._identity, self._companions, how)
             else:
                 stale.close()
+        vanished = self._vanished
         connection: sqlite3.Connection | None = None
         try:
-            self._clear_companions()
-            connection, identity, companions = self._new_connection()
-            copied = self._copy_vanished(connection, identity)
+            if vanished is not None:
+                vanished.clear_companions(self._file)
+            timeout = min(self.busy_timeout, self.probe_timeout) if self.away else self.busy_timeout
+            connection, identity, companions = _new_connection(self._file, timeout)
+            copied = None
+            if vanished is not None:
+                copied = vanished.copy_into(connection, identity, self.path)
+                self._vanished = None
             written = self._drain(connection)
             if self.away:
                 connection.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
@@ -157,85 +233,8 @@ class LedgerFile:
                 connection.close()
             raise self.failed(error) from error
         self.connection, self._identity, self._companions = connection, identity, companions
-        self._recovered(copied, written)
+        self._recovered(copied, written, vanished.how if vanished is not None else "")
         return connection
-
-    def _clear_companions(self) -> None:
-        """Unlink the -wal and -shm files at the path that belong to the vanished file (deleted without them, or
-        replaced by a rename): the file now at the path would read them as its own, and break both. The vanished
-        file, still open, keeps using them."""
-        if self._vanished is None or _identity_of(self._file) == self._vanished_identity:
-            return
-        for suffix, identity in self._vanished_companions.items():
-            if identity is not None and _identity_of(self._file + suffix) == identity:
-                os.unlink(self._file + suffix)
-
-    def _new_connection(self) -> tuple[sqlite3.Connection, tuple[int, int], dict[str, tuple[int, int] | None]]:
-        """A connection to the file at the path (created, with its directory, when missing), migrated; the identity
-        of that file and of its -wal and -shm files."""
-        os.makedirs(os.path.dirname(self._file), exist_ok=True)
-        timeout = min(self.busy_timeout, self.probe_timeout) if self.away else self.busy_timeout
-        connection = sqlite3.connect(self._file, timeout=timeout, isolation_level=None, check_same_thread=False)
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            connection.execute("PRAGMA journal_mode = WAL")
-            connection.execute("PRAGMA synchronous = NORMAL")
-            self._migrate(connection)
-            status = os.stat(self._file)
-        except BaseException:
-            connection.close()
-            raise
-        return connection, (status.st_dev, status.st_ino), {suffix: _identity_of(self._file + suffix) for suffix in ("-wal", "-shm")}
-
-    def _migrate(self, connection: sqlite3.Connection) -> None:
-        version = connection.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
-        if version == SCHEMA_VERSION:
-            return
-        # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
-        with committed(connection):
-            version = connection.execute("PRAGMA user_version").fetchone()[0]
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
-                    connection.execute(statement)
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-
-    def _copy_vanished(self, connection: sqlite3.Connection, identity: tuple[int, int]) -> int | None:
-        """Copy what the file that vanished holds into the file now at the path: every session's rows (each once,
-        by uid), cache entries and live holds. Read from the vanished file, which is still open, so rows written
-        to it after it vanished are copied too. The rows it held; None when there is nothing to copy."""
-        vanished = self._vanished
-        if vanished is None:
-            return None
-        copied: int | None = None
-        if identity != self._vanished_identity:  # else the same file is back (its directory was restored)
-            copied = 0
-            try:
-                with committed(connection):
-                    for read, write in COPIES:
-                        for chunk in self._read_vanished(read):
-                            connection.executemany(write, chunk)
-                            copied += len(chunk) if write is INSERT_ROW else 0
-            except _UnreadableError as error:
-                copied = None
-                notice(
-                    f"the usage ledger {self.path} was {self._vanished_how} while in use and what it held cannot be read back "
-                    f"({error}): it starts again at its path; this session's rows are in ipyllm.usage()"
-                )
-        vanished.close()
-        self._vanished = self._vanished_identity = None
-        self._vanished_companions = {}
-        return copied
-
-    def _read_vanished(self, sql: str) -> Iterator[list[Any]]:
-        assert self._vanished is not None
-        try:
-            cursor = self._vanished.execute(sql, [micros(utc_now())] if "?" in sql else [])
-            while chunk := cursor.fetchmany(1000):
-                yield chunk
-        except sqlite3.Error as error:
-            raise _UnreadableError(_reason(error)) from error
 
     def _drain(self, connection: sqlite3.Connection) -> int:
         """Write what waits in the spool (rows in order, then cache entries), each row once; the rows written."""
@@ -257,7 +256,7 @@ class LedgerFile:
         if any(words in reason for words in _NOT_A_LEDGER):
             return self.unavailable(error)
         if self._vanished is not None:
-            reason = f"it was {self._vanished_how} while in use and cannot be recreated: {reason}"
+            reason = f"it was {self._vanished.how} while in use and cannot be recreated: {reason}"
         if not self.away:
             self.away, self._delay = True, 0.0
             self.last_said = self._outage_line(reason)
@@ -280,12 +279,11 @@ class LedgerFile:
     def _outage(self) -> LedgerUnavailableError:
         return LedgerUnavailableError(self.last_said, transient=True, said=True)
 
-    def _recovered(self, copied: int | None, written: int) -> None:
-        """Say what a reopening did, if it was news: a vanished file's rows copied, waiting rows written."""
+    def _recovered(self, copied: int | None, written: int, how: str) -> None:
+        """Say what a reopening did, if it was news: a vanished file's rows copied (it was ``how``), waiting rows written."""
         was_away, self.away, self._delay = self.away, False, 0.0
         waiting = f"{_plural(written, 'waiting row')} written"
         if copied is not None:
-            how = self._vanished_how
             place = "recreated at its path" if how == "moved or deleted" else "merged into the file now at its path"
             line = (
                 f"the usage ledger {self.path} was {how} while in use: {place} with the {_plural(copied, 'row')} "
@@ -322,7 +320,7 @@ class LedgerFile:
                 raise
             connection = None
         found: dict[str, str] = {}
-        readable = connection or self._vanished or self.connection
+        readable = connection or (self._vanished.connection if self._vanished is not None else None) or self.connection
         try:
             found.update(cached(readable, keys) if readable is not None else {})
         except sqlite3.Error as error:
@@ -343,11 +341,12 @@ class LedgerFile:
                     self.connect(retry_now=True)
                 except LedgerUnavailableError:
                     pass  # still in the spool: the next kernel writes it
-            for connection in (self.connection, self._vanished):
-                if connection is not None:
-                    connection.close()
+            if self._vanished is not None:
+                self._vanished.close()
+            if self.connection is not None:
+                self.connection.close()
             self.connection = self._vanished = None
-            self._identity = self._vanished_identity = None
+            self._identity = None
             self.away = False
             if self._spool is not None:
                 self._spool.close()

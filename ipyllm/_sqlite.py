@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
 from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, ROW_COLUMNS, SCHEMA_VERSION, Entry, apply, committed
@@ -44,7 +45,7 @@ class SQLiteStore:
 
     Parameters
     ----------
-    path
+    location
         The ledger file.
     busy_timeout
         Seconds a write waits for another kernel's.
@@ -52,13 +53,14 @@ class SQLiteStore:
         Where rows wait while the file cannot be written (default: ``ipyllm/spool/`` in the Jupyter data directory).
     """
 
-    def __init__(self, path: str | os.PathLike[str], busy_timeout: float = 5.0, spool: Path | None = None) -> None:
-        self.path = Path(path)
-        self.name = str(self.path)
+    def __init__(self, location: SQLiteFile, busy_timeout: float = 5.0, spool: Path | None = None) -> None:
+        self.location = location
+        self.path = location.path
+        self.name = str(location)
         self.shared = False
         self.busy_timeout = busy_timeout
         #: The file, watched: its connection, its spool and its lock.
-        self.file = LedgerFile(self.path, busy_timeout, spool)
+        self.file = LedgerFile(location, busy_timeout, spool)
         self._lock = self.file.lock
 
     def __repr__(self) -> str:

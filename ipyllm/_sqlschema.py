@@ -11,7 +11,19 @@ from typing import Any
 from ipyllm._spool import SpooledEntry
 from ipyllm._usage import COLUMNS
 
-__all__ = ["COPIES", "INSERT_ROW", "MIGRATIONS", "PUT_CACHE", "ROW_COLUMNS", "SCHEMA_VERSION", "Entry", "apply", "cached", "committed"]
+__all__ = [
+    "COPIES",
+    "INSERT_ROW",
+    "MIGRATIONS",
+    "PUT_CACHE",
+    "ROW_COLUMNS",
+    "SCHEMA_VERSION",
+    "Entry",
+    "apply",
+    "cached",
+    "committed",
+    "migrate",
+]
 
 ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
 # OR IGNORE: a row already in the ledger (the same uid: from the spool, or from a file that vanished) is skipped.
@@ -107,3 +119,19 @@ def cached(connection: sqlite3.Connection, keys: Sequence[str]) -> dict[str, str
         marks = ", ".join("?" * len(chunk))
         found.update(connection.execute(f"SELECT key, payload FROM cache WHERE key IN ({marks})", chunk).fetchall())
     return found
+
+
+def migrate(connection: sqlite3.Connection) -> None:
+    """Bring the file's schema to ``SCHEMA_VERSION`` (``PRAGMA user_version``); raises for a file from a newer ipyllm."""
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(f"schema version {version} is newer than this ipyllm's {SCHEMA_VERSION}: upgrade ipyllm")
+    if version == SCHEMA_VERSION:
+        return
+    # BEGIN IMMEDIATE: two kernels opening a new ledger at once migrate it once.
+    with committed(connection):
+        version = connection.execute("PRAGMA user_version").fetchone()[0]
+        for statements in MIGRATIONS[version:]:
+            for statement in statements:
+                connection.execute(statement)
+        connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")

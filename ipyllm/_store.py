@@ -1,5 +1,5 @@
 """What every ledger backend shares: the ``Store`` protocol, budget holds and limits, this session's rows in
-memory, and where the default ledger lives.
+memory (where the default ledger lives: ``_locations.default_usage_db``).
 
 A ``Store`` persists usage rows, budget holds and the response cache: the SQLite file (``_sqlite``) or a team's
 PostgreSQL server (``_postgres``); ``_ledger.open_store`` picks one. Knows nothing of litellm.
@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ipyllm._notices import notice
@@ -32,7 +30,6 @@ __all__ = [
     "Refusal",
     "Sizer",
     "Store",
-    "default_usage_db",
     "fixed",
     "process_alive",
     "tightest",
@@ -165,24 +162,6 @@ class MemoryLedger:
 
     def __len__(self) -> int:
         return len(self._rows)
-
-
-def default_usage_db() -> Path:
-    """``ipyllm/usage.sqlite`` under the user's Jupyter data directory."""
-    try:
-        from jupyter_core.paths import jupyter_data_dir
-
-        base = Path(jupyter_data_dir())
-    except ImportError:  # jupyter_core's own rules, for a plain IPython without Jupyter
-        if os.environ.get("JUPYTER_DATA_DIR"):
-            base = Path(os.environ["JUPYTER_DATA_DIR"])
-        elif sys.platform == "darwin":
-            base = Path.home() / "Library" / "Jupyter"
-        elif os.name == "nt":
-            base = Path(os.environ.get("APPDATA", Path.home())) / "jupyter"
-        else:
-            base = Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local" / "share")) / "jupyter"
-    return base / "ipyllm" / "usage.sqlite"
 
 
 def process_alive(pid: int) -> bool:

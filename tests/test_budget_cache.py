@@ -7,7 +7,6 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,8 +16,8 @@ import ipyllm
 from ipyllm import _api
 from ipyllm._budget import usd
 from ipyllm._litellm import load_litellm
+from ipyllm._locations import default_usage_db
 from ipyllm._sqlite import SQLiteStore
-from ipyllm._store import default_usage_db
 from ipyllm._usage import UsageRow
 from ipyllm.testing import StubServer, count_tokens
 
@@ -156,7 +155,7 @@ def test_an_identical_request_is_answered_from_the_cache(live: StubServer) -> No
     row = second.usage
     assert (row.status, row.cost_usd, row.attempts) == ("cached", 0.0, 0)
     assert (row.prompt_tokens, row.completion_tokens) == (first.usage.prompt_tokens, first.usage.completion_tokens)
-    with sqlite3.connect(default_usage_db()) as connection:
+    with sqlite3.connect(default_usage_db().path) as connection:
         assert connection.execute("SELECT COUNT(*) FROM cache").fetchone()[0] == 1
 
 
@@ -203,7 +202,7 @@ def test_the_cache_in_memory_mode(live: StubServer) -> None:
     ipyllm.config.update(cache=True, usage_db=":memory:")
     ipyllm.complete("in memory")
     assert ipyllm.complete("in memory").usage.status == "cached" and len(live.requests) == 1
-    assert not Path(default_usage_db()).exists()
+    assert not default_usage_db().path.exists()
 
 
 def test_no_cache_on_the_magic_sends_anyway(ip: Any, live: StubServer) -> None:

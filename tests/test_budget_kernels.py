@@ -17,6 +17,7 @@ import pytest
 from jupyter_client.manager import start_new_kernel
 
 import ipyllm
+from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
 from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
@@ -121,7 +122,7 @@ def test_the_daily_budget_counts_from_local_midnight_not_the_last_24_hours(live:
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     assert midnight.utcoffset() == timedelta(hours=local_noon)
     assert 10 <= now.hour <= 15 and now - (midnight - timedelta(minutes=30)) < timedelta(hours=24)
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     late_yesterday = midnight - timedelta(minutes=30)  # 23:30 local, yesterday
     early_today = midnight + timedelta(minutes=10)  # 00:10 local, today
     for moment in (late_yesterday, early_today):

@@ -7,7 +7,9 @@ import math
 import pytest
 
 import ipyllm
-from ipyllm._config import SETTING_NAMES, LLMConfig, Secret
+from ipyllm._config import SETTING_NAMES, LLMConfig
+from ipyllm._locations import Memory
+from ipyllm._secrets import Secret
 from ipyllm.errors import SettingError
 
 from .conftest import SECRET
@@ -46,7 +48,7 @@ def test_environment_variables_are_read() -> None:
     assert cfg.api_version == "2024-02-01"
     assert cfg.embedding_model == "text-embedding-3-large" and cfg.embedding_deployment == "embed-prod"
     assert (cfg.num_retries, cfg.retry_min_wait, cfg.retry_max_wait, cfg.timeout) == (2, 0.5, 4.0, 30.0)
-    assert (cfg.budget_usd, cfg.daily_budget_usd, cfg.usage_db, cfg.cache) == (1.5, 10.0, ":memory:", True)
+    assert (cfg.budget_usd, cfg.daily_budget_usd, cfg.usage_db, cfg.cache) == (1.5, 10.0, Memory(), True)
 
 
 def test_a_bad_environment_variable_is_said_once_and_keeps_the_default(capfd: pytest.CaptureFixture[str]) -> None:

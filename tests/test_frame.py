@@ -9,8 +9,9 @@ import pandas as pd
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._locations import default_usage_db
 from ipyllm._sqlite import SQLiteStore
-from ipyllm._store import MemoryLedger, default_usage_db
+from ipyllm._store import MemoryLedger
 from ipyllm._usage import COLUMNS, UsageRow, to_frame
 from ipyllm.testing import Fault, StubServer
 

@@ -23,6 +23,7 @@ from jupyter_client.manager import start_new_kernel
 import ipyllm
 from ipyllm import _api, _calls
 from ipyllm._litellm import load_litellm
+from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
@@ -72,7 +73,7 @@ def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(li
     assert row.cost_usd == pytest.approx(0.001 * row.prompt_tokens + 0.002 * row.completion_tokens)
     assert row.error == line
     # The row settled the call's hold, in the ledger file, in the same transaction.
-    saved = SQLiteStore(ledger).frame()
+    saved = SQLiteStore(SQLiteFile(ledger)).frame()
     assert saved["status"].tolist() == ["interrupted"] and saved["cost_usd"].iloc[0] == pytest.approx(row.cost_usd)
     assert sqlite3.connect(ledger).execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
     assert _api.session.budgets.held == 0

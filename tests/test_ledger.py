@@ -19,8 +19,8 @@ from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._locations import SQLiteFile, default_usage_db
 from ipyllm._sqlite import SCHEMA_VERSION, SQLiteStore
-from ipyllm._store import default_usage_db
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
@@ -33,7 +33,7 @@ def ledger_rows(path: Path) -> list[tuple[Any, ...]]:
 
 
 def test_each_call_is_committed_to_the_default_ledger(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
-    path = default_usage_db()
+    path = default_usage_db().path
     assert path == Path(os.environ["JUPYTER_DATA_DIR"]) / "ipyllm" / "usage.sqlite"
     reply = ipyllm.complete("persist me")
     rows = ledger_rows(path)  # read by another connection: the insert is committed
@@ -48,14 +48,14 @@ def test_each_call_is_committed_to_the_default_ledger(live: StubServer, capfd: p
 def test_memory_keeps_rows_in_this_session_only(live: StubServer, tmp_path: Path) -> None:
     ipyllm.config.usage_db = ":memory:"
     ipyllm.complete("not persisted")
-    assert not default_usage_db().exists()
+    assert not default_usage_db().path.exists()
     assert len(ipyllm.usage()) == 1 and len(ipyllm.usage(all_sessions=True)) == 1
 
 
 def test_all_sessions_reads_the_whole_ledger_with_the_same_dtypes(live: StubServer, tmp_path: Path) -> None:
     path = tmp_path / "shared.sqlite"
     ipyllm.config.usage_db = str(path)
-    earlier = SQLiteStore(path)
+    earlier = SQLiteStore(SQLiteFile(path))
     yesterday = datetime.now(timezone.utc) - timedelta(days=1)
     earlier.append(UsageRow(timestamp=yesterday, session="earlier", cell=4, model="gpt-4o", prompt_tokens=5, cost_usd=0.25))
     earlier.append(UsageRow(timestamp=yesterday, session="earlier", model="local", status="error", error="X: y"))
@@ -151,12 +151,12 @@ def test_a_corrupt_ledger_never_breaks_a_call(live: StubServer, tmp_path: Path, 
 
 def test_a_locked_ledger_never_breaks_a_call(live: StubServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "locked.sqlite"
-    SQLiteStore(path).count()  # create it
+    SQLiteStore(SQLiteFile(path)).count()  # create it
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
         ipyllm.config.usage_db = str(path)
-        _api.session.records._stores[str(path)] = SQLiteStore(path, busy_timeout=0.2)
+        _api.session.records._stores[str(path)] = SQLiteStore(SQLiteFile(path), busy_timeout=0.2)
         assert ipyllm.complete("one").usage.status == "ok"
         one_warning(capfd.readouterr().err, "locked", "another program holds it")
     finally:
@@ -199,7 +199,7 @@ def test_an_old_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> N
             connection.execute(statement)
         connection.execute("INSERT INTO usage (timestamp_us, session, model, status) VALUES (1, 'old', 'gpt-4o', 'ok')")
         connection.execute("PRAGMA user_version = 1")
-    store = SQLiteStore(path)
+    store = SQLiteStore(SQLiteFile(path))
     assert store.count() == 1
     store.cache_put("k", "chat", "gpt-4o", "{}")
     with sqlite3.connect(path) as connection:

@@ -26,6 +26,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._locations import SQLiteFile
 from ipyllm._spool import Spool, spool_path
 from ipyllm._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
 from ipyllm._store import Headroom, Hold, Limit
@@ -140,7 +141,7 @@ def test_an_unwritable_ledger_mid_map_keeps_every_row_and_answer_for_the_second_
     first = ipyllm.map("row {value}", items, concurrency=2, progress=False)
     swapper.join()
     assert first.notna().all() and chat_requests(live) == total
-    spool = Spool(spool_path(str(ledger)))
+    spool = Spool(spool_path(SQLiteFile(ledger)))
     lines = said(capfd.readouterr().err)
     assert len(lines) == 1, lines
     assert lines[0] == (
@@ -190,7 +191,7 @@ def test_with_a_daily_budget_an_outage_is_one_line_and_the_ledger_is_kept(
 
 def test_each_outage_is_said_once_and_so_is_its_end(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     directory = tmp_path / "ledger"
-    store = SQLiteStore(directory / "usage.sqlite")
+    store = SQLiteStore(SQLiteFile(directory / "usage.sqlite"))
     store.append(UsageRow(session="s", model="first"))
     for outage in range(2):
         aside = unwritable(directory)
@@ -210,7 +211,7 @@ def test_each_outage_is_said_once_and_so_is_its_end(tmp_path: Path, capfd: pytes
 def test_cache_lookups_while_the_ledger_cannot_be_written_see_the_spooled_answers(tmp_path: Path) -> None:
     directory = tmp_path / "ledger"
     ledger = directory / "usage.sqlite"
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     store.cache_put("before", "chat", "m", '{"text": "answered before"}')
     aside = unwritable(directory)
     store.cache_put("during", "chat", "m", '{"text": "answered during"}')
@@ -238,9 +239,9 @@ def test_a_deleted_ledger_is_noticed_before_the_next_write_and_recreated_with_al
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     ledger = tmp_path / "ledger" / "usage.sqlite"
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     store.append(UsageRow(session="mine", model="a", cost_usd=0.1))
-    other = SQLiteStore(ledger)  # another kernel on the same file
+    other = SQLiteStore(SQLiteFile(ledger))  # another kernel on the same file
     other.append(UsageRow(session="theirs", model="b", cost_usd=0.2))
     other.close()
     store.cache_put("key", "chat", "a", '{"text": "kept"}')
@@ -276,9 +277,9 @@ def test_a_deleted_ledger_is_noticed_before_the_next_write_and_recreated_with_al
 
 def test_a_replaced_ledger_gets_the_rows_merged_each_once(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     ledger = tmp_path / "usage.sqlite"
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     store.append(UsageRow(session="mine", model="a"))
-    elsewhere = SQLiteStore(tmp_path / "elsewhere.sqlite")
+    elsewhere = SQLiteStore(SQLiteFile(tmp_path / "elsewhere.sqlite"))
     elsewhere.append(UsageRow(session="theirs", model="b"))
     elsewhere.close()
     os.replace(tmp_path / "elsewhere.sqlite", ledger)
@@ -297,7 +298,7 @@ def test_a_replaced_ledger_gets_the_rows_merged_each_once(tmp_path: Path, capfd:
 
 def test_the_check_for_a_vanished_file_costs_microseconds(tmp_path: Path) -> None:
     ledger = tmp_path / "usage.sqlite"
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     store.count()
     assert store.file.at_path()
     calls = 5000
@@ -341,7 +342,8 @@ KILLED = textwrap.dedent(
     import os, sys
     from ipyllm._usage import UsageRow
     from ipyllm._sqlite import SQLiteStore
-    store = SQLiteStore(sys.argv[1])
+    from ipyllm._locations import SQLiteFile
+    store = SQLiteStore(SQLiteFile(sys.argv[1]))
     store.append(UsageRow(session="killed", model="one", cost_usd=0.01))
     store.append_many([UsageRow(session="killed", model="two")], [("answer", "chat", "two", '{"text": "kept"}')])
     os._exit(9)  # killed: nothing runs at exit
@@ -358,7 +360,7 @@ def test_rows_spooled_by_a_killed_process_are_written_once_by_the_next(tmp_path:
     assert killed.returncode == 9, killed.stderr
     assert len(said(killed.stderr)) == 1 and "wait in" in killed.stderr
     directory.unlink()
-    first, second = SQLiteStore(ledger), SQLiteStore(ledger)
+    first, second = SQLiteStore(SQLiteFile(ledger)), SQLiteStore(SQLiteFile(ledger))
     assert first.count() == 2 and first.cache_get("answer") == '{"text": "kept"}'
     assert second.count() == 2
     assert query(ledger, "SELECT model, session FROM usage ORDER BY model") == [("one", "killed"), ("two", "killed")]
@@ -375,7 +377,7 @@ def test_an_older_ledger_gets_a_unique_id_for_every_row(tmp_path: Path) -> None:
         connection.executemany("INSERT INTO usage (timestamp_us, session, model) VALUES (?, 'old', 'm')", [(1,), (2,), (3,)])
         connection.execute("PRAGMA user_version = 3")
         connection.commit()
-    store = SQLiteStore(ledger)
+    store = SQLiteStore(SQLiteFile(ledger))
     assert store.count() == 3
     assert query(ledger, "SELECT COUNT(DISTINCT uid), COUNT(uid) FROM usage") == [(3, 3)]
     assert query(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]

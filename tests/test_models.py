@@ -252,7 +252,7 @@ def test_a_404_for_an_embedding_model_names_the_embedding_setting(live: StubServ
 
 
 def test_an_interrupt_while_listing_leaves_the_key_in_no_frame_and_no_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ipyllm._config import Secret
+    from ipyllm._secrets import Secret
 
     def interrupted_urlopen(request: Any, timeout: float) -> Any:
         header = request.get_header("Authorization")  # what urllib's own frames hold while a request is under way

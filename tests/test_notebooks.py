@@ -28,6 +28,7 @@ import pytest
 from nbclient import NotebookClient
 
 import ipyllm
+from ipyllm._locations import Memory, SQLiteFile
 from ipyllm.testing import StubServer, _notebooks, offline_unless_configured, provider_configured
 
 from .conftest import SECRET
@@ -240,7 +241,7 @@ def test_without_a_provider_the_stub_starts_once_and_says_so(fresh_offline: ipyl
     assert isinstance(stub, StubServer) and said.count("\n") == 1
     assert said.startswith(f"ipyllm: replies come from the local stub server at {stub.base_url} (no provider is configured)")
     assert fresh_offline.base_url == stub.base_url and fresh_offline.model == "gpt-4o-mini"
-    assert fresh_offline.usage_db == str(tmp_path / "jupyter-data" / "ipyllm" / "stub-usage.sqlite"), (
+    assert fresh_offline.usage_db == SQLiteFile(tmp_path / "jupyter-data" / "ipyllm" / "stub-usage.sqlite"), (
         "stub rows stay out of the real ledger"
     )
     again, said_again = quietly(offline_unless_configured)
@@ -250,7 +251,7 @@ def test_without_a_provider_the_stub_starts_once_and_says_so(fresh_offline: ipyl
 def test_an_explicit_ledger_is_kept_and_a_non_openai_model_is_replaced(fresh_offline: ipyllm.LLMConfig) -> None:
     fresh_offline.update(usage_db=":memory:", model="anthropic/claude-3-5-haiku-latest")
     stub, _ = quietly(offline_unless_configured)
-    assert stub is not None and fresh_offline.usage_db == ":memory:" and fresh_offline.model == "gpt-4o-mini"
+    assert stub is not None and fresh_offline.usage_db == Memory() and fresh_offline.model == "gpt-4o-mini"
 
 
 @pytest.mark.parametrize(

@@ -22,8 +22,8 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._config import LedgerURL
 from ipyllm._ledger import open_store
+from ipyllm._locations import parse_location
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import Fault, StubServer
@@ -186,7 +186,8 @@ def test_two_processes_at_concurrency_16_never_pass_a_shared_daily_budget(pg: Po
 
 
 def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, tmp_path: Path) -> None:
-    url = LedgerURL(pg.url(pg.new_database()))
+    database = pg.new_database()
+    url = parse_location(pg.url(database))
     stores = [open_store(url) for _ in range(8)]
     counts: list[int] = []
     threads = [threading.Thread(target=lambda s=s: counts.append(s.count())) for s in stores]  # type: ignore[misc]
@@ -195,7 +196,6 @@ def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, t
     for thread in threads:
         thread.join()
     assert counts == [0] * 8
-    database = url.reveal().rsplit("/", 1)[1]
     assert pg.sql("SELECT version FROM schema_version", database=database) == [(3,)]
     for store in stores:
         assert store is not None
@@ -203,7 +203,7 @@ def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, t
 
 
 def test_a_user_budget_refuses_one_user_while_another_goes_on(team: str, pg: PostgresServer) -> None:
-    store = open_store(LedgerURL(team))
+    store = open_store(parse_location(team))
     assert store is not None
     store.append(UsageRow(session="elsewhere", model="gpt-4o-mini", cost_usd=0.5, user="carol"))
     assert store.flush()  # type: ignore[attr-defined]
@@ -234,7 +234,7 @@ def test_the_server_stopped_mid_run_and_restarted_gets_every_row_once(
     team: str, pg: PostgresServer, capfd: pytest.CaptureFixture[str]
 ) -> None:
     database = team.rsplit("/", 1)[1]
-    store = open_store(LedgerURL(team))
+    store = open_store(parse_location(team))
     assert store is not None
     store.append(UsageRow(session="theirs", model="gpt-4o-mini", cost_usd=0.5, user="carol"))
     store.close()  # writes what waits
@@ -424,7 +424,7 @@ def test_the_password_never_shows(pg: PostgresServer, ip: Any, capfd: pytest.Cap
 
 
 def test_llm_usage_all_by_user_and_host_reads_the_server(team: str, ip: Any) -> None:
-    store = open_store(LedgerURL(team))
+    store = open_store(parse_location(team))
     assert store is not None
     store.append(UsageRow(session="theirs", model="gpt-4o-mini", cost_usd=0.25, user="carol", host="laptop-7"))
     assert store.flush()  # type: ignore[attr-defined]
@@ -442,7 +442,7 @@ def test_llm_usage_all_by_user_and_host_reads_the_server(team: str, ip: Any) -> 
 
 
 def test_the_picker_shows_the_teams_and_the_users_spend_today(team: str) -> None:
-    store = open_store(LedgerURL(team))
+    store = open_store(parse_location(team))
     assert store is not None
     store.append(UsageRow(session="theirs", model="gpt-4o-mini", cost_usd=0.25, user="carol"))
     assert store.flush()  # type: ignore[attr-defined]
@@ -461,7 +461,7 @@ def test_the_picker_shows_the_teams_and_the_users_spend_today(team: str) -> None
 def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresServer) -> None:
     from datetime import datetime, timedelta, timezone
 
-    url = LedgerURL(pg.url(pg.new_database()))
+    url = parse_location(pg.url(pg.new_database()))
     first, second = open_store(url), open_store(url)
     assert first is not None and second is not None
     now = datetime.now(timezone.utc)
@@ -491,7 +491,7 @@ def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresSe
 
 def test_a_frame_of_100000_rows_reads_quickly(pg: PostgresServer) -> None:
     database = pg.new_database()
-    store = open_store(LedgerURL(pg.url(database)))
+    store = open_store(parse_location(pg.url(database)))
     assert store is not None
     store.count()  # migrates
     pg.sql(

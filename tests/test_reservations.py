@@ -9,6 +9,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import UsageRow
@@ -38,7 +39,7 @@ def test_32_threads_never_pass_a_budget(live: StubServer, tmp_path: Path, settin
 
 
 def test_holds_of_another_kernel_count_until_settled_or_expired(tmp_path: Path) -> None:
-    store = SQLiteStore(tmp_path / "usage.sqlite")
+    store = SQLiteStore(SQLiteFile(tmp_path / "usage.sqlite"))
     now = datetime.now(timezone.utc)
     midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
     limit = [Limit("daily_budget_usd", 1.0, midnight)]
@@ -69,7 +70,7 @@ def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> Non
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     pid = int(dead.stdout)
-    store = SQLiteStore(tmp_path / "usage.sqlite")
+    store = SQLiteStore(SQLiteFile(tmp_path / "usage.sqlite"))
     now = datetime.now(timezone.utc)
     midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
     limit = [Limit("daily_budget_usd", 1.0, midnight)]

@@ -23,8 +23,9 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._config import LLMConfig, RevealedKey, Secret
+from ipyllm._config import LLMConfig
 from ipyllm._litellm import load_litellm
+from ipyllm._secrets import RevealedKey, Secret
 from ipyllm.testing import Fault, StubServer
 
 #: No recognisable shape: only ipyllm's knowledge of the key can keep it out of sight.

@@ -6,7 +6,7 @@ from typing import Any
 
 from ipyllm._config import config
 from ipyllm._litellm import check_environment, resolve_provider
-from ipyllm._store import default_usage_db
+from ipyllm._locations import SQLiteFile, default_usage_db
 from ipyllm.testing._server import StubServer
 
 __all__ = ["offline_unless_configured", "provider_configured"]
@@ -70,7 +70,7 @@ def offline_unless_configured(*, always: bool = False) -> StubServer | None:
     if resolve_provider(config.model, None) != "openai":
         settings["model"] = "gpt-4o-mini"
     if config.usage_db is None:
-        settings["usage_db"] = str(default_usage_db().with_name("stub-usage.sqlite"))
+        settings["usage_db"] = SQLiteFile(default_usage_db().path.with_name("stub-usage.sqlite"))
     config.update(**settings)
     reason = "this notebook scripts its faults" if always else "no provider is configured"
     advice = "" if always else " To use a real model, set OPENAI_API_KEY or LLM_API_KEY (and LLM_MODEL), then restart the kernel."
