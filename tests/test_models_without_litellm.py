@@ -25,7 +25,7 @@ from ipyllm._litellm import load_litellm
 from ipyllm.testing import STUB_MODELS, StubServer
 
 from .conftest import SECRET
-from .test_models import ModelServer
+from .unit.test_models import ModelServer
 
 LISTED = [f"openai/{name}" for name in STUB_MODELS]
 OFFERED = ", ".join(STUB_MODELS)

@@ -21,7 +21,7 @@ from ipyllm import _api, _helpers
 from ipyllm.errors import AuthenticationError, SettingError
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 
 @pytest.fixture(scope="module")

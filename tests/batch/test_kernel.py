@@ -17,7 +17,7 @@ from nbclient import NotebookClient
 
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 pytestmark = pytest.mark.kernel
 

@@ -16,15 +16,15 @@ import pytest
 
 from ipyllm.testing import StubServer
 
-from . import test_browser
-from .conftest import SECRET
-from .test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, run_cell, wait_for_prompt_number
+from ..conftest import SECRET
+from . import test_picker
+from .test_picker import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, run_cell, wait_for_prompt_number
 
 
 @pytest.fixture
 def jupyterlab(tmp_path: Path, stub: StubServer) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1, started as tests/test_browser.py starts it."""
-    yield from test_browser.lab.__wrapped__(tmp_path, stub)
+    yield from test_picker.lab.__wrapped__(tmp_path, stub)
 
 
 pytestmark = pytest.mark.browser

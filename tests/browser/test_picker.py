@@ -30,7 +30,7 @@ import pytest
 
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 pytestmark = pytest.mark.browser
 
@@ -45,7 +45,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 TYPED_KEY = "sk-typed-into-the-browser-5e6f7a8b9c"
 PROMPT = "Which model answers this?"
 CELLS = ["%load_ext ipyllm", "%llm_config", f"%%llm\n{PROMPT}"]

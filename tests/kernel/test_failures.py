@@ -19,9 +19,9 @@ from nbclient import NotebookClient
 from ipyllm import _api
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import stop_kernel
-from .test_kernel import text_of
-from .test_secrecy import KEY, leaks
+from ..conftest import stop_kernel
+from ..unit.test_secrets import KEY, leaks
+from .test_magics import text_of
 
 pytestmark = pytest.mark.kernel
 

@@ -22,7 +22,7 @@ from nbclient import NotebookClient
 import ipyllm
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 NOTE = "⏳ loading litellm (first call in this kernel)…"
 

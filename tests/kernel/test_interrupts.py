@@ -27,7 +27,7 @@ from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 #: From the interrupt to the cell's reply. A one-line error takes well under a second; the margin is for a
 #: loaded 2-core machine, and stays far below the 120 s the slow answer or the Retry-After would take.

@@ -22,7 +22,7 @@ from ipyllm._sqlite import SQLiteStore
 from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 #: Output at $0.001 a token, input free: with max_tokens=10 a call costs (and is estimated at) $0.01.
 PRICES = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}

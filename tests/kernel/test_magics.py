@@ -23,7 +23,7 @@ from nbclient import NotebookClient
 
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET, stop_kernel
+from ..conftest import SECRET, stop_kernel
 
 pytestmark = pytest.mark.kernel
 

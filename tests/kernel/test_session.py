@@ -19,7 +19,7 @@ from nbclient import NotebookClient
 
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET, stop_kernel
+from ..conftest import SECRET, stop_kernel
 
 pytestmark = pytest.mark.kernel
 

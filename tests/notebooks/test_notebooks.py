@@ -31,9 +31,9 @@ import ipyllm
 from ipyllm._locations import Memory, SQLiteFile
 from ipyllm.testing import StubServer, _notebooks, offline_unless_configured, provider_configured
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {path.stem: path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 INSTALL_CHECKS = os.environ.get("IPYLLM_INSTALL_CHECKS") == "1"
 # A stray font-cache notice from a fresh matplotlib is not the notebook's doing.

@@ -32,7 +32,7 @@ from .pg import PostgresServer, find_binaries
 
 #: $0.001 per output token and max_tokens=10: every call to the stub costs exactly $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,7 @@ from ipyllm._litellm import load_litellm
 from ipyllm._store import MemoryLedger
 from ipyllm.testing import Fault, StubServer, count_tokens
 
-from .conftest import SECRET, SleepRecorder
+from ..conftest import SECRET, SleepRecorder
 
 #: What the stub reports for the prompt "hello": its words, plus 3 for the message and 3 for the reply.
 HELLO_TOKENS = count_tokens("hello") + 3 + 3

@@ -12,7 +12,7 @@ from ipyllm._locations import Memory
 from ipyllm._secrets import Secret
 from ipyllm.errors import SettingError
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 
 def test_defaults_match_the_spec() -> None:

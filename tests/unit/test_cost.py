@@ -19,7 +19,7 @@ from ipyllm._litellm import load_litellm
 from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer, count_tokens
 
-from .conftest import SleepRecorder
+from ..conftest import SleepRecorder
 
 PROMPT = "Count these tokens, please: one, two, three."
 

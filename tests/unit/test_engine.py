@@ -12,7 +12,7 @@ import ipyllm
 from ipyllm import _api
 from ipyllm.testing import Fault, StubServer, count_tokens
 
-from .conftest import SECRET, SleepRecorder
+from ..conftest import SECRET, SleepRecorder
 
 
 def test_a_plain_call_returns_the_reply_and_leaves_one_row(live: StubServer) -> None:

@@ -16,7 +16,7 @@ from ipyllm import _api, _retry
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET, SleepRecorder
+from ..conftest import SECRET, SleepRecorder
 
 CONTEXT_400 = Fault.status(400, "the request exceeds the available context size, try increasing it", error_type="exceed_context_size_error")
 
@@ -325,6 +325,6 @@ def test_the_wait_policy_in_isolation() -> None:
 def test_the_docs_state_the_formula_the_code_uses() -> None:
     from pathlib import Path
 
-    page = (Path(__file__).parents[1] / "docs" / "errors.md").read_text()
+    page = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
     assert "uniform over [retry_min_wait, min(retry_max_wait, retry_min_wait * 2**n)]" in page
     assert "max(r, that draw)" in page

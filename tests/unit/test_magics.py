@@ -15,7 +15,7 @@ from ipyllm import _api, _display, _magics, _prompt
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer, count_tokens
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 
 def outputs(captured: Any) -> list[dict[str, Any]]:

@@ -22,7 +22,7 @@ import ipyllm
 from ipyllm import _api, _models, _widget
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 
 class ModelServer:

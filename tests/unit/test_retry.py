@@ -22,7 +22,7 @@ from ipyllm._usage import UsageRow
 from ipyllm.errors import ProviderUnavailableError, RateLimitError, RequestRejectedError, StreamBrokenError
 from ipyllm.testing import Fault, StubServer
 
-from .conftest import SleepRecorder
+from ..conftest import SleepRecorder
 
 
 def response(status: int, headers: dict[str, str] | None = None) -> httpx.Response:

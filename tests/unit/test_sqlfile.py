@@ -33,7 +33,7 @@ from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import UsageRow, row_values
 from ipyllm.testing import StubServer
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: $0.001 per output token: a call with max_tokens=10 may cost $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
 

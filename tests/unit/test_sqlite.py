@@ -24,7 +24,7 @@ from ipyllm._sqlite import SCHEMA_VERSION, SQLiteStore
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 
 def ledger_rows(path: Path) -> list[tuple[Any, ...]]:

@@ -31,7 +31,7 @@ from ipyllm._config import LLMConfig
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import StubServer
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}}
 BAD_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "nonsense"}}, "required": ["name"]}

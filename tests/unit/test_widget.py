@@ -27,7 +27,7 @@ from ipyllm._pickerinfo import typed_model
 from ipyllm._widget import Picker, catalogue, describe_model
 from ipyllm.testing import StubServer, count_tokens
 
-from .conftest import SECRET
+from ..conftest import SECRET
 
 TYPED_KEY = "sk-typed-in-the-picker-0a1b2c3d4e5f"
 
