@@ -154,16 +154,3 @@ def ip(live: StubServer) -> Iterator[object]:
     shell.run_line_magic("unload_ext", "ipyllm")
     _magics.conversation.clear()
     InteractiveShell.clear_instance()
-
-
-def stop_kernel(manager: Any, client: Any) -> None:
-    """Drain the kernel's iopub messages, close the channels and shut the kernel down (a test's teardown)."""
-    import queue
-
-    try:
-        while True:
-            client.get_iopub_msg(timeout=0.01)
-    except queue.Empty:
-        pass
-    client.stop_channels()
-    manager.shutdown_kernel(now=True)

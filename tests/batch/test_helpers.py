@@ -22,6 +22,7 @@ from ipyllm.errors import AuthenticationError, SettingError
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
+from ..helpers import chat_requests
 
 
 @pytest.fixture(scope="module")
@@ -34,16 +35,6 @@ def helper() -> Iterator[_helpers.Helper]:
     assert started.ready.wait(120), "the helper process did not get ready"
     yield started
     _helpers.close_all()
-
-
-@pytest.fixture
-def fast(live: StubServer, clean_config: ipyllm.LLMConfig) -> StubServer:
-    clean_config.update(retry_min_wait=0.05, retry_max_wait=3)
-    return live
-
-
-def chat_requests(stub: StubServer) -> list[Any]:
-    return [r for r in stub.requests if r.path.endswith("chat/completions")]
 
 
 def one_attempt(helper: _helpers.Helper, waits: list[float], prompt: str = "hello") -> Any:

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
-from nbclient import NotebookClient
 
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
+from ..helpers import execute_notebook, new_notebook, reply_to, start_kernel, stop_kernel
 
 pytestmark = pytest.mark.kernel
 
@@ -56,9 +55,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[nbforma
         monkeypatch.setenv("LLM_API_KEY", SECRET)
         monkeypatch.setenv("LLM_USAGE_DB", str(tmp_path_factory.mktemp("ledger") / "usage.sqlite"))
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True, store_widget_state=True).execute()
+        nb = execute_notebook(new_notebook(CELLS), tmp_path_factory.mktemp("work"), store_widget_state=True)
         yield nb, stub
     monkeypatch.undo()
 
@@ -131,19 +128,16 @@ def test_interrupting_the_kernel_during_a_map_stops_it_and_keeps_the_partial_res
     monkeypatch.setenv("LLM_BASE_URL", stub.base_url)
     monkeypatch.setenv("LLM_API_KEY", SECRET)
     monkeypatch.setenv("LLM_USAGE_DB", str(tmp_path / "usage.sqlite"))
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
         assert client.execute("import ipyllm; ipyllm.warm_up().join()", reply=True, timeout=60)["content"]["status"] == "ok"
-        client.execute("result = ipyllm.map('{value}', [str(i) for i in range(200)], concurrency=4, progress=False)")
+        msg_id = client.execute("result = ipyllm.map('{value}', [str(i) for i in range(200)], concurrency=4, progress=False)")
         deadline = time.monotonic() + 30
         while len(stub.requests) < 6 and time.monotonic() < deadline:
             time.sleep(0.05)
         interrupted_at = time.monotonic()
         manager.interrupt_kernel()
-        while True:
-            reply = client.get_shell_msg(timeout=30)
-            if reply["msg_type"] == "execute_reply":
-                break
+        reply = reply_to(client, msg_id, timeout=30)
         assert time.monotonic() - interrupted_at < 1.5, "stops within a second (and a little for the messages)"
         assert reply["content"]["ename"] == "BatchInterrupted"
         assert len(reply["content"]["traceback"]) == 1 and "run the same map again to resume" in reply["content"]["traceback"][0]
@@ -162,5 +156,4 @@ def test_interrupting_the_kernel_during_a_map_stops_it_and_keeps_the_partial_res
         found = {name: int(value["data"]["text/plain"]) for name, value in check["content"]["user_expressions"].items()}
         assert 0 < found["answered"] < 200 and 1 <= found["interrupted"] <= 4
     finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)

@@ -17,18 +17,9 @@ from ipyllm._engine import Client
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
+from ..helpers import chat_requests
+
 PRICES = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
-
-
-@pytest.fixture
-def fast(live: StubServer, clean_config: ipyllm.LLMConfig) -> StubServer:
-    """Short retry waits (the async path really sleeps them)."""
-    clean_config.update(retry_min_wait=0.05, retry_max_wait=3)
-    return live
-
-
-def chat_requests(stub: StubServer) -> list:
-    return [r for r in stub.requests if r.path.endswith("chat/completions")]
 
 
 def test_replies_are_aligned_to_a_shuffled_non_integer_index(fast: StubServer) -> None:

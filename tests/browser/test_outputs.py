@@ -1,14 +1,12 @@
 """What JupyterLab itself keeps in a saved notebook: no empty output from line magics, failed or retried calls.
 
-The same JupyterLab, kernel and headless Chromium as tests/test_browser.py (its fixture and helpers);
+The same JupyterLab, kernel and headless Chromium as the picker's test (``tests/browser/conftest.py``);
 the cells run with Shift+Enter and the notebook is saved with Ctrl+S, so the file is JupyterLab's own.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import nbformat
@@ -17,15 +15,7 @@ import pytest
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from . import test_picker
-from .test_picker import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, run_cell, wait_for_prompt_number
-
-
-@pytest.fixture
-def jupyterlab(tmp_path: Path, stub: StubServer) -> Iterator[Lab]:
-    """JupyterLab on 127.0.0.1, started as tests/test_browser.py starts it."""
-    yield from test_picker.lab.__wrapped__(tmp_path, stub)
-
+from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, run_cell, wait_for_prompt_number
 
 pytestmark = pytest.mark.browser
 
@@ -44,8 +34,7 @@ CELLS = [
 ]
 
 
-def test_jupyterlab_saves_no_empty_output(jupyterlab: Lab, stub: StubServer) -> None:
-    lab = jupyterlab
+def test_jupyterlab_saves_no_empty_output(lab: Lab, stub: StubServer) -> None:
     from playwright.sync_api import expect, sync_playwright
 
     notebook = lab.root / "outputs.ipynb"

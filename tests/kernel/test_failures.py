@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 from IPython.core.error import UsageError
 from IPython.utils.capture import capture_output
-from jupyter_client.manager import start_new_kernel
-from nbclient import NotebookClient
 
 from ipyllm import _api
 from ipyllm.testing import Fault, StubServer
 
-from ..conftest import stop_kernel
+from ..helpers import execute_notebook, new_notebook, start_kernel, stop_kernel, text_of
 from ..unit.test_secrets import KEY, leaks
-from .test_magics import text_of
 
 pytestmark = pytest.mark.kernel
 
@@ -56,10 +54,9 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[nbforma
         monkeypatch.setenv("LLM_API_KEY", KEY)
         monkeypatch.setenv("LLM_NUM_RETRIES", "0")
         monkeypatch.setenv("LLM_USAGE_DB", ":memory:")
-        nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell(source.format(url=stub.base_url)) for source in CELLS]
-        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True).execute()
-        path = tmp_path_factory.mktemp("kernel-failures") / "executed.ipynb"
+        work = tmp_path_factory.mktemp("kernel-failures")
+        nb = execute_notebook(new_notebook([source.format(url=stub.base_url) for source in CELLS]), work)
+        path = work / "executed.ipynb"
         nbformat.write(nb, path)
         yield nb, stub, path.read_text()
     monkeypatch.undo()
@@ -102,12 +99,12 @@ def test_the_key_is_nowhere_in_the_saved_notebook(executed: tuple[Any, StubServe
     assert "Verbose" in saved and not leaks(saved)
 
 
-def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Interrupting a slow call: the traceback IPython sends (every frame's variables, in Verbose) has no key."""
     monkeypatch.setenv("LLM_BASE_URL", stub.base_url)
     monkeypatch.setenv("LLM_API_KEY", KEY)
     monkeypatch.setenv("LLM_USAGE_DB", ":memory:")
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
         for code in ("%load_ext ipyllm", "%xmode Verbose", "import ipyllm._litellm as c; c.load_litellm()"):
             assert client.execute(code, reply=True, timeout=60)["content"]["status"] == "ok"

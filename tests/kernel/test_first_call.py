@@ -23,6 +23,7 @@ import ipyllm
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
+from ..helpers import new_notebook
 
 NOTE = "⏳ loading litellm (first call in this kernel)…"
 
@@ -77,9 +78,8 @@ def test_the_first_call_says_litellm_is_loading_and_a_cache_hit_does_not_wait(
         "%%llm\nHello again",
         "import ipyllm, sys\nprint(ipyllm.usage()[['status', 'latency_s']].to_json(orient='records'))",
     ]
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
-    client = RecordingClient(nb, timeout=120, kernel_name="python3")
+    nb = new_notebook(cells)
+    client = RecordingClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}})
     client.execute()
     saved = nbformat.writes(nb)
     rows = json.loads(nb.cells[4].outputs[0]["text"])
@@ -125,7 +125,9 @@ def test_a_cache_hit_in_a_fresh_process_never_imports_litellm(live: StubServer, 
         "print(json.dumps({'text': str(reply), 'litellm': 'litellm' in sys.modules,\n"
         "    'rows': [[r.status, r.provider, r.prompt_tokens, r.latency_s] for r in rows]}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], env=environment(live, ledger), capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=environment(live, ledger), cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["text"] == "[gpt-4o-mini] Remember this"

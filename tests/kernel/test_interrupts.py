@@ -13,12 +13,11 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm import _api, _calls
@@ -28,6 +27,7 @@ from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
+from ..helpers import reply_to, start_kernel, stop_kernel, wait_until
 
 #: From the interrupt to the cell's reply. A one-line error takes well under a second; the margin is for a
 #: loaded 2-core machine, and stays far below the 120 s the slow answer or the Retry-After would take.
@@ -136,18 +136,11 @@ def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(
 # -- in a real kernel ------------------------------------------------------------------------------------
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 class Kernel:
     """A real ipykernel, with the iopub messages of each cell kept."""
 
-    def __init__(self) -> None:
-        self.manager, self.client = start_new_kernel(kernel_name="python3")
+    def __init__(self, cwd: Path) -> None:
+        self.manager, self.client = start_kernel(cwd)
         self.messages: list[dict[str, Any]] = []
 
     def pump(self, timeout: float = 0.05) -> None:
@@ -168,10 +161,7 @@ class Kernel:
         return reply["content"]
 
     def reply_to(self, msg_id: str, timeout: float) -> dict[str, Any]:
-        while True:
-            reply = self.client.get_shell_msg(timeout=timeout)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                return reply["content"]
+        return dict(reply_to(self.client, msg_id, timeout)["content"])
 
     def idle(self, msg_id: str) -> None:
         """Wait until the cell's outputs are all in (its idle status comes last)."""
@@ -197,8 +187,7 @@ class Kernel:
         return [text for text in displays.values() if text.strip()]
 
     def shutdown(self) -> None:
-        self.client.stop_channels()
-        self.manager.shutdown_kernel(now=True)
+        stop_kernel(self.manager, self.client)
 
 
 @pytest.fixture
@@ -210,7 +199,7 @@ def kernel(stub: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("LLM_RETRY_MIN_WAIT", "1")
     monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "300")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    started = Kernel()
+    started = Kernel(tmp_path)
     try:
         started.run("%load_ext ipyllm")
         started.run("%llm warm up")

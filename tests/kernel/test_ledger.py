@@ -14,7 +14,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm._locations import SQLiteFile
@@ -23,6 +22,7 @@ from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
+from ..helpers import reply_to, start_kernel, stop_kernel
 
 #: Output at $0.001 a token, input free: with max_tokens=10 a call costs (and is estimated at) $0.01.
 PRICES = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
@@ -57,7 +57,7 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
     # Every answer takes a second: calls of both kernels are in flight together.
     stub.script(*[Fault.slow(1.0) for _ in range(40)])
 
-    kernels = [start_new_kernel(kernel_name="python3") for _ in range(2)]
+    kernels = [start_kernel(tmp_path) for _ in range(2)]
     try:
         for _, client in kernels:
             setup = f"import ipyllm, json\nipyllm.config.prices = {PRICES!r}\nipyllm._litellm.load_litellm()"
@@ -66,10 +66,7 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
         ids = [client.execute(CALLS.format(start=start, name=n)) for n, (_, client) in enumerate(kernels)]
         printed = []
         for msg_id, (_, client) in zip(ids, kernels, strict=True):
-            while True:
-                reply = client.get_shell_msg(timeout=120)
-                if reply["parent_header"].get("msg_id") == msg_id:
-                    break
+            reply = reply_to(client, msg_id, timeout=120)
             assert reply["content"]["status"] == "ok", reply["content"]
             while True:
                 message = client.get_iopub_msg(timeout=30)
@@ -78,8 +75,7 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
                     break
     finally:
         for manager, client in kernels:
-            client.stop_channels()
-            manager.shutdown_kernel(now=True)
+            stop_kernel(manager, client)
 
     with sqlite3.connect(ledger) as connection:
         rows = connection.execute("SELECT status, cost_usd, session FROM usage").fetchall()

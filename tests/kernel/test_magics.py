@@ -11,19 +11,18 @@ import json
 import queue
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
-from nbclient import NotebookClient
 
 from ipyllm.testing import Fault, StubServer
 
-from ..conftest import SECRET, stop_kernel
+from ..conftest import SECRET
+from ..helpers import execute_notebook, new_notebook, reply_to, send_cell, start_kernel, stop_kernel, text_of, wait_until
 
 pytestmark = pytest.mark.kernel
 
@@ -75,20 +74,8 @@ CALLS = ["hello", "plain", "retried", "answer", "saved", "chat1", "chat2", "echo
 ERRORS = ["bogus", "undefined", "echoed", "missing"]
 
 
-def execute(cells: list[str], **format_args: Any) -> nbformat.NotebookNode:
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source.format(**format_args) if "{url" in source else source) for source in cells]
-    NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True).execute()
-    return nb
-
-
-def text_of(output: dict[str, Any]) -> str:
-    if output["output_type"] == "stream":
-        return output["text"]
-    if output["output_type"] == "error":
-        return "\n".join(output["traceback"])
-    data = output.get("data", {})
-    return data.get("text/markdown") or data.get("text/plain", "")
+def execute(cells: list[str], cwd: Path, **format_args: Any) -> nbformat.NotebookNode:
+    return execute_notebook(new_notebook([source.format(**format_args) if "{url" in source else source for source in cells]), cwd)
 
 
 @dataclass
@@ -113,7 +100,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Executed]:
         monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "0.3")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
         try:
-            nb = execute([source for _, source in CELLS], url=stub.base_url)
+            nb = execute([source for _, source in CELLS], home, url=stub.base_url)
         finally:
             monkeypatch.undo()
         path = home / "executed.ipynb"
@@ -214,26 +201,15 @@ def test_the_key_is_nowhere_in_the_saved_notebook(executed: Executed) -> None:
     assert SECRET not in dumped and SECRET[:-4] not in dumped
 
 
-def test_a_rerun_cell_replaces_its_chat_turn_in_a_real_kernel(kernel_env: StubServer) -> None:
+def test_a_rerun_cell_replaces_its_chat_turn_in_a_real_kernel(kernel_env: StubServer, tmp_path: Path) -> None:
     """JupyterLab sends each cell's id with execute_request; a re-run must replace that cell's turn."""
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
-
-        def run(code: str, cell_id: str | None = None) -> dict[str, Any]:
-            message = client.session.msg("execute_request", {"code": code, "silent": False, "store_history": True, "allow_stdin": False})
-            if cell_id is not None:
-                message["metadata"]["cellId"] = cell_id
-            client.shell_channel.send(message)
-            while True:
-                reply = client.get_shell_msg(timeout=60)
-                if reply["parent_header"].get("msg_id") == message["header"]["msg_id"]:
-                    return reply["content"]
-
-        assert run("%load_ext ipyllm")["status"] == "ok"
-        run("%%llm --chat\nMy name is Ada.", "cell-a")
-        run("%%llm --chat\nWhat is my name?", "cell-b")
-        run("%%llm --chat\nMy name is Grace.", "cell-a")
-        run("%%llm --chat\nAnd now?", "cell-c")
+        assert send_cell(client, "%load_ext ipyllm")["status"] == "ok"
+        send_cell(client, "%%llm --chat\nMy name is Ada.", "cell-a")
+        send_cell(client, "%%llm --chat\nWhat is my name?", "cell-b")
+        send_cell(client, "%%llm --chat\nMy name is Grace.", "cell-a")
+        send_cell(client, "%%llm --chat\nAnd now?", "cell-c")
         last = [m["content"] for m in kernel_env.requests[-1].body["messages"]]
         assert "My name is Ada." not in last
         assert last == [
@@ -248,24 +224,17 @@ def test_a_rerun_cell_replaces_its_chat_turn_in_a_real_kernel(kernel_env: StubSe
         stop_kernel(manager, client)
 
 
-def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 #: Ample for a loaded 2-core machine, and far below the 120 s that the call would otherwise take.
 STOPS_WITHIN = 20.0
 
 
 @pytest.mark.parametrize("case", ["during-a-slow-answer", "during-a-retry-wait"])
 def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
-    kernel_env: StubServer, monkeypatch: pytest.MonkeyPatch, case: str
+    kernel_env: StubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, case: str
 ) -> None:
     monkeypatch.setenv("LLM_RETRY_MIN_WAIT", "1")
     monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "300")
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
         assert client.execute("%load_ext ipyllm", reply=True, timeout=60)["content"]["status"] == "ok"
         if case == "during-a-slow-answer":
@@ -289,10 +258,7 @@ def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
             wait_until(in_the_wait, 60, "the retry note")
         interrupted_at = time.monotonic()
         manager.interrupt_kernel()
-        while True:
-            reply = client.get_shell_msg(timeout=60)
-            if reply["parent_header"].get("msg_id") == msg_id:
-                break
+        reply = reply_to(client, msg_id)
         elapsed = time.monotonic() - interrupted_at
         assert elapsed < STOPS_WITHIN, f"stops at once, not after the answer or the wait ({elapsed:.1f} s)"
         # ipyllm.Interrupted, a KeyboardInterrupt that IPython shows as its one line.
@@ -311,8 +277,7 @@ def test_interrupting_the_kernel_stops_at_once_and_records_the_row(
         assert rows[0][2] < STOPS_WITHIN + 60, "the row's latency ends with the interrupt"
         assert len(kernel_env.requests) == 1, "no second attempt was ever sent"
     finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
 
 
 def test_ipython_config_py_configures_the_session_in_a_real_kernel(
@@ -328,7 +293,7 @@ def test_ipython_config_py_configures_the_session_in_a_real_kernel(
     )
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("LLM_MODEL", "gpt-4.1-mini")  # the config file wins over the environment
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
         assert client.execute("%load_ext ipyllm", reply=True, timeout=60)["content"]["status"] == "ok"
         check = client.execute(
@@ -343,8 +308,7 @@ def test_ipython_config_py_configures_the_session_in_a_real_kernel(
         body = kernel_env.requests[-1].body
         assert body["model"] == "gpt-4o" and body["messages"][0] == {"role": "system", "content": "From ipython_config.py."}
     finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
 
 
 def test_no_library_noise_reaches_the_cells(executed: Executed) -> None:

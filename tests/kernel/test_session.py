@@ -14,12 +14,11 @@ from typing import Any
 
 import nbformat
 import pytest
-from jupyter_client.manager import start_new_kernel
-from nbclient import NotebookClient
 
 from ipyllm.testing import StubServer
 
-from ..conftest import SECRET, stop_kernel
+from ..conftest import SECRET
+from ..helpers import execute_notebook, new_notebook, send_cell, start_kernel, stop_kernel, text_of
 
 pytestmark = pytest.mark.kernel
 
@@ -46,15 +45,6 @@ CELLS = [
 ]
 
 
-def text_of(output: dict[str, Any]) -> str:
-    if output["output_type"] == "stream":
-        return output["text"]
-    if output["output_type"] == "error":
-        return "\n".join(output["traceback"])
-    data = output.get("data", {})
-    return data.get("text/markdown") or data.get("text/plain", "")
-
-
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[nbformat.NotebookNode, StubServer, str]]:
     # One kernel serves every assertion; its ipython_config.py sets the model, as a user's would.
@@ -70,9 +60,8 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[nbforma
         monkeypatch.setenv("LLM_RETRY_MAX_WAIT", "0.3")
         monkeypatch.setenv("LLM_USAGE_DB", ":memory:")
         monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-        nb = nbformat.v4.new_notebook()
-        nb.cells = [nbformat.v4.new_code_cell(source.format(url=stub.base_url) if "{url" in source else source) for source in CELLS]
-        NotebookClient(nb, timeout=120, kernel_name="python3", allow_errors=True).execute()
+        nb = new_notebook([source.format(url=stub.base_url) if "{url" in source else source for source in CELLS])
+        execute_notebook(nb, tmp_path_factory.mktemp("work"))
         path = Path(tmp_path_factory.mktemp("saved")) / "session.ipynb"
         nbformat.write(nb, path)
         yield nb, stub, path.read_text()
@@ -130,22 +119,10 @@ def kernel(stub: StubServer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) ->
     monkeypatch.setenv("LLM_API_KEY", SECRET)
     monkeypatch.setenv("LLM_USAGE_DB", ":memory:")
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
-
-        def run(code: str, cell_id: str | None = None) -> dict[str, Any]:
-            content = {"code": code, "silent": False, "store_history": True, "allow_stdin": False, "user_expressions": {}}
-            content["user_expressions"] = {"turns": "[t.prompt for t in __import__('ipyllm')._chat.conversation.turns]"}
-            message = client.session.msg("execute_request", content)
-            if cell_id is not None:
-                message["metadata"]["cellId"] = cell_id
-            client.shell_channel.send(message)
-            while True:
-                reply = client.get_shell_msg(timeout=60)
-                if reply["parent_header"].get("msg_id") == message["header"]["msg_id"]:
-                    return reply["content"]
-
-        yield run
+        turns = {"turns": "[t.prompt for t in __import__('ipyllm')._chat.conversation.turns]"}
+        yield lambda code, cell_id=None: send_cell(client, code, cell_id, user_expressions=turns)
     finally:
         stop_kernel(manager, client)
 

@@ -25,15 +25,14 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
 import ipyllm
 from ipyllm._locations import Memory, SQLiteFile
 from ipyllm.testing import StubServer, _notebooks, offline_unless_configured, provider_configured
 
 from ..conftest import SECRET
+from ..helpers import ROOT, execute_notebook, text_of
 
-ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = {path.stem: path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 INSTALL_CHECKS = os.environ.get("IPYLLM_INSTALL_CHECKS") == "1"
 # A stray font-cache notice from a fresh matplotlib is not the notebook's doing.
@@ -47,15 +46,6 @@ def offline_environment(base: dict[str, str], data_dir: Path, usage_db: Path | N
     if usage_db is not None:
         env["LLM_USAGE_DB"] = str(usage_db)
     return env
-
-
-def text_of(output: dict[str, Any]) -> str:
-    if output["output_type"] == "stream":
-        return str(output["text"])
-    if output["output_type"] == "error":
-        return "\n".join(output["traceback"])
-    data = output.get("data", {})
-    return str(data.get("text/markdown") or data.get("text/plain", ""))
 
 
 def all_text(nb: nbformat.NotebookNode) -> str:
@@ -112,7 +102,7 @@ def run_notebook(path: Path, work: Path, **environment: str) -> nbformat.Noteboo
         os.environ.clear()
         os.environ.update(offline_environment(saved, work / "jupyter-data", work / "usage.sqlite"), **environment)
         nb = nbformat.read(path, as_version=4)
-        NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(work)}}).execute()
+        execute_notebook(nb, work, allow_errors=False)
     finally:
         os.environ.clear()
         os.environ.update(saved)

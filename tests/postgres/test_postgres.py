@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +28,11 @@ from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import Fault, StubServer
 
+from ..helpers import ROOT, free_port, wait_for
 from .pg import PostgresServer, find_binaries
 
 #: $0.001 per output token and max_tokens=10: every call to the stub costs exactly $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -62,15 +62,6 @@ def team(pg: PostgresServer, live: StubServer, capfd: pytest.CaptureFixture[str]
     for store in _api.session.records._stores.values():
         if store is not None:
             store.close()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 40.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def rows_in(pg: PostgresServer, database: str) -> int:
@@ -357,8 +348,6 @@ def test_a_read_only_database_keeps_the_rows_until_it_can_be_written(
 
 
 def test_an_unreachable_server_does_not_stall_calls(pg: PostgresServer, live: StubServer, tmp_path: Path) -> None:
-    from .pg import free_port
-
     ipyllm.config.update(usage_db=f"postgresql://nobody@127.0.0.1:{free_port()}/nothing", daily_budget_usd=1.0, prices=PRICED)
     try:
         started = time.perf_counter()

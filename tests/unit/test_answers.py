@@ -27,7 +27,8 @@ from ipyllm._litellm import load_litellm
 from ipyllm._store import MemoryLedger
 from ipyllm.testing import Fault, StubServer, count_tokens
 
-from ..conftest import SECRET, SleepRecorder
+from ..conftest import SleepRecorder
+from ..helpers import chat_requests, one_line
 
 #: What the stub reports for the prompt "hello": its words, plus 3 for the message and 3 for the reply.
 HELLO_TOKENS = count_tokens("hello") + 3 + 3
@@ -44,17 +45,6 @@ def notes(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith("ipyllm: ")]
 
 
-def chats(stub: StubServer) -> list[Any]:
-    return [r for r in stub.requests if r.path.endswith("chat/completions")]
-
-
-def one_line(error: BaseException) -> str:
-    lines = error._render_traceback_()  # type: ignore[attr-defined]
-    assert len(lines) == 1 and "\n" not in lines[0] and SECRET not in lines[0], lines
-    assert error.__cause__ is None and error.__context__ is None
-    return lines[0]
-
-
 # -- the same answer, streamed or not ------------------------------------------------------------------------
 
 
@@ -67,7 +57,7 @@ def test_an_empty_answer_with_a_stop_is_ok_streamed_or_not(live: StubServer, str
     row = reply.usage
     assert (row.status, row.error, row.attempts) == ("ok", None, 1)
     assert (row.prompt_tokens, row.completion_tokens, row.tokens_estimated) == (HELLO_TOKENS, 0, False), "the server's own count"
-    assert [r.body.get("stream", False) for r in chats(live)] == [stream], "one request: a stream that finished is not asked again"
+    assert [r.body.get("stream", False) for r in chat_requests(live)] == [stream], "one request: a stream that finished is not asked again"
     assert notes(capsys.readouterr().err) == [STOP_NOTE]
     assert reply.note == STOP_NOTE.removeprefix("ipyllm: ")
     assert _api.session.ledger.rows() == [row]
@@ -81,7 +71,7 @@ def test_an_empty_stream_without_usage_is_ok_and_counted_locally(live: StubServe
     row = reply.usage
     assert (str(reply), row.status, row.attempts, row.completion_tokens, row.tokens_estimated) == ("", "ok", 1, 0, True)
     assert row.prompt_tokens is not None and row.prompt_tokens > 0
-    assert len(chats(live)) == 1 and notes(capsys.readouterr().err) == [STOP_NOTE]
+    assert len(chat_requests(live)) == 1 and notes(capsys.readouterr().err) == [STOP_NOTE]
 
 
 def test_acomplete_says_an_empty_answer_once_too(live: StubServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -96,7 +86,7 @@ def test_a_broken_stream_is_asked_again_and_an_empty_answer_then_is_ok(live: Stu
     live.script(Fault.empty_stream(), Fault.reply(""))
     pieces: list[str] = []
     reply = ipyllm.complete("hello", stream=True, on_text=pieces.append)
-    assert [r.body.get("stream", False) for r in chats(live)] == [True, False]
+    assert [r.body.get("stream", False) for r in chat_requests(live)] == [True, False]
     row = reply.usage
     assert (str(reply), row.status, row.attempts, row.prompt_tokens) == ("", "ok", 2, HELLO_TOKENS)
     assert pieces == [], "nothing to show: no empty piece either"
@@ -117,7 +107,7 @@ def test_an_empty_answer_is_not_cached(live: StubServer, stream: bool) -> None:
     assert str(again) == "[gpt-4o-mini] hello" and again.usage.status == "ok", "asked again, not answered from the cache"
     third = ipyllm.complete("hello", stream=stream)
     assert (str(third), third.usage.status) == ("[gpt-4o-mini] hello", "cached"), "a real answer is cached as before"
-    assert len(chats(live)) == 2
+    assert len(chat_requests(live)) == 2
 
 
 def test_acomplete_does_not_cache_an_empty_answer(live: StubServer) -> None:
@@ -132,7 +122,7 @@ def test_acomplete_does_not_cache_an_empty_answer(live: StubServer) -> None:
     assert _api.session.records.cache_get(_api.session.prepare_chat("hello", {}, source="api").key or "") is not None, (
         "the real answer is cached"
     )
-    assert len(chats(live)) == 2
+    assert len(chat_requests(live)) == 2
 
 
 def test_an_empty_answer_an_earlier_version_cached_is_asked_again(live: StubServer) -> None:
@@ -143,7 +133,7 @@ def test_an_empty_answer_an_earlier_version_cached_is_asked_again(live: StubServ
         request.key, "chat", "gpt-4o-mini", {"text": "", "prompt_tokens": 7, "completion_tokens": 0, "provider": "openai"}
     )
     reply = ipyllm.complete("hello")
-    assert (str(reply), reply.usage.status, len(chats(live))) == ("[gpt-4o-mini] hello", "ok", 1)
+    assert (str(reply), reply.usage.status, len(chat_requests(live))) == ("[gpt-4o-mini] hello", "ok", 1)
 
 
 def test_map_keeps_an_empty_answer_out_of_the_cache_and_says_so_once(live: StubServer, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,7 +150,9 @@ def test_map_keeps_an_empty_answer_out_of_the_cache_and_says_so_once(live: StubS
     ]
     again = ipyllm.map("say {value}", ["a", "b"], concurrency=1, progress=False)
     assert again.tolist() == ["[gpt-4o-mini] say a", "[gpt-4o-mini] say b"]
-    assert [r.body["messages"][-1]["content"] for r in chats(live)] == ["say a", "say b", "say a"], "only the empty row is sent again"
+    assert [r.body["messages"][-1]["content"] for r in chat_requests(live)] == ["say a", "say b", "say a"], (
+        "only the empty row is sent again"
+    )
     assert [r.status for r in _api.session.ledger.rows()[2:]] == ["ok", "cached"]
     assert notes(capsys.readouterr().err) == []
 
@@ -190,7 +182,7 @@ def test_the_cell_magic_shows_an_empty_answer_with_its_footer_and_one_note(ip: A
     assert notes(captured.stderr) == [STOP_NOTE] and "Error" not in captured.stdout + captured.stderr
     row = _api.session.ledger.rows()[-1]
     assert (row.source, row.status, row.attempts, row.prompt_tokens) == ("magic", "ok", 1, HELLO_TOKENS)
-    assert len(chats(live)) == 1
+    assert len(chat_requests(live)) == 1
 
 
 def test_the_line_magic_returns_an_empty_answer_and_keeps_its_note(ip: Any, live: StubServer) -> None:
@@ -268,7 +260,7 @@ def test_an_answer_withheld_by_a_content_filter_is_an_error_with_the_servers_tok
     )
     row = caught.value.usage
     assert (row.status, row.attempts, row.prompt_tokens, row.completion_tokens) == ("error", 1, HELLO_TOKENS, 0)
-    assert len(chats(live)) == 1
+    assert len(chat_requests(live)) == 1
 
 
 def test_an_empty_reply_after_the_re_ask_is_an_error_with_the_servers_tokens(
@@ -283,7 +275,7 @@ def test_an_empty_reply_after_the_re_ask_is_an_error_with_the_servers_tokens(
     assert line == f"LLMError: {live.base_url} sent an empty reply, streamed and not: try again, or another model"
     row = caught.value.usage
     assert (row.status, row.attempts, row.prompt_tokens, row.completion_tokens) == ("error", 2, HELLO_TOKENS, 0)
-    assert [r.body.get("stream", False) for r in chats(live)] == [True, False]
+    assert [r.body.get("stream", False) for r in chat_requests(live)] == [True, False]
     assert notes(capsys.readouterr().err) == []
 
 
@@ -336,4 +328,4 @@ def test_errors_name_base_url_when_set_and_the_provider_otherwise(live: StubServ
         ipyllm.complete("hello", api_base=live.base_url)
     assert one_line(unavailable.value).startswith("ProviderUnavailableError: openai failed with 503 after 1 attempt")
     assert one_line(empty.value).startswith("LLMError: openai answered with no reply (zero choices)")
-    assert len(chats(live)) == 4
+    assert len(chat_requests(live)) == 4

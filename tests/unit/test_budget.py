@@ -28,9 +28,8 @@ from ipyllm._budget import INPUT_MARGIN, MIN_OUTPUT_TOKENS, Need
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
-from ..helpers import run_threads
+from ..helpers import ROOT, run_threads
 
-ROOT = Path(__file__).resolve().parents[2]
 INPUT, OUTPUT = 0.15e-6, 0.60e-6
 #: A dollar figure as the refusal line writes it.
 USD = r"\$([0-9.]+)"

@@ -16,23 +16,10 @@ from ipyllm import _api, _retry
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
-from ..conftest import SECRET, SleepRecorder
+from ..conftest import SleepRecorder
+from ..helpers import ROOT, fails, one_line
 
 CONTEXT_400 = Fault.status(400, "the request exceeds the available context size, try increasing it", error_type="exceed_context_size_error")
-
-
-def one_line(error: BaseException) -> str:
-    lines = error._render_traceback_()  # type: ignore[attr-defined]
-    assert len(lines) == 1 and "\n" not in lines[0], lines
-    assert SECRET not in lines[0] and SECRET[8:] not in lines[0]
-    assert error.__cause__ is not error and error.__cause__ is None and error.__context__ is None
-    return lines[0]
-
-
-def fails(error: type[BaseException], *args: Any, **kwargs: Any) -> Any:
-    with pytest.raises(error) as caught:
-        ipyllm.complete(*args, **kwargs)
-    return caught.value
 
 
 # -- what the provider said, and what to do --------------------------------------------------------------
@@ -323,8 +310,6 @@ def test_the_wait_policy_in_isolation() -> None:
 
 
 def test_the_docs_state_the_formula_the_code_uses() -> None:
-    from pathlib import Path
-
-    page = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
+    page = (ROOT / "docs" / "errors.md").read_text()
     assert "uniform over [retry_min_wait, min(retry_max_wait, retry_min_wait * 2**n)]" in page
     assert "max(r, that draw)" in page

@@ -26,7 +26,7 @@ from ipyllm.errors import SettingError
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from ..postgres.pg import free_port
+from ..helpers import free_port
 
 #: A password that shows nowhere; long enough that a mask showing its last four characters would be caught.
 PASSWORD = "Pw-3xq9Zt7Lm2Vb8Kd"

@@ -13,6 +13,8 @@ import ipyllm
 from ipyllm._schema import Schema
 from ipyllm.testing import Fault, StubServer, fit_schema
 
+from ..helpers import chat_requests
+
 
 class Review(BaseModel):
     sentiment: Literal["positive", "negative", "neutral"]
@@ -26,10 +28,6 @@ PERSON = {
     "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
     "required": ["name", "age"],
 }
-
-
-def chat_requests(stub: StubServer) -> list:
-    return [r for r in stub.requests if r.path.endswith("chat/completions")]
 
 
 def test_complete_with_a_pydantic_model_sends_response_format_and_parses(live: StubServer) -> None:

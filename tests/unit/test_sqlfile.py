@@ -33,7 +33,8 @@ from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import UsageRow, row_values
 from ipyllm.testing import StubServer
 
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers import ROOT, chat_requests
+
 #: $0.001 per output token: a call with max_tokens=10 may cost $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
 
@@ -68,10 +69,6 @@ def said(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
 
-def chat_requests(stub: StubServer) -> int:
-    return sum(1 for r in stub.requests if r.path.endswith("chat/completions"))
-
-
 # -- a real map, in a process of its own --------------------------------------------------------------------
 
 MAP = textwrap.dedent(
@@ -104,7 +101,7 @@ def test_the_ledger_directory_deleted_mid_map_is_recreated_with_every_row(tmp_pa
                 process.kill()
         assert process.returncode == 0, err
         answered, batch = out.split()
-        assert int(answered) == total == chat_requests(stub)
+        assert int(answered) == total == len(chat_requests(stub))
     lines = said(err)
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"ipyllm: the usage ledger {ledger} was moved or deleted while in use: recreated at its path with the ")
@@ -140,7 +137,7 @@ def test_an_unwritable_ledger_mid_map_keeps_every_row_and_answer_for_the_second_
     swapper.start()
     first = ipyllm.map("row {value}", items, concurrency=2, progress=False)
     swapper.join()
-    assert first.notna().all() and chat_requests(live) == total
+    assert first.notna().all() and len(chat_requests(live)) == total
     spool = Spool(spool_path(SQLiteFile(ledger)))
     lines = said(capfd.readouterr().err)
     assert len(lines) == 1, lines
@@ -157,7 +154,7 @@ def test_an_unwritable_ledger_mid_map_keeps_every_row_and_answer_for_the_second_
     writable_again(directory, moved[0])
     second = ipyllm.map("row {value}", items, concurrency=2, progress=False)
     assert second.tolist() == first.tolist()
-    assert chat_requests(live) == total, "nothing answered was sent again"
+    assert len(chat_requests(live)) == total, "nothing answered was sent again"
     assert len(ipyllm.usage(all_sessions=True)) == 2 * total  # reading the ledger writes what waits first
     rows = query(ledger, "SELECT status, COUNT(*), COUNT(DISTINCT uid) FROM usage GROUP BY status ORDER BY status")
     assert rows == [("cached", total, total), ("ok", total, total)]

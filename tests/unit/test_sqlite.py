@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jupyter_client.manager import start_new_kernel
 
 import ipyllm
 from ipyllm import _api
@@ -25,6 +24,7 @@ from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
+from ..helpers import start_kernel, stop_kernel
 
 
 def ledger_rows(path: Path) -> list[tuple[Any, ...]]:
@@ -104,7 +104,7 @@ def test_a_kernel_killed_mid_run_loses_no_finished_call(stub: StubServer, tmp_pa
     monkeypatch.setenv("LLM_USAGE_DB", str(path))
     monkeypatch.setenv("LLM_BASE_URL", stub.base_url)
     monkeypatch.setenv("LLM_API_KEY", SECRET)
-    manager, client = start_new_kernel(kernel_name="python3")
+    manager, client = start_kernel(tmp_path)
     try:
         reply = client.execute("import os, ipyllm", user_expressions={"pid": "os.getpid()"}, reply=True, timeout=60)
         assert reply["content"]["status"] == "ok", reply["content"]
@@ -121,8 +121,7 @@ def test_a_kernel_killed_mid_run_loses_no_finished_call(stub: StubServer, tmp_pa
         os.kill(pid, signal.SIGKILL)
         time.sleep(0.5)
     finally:
-        client.stop_channels()
-        manager.shutdown_kernel(now=True)
+        stop_kernel(manager, client)
     rows = ledger_rows(path)
     assert finished >= 20
     assert len(rows) >= finished + 1, "every call the kernel reported finished is in the ledger"
