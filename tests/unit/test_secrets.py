@@ -1,4 +1,5 @@
-"""The key is in no traceback, cause, frame, log or serialisation (issue 10).
+"""The key is in no traceback, cause, frame, log or serialisation (issue 10), and a ``Secret`` equals only a ``Secret``
+with the same key, never its masked text, and hashes alike (issue 18).
 
 The key here has no recognisable shape (no ``sk-``), so only ipyllm's knowledge of it can hide it, and the
 stub server repeats it in its error body, as OpenAI does for a wrong key.
@@ -27,6 +28,8 @@ from ipyllm._config import LLMConfig
 from ipyllm._litellm import load_litellm
 from ipyllm._secrets import RevealedKey, Secret
 from ipyllm.testing import Fault, StubServer
+
+from ..conftest import SECRET
 
 #: No recognisable shape: only ipyllm's knowledge of the key can keep it out of sight.
 KEY = "zq81Tw0LmVs9pX2kR7bN4cYd"
@@ -241,3 +244,25 @@ def test_no_log_line_carries_the_key(keyed: StubServer, every_log_line: list[log
         assert not leaks(record.getMessage()), record.name
     out, err = capfd.readouterr()
     assert not leaks(out + err)
+
+
+# -- the key: == and hash agree ---------------------------------------------------------------------------------
+
+
+def test_a_secret_equals_only_a_secret_with_the_same_key_and_hashes_alike() -> None:
+    secret = Secret(SECRET)
+    same = Secret(SECRET)
+    masked = str(secret)
+    assert masked == "****" + SECRET[-4:]
+    # == compares the keys: equal secrets hash equal.
+    assert secret == same and hash(secret) == hash(same) and len({secret, same}) == 1
+    assert {secret: 1}[same] == 1
+    # Another key with the same last four characters: the same masked text, not the same secret.
+    twin = Secret("another-key-of-the-same-length.7f3a9c")
+    assert str(twin) == masked and twin != secret
+    # A secret never equals its masked text (either way round), nor the key as a plain string.
+    assert secret != masked and masked != secret and not (secret == masked) and not (masked == secret)
+    assert secret != SECRET and SECRET != secret
+    assert masked not in [secret] and secret not in [masked] and masked not in {secret} and secret not in {masked}
+    assert secret == Secret(secret), "a Secret made from a Secret keeps its key"
+    assert Secret(SECRET) in {same} and [secret].index(same) == 0
