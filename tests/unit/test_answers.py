@@ -1,4 +1,5 @@
-"""Empty answers (issue 17): the same answer streamed or not, said in one line, never cached.
+"""Empty answers (issue 17): the same answer streamed or not, said in one line, never cached; zero choices and
+empty streams are errors, or asked again (issue 10).
 
 A real server (llama.cpp) can answer with no text and ``finish_reason: stop``: that is an answer (``ok``,
 ``''``), whether it came streamed or not, with one note on stderr. A stream that broke (nothing at all, or
@@ -28,7 +29,7 @@ from ipyllm._store import MemoryLedger
 from ipyllm.testing import Fault, StubServer, count_tokens
 
 from ..conftest import SleepRecorder
-from ..helpers import chat_requests, one_line
+from ..helpers import chat_requests, fails, one_line
 
 #: What the stub reports for the prompt "hello": its words, plus 3 for the message and 3 for the reply.
 HELLO_TOKENS = count_tokens("hello") + 3 + 3
@@ -329,3 +330,64 @@ def test_errors_name_base_url_when_set_and_the_provider_otherwise(live: StubServ
     assert one_line(unavailable.value).startswith("ProviderUnavailableError: openai failed with 503 after 1 attempt")
     assert one_line(empty.value).startswith("LLMError: openai answered with no reply (zero choices)")
     assert len(chat_requests(live)) == 4
+
+
+# -- zero choices and empty streams (issue 10) ------------------------------------------------------------------
+
+
+CONTEXT_400 = Fault.status(400, "the request exceeds the available context size, try increasing it", error_type="exceed_context_size_error")
+
+
+@pytest.mark.parametrize(
+    ("finish", "error", "words"),
+    [
+        ("content_filter", ipyllm.RequestRejectedError, "no reply (zero choices) (finish reason: content_filter): rephrase the prompt"),
+        ("", ipyllm.LLMError, "no reply (zero choices): try again"),
+    ],
+)
+def test_zero_choices_are_an_error_not_an_empty_reply(live: StubServer, finish: str, error: type, words: str) -> None:
+    live.script(Fault.zero_choices(finish))
+    caught = fails(error, "hello")
+    assert words in one_line(caught)
+    row = caught.usage
+    assert (row.status, row.attempts, row.prompt_tokens) == ("error", 1, 5), "the provider's reported tokens are kept"
+    assert len(live.requests) == 1 and _api.session.ledger.rows() == [row]
+
+
+def test_a_streamed_zero_choice_answer_is_an_error(live: StubServer) -> None:
+    ipyllm.config.num_retries = 0
+    live.script(Fault.zero_choices("content_filter"))
+    caught = fails(ipyllm.LLMError, "hello", stream=True)
+    assert "before any text" in one_line(caught) and caught.usage.status == "error"
+
+
+def test_an_empty_stream_is_asked_again_without_streaming(live: StubServer) -> None:
+    pieces: list[str] = []
+    reply = ipyllm.complete("hello there", stream=True, on_text=pieces.append)
+    assert str(reply) == "[gpt-4o-mini] hello there"
+    live.reset()
+    live.script(Fault.empty_stream())
+    reply = ipyllm.complete("hello again", stream=True, on_text=pieces.append)
+    assert str(reply) == "[gpt-4o-mini] hello again" and pieces[-1] == str(reply)
+    assert [r.body.get("stream", False) for r in live.requests] == [True, False]
+    assert reply.usage.attempts == 2 and reply.usage.status == "ok"
+
+
+def test_an_empty_stream_and_an_empty_answer_are_an_error(live: StubServer) -> None:
+    live.script(Fault.empty_stream(), Fault.zero_choices())
+    caught = fails(ipyllm.LLMError, "hello", stream=True)
+    assert "no reply (zero choices)" in one_line(caught)
+    assert (caught.usage.status, caught.usage.attempts) == ("error", 2) and len(live.requests) == 2
+
+
+def test_a_streamed_prompt_past_the_context_window_gets_the_same_error_as_a_plain_one(live: StubServer) -> None:
+    """llama.cpp answers a streamed over-long prompt with 200 and an empty body, a plain one with a 400."""
+    live.script(CONTEXT_400)
+    plain = fails(ipyllm.RequestRejectedError, "a long prompt", model="openai/llama")
+    live.script(Fault.empty_stream(), CONTEXT_400)
+    streamed = fails(ipyllm.RequestRejectedError, "a long prompt", model="openai/llama", stream=True)
+    assert one_line(streamed) == one_line(plain)
+    assert "the prompt is longer than openai/llama's context window" in plain.message
+    assert '"the request exceeds the available context size, try increasing it"' in plain.message
+    assert [r.body.get("stream", False) for r in live.requests] == [False, True, False]
+    assert [(r.status, r.attempts) for r in _api.session.ledger.rows()] == [("error", 1), ("error", 2)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import threading
+from typing import Any
 
 import pytest
 
@@ -170,6 +171,16 @@ def test_the_package_exposes_one_shared_config() -> None:
 
     assert ipyllm.config is module.config
     assert set(SETTING_NAMES) == set(ipyllm.config.traits(config=True))
+
+
+def test_a_setting_of_the_wrong_type_is_one_line(clean_config: Any) -> None:
+    with pytest.raises(ipyllm.SettingError) as caught:
+        ipyllm.config.prices = "x"
+    assert caught.value._render_traceback_() == [
+        "SettingError: prices must be a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}} "
+        "(got 'x'); the old value stays."
+    ]
+    assert ipyllm.config.prices == {}
 
 
 # -- snapshots: kept while no setting changes (ipyllm's own time per call) --------------------------------------

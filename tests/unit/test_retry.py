@@ -23,6 +23,7 @@ from ipyllm.errors import ProviderUnavailableError, RateLimitError, RequestRejec
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SleepRecorder
+from ..helpers import ROOT
 
 
 def response(status: int, headers: dict[str, str] | None = None) -> httpx.Response:
@@ -263,3 +264,54 @@ def test_an_interrupt_during_a_wait_stops_at_once_and_records_the_row() -> None:
         client.chat(LLMConfig().snapshot(), [{"role": "user", "content": "hi"}], report=rows.append)
     assert completion.calls == 1
     assert [(r.status, r.attempts) for r in rows] == [("interrupted", 1)]
+
+
+# -- retry timing, over HTTP ------------------------------------------------------------------------------------
+
+
+def test_retry_after_never_lowers_the_wait_below_the_floor(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(num_retries=3, retry_min_wait=0.3, retry_max_wait=5)
+    live.script(*[Fault.rate_limit(retry_after=0)] * 3)
+    ipyllm.complete("hello")
+    assert len(sleeps.waits) == 3 and all(wait >= 0.3 for wait in sleeps.waits), sleeps.waits
+    assert len(live.requests) == 4
+
+
+def test_retry_after_raises_the_wait_and_is_capped(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(num_retries=2, retry_min_wait=0.1, retry_max_wait=4)
+    live.script(Fault.rate_limit(retry_after=3), Fault.rate_limit(retry_after=100))
+    ipyllm.complete("hello")
+    assert sleeps.waits[0] >= 3 and sleeps.waits[1] == 4
+
+
+def test_waits_grow_between_the_floor_and_a_doubling_cap(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(num_retries=5, retry_min_wait=1, retry_max_wait=10)
+    live.script(*[Fault.status(503)] * 5)
+    ipyllm.complete("hello")
+    assert len(sleeps.waits) == 5
+    for retry, wait in enumerate(sleeps.waits, start=1):
+        assert 1 <= wait <= min(10, 2**retry), (retry, wait)
+
+
+def test_the_first_retry_is_jittered(live: StubServer, sleeps: SleepRecorder) -> None:
+    ipyllm.config.update(num_retries=1, retry_min_wait=1, retry_max_wait=60)
+    for _ in range(4):
+        live.script(Fault.status(503))
+        ipyllm.complete("hello")
+    assert len(sleeps.waits) == 4 and all(1 <= wait <= 2 for wait in sleeps.waits)
+    assert len(set(sleeps.waits)) == 4, "concurrent callers do not retry in lockstep"
+
+
+def test_the_wait_policy_in_isolation() -> None:
+    lowest = _retry.wait_retry_after(2, 30, draw=lambda low, high: low)
+    highest = _retry.wait_retry_after(2, 30, draw=lambda low, high: high)
+    assert [highest.cap(n) for n in range(1, 6)] == [4, 8, 16, 30, 30]
+    assert lowest.cap(1) == 4 and lowest.min_wait == 2
+    zero = _retry.wait_retry_after(0, 10)
+    assert [zero.cap(n) for n in range(1, 5)] == [1, 2, 4, 8], "a zero floor still backs off"
+
+
+def test_the_docs_state_the_formula_the_code_uses() -> None:
+    page = (ROOT / "docs" / "errors.md").read_text()
+    assert "uniform over [retry_min_wait, min(retry_max_wait, retry_min_wait * 2**n)]" in page
+    assert "max(r, that draw)" in page

@@ -1,4 +1,4 @@
-"""Typos and bad input are refused before anything is sent (issue 17): one line, 0 requests, no row billed.
+"""Typos and bad input are refused before anything is sent (issues 10, 17): one line, 0 requests, no row billed.
 
 Over real HTTP to the stub server: each bad input is refused with ipyllm's own exception (``SettingError``,
 ``InvalidInputError``: one line in IPython, nothing chained), or ``UsageError`` itself from a magic; the
@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import typing
@@ -31,7 +32,7 @@ from ipyllm._config import LLMConfig
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import StubServer
 
-from ..helpers import ROOT, one_line
+from ..helpers import ROOT, fails, one_line
 
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 1e-6, "output_cost_per_token": 1e-6}}
 BAD_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "nonsense"}}, "required": ["name"]}
@@ -360,3 +361,85 @@ def test_ipython_shows_each_refusal_in_one_line(ip: Any, live: StubServer, capsy
         lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith(expected), (cell, lines)
     nothing_sent(live)
+
+
+# -- prompts, messages, texts to embed, keywords (issue 10) -----------------------------------------------------
+
+
+BAD_PROMPTS = [
+    (None, "the prompt is None: pass a prompt string, or a list of messages"),
+    (123, "the prompt is int: pass a prompt string"),
+    (b"hello", "the prompt is bytes: decode it first"),
+    (["hi"], "message 0 is str 'hi': each message is a dict like {'role': 'user', 'content': 'Hello'}"),
+    ({"role": "user", "content": "hi"}, "the prompt is one message (a dict): pass a list of messages"),
+    ("", "the prompt is empty"),
+    ("   \n", "the prompt is empty"),
+    ([], "the list of messages is empty"),
+    ([{"role": "user"}], "message 0 (user) has no 'content'"),
+    ([{"content": "hi"}], "message 0 has no 'role': give one of system, user, assistant"),
+    ([{"role": "wizard", "content": "hi"}], "message 0 has the unknown role 'wizard'"),
+    ([{"role": "usr", "content": "hi"}], "unknown role 'usr': did you mean 'user'?"),
+    ([{"role": "user", "content": 5}], "message 0 (user) has content of type int"),
+    ("caf\udce9.txt", "message 0 (user) cannot be sent as UTF-8: position 3 holds '\\udce9', a lone surrogate"),
+    ([{"role": "user", "content": [{"type": "text", "text": "x\ud800"}]}], "message 0 (user), part 0 cannot be sent as UTF-8: position 1"),
+]
+
+
+@pytest.mark.parametrize(("prompt", "words"), BAD_PROMPTS, ids=[repr(p)[:30] for p, _ in BAD_PROMPTS])
+def test_bad_prompts_are_refused_before_sending(live: StubServer, prompt: Any, words: str) -> None:
+    caught = fails(ipyllm.InvalidInputError, prompt)
+    assert words in one_line(caught)
+    assert isinstance(caught, TypeError) and isinstance(caught, ValueError) and isinstance(caught, ipyllm.LLMError)
+    assert live.requests == [] and _api.session.ledger.rows() == [], "nothing sent, no row"
+
+
+def test_a_surrogate_in_the_system_prompt_is_found_too(live: StubServer) -> None:
+    ipyllm.config.system = "Files: caf\udce9"
+    assert "message 0 (system) cannot be sent as UTF-8: position 10" in one_line(fails(ipyllm.InvalidInputError, "hi"))
+    assert live.requests == []
+
+
+BAD_TEXTS = [
+    (None, "the texts to embed are None: pass a string, or a list of strings"),
+    ([], "nothing to embed (an empty list)"),
+    (["ok", 3], "text 1 is int, not a string"),
+    (["ok", " "], "text 1 is empty"),
+    (b"x", "the texts to embed are bytes"),
+    (["caf\udce9"], "text 0 cannot be sent as UTF-8: position 3"),
+]
+
+
+@pytest.mark.parametrize(("texts", "words"), BAD_TEXTS, ids=[repr(t)[:20] for t, _ in BAD_TEXTS])
+def test_bad_texts_to_embed_are_refused_before_sending(live: StubServer, texts: Any, words: str) -> None:
+    with pytest.raises(ipyllm.InvalidInputError) as caught:
+        ipyllm.embed(texts)
+    assert words in one_line(caught.value)
+    assert live.requests == [] and _api.session.ledger.rows() == []
+
+
+@pytest.mark.parametrize(
+    ("keywords", "words"),
+    [
+        ({"max_token": 5}, "complete() got the unknown keyword 'max_token': did you mean max_tokens?"),
+        ({"temprature": 0.1}, "did you mean temperature?"),
+        ({"top_k": 5}, "send provider-specific extras as extra_body={'top_k': ...}"),
+        ({"dry_run": True}, "dry_run is not a keyword of complete (it would be sent): use ipyllm.estimate("),
+    ],
+)
+def test_unknown_keywords_are_refused_with_the_close_match(live: StubServer, keywords: dict[str, Any], words: str) -> None:
+    assert words in one_line(fails(ipyllm.InvalidInputError, "x", **keywords))
+    assert live.requests == [] and _api.session.ledger.rows() == []
+
+
+def test_embed_checks_its_keywords_against_embeddings(live: StubServer) -> None:
+    with pytest.raises(ipyllm.InvalidInputError, match=re.escape("embed() got the unknown keyword 'dimension': did you mean dimensions?")):
+        ipyllm.embed("x", dimension=4)
+    ipyllm.embed("x", dimensions=4)
+    assert live.requests[0].body["dimensions"] == 4
+
+
+def test_known_keywords_and_extra_body_reach_the_server(live: StubServer) -> None:
+    ipyllm.complete("x", top_p=0.5, seed=7, extra_body={"min_p": 0.05, "top_k": 40}, metadata={"run": "a"})
+    body = live.requests[0].body
+    assert (body["top_p"], body["seed"], body["min_p"], body["top_k"]) == (0.5, 7, 0.05, 40)
+    assert "metadata" not in body, "litellm's own arguments stay with litellm"
