@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import queue
+import re
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -86,6 +88,19 @@ def fails(error: type[BaseException], *args: Any, **kwargs: Any) -> Any:
     return caught.value
 
 
+#: A budget's refusal line; its figures captured: spent, held, by how many calls in flight, the limit, what the call needs.
+REFUSAL = re.compile(
+    r"^budget: spent \$([0-9.]+)(?:, \$([0-9.]+) held by (\d+) calls? in flight,)? of \$([0-9.]+) (?:this session|today); "
+    r"this call needs at least \$([0-9.]+) \(its input and \d+ output tokens?\): raise \w+ to go on$"
+)
+
+
+def sent_cap(request: Any) -> int | None:
+    """The output cap a request to the stub server carried (``max_completion_tokens`` for reasoning models)."""
+    body = request.body
+    return body.get("max_tokens") or body.get("max_completion_tokens")
+
+
 def one_line(error: BaseException) -> str:
     """The error as IPython shows it: one line, no key, nothing chained; returns that line."""
     lines = error._render_traceback_()  # type: ignore[attr-defined]
@@ -93,6 +108,12 @@ def one_line(error: BaseException) -> str:
     assert SECRET not in lines[0] and SECRET[8:] not in lines[0]
     assert error.__cause__ is None and error.__context__ is None, "nothing chained"
     return lines[0]
+
+
+def ledger_rows(path: Path) -> list[tuple[Any, ...]]:
+    """A SQLite ledger file's rows as another connection reads them (what was committed): session, model, status, cost."""
+    with sqlite3.connect(path) as connection:
+        return connection.execute("SELECT session, model, status, cost_usd FROM usage ORDER BY id").fetchall()
 
 
 # -- kernels and notebooks ----------------------------------------------------------------------------------

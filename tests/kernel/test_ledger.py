@@ -1,28 +1,25 @@
-"""The daily budget across kernels, and its window: since local midnight, not the last 24 hours.
+"""The SQLite ledger shared by real kernels: together within one daily budget, and durable when a kernel is killed.
 
 Two real ipykernels share one ledger file, each calling the stub server from eight threads at once; the
-ledger's holds must keep them, together, within ``daily_budget_usd``.
+ledger's holds must keep them, together, within ``daily_budget_usd``. A kernel killed mid-run loses none of the
+calls it reported finished.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sqlite3
 import time
-from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
-import ipyllm
-from ipyllm._locations import SQLiteFile
-from ipyllm._sqlite import SQLiteStore
-from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
-from ..helpers import reply_to, start_kernel, stop_kernel
+from ..helpers import ledger_rows, reply_to, start_kernel, stop_kernel
 
 #: Output at $0.001 a token, input free: with max_tokens=10 a call costs (and is estimated at) $0.01.
 PRICES = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
@@ -95,41 +92,34 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
 # -- the daily window --------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def local_noon() -> Iterator[int]:
-    """A time zone in which it is now about noon, and which is not UTC.
-
-    At local noon, yesterday 23:30 and today 00:10 are both within the last 24 hours, and UTC's midnight is
-    hours away from the local one: a daily window computed either way is told apart from the right one.
-    """
-    utc_hour = datetime.now(timezone.utc).hour
-    offset = 12 - utc_hour if utc_hour != 12 else 2  # local = UTC + offset hours, never 0
-    # POSIX TZ strings count west of Greenwich as positive: "TST-3" is UTC+3.
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TZ", f"TST{-offset:+d}")
-        time.tzset()
-        yield offset
-    time.tzset()
+# -- a kernel killed mid-run ------------------------------------------------------------------------------------
 
 
-def test_the_daily_budget_counts_from_local_midnight_not_the_last_24_hours(live: StubServer, tmp_path: Path, local_noon: int) -> None:
-    ledger = tmp_path / "usage.sqlite"
-    now = datetime.now().astimezone()
-    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    assert midnight.utcoffset() == timedelta(hours=local_noon)
-    assert 10 <= now.hour <= 15 and now - (midnight - timedelta(minutes=30)) < timedelta(hours=24)
-    store = SQLiteStore(SQLiteFile(ledger))
-    late_yesterday = midnight - timedelta(minutes=30)  # 23:30 local, yesterday
-    early_today = midnight + timedelta(minutes=10)  # 00:10 local, today
-    for moment in (late_yesterday, early_today):
-        store.append(UsageRow(timestamp=moment.astimezone(timezone.utc), session="earlier", model="gpt-4o-mini", cost_usd=0.03))
-    store.close()
-    ipyllm.config.update(usage_db=str(ledger), prices=PRICES)
-
-    # $0.03 today + $0.01 for this call fits $0.045; with yesterday's $0.03 too, it would not.
-    reply = ipyllm.complete("hello " * 20, max_tokens=10, daily_budget_usd=0.045)
-    assert reply.usage.status == "ok" and reply.usage.cost_usd == pytest.approx(CALL_COST) and len(live.requests) == 1
-    # Today's rows count: now $0.04 spent, and another $0.01 would pass $0.045.
-    with pytest.raises(ipyllm.BudgetExceededError, match=r"spent \$0\.0400 of \$0\.0450 today"):
-        ipyllm.complete("hello again " * 20, max_tokens=10, daily_budget_usd=0.045)
-    assert len(live.requests) == 1
+def test_a_kernel_killed_mid_run_loses_no_finished_call(stub: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "killed.sqlite"
+    monkeypatch.setenv("LLM_USAGE_DB", str(path))
+    monkeypatch.setenv("LLM_BASE_URL", stub.base_url)
+    monkeypatch.setenv("LLM_API_KEY", SECRET)
+    manager, client = start_kernel(tmp_path)
+    try:
+        reply = client.execute("import os, ipyllm", user_expressions={"pid": "os.getpid()"}, reply=True, timeout=60)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        pid = int(reply["content"]["user_expressions"]["pid"]["data"]["text/plain"])
+        client.execute("for i in range(10_000):\n    ipyllm.complete(f'call {i}')\n    print('finished', i, flush=True)")
+        finished, text = -1, ""
+        deadline = time.monotonic() + 60
+        while finished < 20 and time.monotonic() < deadline:
+            message = client.get_iopub_msg(timeout=30)
+            if message["msg_type"] == "stream":
+                text += message["content"]["text"]  # a line may come in pieces: read whole lines only
+                whole = text[: text.rfind("\n") + 1]
+                finished = max([finished, *(int(line.split()[1]) for line in whole.splitlines() if line.startswith("finished"))])
+        os.kill(pid, signal.SIGKILL)
+        time.sleep(0.5)
+    finally:
+        stop_kernel(manager, client)
+    rows = ledger_rows(path)
+    assert finished >= 20
+    assert len(rows) >= finished + 1, "every call the kernel reported finished is in the ledger"
+    assert len(rows) <= len(stub.requests)
+    assert {r[2] for r in rows} == {"ok"}

@@ -1,21 +1,27 @@
-"""Budgets that assume nothing: every call under a budget carries an output cap it can pay for, and holds it.
+"""Spending limits (``ipyllm/_budget.py``): budgets that assume nothing and fail closed.
+
+Every call under a budget carries an output cap it can pay for, and holds its worst case while in flight, so
+calls in flight, other kernels' holds and the rows since local midnight all count; a call that could pass a
+limit is refused before anything is sent, in one line that says what is spent and what is held.
 
 Over real HTTP to the stub server, which cuts replies at ``max_tokens`` / ``max_completion_tokens`` (finish
 reason ``length``) as providers do, and writes long replies on request (``reply_tokens``). gpt-4o-mini's
 prices apply: $0.15 per 1M input tokens, $0.60 per 1M output tokens, at most 16,384 output tokens a call.
+
+Budgets elsewhere: a map's in tests/batch/test_budget.py, two kernels' on one ledger in tests/kernel/test_ledger.py,
+a team's on PostgreSQL in tests/postgres/.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,29 +30,26 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._budget import INPUT_MARGIN, MIN_OUTPUT_TOKENS, Need
+from ipyllm._budget import INPUT_MARGIN, MIN_OUTPUT_TOKENS, Need, usd
 from ipyllm._litellm import load_litellm
+from ipyllm._locations import SQLiteFile, default_usage_db
+from ipyllm._sqlite import SQLiteStore
+from ipyllm._store import Headroom, Hold, Limit
+from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
-from ..helpers import ROOT, run_threads
+from ..helpers import REFUSAL, run_threads, sent_cap
 
 INPUT, OUTPUT = 0.15e-6, 0.60e-6
-#: A dollar figure as the refusal line writes it.
-USD = r"\$([0-9.]+)"
-REFUSAL = re.compile(
-    rf"^budget: spent {USD}(?:, {USD} held by (\d+) calls? in flight,)? of {USD} (?:this session|today); "
-    rf"this call needs at least {USD} \(its input and \d+ output tokens?\): raise \w+ to go on$"
-)
+#: $0.001 per output token and max_tokens=10: a call may cost up to $0.01 and the budget can hold 5.
+PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
+#: With PRICED and max_tokens=10 a call costs (and is estimated at) $0.01.
+CALL_COST = 0.01
 
 
 def test_the_prices_are_gpt_4o_minis() -> None:
     entry = load_litellm().model_cost["gpt-4o-mini"]
     assert (entry["input_cost_per_token"], entry["output_cost_per_token"], entry["max_output_tokens"]) == (INPUT, OUTPUT, 16_384)
-
-
-def sent_cap(request: Any) -> int | None:
-    body = request.body
-    return body.get("max_tokens") or body.get("max_completion_tokens")
 
 
 # -- the arithmetic ------------------------------------------------------------------------------------------
@@ -191,91 +194,215 @@ def test_the_refusal_line_says_what_is_spent_and_what_is_held(live: StubServer, 
     assert refused.value.refusal.spent == pytest.approx(spent) and refused.value.refusal.held == pytest.approx(held)
 
 
-# -- a map ----------------------------------------------------------------------------------------------------
-
-TEXTS = [f"Summarise text {i}: " + "otters hold hands while they sleep " * 40 for i in range(100)]
+# -- refusals: this session, today, an unpriced model -----------------------------------------------------------
 
 
-def test_a_map_over_long_texts_spends_at_most_its_daily_budget(live: StubServer, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
-    ledger = tmp_path / "usage.sqlite"
-    live.reply_tokens = 5_000  # $0.003 a reply: the budget pays for about 16 of the 100
-    live.delay = 0.05
-    ipyllm.config.update(usage_db=str(ledger), daily_budget_usd=0.05)
-    result = ipyllm.map("{value}", TEXTS, concurrency=8, progress=False)
-    with sqlite3.connect(ledger) as connection:
-        spent = connection.execute("SELECT SUM(cost_usd) FROM usage").fetchone()[0]
-        assert connection.execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
-    assert spent <= 0.05 and ipyllm.usage()["cost_usd"].sum() == pytest.approx(spent)
-    answered = int(result.notna().sum())
-    assert answered >= 10, "the budget was used, not refused wholesale while holds were in flight"
-    assert answered == len(live.requests) and all(sent_cap(r) is not None for r in live.requests)
-    batch = ipyllm.last_batch()
-    assert batch is not None and batch.tally.not_sent == 100 - answered
-    # The refusal line, once every call of the batch had ended: its spent is the ledger's, nothing is held.
-    assert batch.budget_message is not None
-    match = REFUSAL.match(batch.budget_message)
-    assert match and match[2] is None and float(match[1]) == pytest.approx(spent, abs=0.00005), batch.budget_message
-    err = capfd.readouterr().err
-    assert f"{100 - answered} of 100 rows not sent" in err
-    assert (ipyllm.usage()["status"] == "over_budget").sum() == 1
-
-
-def test_a_map_with_helper_processes_spends_at_most_its_daily_budget(live: StubServer, tmp_path: Path) -> None:
-    ledger = tmp_path / "usage.sqlite"
-    live.reply_tokens = 5_000
-    live.delay = 0.3
-    ipyllm.config.update(usage_db=str(ledger), daily_budget_usd=0.05)
-    result = ipyllm.map("{value}", TEXTS, concurrency=8, processes=2, progress=False)
-    with sqlite3.connect(ledger) as connection:
-        spent = connection.execute("SELECT SUM(cost_usd) FROM usage").fetchone()[0]
-    assert spent <= 0.05 and result.notna().sum() >= 10
-
-
-WORKER = textwrap.dedent(
-    """
-    import json, sys, time
-    from pathlib import Path
-    import ipyllm
-    settings, go, texts = json.loads(sys.argv[1])
-    ipyllm.config.update(**settings)
-    ipyllm._litellm.load_litellm()
-    Path(go + ".ready." + str(__import__("os").getpid())).touch()
-    while not Path(go).exists():
-        time.sleep(0.01)
-    result = ipyllm.map("{value}", texts, concurrency=8, progress=False)
-    print(json.dumps({"answered": int(result.notna().sum()), "message": ipyllm.last_batch().budget_message}))
-    """
+#: Amounts to a hundredth of a cent; below that, two significant digits ($0.0000066).
+AMOUNT = r"\$(\d+\.\d{4}|0\.0000\d{2,3}|\d+\.\d{2})"
+BUDGET_LINE = re.compile(
+    rf"^budget: spent {AMOUNT}(, {AMOUNT} held by \d+ calls? in flight,)? of {AMOUNT} (this session|today); "
+    rf"this call needs at least {AMOUNT} \(its input( and \d+ output tokens?)?\): raise \w+ to go on$"
 )
 
 
-def test_two_processes_mapping_on_one_ledger_spend_at_most_its_daily_budget(stub: StubServer, tmp_path: Path) -> None:
+def test_a_session_budget_refuses_the_call_that_could_pass_it(live: StubServer) -> None:
+    first = ipyllm.complete("first call", max_tokens=10)
+    # Room for what was spent, not for another call's prompt and 16 output tokens ($0.0000096 at $0.60 per million).
+    ipyllm.config.budget_usd = first.usage.cost_usd + 0.000005
+    with pytest.raises(ipyllm.BudgetExceededError) as caught:
+        ipyllm.complete("second call")
+    assert BUDGET_LINE.match(caught.value.message), caught.value.message
+    assert "this session" in caught.value.message
+    assert len(live.requests) == 1, "nothing was sent"
+    row = caught.value.usage
+    assert (row.status, row.attempts, row.cost_usd) == ("over_budget", 0, 0.0)
+    assert list(ipyllm.usage()["status"]) == ["ok", "over_budget"]
+    assert "this call needs at least $0.0000" in caught.value.message and "(its input and 16 output tokens)" in caught.value.message
+    # A small max_tokens fits the remaining room: sent as asked.
+    assert ipyllm.complete("third", max_tokens=5).usage.status == "ok"
+    assert live.requests[-1].body["max_tokens"] == 5
+
+
+def test_a_max_tokens_that_does_not_fit_is_lowered_to_what_the_budget_can_pay(live: StubServer) -> None:
+    ipyllm.config.update(budget_usd=0.001, max_tokens=100)
+    fits = ipyllm.complete("fits")
+    assert live.requests[-1].body["max_tokens"] == 100, "a user's max_tokens that fits stays"
+    assert fits.cut is None
+    ipyllm.config.max_tokens = 10_000  # 10,000 * $0.60 per million = $0.006 > $0.001
+    lowered = ipyllm.complete("does not fit")
+    guess = ipyllm.estimate("does not fit")
+    left = 0.001 - fits.usage.cost_usd - guess.input_cost * 1.1
+    assert live.requests[-1].body["max_tokens"] == int(left / guess.output_cost_per_token)
+    assert lowered.usage.status == "ok" and ipyllm.usage()["cost_usd"].sum() <= 0.001
+
+
+def test_embeddings_are_checked_too(live: StubServer) -> None:
+    ipyllm.config.budget_usd = 0
+    with pytest.raises(ipyllm.BudgetExceededError):
+        ipyllm.embed(["a text"])
+    assert live.requests == [] and ipyllm.usage()["kind"].tolist() == ["embedding"]
+
+
+def test_with_a_budget_an_unpriced_model_is_refused_before_sending(live: StubServer) -> None:
+    ipyllm.config.budget_usd = 1.0
+    for _ in range(2):
+        with pytest.raises(ipyllm.BudgetExceededError) as caught:
+            ipyllm.complete("one", model="openai/my-local-model")
+        assert caught.value.message.startswith("no price is known for openai/my-local-model, so budget_usd cannot count it: ")
+        assert "prices" in caught.value.message and "unset budget_usd" in caught.value.message
+    assert live.requests == []
+    assert ipyllm.usage()["status"].tolist() == ["over_budget", "over_budget"]
+    # Given a price, it is counted and sent.
+    ipyllm.config.prices = {"openai/my-local-model": "gpt-4o-mini"}
+    reply = ipyllm.complete("two", model="openai/my-local-model")
+    assert reply.usage.cost_usd > 0 and len(live.requests) == 1
+
+
+def test_without_a_budget_an_unpriced_model_is_sent_and_costs_nan(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
+    ipyllm.complete("one", model="openai/my-local-model")
+    assert len(live.requests) == 1 and ipyllm.usage()["cost_usd"].isna().all()
+    assert capfd.readouterr().err == ""
+
+
+def test_the_magic_prints_the_budget_line(ip: Any, live: StubServer) -> None:
+    ipyllm.config.budget_usd = 0
+    with capture_output() as captured:
+        ip.run_cell("%llm hello")
+    lines = [line for line in (captured.stdout + captured.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("BudgetExceededError: budget: spent $0.0000 of $0.00 this session; ")
+    assert live.requests == []
+
+
+def test_amounts_below_a_hundredth_of_a_cent_keep_two_digits() -> None:
+    assert (usd(0.4812), usd(0.000042), usd(0.0), usd(0.5, limit=True)) == ("$0.4812", "$0.000042", "$0.0000", "$0.50")
+
+
+# -- the daily window: since local midnight, not the last 24 hours ----------------------------------------------
+
+
+@pytest.fixture
+def local_noon() -> Iterator[datetime]:
+    """A fixed local timezone in which it is now about noon, and that is not UTC.
+
+    So local midnight is neither 24 hours ago nor UTC's midnight, whenever the test runs.
+    """
+    utc_hour = datetime.now(timezone.utc).hour
+    offset = 12 - utc_hour if utc_hour != 12 else 1  # hours east of UTC, -11 to +12
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("TZ", f"IPYLLMTEST{-offset:+d}")  # POSIX TZ counts hours west of UTC
+    time.tzset()
+    try:
+        now = datetime.now().astimezone()
+        assert now.utcoffset() == timedelta(hours=offset) and 6 <= now.hour <= 18
+        yield now
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_a_daily_budget_counts_every_session_since_local_midnight(live: StubServer, local_noon: datetime) -> None:
+    midnight = local_noon.replace(hour=0, minute=0, second=0, microsecond=0)
+    store = SQLiteStore(default_usage_db())
+    # Another kernel: yesterday evening (does not count), just after midnight (counts), two days ago (does not).
+    store.append(UsageRow(timestamp=midnight - timedelta(minutes=30), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    store.append(UsageRow(timestamp=midnight + timedelta(minutes=10), session="another-kernel", model="gpt-4o", cost_usd=0.30))
+    store.append(UsageRow(timestamp=midnight - timedelta(days=2), session="another-kernel", model="gpt-4o", cost_usd=100.0))
+    # This session's own rows (in memory and, as every finished call's row, in the ledger): the same rule.
+    for row in (
+        UsageRow(timestamp=midnight - timedelta(minutes=1), session=ipyllm.SESSION_ID, cost_usd=50.0),
+        UsageRow(timestamp=midnight + timedelta(seconds=1), session=ipyllm.SESSION_ID, cost_usd=0.10),
+    ):
+        store.append(row)
+        _api.session.ledger.append(row)
+    store.close()
+    ipyllm.config.daily_budget_usd = 0.40
+    with pytest.raises(ipyllm.BudgetExceededError) as caught:
+        ipyllm.complete("hello")
+    assert caught.value.message.startswith("budget: spent $0.4000 of $0.40 today; "), caught.value.message
+    assert live.requests == []
+    ipyllm.config.daily_budget_usd = 0.50
+    assert ipyllm.complete("hello", max_tokens=20).usage.status == "ok"
+    assert len(live.requests) == 1
+
+
+def test_the_daily_budget_counts_from_local_midnight_not_the_last_24_hours(live: StubServer, tmp_path: Path, local_noon: datetime) -> None:
     ledger = tmp_path / "usage.sqlite"
-    stub.reply_tokens, stub.delay = 5_000, 0.05
-    settings = {"base_url": stub.base_url, "api_key": "sk-worker", "usage_db": str(ledger), "daily_budget_usd": 0.05, "timeout": 30}
-    go = tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data")}
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, json.dumps([settings, str(go), TEXTS[part::2]])],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-        )
-        for part in range(2)
-    ]
-    deadline = time.monotonic() + 120
-    while len(list(tmp_path.glob("go.ready.*"))) < 2 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    with sqlite3.connect(ledger) as connection:
-        spent, sent = connection.execute("SELECT SUM(cost_usd), SUM(status = 'ok') FROM usage").fetchone()
-        assert connection.execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
-    assert spent <= 0.05 and sent == sum(r["answered"] for r in results) == len(stub.requests) >= 10
-    assert all(r["message"] and REFUSAL.match(r["message"]) for r in results), results
+    now = datetime.now().astimezone()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    assert midnight.utcoffset() == local_noon.utcoffset()
+    assert 10 <= now.hour <= 15 and now - (midnight - timedelta(minutes=30)) < timedelta(hours=24)
+    store = SQLiteStore(SQLiteFile(ledger))
+    late_yesterday = midnight - timedelta(minutes=30)  # 23:30 local, yesterday
+    early_today = midnight + timedelta(minutes=10)  # 00:10 local, today
+    for moment in (late_yesterday, early_today):
+        store.append(UsageRow(timestamp=moment.astimezone(timezone.utc), session="earlier", model="gpt-4o-mini", cost_usd=0.03))
+    store.close()
+    ipyllm.config.update(usage_db=str(ledger), prices=PRICED)
+
+    # $0.03 today + $0.01 for this call fits $0.045; with yesterday's $0.03 too, it would not.
+    reply = ipyllm.complete("hello " * 20, max_tokens=10, daily_budget_usd=0.045)
+    assert reply.usage.status == "ok" and reply.usage.cost_usd == pytest.approx(CALL_COST) and len(live.requests) == 1
+    # Today's rows count: now $0.04 spent, and another $0.01 would pass $0.045.
+    with pytest.raises(ipyllm.BudgetExceededError, match=r"spent \$0\.0400 of \$0\.0450 today"):
+        ipyllm.complete("hello again " * 20, max_tokens=10, daily_budget_usd=0.045)
+    assert len(live.requests) == 1
+
+
+# -- holds: calls in flight, other kernels, dead processes ------------------------------------------------------
+
+
+@pytest.mark.parametrize("setting", ["budget_usd", "daily_budget_usd", "user_daily_budget_usd"])
+def test_32_threads_never_pass_a_budget(live: StubServer, tmp_path: Path, setting: str) -> None:
+    ipyllm.config.update(prices=PRICED, usage_db=str(tmp_path / "usage.sqlite"), **{setting: 0.05})
+    live.script(*[Fault.slow(0.3)] * 32)  # every call is in flight while the others decide
+    outcomes = run_threads(32, "says hello to the stub", max_tokens=10)
+    frame = ipyllm.usage()
+    sent = frame[frame["status"] == "ok"]
+    # Each reply is "[gpt-4o-mini] thread N says ..." cut to 10 tokens: exactly $0.01 a call.
+    assert sent["cost_usd"].tolist() == pytest.approx([0.01] * len(sent))
+    assert sent["cost_usd"].sum() <= 0.05 + 1e-12
+    assert len(sent) == len(live.requests) == 5
+    refused = [o for o in outcomes if o is not None]
+    assert len(refused) == 27 and all(isinstance(o, ipyllm.BudgetExceededError) for o in refused)
+    assert (frame["status"] == "over_budget").sum() == 27
+    assert _api.session.budgets.held == 0
+
+
+def test_holds_of_another_kernel_count_until_settled_or_expired(tmp_path: Path) -> None:
+    store = SQLiteStore(SQLiteFile(tmp_path / "usage.sqlite"))
+    now = datetime.now(timezone.utc)
+    midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    limit = [Limit("daily_budget_usd", 1.0, midnight)]
+
+    def hold(name: str, amount: float, pid: int = 1, lifetime: float = 60) -> Hold:
+        return Hold(name, amount, "other", "ada", "elsewhere", pid, now, now + timedelta(seconds=lifetime))
+
+    assert isinstance(store.reserve(hold("a", 0.6), limit), Hold)
+    refused = store.reserve(hold("b", 0.6), limit)
+    # Refused: nothing spent yet, 0.6 held by one call in flight.
+    assert isinstance(refused, Headroom) and (refused.spent, refused.held, refused.holds) == (0.0, pytest.approx(0.6), 1)
+    # Settling "a" with its row: spend stays 0.6 (row instead of hold), so "b" is still refused...
+    store.append(UsageRow(session="other", cost_usd=0.6, user="ada"), release="a")
+    refused = store.reserve(hold("b", 0.6), limit)
+    assert isinstance(refused, Headroom) and (refused.spent, refused.held, refused.holds) == (pytest.approx(0.6), 0.0, 0)
+    assert isinstance(store.reserve(hold("c", 0.4), limit), Hold)
+    # ...and an expired hold (a kernel that died) stops counting.
+    assert isinstance(store.reserve(hold("d", 0.1), limit), Headroom)
+    store.release("c")
+    assert isinstance(store.reserve(hold("e", 0.3, lifetime=-1), limit), Hold)  # already expired when taken
+    assert isinstance(store.reserve(hold("f", 0.4), limit), Hold)
+
+
+def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> None:
+    import socket
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    pid = int(dead.stdout)
+    store = SQLiteStore(SQLiteFile(tmp_path / "usage.sqlite"))
+    now = datetime.now(timezone.utc)
+    midnight = datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)
+    limit = [Limit("daily_budget_usd", 1.0, midnight)]
+    host = socket.gethostname()
+    assert isinstance(store.reserve(Hold("dead", 0.9, "s", "u", host, pid, now, now + timedelta(hours=1)), limit), Hold)
+    taken = store.reserve(Hold("alive", 0.9, "s", "u", host, 1, now, now + timedelta(hours=1)), limit)  # pid 1 lives
+    assert isinstance(taken, Hold) and taken.amount == 0.9

@@ -1,18 +1,15 @@
-"""The SQLite ledger: persistence, several writers, a killed kernel, broken files, migrations."""
+"""The SQLite ledger: persistence, several writers, broken files, migrations (a killed kernel: tests/kernel/test_ledger.py)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -24,12 +21,7 @@ from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from ..helpers import start_kernel, stop_kernel
-
-
-def ledger_rows(path: Path) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(path) as connection:
-        return connection.execute("SELECT session, model, status, cost_usd FROM usage ORDER BY id").fetchall()
+from ..helpers import ledger_rows
 
 
 def test_each_call_is_committed_to_the_default_ledger(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
@@ -97,36 +89,6 @@ def test_two_processes_write_one_ledger_at_once(stub: StubServer, tmp_path: Path
     assert len(rows) == 2 * calls == len(stub.requests)
     assert sorted({r[0] for r in rows}) == sorted(sessions)
     assert all(sum(r[0] == s for r in rows) == calls for s in sessions)
-
-
-def test_a_kernel_killed_mid_run_loses_no_finished_call(stub: StubServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = tmp_path / "killed.sqlite"
-    monkeypatch.setenv("LLM_USAGE_DB", str(path))
-    monkeypatch.setenv("LLM_BASE_URL", stub.base_url)
-    monkeypatch.setenv("LLM_API_KEY", SECRET)
-    manager, client = start_kernel(tmp_path)
-    try:
-        reply = client.execute("import os, ipyllm", user_expressions={"pid": "os.getpid()"}, reply=True, timeout=60)
-        assert reply["content"]["status"] == "ok", reply["content"]
-        pid = int(reply["content"]["user_expressions"]["pid"]["data"]["text/plain"])
-        client.execute("for i in range(10_000):\n    ipyllm.complete(f'call {i}')\n    print('finished', i, flush=True)")
-        finished, text = -1, ""
-        deadline = time.monotonic() + 60
-        while finished < 20 and time.monotonic() < deadline:
-            message = client.get_iopub_msg(timeout=30)
-            if message["msg_type"] == "stream":
-                text += message["content"]["text"]  # a line may come in pieces: read whole lines only
-                whole = text[: text.rfind("\n") + 1]
-                finished = max([finished, *(int(line.split()[1]) for line in whole.splitlines() if line.startswith("finished"))])
-        os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
-    finally:
-        stop_kernel(manager, client)
-    rows = ledger_rows(path)
-    assert finished >= 20
-    assert len(rows) >= finished + 1, "every call the kernel reported finished is in the ledger"
-    assert len(rows) <= len(stub.requests)
-    assert {r[2] for r in rows} == {"ok"}
 
 
 def one_warning(stderr: str, *words: str) -> None:
