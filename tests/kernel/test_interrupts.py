@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 import json
 import queue
-import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +17,6 @@ from typing import Any
 
 import pytest
 
-import ipyllm
-from ipyllm import _api, _calls
-from ipyllm._litellm import load_litellm
-from ipyllm._locations import SQLiteFile
-from ipyllm._sqlite import SQLiteStore
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
@@ -35,105 +28,6 @@ STOPS_WITHIN = 5.0
 
 #: 60 words: streamed at 0.5 s a piece, the reply would take half a minute.
 LONG_PROMPT = " ".join(f"w{i}" for i in range(60))
-
-
-PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.001, "output_cost_per_token": 0.002}}
-
-
-# -- in this process, over real HTTP to the stub -------------------------------------------------------
-
-
-def test_ctrl_c_mid_stream_keeps_the_text_counts_the_row_and_settles_the_hold(live: StubServer, tmp_path: Path) -> None:
-    ledger = tmp_path / "usage.sqlite"
-    ipyllm.config.update(prices=PRICED, usage_db=str(ledger), daily_budget_usd=1.0)
-    live.chunk_delay = 0.2
-    pieces: list[str] = []
-    prompt = " ".join(f"w{i}" for i in range(40))  # the whole reply would take 8 s
-
-    def on_text(piece: str) -> None:
-        pieces.append(piece)
-        if len(pieces) == 3:
-            raise KeyboardInterrupt  # as Ctrl-C arrives while the third piece is shown
-
-    earlier = set(threading.enumerate())  # other tests' servers may still be answering
-    with pytest.raises(ipyllm.Interrupted) as caught:
-        ipyllm.complete(prompt, stream=True, on_text=on_text, max_tokens=100)
-    error = caught.value
-    assert isinstance(error, KeyboardInterrupt)
-    assert error.__context__ is None and error.__cause__ is None, "nothing chained: no frame of litellm's to reach the key"
-    assert error.partial == "".join(pieces) == "[gpt-4o-mini] w0 w1 "
-    [line] = error._render_traceback_()
-    assert line.startswith("KeyboardInterrupt: interrupted after ") and line.endswith(" s; the partial reply is kept above")
-
-    row = error.usage
-    assert row is not None and row.status == "interrupted" and row.tokens_estimated is True
-    counter = load_litellm().token_counter
-    assert row.prompt_tokens == counter(model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}])
-    assert row.completion_tokens == counter(model="gpt-4o-mini", text=error.partial, count_response_tokens=True) > 0
-    assert row.cost_usd == pytest.approx(0.001 * row.prompt_tokens + 0.002 * row.completion_tokens)
-    assert row.error == line
-    # The row settled the call's hold, in the ledger file, in the same transaction.
-    saved = SQLiteStore(SQLiteFile(ledger)).frame()
-    assert saved["status"].tolist() == ["interrupted"] and saved["cost_usd"].iloc[0] == pytest.approx(row.cost_usd)
-    assert sqlite3.connect(ledger).execute("SELECT COUNT(*) FROM holds").fetchone()[0] == 0
-    assert _api.session.budgets.held == 0
-
-    # The connection was closed: the server stops sending (a provider stops generating, and charging).
-    def streaming() -> list[threading.Thread]:
-        return [t for t in set(threading.enumerate()) - earlier if "process_request" in t.name]
-
-    wait_until(lambda: not streaming(), 3, "the server to stop streaming")
-
-
-def test_ctrl_c_before_any_reply_counts_the_prompt(live: StubServer, session: _api.Session) -> None:
-    def completion(**kwargs: Any) -> Any:
-        raise KeyboardInterrupt  # while waiting for a slow answer
-
-    session.client._completion = completion
-    with pytest.raises(ipyllm.Interrupted) as caught:
-        ipyllm.complete("hello there")
-    error = caught.value
-    assert error.__context__ is None and error.partial == ""
-    assert error._render_traceback_()[0].endswith(" s; no reply had arrived")
-    row = session.ledger.rows()[-1]
-    assert (row.status, row.attempts, row.completion_tokens, row.tokens_estimated) == ("interrupted", 1, 0, True)
-    assert row.prompt_tokens and row.prompt_tokens > 0 and row.cost_usd > 0
-
-
-def test_ctrl_c_in_a_retry_wait_sends_nothing_more(live: StubServer, session: _api.Session) -> None:
-    def interrupted_sleep(seconds: float) -> None:
-        raise KeyboardInterrupt
-
-    session.client.sleep = interrupted_sleep
-    live.script(Fault.rate_limit(retry_after=30))
-    with pytest.raises(ipyllm.Interrupted) as caught:
-        ipyllm.complete("hello there")
-    assert caught.value.__context__ is None
-    assert len(live.requests) == 1
-    row = session.ledger.rows()[-1]
-    assert (row.status, row.attempts, row.tokens_estimated) == ("interrupted", 1, True) and row.prompt_tokens
-
-
-def test_ctrl_c_while_litellm_loads_is_one_line_and_sends_nothing(
-    live: StubServer, session: _api.Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def interrupted_load() -> None:
-        raise KeyboardInterrupt
-
-    told: list[str] = []
-    monkeypatch.setattr(_calls, "litellm_loaded", lambda: False)
-    monkeypatch.setattr(_calls, "load_litellm", interrupted_load)
-    with pytest.raises(ipyllm.Interrupted) as caught:
-        _api.session.chat("hello", source="api", on_loading=lambda: told.append("loading"))
-    assert caught.value.__context__ is None
-    assert caught.value._render_traceback_() == ["KeyboardInterrupt: interrupted while litellm was loading; nothing was sent"]
-    assert told == ["loading"] and live.requests == []
-    row = session.ledger.rows()[-1]
-    assert caught.value.usage is row
-    assert (row.status, row.attempts, row.cost_usd, row.prompt_tokens) == ("interrupted", 0, 0.0, None)
-
-
-# -- in a real kernel ------------------------------------------------------------------------------------
 
 
 class Kernel:
