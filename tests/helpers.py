@@ -76,6 +76,11 @@ def run_threads(count: int, prompt: str, timeout: float = 120, **overrides: Any)
     return outcomes
 
 
+def displayed(captured: Any) -> list[dict[str, Any]]:
+    """What a cell showed under ``capture_output()``: each display's MIME bundle, in order."""
+    return [o.data for o in captured.outputs]
+
+
 def chat_requests(stub: StubServer) -> list[Any]:
     """The chat requests the stub server received (not the embeddings, nor the model list)."""
     return [r for r in stub.requests if r.path.endswith("chat/completions")]

@@ -12,10 +12,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from IPython.core.error import UsageError
-from IPython.utils.capture import capture_output
 
-from ipyllm import _api
 from ipyllm.testing import Fault, StubServer
 
 from ..helpers import execute_notebook, new_notebook, start_kernel, stop_kernel, text_of
@@ -130,24 +127,3 @@ def test_ctrl_c_under_xmode_verbose_shows_no_key(stub: StubServer, monkeypatch: 
         assert len(errors[0]["traceback"]) == 1 and errors[0]["traceback"][0].startswith("KeyboardInterrupt: interrupted after ")
     finally:
         stop_kernel(manager, client)
-
-
-# -- the same prompt fields in a fresh in-process shell -----------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("cell", "expected"),
-    [
-        ("%llm item {lst[5]}", "{lst[5]}: index 5 is out of range for lst (length 3)"),
-        ("%llm item {0}", "{0}: positional fields are not supported, name a variable"),
-        ("%llm item {}", "{}: positional fields are not supported"),
-        ("%llm item {d[b]}", "{d[b]}: d has no key 'b'"),
-        ("%llm item {lst.size}", "{lst.size}: lst has no attribute 'size'"),
-    ],
-)
-def test_prompt_fields_that_cannot_be_filled_are_named(ip: Any, live: StubServer, cell: str, expected: str) -> None:
-    ip.user_ns.update(lst=[1, 2, 3], d={"a": 1})
-    with pytest.raises(UsageError) as caught, capture_output():
-        ip.run_line_magic("llm", cell.removeprefix("%llm "))
-    assert type(caught.value) is UsageError and str(caught.value).startswith(expected)
-    assert live.requests == [] and _api.session.ledger.rows() == []

@@ -1,78 +1,21 @@
-"""The session in a real IPython shell: reloads keep it, ``%llm_chat`` shows and resets it, no empty outputs.
+"""The ``--chat`` conversation (``ipyllm/_chat.py``): its history sent, a re-run cell's turn replaced (known by its
+cell id, or else by its source), several calls of one cell kept together, ``%llm_chat`` showing and resetting it.
 
-Over real HTTP to the stub server, like tests/test_magics.py; the same in a real kernel is in
-tests/test_session_kernel.py.
+In a fresh IPython shell per test, over real HTTP to the stub server; the same in a real kernel is in
+tests/kernel/test_session.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api, _chat, _magics
-from ipyllm.testing import Fault, StubServer
+from ipyllm.testing import StubServer
 
-
-def shown(captured: Any) -> list[dict[str, Any]]:
-    return [o.data for o in captured.outputs]
-
-
-@pytest.fixture
-def configured_ip(live: StubServer) -> Iterator[Any]:
-    """A fresh shell whose configuration (as from ipython_config.py) sets the model and the temperature."""
-    from IPython.core.interactiveshell import InteractiveShell
-    from traitlets.config import Config
-
-    InteractiveShell.clear_instance()
-    settings = Config()
-    settings.HistoryManager.enabled = False
-    settings.LLMConfig.model = "from-config-file"
-    settings.LLMConfig.temperature = 0.7
-    shell = InteractiveShell.instance(config=settings)
-    ipyllm.chat_reset()
-    yield shell
-    if "llm" in shell.magics_manager.magics["line"]:
-        shell.run_line_magic("unload_ext", "ipyllm")
-    ipyllm.chat_reset()
-    InteractiveShell.clear_instance()
-
-
-# -- %reload_ext keeps the session ------------------------------------------------------------------------
-
-
-def test_the_config_file_applies_on_the_first_load_only(configured_ip: Any) -> None:
-    configured_ip.run_line_magic("load_ext", "ipyllm")
-    assert (ipyllm.config.model, ipyllm.config.temperature) == ("from-config-file", 0.7), "the config file applies at the first load"
-    configured_ip.run_line_magic("llm_config", "model=gpt-4o temperature=0.2")
-    configured_ip.run_line_magic("reload_ext", "ipyllm")
-    assert (ipyllm.config.model, ipyllm.config.temperature) == ("gpt-4o", 0.2), "%reload_ext keeps what the session set"
-    configured_ip.run_line_magic("unload_ext", "ipyllm")
-    configured_ip.run_line_magic("load_ext", "ipyllm")
-    assert ipyllm.config.model == "gpt-4o", "so does unload + load"
-    assert configured_ip.configurables.count(ipyllm.config) == 1
-
-
-def test_unload_and_load_keep_the_conversation_and_the_usage_rows(ip: Any, live: StubServer) -> None:
-    with capture_output():
-        ip.run_cell("%%llm --chat\nMy name is Ada.")
-    ip.run_line_magic("unload_ext", "ipyllm")
-    ip.run_line_magic("load_ext", "ipyllm")
-    ip.run_line_magic("reload_ext", "ipyllm")
-    with capture_output():
-        ip.run_cell("%%llm --chat\nWhat is my name?")
-    assert [m["content"] for m in live.requests[-1].body["messages"]] == [
-        "My name is Ada.",
-        "[gpt-4o-mini] My name is Ada.",
-        "What is my name?",
-    ]
-    assert len(ipyllm.usage()) == 2
-    assert list(ipyllm.chat_history()["prompt"]) == ["My name is Ada.", "What is my name?"]
-
+from ..helpers import displayed
 
 # -- %llm_chat and the conversation -------------------------------------------------------------------------
 
@@ -80,13 +23,13 @@ def test_unload_and_load_keep_the_conversation_and_the_usage_rows(ip: Any, live:
 def test_llm_chat_shows_the_turns_with_their_tokens(ip: Any, live: StubServer) -> None:
     with capture_output() as empty:
         ip.run_line_magic("llm_chat", "")
-    assert "no --chat turns yet" in shown(empty)[0]["text/plain"]
+    assert "no --chat turns yet" in displayed(empty)[0]["text/plain"]
     with capture_output():
         ip.run_cell("%%llm --chat\nMy name is Ada.", store_history=True)
         ip.run_cell("%%llm --chat\nWhat is my name?", store_history=True)
     with capture_output() as captured:
         ip.run_line_magic("llm_chat", "")
-    transcript = shown(captured)[0]
+    transcript = displayed(captured)[0]
     rows = _api.session.ledger.rows()
     for number, row in enumerate(rows, 1):
         assert f"turn {number} · In[{row.cell}]" in transcript["text/plain"]
@@ -147,78 +90,6 @@ def test_a_magic_called_from_code_outside_a_cell_run_never_replaces_a_turn(ip: A
     assert len(_chat.conversation.turns) == 3
 
 
-# -- no empty outputs ---------------------------------------------------------------------------------------
-
-
-def test_an_assigned_line_magic_and_a_refused_call_leave_no_output(ip: Any, live: StubServer) -> None:
-    with capture_output() as captured:
-        ip.run_cell("answer = %llm hello")
-        live.script(Fault.status(400, "bad request (stub)"), Fault.status(400, "bad request (stub)"))
-        ip.run_cell("%%llm\nhello")
-        ip.run_cell("%%llm --no-stream\nhello")
-    assert shown(captured) == []
-    assert ip.user_ns["answer"] == "[gpt-4o-mini] hello"
-    assert [r.status for r in _api.session.ledger.rows()] == ["ok", "error", "error"]
-    assert captured.stdout.count(f"RequestRejectedError: {live.base_url} rejected the request (400)") == 2
-
-
-def test_a_failing_cell_after_retries_clears_its_note(ip: Any, live: StubServer) -> None:
-    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1)
-    live.script(Fault.status(503), Fault.status(503))
-    with capture_output() as captured:
-        ip.run_cell("%%llm\nhello")
-    assert shown(captured) == [], "the note went with the cell's output; only the error remains"
-    assert "after 2 attempts" in captured.stdout + captured.stderr
-    assert [(r.status, r.attempts) for r in _api.session.ledger.rows()] == [("error", 2)]
-
-
-def test_a_retried_line_magic_alone_in_its_cell_clears_its_note(ip: Any, live: StubServer) -> None:
-    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01)
-    live.script(Fault.status(503))
-    with capture_output() as captured:
-        ip.run_cell("answer = %llm hello")
-    assert shown(captured) == []
-    assert ip.user_ns["answer"].usage.attempts == 2
-
-
-def test_a_retried_line_magic_among_other_code_leaves_a_trace_not_an_empty_output(ip: Any, live: StubServer) -> None:
-    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01)
-    live.script(Fault.status(503))
-    with capture_output() as captured:
-        ip.run_cell("print('computed before')\nanswer = %llm hello")
-    assert "computed before" in captured.stdout, "other outputs of the cell are never cleared"
-    outputs = shown(captured)
-    assert outputs[0]["text/plain"].startswith("⏳ server error (503), attempt 2/6")
-    assert outputs[-1]["text/plain"] == "answered after 2 attempts"
-    assert all(o["text/plain"].strip() for o in outputs)
-
-
-def test_a_warning_printed_during_the_call_is_never_cleared(ip: Any, live: StubServer, tmp_path: Path) -> None:
-    broken = tmp_path / "broken.sqlite"
-    broken.write_bytes(b"this is not a database" * 100)
-    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1, usage_db=str(broken))
-    live.script(Fault.status(503), Fault.status(503))
-    with capture_output() as captured:
-        ip.run_cell("%%llm\nhello")
-    assert f"cannot use the usage ledger {broken}" in captured.stderr
-    assert shown(captured)[-1]["text/plain"] == "gave up after 2 attempts"
-
-
-def test_the_line_magic_shows_no_stream_and_the_cell_magic_does(ip: Any, live: StubServer) -> None:
-    with capture_output() as line:
-        ip.run_cell("%llm hello there")
-    assert shown(line) == [] and live.requests[0].body["stream"] is True
-    with capture_output() as cell:
-        ip.run_cell("%%llm\nhello there")
-    assert shown(cell)[-1]["text/markdown"].startswith("[gpt-4o-mini] hello there")
-
-
-def test_the_magics_cell_tracking_resets_after_each_cell(ip: Any) -> None:
-    magics = _magics._loaded[id(ip)]
-    ip.run_cell("x = 1", cell_id="abc")
-    assert magics.cell_id is None and magics.cell_source is None
-
-
 def test_a_reload_does_not_confuse_runs_before_it_with_runs_after_it(ip: Any, live: StubServer) -> None:
     with capture_output():
         ip.run_cell("%%llm --chat\nMy name is Ada.")
@@ -226,3 +97,30 @@ def test_a_reload_does_not_confuse_runs_before_it_with_runs_after_it(ip: Any, li
         ip.run_cell("%%llm --chat\nMy name is Ada.")
     assert [t.prompt for t in _chat.conversation.turns] == ["My name is Ada."]
     assert len(live.requests[-1].body["messages"]) == 1
+
+
+# -- --chat: history sent, a re-run cell's turn replaced --------------------------------------------------------
+
+
+def test_chat_keeps_history_and_a_rerun_replaces_its_turn(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nMy name is Ada.", cell_id="cell-a")
+        ip.run_cell("%%llm --chat\nWhat is my name?", cell_id="cell-b")
+        ip.run_cell("%%llm --chat\nMy name is Grace.", cell_id="cell-a")  # re-run of the first cell
+        ip.run_cell("%%llm --chat\nAnd now?", cell_id="cell-c")
+    second = live.requests[1].body["messages"]
+    assert [m["content"] for m in second] == ["My name is Ada.", "[gpt-4o-mini] My name is Ada.", "What is my name?"]
+    rerun = live.requests[2].body["messages"]
+    assert [m["content"] for m in rerun] == ["What is my name?", "[gpt-4o-mini] What is my name?", "My name is Grace."], (
+        "the cell's own earlier turn is not sent again"
+    )
+    last = [m["content"] for m in live.requests[3].body["messages"]]
+    assert "My name is Ada." not in last and "My name is Grace." in last
+    assert [t.cell_id for t in _magics.conversation.turns] == ["cell-b", "cell-a", "cell-c"]
+
+
+def test_without_chat_no_history_is_sent(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nRemember this.", cell_id="a")
+        ip.run_cell("%%llm\nStandalone.", cell_id="b")
+    assert len(live.requests[1].body["messages"]) == 1

@@ -1,8 +1,16 @@
-"""The magics in a fresh IPython shell per test, over real HTTP to the stub server."""
+"""The magics in a fresh IPython shell per test, over real HTTP to the stub server: ``%%llm`` and ``%llm`` (options,
+formats, streaming, dry runs, retry notes, failures), ``%llm_config``, help, ``%reload_ext`` and ``%unload_ext``
+keeping the session, and no empty output left in a cell.
+
+Elsewhere: a prompt's fields in test_prompt.py, ``--chat`` and ``%llm_chat`` in test_chat.py, ``%llm_usage`` in
+test_usageview.py, ``%llm_models`` in test_models.py, ``--map`` in test_validate.py and tests/batch/test_kernel.py; the
+magics in a real kernel in tests/kernel/.
+"""
 
 from __future__ import annotations
 
-import argparse
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,15 +19,12 @@ from IPython.utils.capture import capture_output
 from ipywidgets.widgets.widget import _instances as widget_instances
 
 import ipyllm
-from ipyllm import _api, _display, _magics, _prompt
+from ipyllm import _api, _display, _magics
 from ipyllm._litellm import load_litellm
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
-
-
-def outputs(captured: Any) -> list[dict[str, Any]]:
-    return [o.data for o in captured.outputs]
+from ..helpers import displayed
 
 
 def test_cell_magic_streams_into_one_display_then_shows_the_footer(ip: Any, live: StubServer) -> None:
@@ -48,7 +53,7 @@ def test_line_magic_returns_the_reply(ip: Any) -> None:
     answer = ip.user_ns["answer"]
     assert answer == "[gpt-4o-mini] What's up, doc?"
     assert isinstance(answer, ipyllm.Reply) and answer.usage.source == "magic"
-    assert outputs(captured) == [], "an assigned line magic leaves no output (not even an empty one)"
+    assert displayed(captured) == [], "an assigned line magic leaves no output (not even an empty one)"
     bundle = answer._repr_mimebundle_()
     assert "1 attempt" in bundle["text/markdown"]
 
@@ -83,7 +88,7 @@ def test_options_apply_to_this_call_only(ip: Any, live: StubServer) -> None:
 def test_formats(ip: Any, fmt: str, mime: str, expected: str) -> None:
     with capture_output() as captured:
         ip.run_cell_magic("llm", f"-f {fmt}", "**bold**")
-    final = outputs(captured)[-1]
+    final = displayed(captured)[-1]
     assert expected in final[mime]
     if fmt == "text":
         assert set(final) == {"text/plain"}
@@ -101,46 +106,15 @@ def test_json_format_through_the_magic(ip: Any, live: StubServer) -> None:
     with capture_output() as captured:
         ip.run_cell_magic("llm", """-f json --max-tokens 13 -m 'openai/{"a":[1,2]}'""", "ignored")
     assert live.requests[0].body["model"] == '{"a":[1,2]}' and live.requests[0].body["stream"] is True
-    shown = outputs(captured)
+    shown = displayed(captured)
     final = shown[-1]["text/markdown"]
     assert final.startswith('```json\n[\n  {\n    "a": [\n      1,\n      2\n    ]\n  }\n]\n```'), final
     assert "(not valid JSON)" not in final
     assert all("text/markdown" not in o for o in shown[:-1]), "while streaming, the pieces show as plain text"
     with capture_output() as captured:
         ip.run_cell_magic("llm", "-f json --no-stream", "not json at all")
-    final = outputs(captured)[-1]["text/markdown"]
+    final = displayed(captured)[-1]["text/markdown"]
     assert final.startswith("```json\n[gpt-4o-mini] not json at all\n```") and "(not valid JSON)" in final
-
-
-def test_interpolation_fills_names_and_keeps_escaped_braces(ip: Any, live: StubServer) -> None:
-    ip.user_ns.update(topic="otters", n=3)
-    with capture_output():
-        ip.run_cell_magic("llm", "", "Give {n} facts about {topic} as {{json}}.")
-    assert live.requests[0].body["messages"][-1]["content"] == "Give 3 facts about otters as {json}."
-
-
-def test_interpolation_reaches_in_and_attributes() -> None:
-    namespace = {"In": ["", "df.describe()"], "x": 3.14159, "obj": argparse.Namespace(name="Ada")}
-    assert _prompt.interpolate("{In[1]} / {x:.2f} / {obj.name}", namespace) == "df.describe() / 3.14 / Ada"
-
-
-def test_interpolation_of_in_formats_and_attributes_through_the_magic(ip: Any, live: StubServer) -> None:
-    ip.run_cell("x = 3.14159", store_history=True)
-    ip.run_cell("import argparse; obj = argparse.Namespace(name='Ada')", store_history=True)
-    with capture_output():
-        ip.run_cell("%%llm\nCell one was `{In[1]}`; x is {x:.2f}; the name is {obj.name}.", store_history=True)
-    assert ip.user_ns["In"][1] == "x = 3.14159"
-    assert live.requests[-1].body["messages"][-1]["content"] == "Cell one was `x = 3.14159`; x is 3.14; the name is Ada."
-    with pytest.raises(UsageError, match=r"^\{obj\.missing\}: obj has no attribute 'missing'") as caught:
-        ip.run_cell_magic("llm", "", "{obj.missing}")
-    assert type(caught.value) is UsageError and len(live.requests) == 1
-
-
-def test_an_unknown_name_fails_before_anything_is_sent(ip: Any, live: StubServer) -> None:
-    with pytest.raises(UsageError, match=r"unknown name \{missing\} in the prompt") as caught:
-        ip.run_cell_magic("llm", "", "hello {missing}")
-    assert type(caught.value) is UsageError
-    assert live.requests == [] and _api.session.ledger.rows() == []
 
 
 @pytest.mark.parametrize(
@@ -167,50 +141,11 @@ def test_a_bad_line_magic_flag_is_reported_not_sent(ip: Any, live: StubServer) -
     assert live.requests == []
 
 
-@pytest.mark.parametrize(
-    ("line", "options", "prompt"),
-    [
-        ("-m gpt-4o What's up?", "-m gpt-4o", "What's up?"),
-        ("--model=gpt-4o -t 0.1 hello  world ", "--model=gpt-4o -t 0.1", "hello  world"),
-        ('-s "Be brief" --chat Tell me "more"', '-s "Be brief" --chat', 'Tell me "more"'),
-        ("-- -5 degrees is cold", "", "-5 degrees is cold"),
-        ("just a prompt -m here", "", "just a prompt -m here"),
-    ],
-)
-def test_the_line_prompt_is_kept_as_typed(ip: Any, line: str, options: str, prompt: str) -> None:
-    parser = ip.magics_manager.registry["LLMMagics"].llm.parser
-    assert _prompt.split_prompt(parser, line) == (options, prompt)
-
-
-def test_chat_keeps_history_and_a_rerun_replaces_its_turn(ip: Any, live: StubServer) -> None:
-    with capture_output():
-        ip.run_cell("%%llm --chat\nMy name is Ada.", cell_id="cell-a")
-        ip.run_cell("%%llm --chat\nWhat is my name?", cell_id="cell-b")
-        ip.run_cell("%%llm --chat\nMy name is Grace.", cell_id="cell-a")  # re-run of the first cell
-        ip.run_cell("%%llm --chat\nAnd now?", cell_id="cell-c")
-    second = live.requests[1].body["messages"]
-    assert [m["content"] for m in second] == ["My name is Ada.", "[gpt-4o-mini] My name is Ada.", "What is my name?"]
-    rerun = live.requests[2].body["messages"]
-    assert [m["content"] for m in rerun] == ["What is my name?", "[gpt-4o-mini] What is my name?", "My name is Grace."], (
-        "the cell's own earlier turn is not sent again"
-    )
-    last = [m["content"] for m in live.requests[3].body["messages"]]
-    assert "My name is Ada." not in last and "My name is Grace." in last
-    assert [t.cell_id for t in _magics.conversation.turns] == ["cell-b", "cell-a", "cell-c"]
-
-
-def test_without_chat_no_history_is_sent(ip: Any, live: StubServer) -> None:
-    with capture_output():
-        ip.run_cell("%%llm --chat\nRemember this.", cell_id="a")
-        ip.run_cell("%%llm\nStandalone.", cell_id="b")
-    assert len(live.requests[1].body["messages"]) == 1
-
-
 def test_dry_run_sends_nothing_and_shows_tokens_and_cost(ip: Any, live: StubServer) -> None:
     with capture_output() as captured:
         ip.run_cell_magic("llm", "--dry-run --max-tokens 100 -s 'Be brief.'", "hello there")
     assert live.requests == [] and _api.session.ledger.rows() == []
-    text = outputs(captured)[-1]["text/plain"]
+    text = displayed(captured)[-1]["text/plain"]
     assert '"content": "Be brief."' in text and '"content": "hello there"' in text
     assert "dry run, nothing sent · gpt-4o-mini (openai) · input $" in text
     assert "at most $0.000060 for 100 tokens (max_tokens)" in text
@@ -222,7 +157,7 @@ def test_retry_notes_are_replaced_by_the_reply(ip: Any, live: StubServer) -> Non
     live.script(Fault.rate_limit(retry_after=0), Fault.status(503))
     with capture_output() as captured:
         ip.run_cell_magic("llm", "", "hello")
-    shown = outputs(captured)
+    shown = displayed(captured)
     assert shown[0]["text/plain"].startswith("⏳ rate limited (429), attempt 2/6 in 0.0 s")
     assert shown[1]["text/plain"].startswith("⏳ server error (503), attempt 3/6 in ")
     assert "3 attempts" in shown[-1]["text/markdown"]
@@ -245,7 +180,7 @@ def test_a_broken_stream_keeps_what_came(ip: Any, live: StubServer) -> None:
     live.script(Fault.break_stream(after_chunks=2))
     with capture_output() as captured:
         ip.run_cell("%%llm\none two three four five")
-    assert "[gpt-4o-mini] one …" in outputs(captured)[-1]["text/markdown"]
+    assert "[gpt-4o-mini] one …" in displayed(captured)[-1]["text/markdown"]
     assert "StreamBrokenError: the reply broke off" in captured.stdout + captured.stderr
 
 
@@ -330,19 +265,125 @@ def test_unload_and_reload_keep_the_conversation_and_the_usage_rows(ip: Any, liv
     assert table.loc["total", "calls"] == 3
 
 
-def test_a_line_prompt_ending_in_a_question_mark_is_sent_not_taken_for_help(ip: Any, live: StubServer) -> None:
-    with capture_output() as captured:
-        ip.run_cell("answer = %llm What is pi?")
-        ip.run_cell("%llm -t 0.1 Why?")
-    assert ip.user_ns["answer"] == "[gpt-4o-mini] What is pi?"
-    assert [r.body["messages"][-1]["content"] for r in live.requests] == ["What is pi?", "Why?"]
-    assert "Object `pi` not found" not in captured.stdout
+# -- %reload_ext and %unload_ext keep the session ---------------------------------------------------------------
 
 
-def test_the_magics_own_help_still_works(ip: Any) -> None:
-    assert _prompt.keep_question_marks(["%llm?\n"]) == ["%llm?\n"]
-    assert _prompt.keep_question_marks(["%llm_config x?\n"]) == ["%llm_config x?\n"]
-    assert _prompt.keep_question_marks(["  x = %llm Why 'so'?\n"]) == ["  x = get_ipython().run_line_magic('llm', \"Why 'so'?\")\n"]
+@pytest.fixture
+def configured_ip(live: StubServer) -> Iterator[Any]:
+    """A fresh shell whose configuration (as from ipython_config.py) sets the model and the temperature."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from traitlets.config import Config
+
+    InteractiveShell.clear_instance()
+    settings = Config()
+    settings.HistoryManager.enabled = False
+    settings.LLMConfig.model = "from-config-file"
+    settings.LLMConfig.temperature = 0.7
+    shell = InteractiveShell.instance(config=settings)
+    ipyllm.chat_reset()
+    yield shell
+    if "llm" in shell.magics_manager.magics["line"]:
+        shell.run_line_magic("unload_ext", "ipyllm")
+    ipyllm.chat_reset()
+    InteractiveShell.clear_instance()
+
+
+def test_the_config_file_applies_on_the_first_load_only(configured_ip: Any) -> None:
+    configured_ip.run_line_magic("load_ext", "ipyllm")
+    assert (ipyllm.config.model, ipyllm.config.temperature) == ("from-config-file", 0.7), "the config file applies at the first load"
+    configured_ip.run_line_magic("llm_config", "model=gpt-4o temperature=0.2")
+    configured_ip.run_line_magic("reload_ext", "ipyllm")
+    assert (ipyllm.config.model, ipyllm.config.temperature) == ("gpt-4o", 0.2), "%reload_ext keeps what the session set"
+    configured_ip.run_line_magic("unload_ext", "ipyllm")
+    configured_ip.run_line_magic("load_ext", "ipyllm")
+    assert ipyllm.config.model == "gpt-4o", "so does unload + load"
+    assert configured_ip.configurables.count(ipyllm.config) == 1
+
+
+def test_unload_and_load_keep_the_conversation_and_the_usage_rows(ip: Any, live: StubServer) -> None:
+    with capture_output():
+        ip.run_cell("%%llm --chat\nMy name is Ada.")
+    ip.run_line_magic("unload_ext", "ipyllm")
+    ip.run_line_magic("load_ext", "ipyllm")
+    ip.run_line_magic("reload_ext", "ipyllm")
+    with capture_output():
+        ip.run_cell("%%llm --chat\nWhat is my name?")
+    assert [m["content"] for m in live.requests[-1].body["messages"]] == [
+        "My name is Ada.",
+        "[gpt-4o-mini] My name is Ada.",
+        "What is my name?",
+    ]
+    assert len(ipyllm.usage()) == 2
+    assert list(ipyllm.chat_history()["prompt"]) == ["My name is Ada.", "What is my name?"]
+
+
+# -- no empty outputs -------------------------------------------------------------------------------------------
+
+
+def test_an_assigned_line_magic_and_a_refused_call_leave_no_output(ip: Any, live: StubServer) -> None:
     with capture_output() as captured:
-        ip.run_cell("%llm?")
-    assert "--dry-run" in captured.stdout
+        ip.run_cell("answer = %llm hello")
+        live.script(Fault.status(400, "bad request (stub)"), Fault.status(400, "bad request (stub)"))
+        ip.run_cell("%%llm\nhello")
+        ip.run_cell("%%llm --no-stream\nhello")
+    assert displayed(captured) == []
+    assert ip.user_ns["answer"] == "[gpt-4o-mini] hello"
+    assert [r.status for r in _api.session.ledger.rows()] == ["ok", "error", "error"]
+    assert captured.stdout.count(f"RequestRejectedError: {live.base_url} rejected the request (400)") == 2
+
+
+def test_a_failing_cell_after_retries_clears_its_note(ip: Any, live: StubServer) -> None:
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1)
+    live.script(Fault.status(503), Fault.status(503))
+    with capture_output() as captured:
+        ip.run_cell("%%llm\nhello")
+    assert displayed(captured) == [], "the note went with the cell's output; only the error remains"
+    assert "after 2 attempts" in captured.stdout + captured.stderr
+    assert [(r.status, r.attempts) for r in _api.session.ledger.rows()] == [("error", 2)]
+
+
+def test_a_retried_line_magic_alone_in_its_cell_clears_its_note(ip: Any, live: StubServer) -> None:
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01)
+    live.script(Fault.status(503))
+    with capture_output() as captured:
+        ip.run_cell("answer = %llm hello")
+    assert displayed(captured) == []
+    assert ip.user_ns["answer"].usage.attempts == 2
+
+
+def test_a_retried_line_magic_among_other_code_leaves_a_trace_not_an_empty_output(ip: Any, live: StubServer) -> None:
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01)
+    live.script(Fault.status(503))
+    with capture_output() as captured:
+        ip.run_cell("print('computed before')\nanswer = %llm hello")
+    assert "computed before" in captured.stdout, "other outputs of the cell are never cleared"
+    outputs = displayed(captured)
+    assert outputs[0]["text/plain"].startswith("⏳ server error (503), attempt 2/6")
+    assert outputs[-1]["text/plain"] == "answered after 2 attempts"
+    assert all(o["text/plain"].strip() for o in outputs)
+
+
+def test_a_warning_printed_during_the_call_is_never_cleared(ip: Any, live: StubServer, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.sqlite"
+    broken.write_bytes(b"this is not a database" * 100)
+    ipyllm.config.update(retry_min_wait=0, retry_max_wait=0.01, num_retries=1, usage_db=str(broken))
+    live.script(Fault.status(503), Fault.status(503))
+    with capture_output() as captured:
+        ip.run_cell("%%llm\nhello")
+    assert f"cannot use the usage ledger {broken}" in captured.stderr
+    assert displayed(captured)[-1]["text/plain"] == "gave up after 2 attempts"
+
+
+def test_the_line_magic_shows_no_stream_and_the_cell_magic_does(ip: Any, live: StubServer) -> None:
+    with capture_output() as line:
+        ip.run_cell("%llm hello there")
+    assert displayed(line) == [] and live.requests[0].body["stream"] is True
+    with capture_output() as cell:
+        ip.run_cell("%%llm\nhello there")
+    assert displayed(cell)[-1]["text/markdown"].startswith("[gpt-4o-mini] hello there")
+
+
+def test_the_magics_cell_tracking_resets_after_each_cell(ip: Any) -> None:
+    magics = _magics._loaded[id(ip)]
+    ip.run_cell("x = 1", cell_id="abc")
+    assert magics.cell_id is None and magics.cell_source is None
