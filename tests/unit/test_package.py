@@ -1,14 +1,11 @@
-"""Importing ipyllm is fast and lazy; the stub server runs as ``python -m ipyllm.testing``."""
+"""The package root: importing ipyllm is fast and lazy, and ``%load_ext ipyllm`` returns at once while litellm imports
+in the background (the stub server's ``python -m ipyllm.testing``: test_testing.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
-import urllib.request
-
-from ipyllm.testing import script_remote
 
 
 def test_import_is_fast_and_does_not_import_litellm_pandas_or_ipython() -> None:
@@ -20,43 +17,6 @@ def test_import_is_fast_and_does_not_import_litellm_pandas_or_ipython() -> None:
     elapsed, litellm, pandas, ipython = float(out[0]), *out[1:]
     assert (litellm, pandas, ipython) == ("False", "False", "False")
     assert elapsed < 1.0
-
-
-def test_the_stub_server_runs_from_the_command_line() -> None:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ipyllm.testing", "--fault", "503"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        assert process.stdout is not None
-        first = process.stdout.readline()
-        assert first.startswith("ipyllm stub server on http://127.0.0.1:")
-        base_url = first.split()[-1]
-        request = urllib.request.Request(
-            f"{base_url}/chat/completions",
-            data=json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        try:
-            urllib.request.urlopen(request, timeout=5)
-            raise AssertionError("the scripted 503 should have come first")
-        except urllib.error.HTTPError as error:
-            assert error.code == 503
-        script_remote(base_url, "429:2")
-        try:
-            urllib.request.urlopen(request, timeout=5)
-            raise AssertionError("the remotely scripted 429 should have come next")
-        except urllib.error.HTTPError as error:
-            assert error.code == 429 and error.headers["Retry-After"] == "2"
-        with urllib.request.urlopen(request, timeout=5) as response:
-            assert json.load(response)["choices"][0]["message"]["content"] == "[gpt-4o-mini] hi"
-        with urllib.request.urlopen(f"{base_url}/models", timeout=5) as response:
-            assert "gpt-4o-mini" in [m["id"] for m in json.load(response)["data"]]
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 def test_load_ext_returns_fast_and_litellm_is_imported_in_the_background() -> None:

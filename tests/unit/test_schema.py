@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Literal
 
 import pandas as pd
@@ -11,7 +10,7 @@ from pydantic import BaseModel
 
 import ipyllm
 from ipyllm._schema import Schema
-from ipyllm.testing import Fault, StubServer, fit_schema
+from ipyllm.testing import Fault, StubServer
 
 from ..helpers import chat_requests
 
@@ -92,19 +91,3 @@ def test_schema_argument_errors() -> None:
         Schema.of("not a schema")
     with pytest.raises(ipyllm.SettingError, match="schema= or response_format="):
         Schema.of(PERSON).apply([], {"response_format": {"type": "json_object"}}, native=True)
-
-
-def test_the_stub_fits_nested_schemas_deterministically() -> None:
-    class Item(BaseModel):
-        name: str
-        tags: list[str]
-
-    class Order(BaseModel):
-        item: Item
-        paid: bool
-        total: float
-
-    schema = Order.model_json_schema()
-    value = fit_schema(schema, "name: widget, three words")
-    assert Order.model_validate(value) and value == fit_schema(schema, "name: widget, three words")
-    assert json.loads(json.dumps(value))["item"]["name"] == "widget"
