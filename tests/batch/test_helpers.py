@@ -26,11 +26,14 @@ from ..helpers import chat_requests
 
 
 @pytest.fixture(scope="module")
-def helper() -> Iterator[_helpers.Helper]:
-    """The session's helper process, started once for the module (importing litellm takes seconds)."""
+def helper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_helpers.Helper]:
+    """The session's helper process, started once for the module (importing litellm takes seconds), working in a
+    temporary directory (it inherits this process's)."""
     from ipyllm._litellm import load_litellm
 
-    (started,) = _helpers.helpers(1)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("helper"))
+        (started,) = _helpers.helpers(1)
     load_litellm()  # here too, meanwhile: an interrupt must not land in the import
     assert started.ready.wait(120), "the helper process did not get ready"
     yield started

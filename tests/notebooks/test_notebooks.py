@@ -211,23 +211,37 @@ def fresh_python() -> str:
     return shutil.which("python3") or sys.executable
 
 
+def copy_of_the_repository(into: Path) -> Path:
+    """The repository's files (those git tracks or would track) copied to ``into``: what a fresh clone holds."""
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard"], cwd=into.parent, capture_output=True, text=True, check=True
+    )
+    for name in files.stdout.splitlines():
+        if (ROOT / name).is_file():
+            (into / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, into / name)
+    return into
+
+
 @install_check
 def test_binder_installs_jupyterlab_with_ipyllm_and_runs_every_notebook(tmp_path: Path) -> None:
     """What repo2docker does with binder/, in a fresh virtual environment; then every notebook, executed there."""
+    # repo2docker builds a clone of the repository: so does this test (an editable install writes into its source).
+    copy = copy_of_the_repository(tmp_path / "ipyllm")
     venv = tmp_path / "venv"
     env = offline_environment(dict(os.environ), tmp_path / "jupyter-data")
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     started = time.perf_counter()
-    subprocess.run([fresh_python(), "-m", "venv", str(venv)], check=True)
+    subprocess.run([fresh_python(), "-m", "venv", str(venv)], cwd=tmp_path, check=True)
     # As repo2docker runs it: from the repository's root, so that "." is this repository.
-    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-r", "binder/requirements.txt"], cwd=ROOT, env=env, check=True)
-    if (ROOT / "binder" / "postBuild").exists():
-        subprocess.run(["bash", "binder/postBuild"], cwd=ROOT, env=env, check=True)
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "-r", "binder/requirements.txt"], cwd=copy, env=env, check=True)
+    if (copy / "binder" / "postBuild").exists():
+        subprocess.run(["bash", "binder/postBuild"], cwd=copy, env=env, check=True)
     installed = time.perf_counter() - started
 
     def jupyter(*args: str) -> str:
-        done = subprocess.run([str(venv / "bin" / "jupyter"), *args], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        done = subprocess.run([str(venv / "bin" / "jupyter"), *args], cwd=copy, env=env, capture_output=True, text=True, check=True)
         return done.stdout + done.stderr
 
     assert jupyter("lab", "--version").strip().startswith("4.")
@@ -246,12 +260,7 @@ def test_binder_installs_jupyterlab_with_ipyllm_and_runs_every_notebook(tmp_path
 @install_check
 def test_run_quickstart_from_a_fresh_copy_writes_the_executed_notebook(tmp_path: Path) -> None:
     """The README's first command in a copy of the repository's files: no .venv, nothing installed by hand."""
-    copy = tmp_path / "ipyllm"
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for name in files.splitlines():
-        if (ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, copy / name)
+    copy = copy_of_the_repository(tmp_path / "ipyllm")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"), OPENAI_API_KEY="sk-must-not-be-used", LLM_MODEL="gpt-4o")
     done = subprocess.run(["./run-quickstart"], cwd=copy, env=env, capture_output=True, text=True, timeout=900)

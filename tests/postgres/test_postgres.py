@@ -125,7 +125,9 @@ def run_workers(tmp_path: Path, count: int, config: dict[str, Any], calls: int, 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data")}
     argument = json.dumps({"config": config, "calls": calls, "threads": threads, "go": str(go)})
     processes = [
-        subprocess.Popen([sys.executable, "-c", WORKER, argument], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, argument], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path
+        )
         for _ in range(count)
     ]
     assert wait_for(lambda: len(list(tmp_path.glob("go.ready.*"))) == count, timeout=180), "the workers did not start"
@@ -280,13 +282,13 @@ def test_a_kernel_killed_while_the_server_is_away_loses_nothing(pg: PostgresServ
             "os._exit(9)  # killed: nothing runs at exit"
         )
         env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_DATA_DIR": str(tmp_path / "jupyter-data")}
-        killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        killed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
         assert killed.returncode == 9, killed.stderr
     finally:
         pg.start()
     # The next kernel on the machine writes what the killed one left.
     code = f"import ipyllm; ipyllm.config.update(**{config!r}); print(len(ipyllm.usage(all_sessions=True)))"
-    later = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    later = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert later.stdout.strip() == "5" and not ledger_lines(later.stderr), later.stderr
     assert pg.sql("SELECT COUNT(*), COUNT(DISTINCT uid) FROM usage", database=database) == [(5, 5)]
 
@@ -498,10 +500,11 @@ def test_a_frame_of_100000_rows_reads_quickly(pg: PostgresServer) -> None:
     store.close()
 
 
-def test_import_ipyllm_and_load_ext_do_not_import_psycopg() -> None:
+def test_import_ipyllm_and_load_ext_do_not_import_psycopg(tmp_path: Path) -> None:
     code = (
         "import sys, ipyllm; from IPython.core.interactiveshell import InteractiveShell; "
         "InteractiveShell.instance().run_line_magic('load_ext', 'ipyllm'); print('psycopg' in sys.modules)"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LLM_USAGE_DB": ":memory:"}
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout.strip() == "False"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert done.stdout.strip() == "False"

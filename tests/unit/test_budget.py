@@ -396,7 +396,7 @@ def test_holds_of_another_kernel_count_until_settled_or_expired(tmp_path: Path) 
 def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> None:
     import socket
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True, cwd=tmp_path)
     pid = int(dead.stdout)
     store = SQLiteStore(SQLiteFile(tmp_path / "usage.sqlite"))
     now = datetime.now(timezone.utc)

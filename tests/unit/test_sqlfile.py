@@ -353,7 +353,7 @@ def test_rows_spooled_by_a_killed_process_are_written_once_by_the_next(tmp_path:
     ledger = directory / "usage.sqlite"
     directory.write_text("a file where the ledger's directory should be\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    killed = subprocess.run([sys.executable, "-c", KILLED, str(ledger)], capture_output=True, text=True, env=env, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", KILLED, str(ledger)], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert killed.returncode == 9, killed.stderr
     assert len(said(killed.stderr)) == 1 and "wait in" in killed.stderr
     directory.unlink()

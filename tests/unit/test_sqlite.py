@@ -77,7 +77,11 @@ def test_two_processes_write_one_ledger_at_once(stub: StubServer, tmp_path: Path
     path, calls = tmp_path / "shared.sqlite", 300
     writers = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, stub.base_url, str(path), str(calls)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", WRITER, stub.base_url, str(path), str(calls)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
         )
         for _ in range(2)
     ]
@@ -144,7 +148,7 @@ def test_a_read_only_directory_never_breaks_a_call(stub: StubServer, tmp_path: P
         # Root writes anywhere; in a user namespace without a mapping it keeps uid 0 but loses that power.
         assert shutil.which("unshare"), "the read-only test needs unshare (util-linux) when run as root"
         command = ["unshare", "--user", *command]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["ok", "ok", "2"]
     one_warning(result.stderr, "unable to open database file", "set LLM_USAGE_DB")

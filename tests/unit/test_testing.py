@@ -26,12 +26,13 @@ from ipyllm._locations import Memory, SQLiteFile
 from ipyllm.testing import StubServer, _notebooks, fit_schema, offline_unless_configured, provider_configured, script_remote
 
 
-def test_the_stub_server_runs_from_the_command_line() -> None:
+def test_the_stub_server_runs_from_the_command_line(tmp_path: Path) -> None:
     process = subprocess.Popen(
         [sys.executable, "-m", "ipyllm.testing", "--fault", "503"],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=tmp_path,
     )
     try:
         assert process.stdout is not None

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import ipywidgets as widgets
@@ -59,9 +60,9 @@ def listed(picker: Picker) -> list[str]:
     return [value for _, value in picker.models.options]
 
 
-def test_import_ipyllm_does_not_import_ipywidgets() -> None:
+def test_import_ipyllm_does_not_import_ipywidgets(tmp_path: Path) -> None:
     code = "import sys, ipyllm; print('ipywidgets' in sys.modules, 'ipyllm._widget' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert out == ["False", "False"]
 
 
