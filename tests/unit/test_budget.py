@@ -38,6 +38,7 @@ from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import UsageRow
 from ipyllm.testing import Fault, StubServer
 
+from ..conftest import SECRET
 from ..helpers import REFUSAL, run_threads, sent_cap
 
 INPUT, OUTPUT = 0.15e-6, 0.60e-6
@@ -406,3 +407,59 @@ def test_a_hold_of_a_dead_process_on_this_host_is_dropped(tmp_path: Path) -> Non
     assert isinstance(store.reserve(Hold("dead", 0.9, "s", "u", host, pid, now, now + timedelta(hours=1)), limit), Hold)
     taken = store.reserve(Hold("alive", 0.9, "s", "u", host, 1, now, now + timedelta(hours=1)), limit)  # pid 1 lives
     assert isinstance(taken, Hold) and taken.amount == 0.9
+
+
+# -- two users on one SQLite ledger -----------------------------------------------------------------------------
+
+
+def refusal(spent: str, setting: str) -> str:
+    """The refusal of a $0.01 call (10 output tokens at $0.001, its input free) when ``spent`` leaves less."""
+    return f"budget: spent {spent}; this call needs at least $0.0100 (its input and 10 output tokens): raise {setting} to go on"
+
+
+def users_and_costs(ledger: Path) -> list[tuple[str, float]]:
+    """The user and cost of every row a call left in the ledger file (refusals cost 0)."""
+    with sqlite3.connect(ledger) as connection:
+        return connection.execute("SELECT user, cost_usd FROM usage").fetchall()
+
+
+def test_two_users_on_one_ledger_have_a_daily_budget_each_and_share_the_daily_budget(live: StubServer, tmp_path: Path) -> None:
+    """``user_daily_budget_usd`` counts its user's rows and holds only; ``daily_budget_usd`` counts everyone's.
+
+    Two sessions of two users write to one SQLite ledger file, as two kernels of a shared machine would (the team
+    ledger's counterpart is in tests/postgres/, which is skipped where PostgreSQL is not installed).
+    """
+    ledger = tmp_path / "shared.sqlite"
+    shared = {"base_url": live.base_url, "api_key": SECRET, "usage_db": str(ledger), "prices": PRICED, "timeout": 5}
+    ada = ipyllm.Session(user="ada", user_daily_budget_usd=0.03, **shared)
+    bob = ipyllm.Session(user="bob", user_daily_budget_usd=0.03, **shared)
+    try:
+        # Each call costs $0.01 (10 output tokens at $0.001): ada's three spend her $0.03, and her fourth is refused.
+        for _ in range(3):
+            assert ada.complete("ada says hello to the stub, at length", max_tokens=10).usage.cost_usd == pytest.approx(CALL_COST)
+        with pytest.raises(ipyllm.BudgetExceededError) as refused:
+            ada.complete("ada asks once more, at length", max_tokens=10)
+        assert refused.value.message == refusal("$0.0300 of $0.03 today by ada", "user_daily_budget_usd")
+        assert len(live.requests) == 3
+        # ada's spend, in the same file, is not bob's: his $0.03 are all his own.
+        for _ in range(3):
+            assert bob.complete("bob says hello to the stub, at length", max_tokens=10).usage.status == "ok"
+        with pytest.raises(ipyllm.BudgetExceededError) as refused:
+            bob.complete("bob asks once more, at length", max_tokens=10)
+        assert refused.value.message == refusal("$0.0300 of $0.03 today by bob", "user_daily_budget_usd")
+        assert len(live.requests) == 6
+        rows = users_and_costs(ledger)
+        assert {user: sum(cost for who, cost in rows if who == user) for user in ("ada", "bob")} == pytest.approx(
+            {"ada": 0.03, "bob": 0.03}
+        )
+        # The daily budget counts both users' rows: $0.06 spent leaves no room in $0.065 for another $0.01 call.
+        bob.config.update(user_daily_budget_usd=None, daily_budget_usd=0.065)
+        with pytest.raises(ipyllm.BudgetExceededError) as refused:
+            bob.complete("bob asks the whole machine's budget, at length", max_tokens=10)
+        assert refused.value.message == refusal("$0.0600 of $0.0650 today", "daily_budget_usd")
+        bob.config.update(daily_budget_usd=0.075)
+        assert bob.complete("bob fits in the daily budget, at length", max_tokens=10).usage.status == "ok"
+        assert len(live.requests) == 7
+    finally:
+        ada.close()
+        bob.close()
