@@ -67,6 +67,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     - ``JUPYTER_DATA_DIR`` is this test's own directory, so the default ledger (and the cache in it) is
       fresh, and kernels the test starts inherit it: no test reads rows another test or kernel wrote,
       nor the user's ledger.
+    - The working directory is ``tmp_path``: what a test, or a process it starts without a ``cwd`` of its own
+      (ipyllm's helper processes, say), writes to a relative path lands there, never in the repository.
     - ``ipyllm._api.session`` is a fresh session (no rows, no open ledger files, no warnings said).
     - The configuration starts at its defaults and gets back its earlier values afterwards.
     - A picker the test left open fails the test (its observers would follow every later test); it is
@@ -74,6 +76,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
     monkeypatch.delenv("LLM_USAGE_DB", raising=False)
+    monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(_api, "session", _api.Session(config=ipyllm.config, ledger=MemoryLedger(), client=Client(), id=_api.SESSION_ID))
     observers_before = config_observers()
     saved = ipyllm.config.settings()
@@ -154,16 +157,3 @@ def ip(live: StubServer) -> Iterator[object]:
     shell.run_line_magic("unload_ext", "ipyllm")
     _magics.conversation.clear()
     InteractiveShell.clear_instance()
-
-
-def stop_kernel(manager: Any, client: Any) -> None:
-    """Drain the kernel's iopub messages, close the channels and shut the kernel down (a test's teardown)."""
-    import queue
-
-    try:
-        while True:
-            client.get_iopub_msg(timeout=0.01)
-    except queue.Empty:
-        pass
-    client.stop_channels()
-    manager.shutdown_kernel(now=True)

@@ -71,8 +71,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "stop=stop_after_attempt(attempts),",
         "stop=stop_after_attempt(1),",
-        "tests/test_http.py::test_transient_faults_are_retried_with_one_request_per_attempt",
-        "tests/test_retry.py",
+        "tests/unit/test_engine.py::test_transient_faults_are_retried_with_one_request_per_attempt",
+        "tests/unit/test_retry.py",
     ),
     m(
         "429-not-retried",
@@ -81,8 +81,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})",
         "RETRY_STATUS = frozenset({408, 500, 502, 503, 504})",
-        "tests/test_retry.py",
-        "tests/test_http.py",
+        "tests/unit/test_retry.py",
+        "tests/unit/test_engine.py",
     ),
     m(
         "sdk-retries-on",
@@ -91,8 +91,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_engine.py",
         '"max_retries": 0}',
         '"max_retries": 2}',
-        "tests/test_http.py::test_transient_faults_are_retried_with_one_request_per_attempt",
-        "tests/test_retry.py",
+        "tests/unit/test_engine.py::test_transient_faults_are_retried_with_one_request_per_attempt",
+        "tests/unit/test_retry.py",
     ),
     m(
         "embeddings-not-retried",
@@ -101,7 +101,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_engine.py",
         'call = self._begin("embedding", model, settings, target)',
         'call = self._begin("embedding", model, __import__("dataclasses").replace(settings, num_retries=0), target)',
-        "tests/test_http.py -k embed",
+        "tests/unit/test_engine.py -k embed",
     ),
     m(
         "interrupt-not-recorded",
@@ -110,8 +110,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_engine.py",
         'row.status, row.error = "interrupted",',
         'row.status, row.error = "error",',
-        "tests/test_retry.py -k interrupt",
-        "tests/test_kernel.py -k interrupting",
+        "tests/unit/test_retry.py -k interrupt",
+        "tests/kernel/test_magics.py -k interrupting",
     ),
     # -- Retry-After ------------------------------------------------------------------------------------
     m(
@@ -121,8 +121,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "            wait = max(wait, hinted)",
         "            pass",
-        "tests/test_retry.py",
-        "tests/test_http.py -k transient",
+        "tests/unit/test_retry.py",
+        "tests/unit/test_engine.py -k transient",
     ),
     m(
         "retry-after-uncapped",
@@ -131,7 +131,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "return min(self.max_wait, max(self.min_wait, wait))",
         "return max(self.min_wait, wait)",
-        "tests/test_retry.py",
+        "tests/unit/test_retry.py",
     ),
     # -- jitter / backoff -------------------------------------------------------------------------------
     m(
@@ -141,7 +141,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "wait = self.draw(self.min_wait, self.cap(retry_state.attempt_number))",
         "wait = self.min_wait",
-        "tests/test_retry.py",
+        "tests/unit/test_retry.py",
     ),
     m(
         "no-jitter",
@@ -150,7 +150,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "wait = self.draw(self.min_wait, self.cap(retry_state.attempt_number))",
         "wait = self.cap(retry_state.attempt_number)",
-        "tests/test_retry.py",
+        "tests/unit/test_retry.py",
     ),
     m(
         "jitter-without-growth",
@@ -159,7 +159,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_retry.py",
         "wait = self.draw(self.min_wait, self.cap(retry_state.attempt_number))",
         "wait = self.draw(self.min_wait, self.max_wait)",
-        "tests/test_retry.py",
+        "tests/unit/test_retry.py",
     ),
     # -- key masking and redaction ----------------------------------------------------------------------
     m(
@@ -169,8 +169,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_secrets.py",
         "return repr(_mask(str.__str__(self)))",
         "return str.__repr__(self)",
-        "tests/test_secrecy.py",
-        "tests/test_config.py",
+        "tests/unit/test_secrets.py",
+        "tests/unit/test_config.py",
     ),
     m(
         "secret-text-is-the-key",
@@ -179,8 +179,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_secrets.py",
         "secret = super().__new__(cls, cls._masked_text(text))",
         "secret = super().__new__(cls, text)",
-        "tests/test_secrecy.py",
-        "tests/test_config.py",
+        "tests/unit/test_secrets.py",
+        "tests/unit/test_config.py",
     ),
     m(
         "mask-shows-more",
@@ -189,8 +189,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_secrets.py",
         'return "****" + plain[-4:] if len(plain) >= 16 else "****"',
         'return "****" + plain[-12:]',
-        "tests/test_magics.py -k llm_config",
-        "tests/test_config.py",
+        "tests/unit/test_magics.py -k llm_config",
+        "tests/unit/test_config.py",
     ),
     m(
         "show-reveals-key",
@@ -200,8 +200,8 @@ MUTATIONS: list[Mutation] = [
         'shown = "unset" if value is None else repr(value) if not isinstance(value, str) or name == "api_key" else value',
         'shown = "unset" if value is None else value.reveal() if name == "api_key" '
         "else repr(value) if not isinstance(value, str) else value",
-        "tests/test_magics.py -k llm_config",
-        "tests/test_kernel.py -k show_masks",
+        "tests/unit/test_magics.py -k llm_config",
+        "tests/kernel/test_magics.py -k show_masks",
     ),
     m(
         "exact-key-redaction-removed",
@@ -210,8 +210,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_explain.py",
         "secrets = [str.__str__(settings.api_key.reveal())] if settings is not None and settings.api_key else []",
         "secrets = []",
-        "tests/test_http.py -k key",
-        "tests/test_secrecy.py",
+        "tests/unit/test_engine.py -k key",
+        "tests/unit/test_secrets.py",
     ),
     m(
         "key-shape-redaction-removed",
@@ -220,7 +220,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_explain.py",
         'return _KEY_PATTERN.sub(r"\\1****", text)',
         "return text",
-        "tests/test_http.py -k key",
+        "tests/unit/test_engine.py -k key",
     ),
     # -- ledger durability ------------------------------------------------------------------------------
     m(
@@ -230,7 +230,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_records.py",
         "self.using_store(lambda store: store.append(row, release))",
         "None",
-        "tests/test_ledger.py",
+        "tests/unit/test_sqlite.py",
+        "tests/kernel/test_ledger.py -k killed",
     ),
     m(
         "ledger-not-committed",
@@ -239,7 +240,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_sqlfile.py",
         "isolation_level=None",
         'isolation_level="DEFERRED"',
-        "tests/test_ledger.py",
+        "tests/unit/test_sqlite.py",
+        "tests/kernel/test_ledger.py -k killed",
     ),
     # -- budgets ----------------------------------------------------------------------------------------
     m(
@@ -249,8 +251,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "            if settings.budget_usd is not None:\n                session_rooms.append(",
         "            if False:\n                session_rooms.append(",
-        "tests/test_budget_cache.py -k budget",
-        "tests/test_reservations.py",
+        "tests/unit/test_budget.py",
     ),
     m(
         "budget-ignores-estimate",
@@ -259,7 +260,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "        if cap < self.minimum_tokens:\n            return None",
         "        if left < 0:\n            return None",
-        "tests/test_budget_cache.py -k budget or estimate",
+        "tests/unit/test_budget.py",
     ),
     m(
         "daily-last-24h",
@@ -268,7 +269,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)",
         'return datetime.now().astimezone() - __import__("datetime").timedelta(days=1)',
-        "tests/test_budget_cache.py -k daily",
+        "tests/unit/test_budget.py -k daily",
     ),
     m(
         "daily-utc-midnight",
@@ -277,7 +278,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "return datetime.now().astimezone().replace(hour=0, minute=0, second=0, microsecond=0)",
         'return datetime.now(__import__("datetime").timezone.utc).replace(hour=0, minute=0, second=0, microsecond=0)',
-        "tests/test_budget_cache.py -k daily",
+        "tests/unit/test_budget.py -k daily",
     ),
     m(
         "daily-this-session-only",
@@ -286,7 +287,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "        store = self._store()\n        if store is not None:\n            try:\n                return store.reserve",
         "        store = None\n        if store is not None:\n            try:\n                return store.reserve",
-        "tests/test_budget_cache.py -k daily",
+        "tests/unit/test_budget.py -k daily",
     ),
     m(
         "unpriced-silently-free",
@@ -295,7 +296,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "        if not wanted.priced:",
         "        if False:",
-        "tests/test_budget_cache.py -k unpriced",
+        "tests/unit/test_budget.py -k unpriced",
     ),
     m(
         "session-holds-ignored",
@@ -304,7 +305,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "                        sum(h.amount for h in self._holds.values()),\n                        len(self._holds),",
         "                        0.0,\n                        0,",
-        "tests/test_reservations.py",
+        "tests/unit/test_budget.py -k threads or hold",
     ),
     m(
         "ledger-holds-ignored",
@@ -313,8 +314,8 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_sqlite.py",
         "        return Headroom(limit, float(spent[0]), float(held), int(holds))",
         "        return Headroom(limit, float(spent[0]), 0.0, 0)",
-        "tests/test_reservations.py",
-        "tests/test_budget_kernels.py",
+        "tests/unit/test_budget.py -k threads or hold or local_midnight",
+        "tests/kernel/test_ledger.py -k two_kernels",
     ),
     # -- cache ------------------------------------------------------------------------------------------
     m(
@@ -324,7 +325,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_calls.py",
         '"base_url": settings.base_url,',
         '"base_url": None,',
-        "tests/test_budget_cache.py -k cache or server",
+        "tests/unit/test_calls.py",
     ),
     m(
         "cache-key-no-temperature",
@@ -333,7 +334,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_calls.py",
         '"temperature": settings.temperature,',
         '"temperature": None,',
-        "tests/test_budget_cache.py -k misses",
+        "tests/unit/test_calls.py -k misses",
     ),
     # -- chat -------------------------------------------------------------------------------------------
     m(
@@ -343,8 +344,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_magics.py",
         "history = conversation.history(key, self.run) if args.chat else []",
         "history = []",
-        "tests/test_magics.py -k chat",
-        "tests/test_session_magics.py -k chat",
+        "tests/unit/test_chat.py",
     ),
     m(
         "chat-rerun-duplicates",
@@ -353,8 +353,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_chat.py",
         "self.turns = [t for t in self.turns if not self._stale(t, key, run)]",
         "self.turns = list(self.turns)",
-        "tests/test_magics.py -k chat",
-        "tests/test_session_magics.py -k chat",
+        "tests/unit/test_chat.py",
     ),
     # -- picker binding ---------------------------------------------------------------------------------
     m(
@@ -364,7 +363,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_widget.py",
         "config.observe(self._on_config, names=list(WATCHED))",
         "None",
-        "tests/test_widget.py",
+        "tests/unit/test_widget.py",
     ),
     m(
         "picker-does-not-write",
@@ -373,7 +372,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_widget.py",
         "setattr(config, name, value)",
         "None",
-        "tests/test_widget.py",
+        "tests/unit/test_widget.py",
     ),
     m(
         "picker-keeps-key",
@@ -382,7 +381,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_widget.py",
         'self.api_key.value = ""\n        if self._apply',
         "pass\n        if self._apply",
-        "tests/test_widget.py -k key",
+        "tests/unit/test_widget.py -k key",
     ),
     m(
         "picker-close-leaks",
@@ -391,7 +390,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_widget.py",
         "config.unobserve(self._on_config, names=list(WATCHED))",
         "None",
-        "tests/test_widget.py -k clos",
+        "tests/unit/test_widget.py -k clos",
     ),
     # -- unload / load ----------------------------------------------------------------------------------
     m(
@@ -401,7 +400,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_magics.py",
         "    magics = _loaded.pop(id(shell), None)",
         "    conversation.clear()\n    magics = _loaded.pop(id(shell), None)",
-        "tests/test_magics.py -k unload",
+        "tests/unit/test_magics.py -k unload",
     ),
     m(
         "unload-drops-rows",
@@ -410,7 +409,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_magics.py",
         "    magics = _loaded.pop(id(shell), None)",
         "    _api.session.ledger = type(_api.session.ledger)()\n    magics = _loaded.pop(id(shell), None)",
-        "tests/test_magics.py -k unload",
+        "tests/unit/test_magics.py -k unload",
     ),
     m(
         "warm-up-blocks",
@@ -419,7 +418,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_magics.py",
         "    _loaded[id(shell)] = magics\n    warm_up()",
         "    _loaded[id(shell)] = magics\n    from ipyllm._litellm import load_litellm\n\n    load_litellm()",
-        "tests/test_package.py -k load_ext",
+        "tests/unit/test_package.py -k load_ext",
     ),
     # -- speed without loss --------------------------------------------------------------------------------
     m(
@@ -429,7 +428,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_litellm.py",
         "    return _internal(is_internal_call)",
         "    return nullcontext()",
-        "tests/test_overhead.py -k litellm",
+        "tests/unit/test_litellm.py",
     ),
     m(
         "litellm-logging-never",
@@ -438,7 +437,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_litellm.py",
         "    if litellm is None or has_callbacks(litellm):",
         "    if litellm is None:",
-        "tests/test_overhead.py -k litellm",
+        "tests/unit/test_litellm.py",
     ),
     m(
         "writer-drops-cache",
@@ -447,7 +446,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_batch.py",
         "            entries = [item[1] for item in items if item is not None and item[0] is None]",
         "            entries = []",
-        "tests/test_batch.py -k rerun",
+        "tests/batch/test_map.py -k rerun",
     ),
     m(
         "helper-ignores-cancel",
@@ -456,7 +455,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_helpers.py",
         "        if task is not None:\n            task.cancel()",
         "        if task is not None:\n            pass",
-        "tests/test_helpers.py",
+        "tests/batch/test_helpers.py",
     ),
     m(
         "helper-loses-headers",
@@ -465,7 +464,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_helpers.py",
         "        exc.__dict__.update(state)",
         "        pass",
-        "tests/test_helpers.py",
+        "tests/batch/test_helpers.py",
     ),
     m(
         "helpers-never-used",
@@ -474,7 +473,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_helpers.py",
         "        if helper is not None and helper.in_flight < self.in_flight:",
         "        if False:",
-        "tests/test_helpers.py",
+        "tests/batch/test_helpers.py",
     ),
     # -- issue 17: input checks
     m(
@@ -484,7 +483,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_config.py",
         '        if not name.startswith("_") and not hasattr(type(self), name):\n            raise unknown_setting(name)',
         '        if not name.startswith("_") and not hasattr(type(self), name):\n            pass',
-        "tests/test_input_checks.py -k config_attribute or every_llmconfig",
+        "tests/unit/test_validate.py -k config_attribute or every_llmconfig",
     ),
     m(
         "map-keywords-unchecked",
@@ -493,7 +492,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_batch.py",
         "        if extra:  # as complete() checks them",
         "        if False:  # as complete() checks them",
-        "tests/test_input_checks.py -k unknown_keywords",
+        "tests/unit/test_validate.py -k unknown_keywords",
     ),
     m(
         "missing-cells-sent",
@@ -502,7 +501,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_batch.py",
         'self.missing_fields = template_fields(template) if isinstance(template, str) and missing == "skip" else ()',
         "self.missing_fields = ()",
-        "tests/test_input_checks.py -k missing",
+        "tests/unit/test_validate.py -k missing",
     ),
     m(
         "schema-metaschema-skipped",
@@ -511,7 +510,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_schema.py",
         "        jsonschema.validators.validator_for(schema).check_schema(schema)\n",
         "        pass\n",
-        "tests/test_input_checks.py -k schema",
+        "tests/unit/test_validate.py -k schema",
     ),
     m(
         "infinite-budget-accepted",
@@ -520,7 +519,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_config.py",
         "        if not math.isfinite(number):",
         "        if False:",
-        "tests/test_input_checks.py -k infinite or infinity",
+        "tests/unit/test_validate.py -k infinite or infinity",
     ),
     m(
         "price-alias-unchecked",
@@ -529,7 +528,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_config.py",
         "                if not priceable(price):",
         "                if False:",
-        "tests/test_input_checks.py -k price_alias",
+        "tests/unit/test_validate.py -k price_alias",
     ),
     m(
         "price-alias-bundled-only",
@@ -538,7 +537,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_pricemap.py",
         "    if isinstance(model_cost, dict) and model_cost:",
         "    if False:",
-        "tests/test_input_checks.py -k aliases",
+        "tests/unit/test_validate.py -k aliases",
     ),
     # -- issue 17: empty answers and models ---------------------------------------------------------------
     m(
@@ -548,7 +547,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_calls.py",
         "        if not result.text or result.cut:\n            return None",
         "        if result.cut:\n            return None",
-        "tests/test_empty_answers.py -k cached or map",
+        "tests/unit/test_answers.py -k cached or map",
     ),
     m(
         "streamed-empty-stop-is-broken",
@@ -557,7 +556,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_engine.py",
         "            if response is not None and (finish is not None or has_answer(response)):",
         "            if has_answer(response):",
-        "tests/test_empty_answers.py -k stop or magic",
+        "tests/unit/test_answers.py -k stop or magic",
     ),
     m(
         "errors-name-the-provider",
@@ -566,7 +565,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_answers.py",
         "    return base_url or provider or",
         "    return provider or base_url or",
-        "tests/test_empty_answers.py -k name or filter or re_ask",
+        "tests/unit/test_answers.py -k name or filter or re_ask",
     ),
     m(
         "models-reads-catalogue",
@@ -575,7 +574,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_models.py",
         "    _strings(filter, provider)\n",
         "    _strings(filter, provider)\n    catalogue()\n",
-        "tests/test_models_without_litellm.py -k fresh",
+        "tests/unit/test_models.py -k fresh",
     ),
     m(
         "models-prices-import-litellm",
@@ -584,7 +583,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_pricemap.py",
         '    litellm = sys.modules.get("litellm")',
         '    litellm = __import__("litellm")',
-        "tests/test_models_without_litellm.py -k fresh",
+        "tests/unit/test_models.py -k fresh",
     ),
     m(
         "models-takes-non-strings",
@@ -593,7 +592,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_models.py",
         "    _strings(filter, provider)\n    words",
         "    words",
-        "tests/test_models_without_litellm.py -k refuses",
+        "tests/unit/test_models.py -k refuses",
     ),
     # -- issue 17: ledger faults ------------------------------------------------------------------------
     m(
@@ -603,7 +602,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_sqlfile.py",
         "        if connection is not None and not self.away and self.at_path():",
         "        if connection is not None and not self.away:",
-        "tests/test_ledger_faults.py -k deleted or replaced",
+        "tests/unit/test_sqlfile.py -k deleted or replaced",
     ),
     m(
         "spool-never-written-back",
@@ -612,7 +611,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_sqlfile.py",
         "        while batch := spool.peek():",
         "        while batch := []:",
-        "tests/test_ledger_faults.py -k unwritable or killed or outage",
+        "tests/unit/test_sqlfile.py -k unwritable or killed or outage",
     ),
     m(
         "cache-not-spooled",
@@ -621,7 +620,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_sqlfile.py",
         "            self.spool.put_many(entries, cache)",
         "            self.spool.put_many(entries, ())",
-        "tests/test_ledger_faults.py -k unwritable or cache_lookups or killed",
+        "tests/unit/test_sqlfile.py -k unwritable or cache_lookups or killed",
     ),
     # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
     m(
@@ -631,7 +630,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_engine.py",
         "        if cap is not None:\n            # A budget's output cap",
         "        if False:\n            # A budget's output cap",
-        "tests/test_budget_caps.py -k long_reply",
+        "tests/unit/test_budget.py -k long_reply",
     ),
     m(
         "budget-cap-not-derived",
@@ -640,7 +639,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "        cap = affordable if self.ceiling is None else min(self.ceiling, affordable)",
         "        cap = affordable if self.ceiling is None else self.ceiling",
-        "tests/test_budget_caps.py -k long_reply",
+        "tests/unit/test_budget.py -k long_reply",
     ),
     m(
         "budget-hold-not-the-cap",
@@ -649,7 +648,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         "        return self.held_input + cap * rate, cap",
         "        return self.held_input + self.minimum_tokens * rate, cap",
-        "tests/test_budget_caps.py -k threads",
+        "tests/unit/test_budget.py -k threads",
     ),
     m(
         "budget-map-stops-at-once",
@@ -658,7 +657,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_batch.py",
         "                if await self.room_may_come(error.refusal, need):",
         "                if False:",
-        "tests/test_budget_caps.py -k map_over_long",
+        "tests/batch/test_budget.py -k map_over_long",
     ),
     m(
         "budget-held-shown-as-spent",
@@ -667,7 +666,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_budget.py",
         '        f"budget: spent {usd(room.spent)}{held}',
         '        f"budget: spent {usd(room.spent + room.held)}{held}',
-        "tests/test_budget_caps.py -k refusal_line",
+        "tests/unit/test_budget.py -k refusal_line",
     ),
     # -- issue 18: one house ------------------------------------------------------------------------------------
     m(
@@ -714,8 +713,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_secrets.py",
         "        return isinstance(other, Secret) and str.__eq__(self._key, other._key)",
         "        return str.__eq__(self._key, other._key) if isinstance(other, Secret) else NotImplemented",
-        "tests/unit/test_locations.py -k secret",
-        "tests/test_secrecy.py",
+        "tests/unit/test_secrets.py",
     ),
     m(
         "secret-hash-disagrees",
@@ -724,8 +722,7 @@ MUTATIONS: list[Mutation] = [
         "ipyllm/_secrets.py",
         "        return str.__hash__(self._key)  # equal secrets have equal keys",
         "        return object.__hash__(self)",
-        "tests/unit/test_locations.py -k secret",
-        "tests/test_secrecy.py",
+        "tests/unit/test_secrets.py",
     ),
     m(
         "server-shows-password",
@@ -735,6 +732,16 @@ MUTATIONS: list[Mutation] = [
         '        return self._text(None if self.password is None else "****")',
         "        return self._text(None if self.password is None else str.__str__(self.password.reveal()))",
         "tests/unit/test_locations.py -k server or password",
+    ),
+    # -- issue 18: tests -------------------------------------------------------------------------------------------
+    m(
+        "user-budget-counts-everyone",
+        "budgets",
+        "user_daily_budget_usd on a SQLite ledger counts every user's rows and holds: one user's spend refuses another",
+        "ipyllm/_sqlite.py",
+        '        user_filter = "" if limit.user is None else " AND user = ?"\n        extra = [] if limit.user is None else [limit.user]',
+        '        user_filter = ""\n        extra = []',
+        "tests/unit/test_budget.py -k two_users",
     ),
 ]
 

@@ -1,5 +1,8 @@
 """What ipyllm takes from litellm beyond its public API, pinned: an upgrade that drops one fails here, loudly,
-rather than quietly turning a speed-up off or a retry on. Each of these is used in ``ipyllm/_litellm.py`` only."""
+rather than quietly turning a speed-up off or a retry on. Each of these is used in ``ipyllm/_litellm.py`` only.
+
+And what the adapter does with them: litellm builds no logging payload that no callback reads, and a callback the
+user registered still sees every call."""
 
 from __future__ import annotations
 
@@ -7,10 +10,13 @@ import contextvars
 import inspect
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+import ipyllm
 from ipyllm import _litellm
+from ipyllm.testing import StubServer
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +75,70 @@ def test_the_helpers_it_imports_from_its_submodules(litellm) -> None:  # type: i
 
     assert "api_base" in set(all_litellm_params) and callable(type_to_response_format_param)
     assert "timeout" in _litellm.call_arguments("chat")
+
+
+# -- litellm's logging payload: built only when a callback reads it ---------------------------------------------
+
+
+def _count_litellm_logging(monkeypatch: Any) -> list[str]:
+    """Each run of litellm's success handlers (the logging payload it builds for its callbacks)."""
+    from litellm.litellm_core_utils.litellm_logging import Logging
+
+    ran: list[str] = []
+    sync, coroutine = Logging.success_handler, Logging.async_success_handler
+
+    def success_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append("sync")
+        return sync(self, *args, **kwargs)
+
+    async def async_success_handler(self: Any, *args: Any, **kwargs: Any) -> Any:
+        ran.append("async")
+        return await coroutine(self, *args, **kwargs)
+
+    monkeypatch.setattr(Logging, "success_handler", success_handler)
+    monkeypatch.setattr(Logging, "async_success_handler", async_success_handler)
+    return ran
+
+
+def _settle() -> None:
+    """litellm hands its logging to a thread pool (sync calls) or a worker task: give it time to run."""
+    import time
+
+    time.sleep(0.5)
+
+
+def test_litellm_builds_no_logging_payload_that_no_callback_reads(live: StubServer, monkeypatch: Any) -> None:
+    import asyncio
+
+    ran = _count_litellm_logging(monkeypatch)
+    ipyllm.complete("hello")
+    asyncio.run(ipyllm.acomplete("hello async"))
+    _settle()
+    assert ran == [], "litellm's success handler ran with no callback to read its payload"
+    assert len(live.requests) == 2
+    frame = ipyllm.usage()
+    assert frame["cost_usd"].notna().all() and (frame["status"] == "ok").all(), "the price is litellm's, computed all the same"
+
+
+def test_a_litellm_callback_the_user_registered_still_sees_every_call(live: StubServer, monkeypatch: Any) -> None:
+    import asyncio
+
+    import litellm
+    from litellm.integrations.custom_logger import CustomLogger
+
+    seen: list[str] = []
+
+    class Recorder(CustomLogger):  # type: ignore[misc] - litellm's base class is untyped
+        def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+            seen.append("sync")
+
+        async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+            seen.append("async")
+
+    for name in _litellm.CALLBACK_LISTS:  # litellm files a callback in its other lists too: all are put back after
+        monkeypatch.setattr(litellm, name, [])
+    litellm.callbacks.append(Recorder())
+    ipyllm.complete("hello")
+    asyncio.run(ipyllm.acomplete("hello async"))
+    _settle()
+    assert "sync" in seen and "async" in seen, f"the user's litellm callback saw {seen}"

@@ -2,8 +2,7 @@
 
 A value that looks like a URL and does not parse is refused in one line naming the accepted forms, and nothing is
 created: a URL typo never becomes a file in the working directory with the password in its path. A server's
-password is in no path, message, repr or row. And the key's ``==`` and ``hash`` agree: a ``Secret`` equals only a
-``Secret`` with the same key, never its masked text.
+password is in no path, message, repr or row. The default ledger follows ``JUPYTER_DATA_DIR``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from ipyllm.errors import SettingError
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from ..pg import free_port
+from ..helpers import free_port
 
 #: A password that shows nowhere; long enough that a mask showing its last four characters would be caught.
 PASSWORD = "Pw-3xq9Zt7Lm2Vb8Kd"
@@ -237,23 +236,12 @@ def test_the_password_is_in_no_path_message_or_row(
             assert PASSWORD.encode() not in path.read_bytes(), path
 
 
-# -- the key: == and hash agree ---------------------------------------------------------------------------------
+# -- the default ledger's path, kept while still true -----------------------------------------------------------
 
 
-def test_a_secret_equals_only_a_secret_with_the_same_key_and_hashes_alike() -> None:
-    secret = Secret(SECRET)
-    same = Secret(SECRET)
-    masked = str(secret)
-    assert masked == "****" + SECRET[-4:]
-    # == compares the keys: equal secrets hash equal.
-    assert secret == same and hash(secret) == hash(same) and len({secret, same}) == 1
-    assert {secret: 1}[same] == 1
-    # Another key with the same last four characters: the same masked text, not the same secret.
-    twin = Secret("another-key-of-the-same-length.7f3a9c")
-    assert str(twin) == masked and twin != secret
-    # A secret never equals its masked text (either way round), nor the key as a plain string.
-    assert secret != masked and masked != secret and not (secret == masked) and not (masked == secret)
-    assert secret != SECRET and SECRET != secret
-    assert masked not in [secret] and secret not in [masked] and masked not in {secret} and secret not in {masked}
-    assert secret == Secret(secret), "a Secret made from a Secret keeps its key"
-    assert Secret(SECRET) in {same} and [secret].index(same) == 0
+def test_the_default_ledger_follows_the_jupyter_data_directory(live: StubServer, tmp_path: Path, monkeypatch: Any) -> None:
+    for name in ("one", "two"):
+        monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / name))
+        ipyllm.complete("hello")
+        assert (tmp_path / name / "ipyllm" / "usage.sqlite").exists()
+    assert _api.session.store() is not None and _api.session.store().count() == 1

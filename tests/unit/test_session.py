@@ -19,8 +19,7 @@ from ipyllm import _api
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-
-ROOT = Path(__file__).resolve().parents[2]
+from ..helpers import ROOT
 
 
 def rows_in(ledger: Path) -> list[tuple[Any, ...]]:

@@ -1,0 +1,186 @@
+"""``ipyllm.map(..., processes=N)``: attempts sent from helper processes over real HTTP to the stub server.
+
+The helper is a real ``python -m ipyllm._helpers`` child with its own litellm; what it raises comes back
+as litellm's own exception, so the retry policy, Retry-After, the error messages and the key's secrecy are
+the same as for a call made here.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import ipyllm
+from ipyllm import _api, _helpers
+from ipyllm.errors import AuthenticationError, SettingError
+from ipyllm.testing import Fault, StubServer
+
+from ..conftest import SECRET
+from ..helpers import chat_requests
+
+
+@pytest.fixture(scope="module")
+def helper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_helpers.Helper]:
+    """The session's helper process, started once for the module (importing litellm takes seconds), working in a
+    temporary directory (it inherits this process's)."""
+    from ipyllm._litellm import load_litellm
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path_factory.mktemp("helper"))
+        (started,) = _helpers.helpers(1)
+    load_litellm()  # here too, meanwhile: an interrupt must not land in the import
+    assert started.ready.wait(120), "the helper process did not get ready"
+    yield started
+    _helpers.close_all()
+
+
+def one_attempt(helper: _helpers.Helper, waits: list[float], prompt: str = "hello") -> Any:
+    """One ``achat`` whose attempts all go through the helper; retry waits recorded (and slept briefly)."""
+    from ipyllm._engine import as_messages
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    settings, _ = _api.session.split_overrides({})
+    record = _api.session.recorder("api")
+    return asyncio.run(_api.session.client.achat(settings, as_messages(prompt, None), report=record, send=helper.acompletion, sleep=sleep))
+
+
+def test_map_over_two_processes_answers_every_row_once(fast: StubServer, helper: _helpers.Helper) -> None:
+    fast.delay = 0.05
+    items = [f"item {i}" for i in range(80)]
+    before = helper.sent
+    result = ipyllm.map("{value}", items, concurrency=8, processes=2, progress=False)
+    assert list(result) == [f"[gpt-4o-mini] item {i}" for i in range(80)]
+    assert len(chat_requests(fast)) == 80, "one request per row, wherever it was sent from"
+    by_helper = helper.sent - before
+    assert 0 < by_helper < 80, f"the helper sent {by_helper} of 80: both processes should have worked"
+    rows = ipyllm.usage()
+    assert len(rows) == 80 and set(rows["status"]) == {"ok"} and rows["cost_usd"].notna().all()
+    assert (rows["prompt_tokens"] > 0).all() and not rows["tokens_estimated"].any()
+
+
+def test_a_429_in_the_helper_is_retried_after_its_retry_after(fast: StubServer, helper: _helpers.Helper) -> None:
+    fast.script(Fault.status(429, retry_after=2))
+    waits: list[float] = []
+    reply = one_attempt(helper, waits)
+    assert reply == "[gpt-4o-mini] hello"
+    assert reply.usage.attempts == 2 and len(chat_requests(fast)) == 2
+    assert len(waits) == 1 and waits[0] >= 2, f"Retry-After (2 s) read from the helper's exception: waited {waits}"
+
+
+def test_an_error_in_the_helper_is_explained_here_without_the_key(fast: StubServer, helper: _helpers.Helper) -> None:
+    fast.script(Fault.echo_key(401))
+    with pytest.raises(AuthenticationError) as raised:
+        one_attempt(helper, [])
+    assert "refused the API key (401)" in str(raised.value)
+    for text in (str(raised.value), raised.value.provider_message or "", repr(raised.value)):
+        assert SECRET not in text
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
+    assert raised.value.usage is not None and raised.value.usage.status == "error"
+
+
+def test_ctrl_c_cancels_the_helpers_calls_and_the_rerun_sends_only_the_missing_rows(fast: StubServer, helper: _helpers.Helper) -> None:
+    fast.delay = 0.25
+    items = [f"item {i}" for i in range(40)]
+    before = helper.sent
+    timer = threading.Timer(0.9, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(ipyllm.BatchInterrupted) as raised:
+            ipyllm.map("{value}", items, concurrency=4, processes=2, progress=False)
+    finally:
+        timer.cancel()
+    assert helper.sent > before, "the helper took part"
+    answered = int(raised.value.result.notna().sum())
+    assert 0 < answered < 40
+    rows = ipyllm.usage()
+    assert (rows["status"] == "interrupted").sum() >= 1 and (rows["status"] == "ok").sum() == answered
+    assert helper.in_flight == 0 and helper.running() == 0, "the helper's calls were cancelled, there too"
+    time.sleep(0.5)  # cancelled requests already on the wire still reach the server; nothing is sent after
+    sent_before = len(chat_requests(fast))
+
+    resumed = ipyllm.map("{value}", items, concurrency=4, processes=2, progress=False)
+    assert resumed.notna().all()
+    assert len(chat_requests(fast)) - sent_before == 40 - answered
+
+
+def test_cancelling_a_call_cancels_it_in_the_helper(fast: StubServer, helper: _helpers.Helper) -> None:
+    from ipyllm._engine import as_messages
+
+    fast.script(Fault.slow(10))
+    settings, _ = _api.session.split_overrides({})
+
+    async def main() -> None:
+        call = asyncio.ensure_future(
+            _api.session.client.achat(settings, as_messages("slow", None), report=_api.session.recorder("api"), send=helper.acompletion)
+        )
+        while not chat_requests(fast):
+            await asyncio.sleep(0.02)
+        assert helper.running() == 1
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    started = time.monotonic()
+    asyncio.run(main())
+    deadline = time.monotonic() + 2
+    while helper.running() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert helper.running() == 0, "the helper still runs the cancelled attempt"
+    assert time.monotonic() - started < 5
+    assert list(ipyllm.usage()["status"]) == ["interrupted"]
+
+
+def test_a_helper_that_dies_fails_its_call_and_gets_no_more(fast: StubServer) -> None:
+    dying = _helpers.Helper()
+    try:
+        assert dying.ready.wait(120)
+        fast.script(Fault.slow(10))
+        waits: list[float] = []
+        outcome: list[BaseException] = []
+
+        def call() -> None:
+            try:
+                one_attempt(dying, waits)
+            except BaseException as error:
+                outcome.append(error)
+
+        worker = threading.Thread(target=call, daemon=True)  # should it hang, the failure below says so, and pytest still exits
+        worker.start()
+        deadline = time.monotonic() + 10
+        while not chat_requests(fast) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        dying.process.kill()
+        worker.join(20)
+        assert not worker.is_alive()
+        assert outcome and isinstance(outcome[0], ipyllm.LLMError), outcome
+        assert not dying.alive
+        spread = _helpers.Spread(lambda **kwargs: asyncio.sleep(0, "here"), 0)
+        spread.helpers = [dying]
+        assert asyncio.run(spread(model="x")) == "here" and spread.here == 1
+    finally:
+        dying.close()
+
+
+@pytest.mark.parametrize("processes", [0, -1, 1.5, "2", True])
+def test_processes_must_be_a_whole_number(fast: StubServer, processes: Any) -> None:
+    with pytest.raises(SettingError, match="processes must be a whole number of at least 1"):
+        ipyllm.map("{value}", ["a"], processes=processes, progress=False)
+    assert chat_requests(fast) == []
+
+
+def test_the_map_magic_takes_processes(ip: Any, live: StubServer, helper: _helpers.Helper) -> None:
+    live.delay = 0.05
+    ip.user_ns["items"] = [f"item {i}" for i in range(24)]
+    before = helper.sent
+    ip.run_cell_magic("llm", "--map items -o out --concurrency 6 --processes 2", "Say {value}")
+    assert list(ip.user_ns["out"]) == [f"[gpt-4o-mini] Say item {i}" for i in range(24)]
+    assert helper.sent > before, "the helper took part"
+    assert len(chat_requests(live)) == 24
