@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the litellm adapter: its import, private flags, callbacks", {"_litellm"}),
     ("prices, estimates, the model list, how replies look", {"_cost", "_models", "_display"}),
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
-     {"_retry", "_answers", "_explain", "_validate", "_schema", "_engine"}),
+     {"_retry", "_answers", "_explain", "_validate", "_schema", "_callrow", "_attempt", "_engine"}),
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
      {"_store", "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_postgres", "_ledger", "_budget", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
