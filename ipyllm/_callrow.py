@@ -98,27 +98,26 @@ class Call:
 
         return run
 
-    def settle(self, response: Any, raised: BaseException | None, report: Report, *, cancelled: bool = False) -> Any:
-        """The end of the retry loop, sync or async: the row built and reported, then the response returned or the
-        exception raised, outside any ``except`` block (so that nothing chains litellm's exception, which can repeat
-        the key). ``cancelled``: an interrupt is raised as it came (a cancelled task must end cancelled), not as
-        ``Interrupted``."""
-        if raised is None:
+    def failure(self, exc: BaseException, *, cancelled: bool = False) -> BaseException:
+        """In the retry loop's ``except`` block: the row of a call that failed or was interrupted, and the exception
+        to raise once out of that block (so that nothing chains litellm's exception, which can repeat the key, and
+        no frame keeps it). ``cancelled``: an interrupt is raised as it came (a cancelled task must end cancelled)."""
+        if _is_interrupt(exc):
+            interrupted = self._interrupted()
+            return exc if cancelled else interrupted
+        if isinstance(exc, Exception):
+            return _unchained(self._failed(exc))
+        return exc  # SystemExit and the like: the row, then on its way
+
+    def settle(self, response: Any, error: BaseException | None, report: Report, *, cancelled: bool = False) -> Any:
+        """The end of the retry loop, sync or async: the row finished and reported, then the response returned or
+        ``error`` (from ``failure``) raised."""
+        if error is None:
             try:
                 self.row.latency_s = self.clock() - self.start
                 self._record_usage(response)
             except BaseException as exc:  # a response ipyllm cannot read is the call's error
-                raised = exc
-        error: BaseException | None = None
-        if raised is None:
-            pass
-        elif _is_interrupt(raised):
-            interrupted = self._interrupted()
-            error = raised if cancelled else interrupted
-        elif isinstance(raised, Exception):
-            error = _unchained(self._failed(raised))
-        else:  # SystemExit and the like: the row, then on its way
-            error = raised
+                error = self.failure(exc, cancelled=cancelled)
         if self.row.status not in ("ok", "interrupted"):  # an interrupted row's latency ends at the interrupt
             self.row.latency_s = self.clock() - self.start
         report(self.row)

@@ -192,14 +192,14 @@ class Client:
         settings = call.settings
         policy = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep, on_retry=on_retry)
         response: Any = None
-        raised: BaseException | None = None
+        error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
                 response = policy(call.counted(attempt))
         except BaseException as exc:
-            raised = exc
-        return call.settle(response, raised, report)
+            error = call.failure(exc)
+        return call.settle(response, error, report)
 
     async def _arun(
         self,
@@ -217,14 +217,14 @@ class Client:
             settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=sleep or asyncio.sleep, on_retry=on_retry
         )
         response: Any = None
-        raised: BaseException | None = None
+        error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
                 response = await policy(call.acounted(attempt))
         except BaseException as exc:
-            raised = exc
-        return call.settle(response, raised, report, cancelled=True)
+            error = call.failure(exc, cancelled=True)
+        return call.settle(response, error, report, cancelled=True)
 
     def _begin(self, kind: str, model: str, settings: Settings, target: str | None = None, messages: Messages | None = None) -> Call:
         row = UsageRow(kind=kind, model=model, provider=resolve_provider(target or model, settings.base_url))
