@@ -27,7 +27,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
      {"_store", "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_postgres", "_ledger", "_budget", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
-    ("batches: map/amap, progress, helper processes", {"_progress", "_helpers", "_batchdata", "_batch"}),
+    ("batches: map/amap, progress, helper processes",
+     {"_progress", "_helpers", "_batchdata", "_pace", "_writer", "_rows", "_batchrun", "_batch"}),
     ("the faces: the public API, the magics, the picker, the stub server", {"_api", "_chat", "_widget", "_magics", "testing", "__init__"}),
 ]  # fmt: skip
 LAYER_OF = {name: number for number, (_, names) in enumerate(LAYERS) for name in names}
