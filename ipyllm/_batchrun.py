@@ -166,12 +166,19 @@ class Run:
         ``over_budget`` row) only when nothing in flight could make room.
         """
 
-        need = call.need()
+        known: list[Need] = []
+
+        def need() -> Need:
+            """Counted once, and only under a limit: counting a prompt's tokens costs more than the rest of the row."""
+            if not known:
+                known.append(call.need())
+            return known[0]
+
         while not self.stop:
             try:
-                return self.session.reserve(call, lambda: need, quiet=True)
+                return self.session.reserve(call, need, quiet=True)
             except BudgetExceededError as error:
-                if await self.room_may_come(error.refusal, need):
+                if await self.room_may_come(error.refusal, need()):
                     continue
                 if self.stop:
                     break

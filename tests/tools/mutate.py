@@ -656,7 +656,7 @@ MUTATIONS: list[Mutation] = [
         "budgets",
         "a map stops at the first refusal while its own calls in flight hold the room",
         "ipyllm/_batchrun.py",
-        "                if await self.room_may_come(error.refusal, need):",
+        "                if await self.room_may_come(error.refusal, need()):",
         "                if False:",
         "tests/test_budget_caps.py -k map_over_long",
     ),
