@@ -29,6 +29,7 @@ from ipyllm import _loop
 from ipyllm._batchdata import Batch, BatchEstimate
 from ipyllm._batchrun import Run
 from ipyllm._budget import usd
+from ipyllm._helpers import helpers
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, progress_display
 from ipyllm._rows import Rows
@@ -67,6 +68,14 @@ def _report(run: Run, errors: str) -> None:
         if errors == "raise":
             raise BatchError(message, batch)
         notice(message)
+
+
+def _start_helpers(session: Session, processes: int) -> None:
+    """The helper processes a batch will use, started before anything else: each imports litellm (seconds), which
+    then overlaps this process's own work (its litellm import in a fresh kernel, the rows' preparation) rather than
+    following it; until a helper is ready, its share of the calls runs here."""
+    if processes > 1 and session.client._acompletion is None:
+        helpers(processes - 1)
 
 
 def _check_errors(errors: str) -> None:
@@ -156,6 +165,8 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
 
     _check_errors(errors)
     concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
+    if not dry_run:
+        _start_helpers(session, processes)
     rows = Rows(session, template, data, schema, overrides, missing, "map")
     if dry_run:
         return rows.estimate()
@@ -213,6 +224,7 @@ async def amap(
 
     _check_errors(errors)
     concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
+    _start_helpers(session, processes)
     run = Run(session, Rows(session, template, data, schema, overrides, missing, "amap"), concurrency, processes, resume)
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
