@@ -445,8 +445,8 @@ MUTATIONS: list[Mutation] = [
         "batch",
         "the batch writer commits the rows but not the answers a resume needs",
         "ipyllm/_writer.py",
-        "            entries = [item[1] for item in items if item is not None and item[0] is None]",
-        "            entries = []",
+        "                entries = [item[1] for item in items if item[0] is None]",
+        "                entries = []",
         "tests/test_batch.py -k rerun",
     ),
     m(
