@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ipyllm import _batch
+from ipyllm import _batch, _loop
 from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._calls import estimate_chat
 from ipyllm._config import config
 from ipyllm._cost import Estimate
 from ipyllm._engine import Embeddings, Reply
@@ -33,6 +34,105 @@ class Session(_Session):
     and ledgers apart, and each is safe to share between threads. The module functions use a default session
     whose configuration is ``ipyllm.config``.
     """
+
+    def complete(
+        self,
+        prompt_or_messages: str | Sequence[dict[str, Any]],
+        *,
+        stream: bool = False,
+        on_text: Callable[[str], Any] | None = None,
+        on_retry: Callable[[RetryNote], Any] | None = None,
+        schema: Any = None,
+        **overrides: Any,
+    ) -> Reply:
+        """Send one chat request, retried, and return the reply.
+
+        Parameters
+        ----------
+        prompt_or_messages
+            A prompt (sent as one user message) or a list of OpenAI-style messages.
+        stream
+            Receive the reply in pieces; ``on_text`` is called with each.
+        on_retry
+            Called with a ``RetryNote`` before each retry wait.
+        schema
+            A pydantic model class or a JSON-schema dict: the reply must be JSON that fits it (sent as
+            ``response_format`` where litellm says the model supports it, else as an instruction); the
+            validated object is ``reply.parsed``.
+        **overrides
+            Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
+            other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` once checked against
+            what litellm accepts for the model; provider-specific extras go in ``extra_body={...}``.
+
+        Returns
+        -------
+        Reply
+            A ``str`` of the reply text, with ``.usage`` (its usage row), ``.messages`` and ``.response``.
+
+        Raises
+        ------
+        ipyllm.LLMError
+            When the call fails after its retries, or a budget refuses it (a subclass says why; ``.usage`` is
+            the row); ``InvalidOutputError`` when the reply does not fit ``schema`` (``.raw`` is its text).
+        ipyllm.InvalidInputError
+            Before sending (no row): a prompt or message of the wrong shape, text that is not valid UTF-8, an
+            unknown keyword (named with its close match).
+        """
+        return self.chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, **overrides)
+
+    async def acomplete(
+        self,
+        prompt_or_messages: str | Sequence[dict[str, Any]],
+        *,
+        on_retry: Callable[[RetryNote], Any] | None = None,
+        schema: Any = None,
+        **overrides: Any,
+    ) -> Reply:
+        """``complete`` as a coroutine: ``await ipyllm.acomplete(...)`` does not block the event loop.
+
+        The same call otherwise (reserved against the budgets, retried with the session's policy through
+        ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
+        """
+        # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
+        prepared = self.prepare_chat(prompt_or_messages, overrides, source="api", schema=schema, caller="acomplete")
+        return await _loop.run(self.achat(prepared, on_retry))  # type: ignore[no-any-return]
+
+    def embed(self, texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:
+        """Embed texts with ``embedding_model`` (Azure: ``embedding_deployment`` and ``api_version``).
+
+        ``model=`` is accepted for ``embedding_model=``. Returns one vector per text, with ``.usage``.
+        """
+        return self.embedding(texts, on_retry, overrides)
+
+    def estimate(self, prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: Any) -> Estimate:
+        """What a chat call would cost, without sending it: what ``%%llm --dry-run`` shows.
+
+        Takes what ``complete`` takes (settings for this call as overrides: ``model``, ``max_tokens``,
+        ``system``, ...). The prompt's tokens are counted with litellm's ``token_counter`` and priced with
+        litellm's price map (or ``prices``).
+
+        Returns
+        -------
+        Estimate
+            ``model``, ``provider``, ``prompt_tokens``, ``input_cost``, ``output_cost_per_token``, ``max_tokens``;
+            ``model_max_output``, ``output_tokens`` (``max_tokens``, else the model's maximum output, else 32,768),
+            ``max_output_cost`` and ``total`` (the most the call may cost). Costs are NaN where the model has no
+            known price.
+
+        Raises
+        ------
+        ipyllm.InvalidInputError
+            As ``complete`` does: a prompt of the wrong shape, an unknown keyword (an estimate that left it out
+            would not be the call's).
+        """
+        return estimate_chat(self.config, prompt_or_messages, overrides)
+
+    def usage(self, all_sessions: bool = False) -> pd.DataFrame:
+        """The usage frame: one row per call, in call order.
+
+        This session's calls; with ``all_sessions``, every call in the ledger (``usage_db``) too.
+        """
+        return self.records.frame(all_sessions)
 
     def map(self, template: str | Callable[[Any], Any], data: Any, **options: Any) -> Any:
         """One prompt per row of ``data``, sent concurrently; see ``ipyllm.map``."""
@@ -147,10 +247,10 @@ def last_batch() -> Batch | None:
 
 
 # The module functions say what the session's methods say.
-complete.__doc__ = _Session.complete.__doc__
-acomplete.__doc__ = _Session.acomplete.__doc__
-embed.__doc__ = _Session.embed.__doc__
-estimate.__doc__ = _Session.estimate.__doc__
-usage.__doc__ = _Session.usage.__doc__
+complete.__doc__ = Session.complete.__doc__
+acomplete.__doc__ = Session.acomplete.__doc__
+embed.__doc__ = Session.embed.__doc__
+estimate.__doc__ = Session.estimate.__doc__
+usage.__doc__ = Session.usage.__doc__
 map.__doc__ = _batch.map.__doc__
 amap.__doc__ = _batch.amap.__doc__

@@ -1,7 +1,7 @@
 """A batch's data: rows in (DataFrame, Series, list; the template filled per row) and results out.
 
 ``Batch`` is what ``ipyllm.last_batch()`` returns: the result aligned to the input's index, per-row errors,
-raw replies, counters and the summary line. Knows nothing of scheduling (``_batch``) or display.
+raw replies, counters and the summary line. Knows nothing of scheduling (``_batchrun``) or display.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._budget import usd
+from ipyllm._engine import Reply
 from ipyllm._progress import Tally
 from ipyllm._schema import Schema
 from ipyllm._session import Session
-from ipyllm.errors import SettingError
+from ipyllm.errors import InvalidOutputError, SettingError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -58,6 +59,41 @@ class Batch:
     result: Any = None
     summary: str = ""
 
+    # -- each row's outcome, as the run reaches it -----------------------------------------------------------------
+    def answered(self, position: int, reply: Reply) -> bool:
+        """A reply: its text kept and parsed against the schema; False when it does not fit (the row's error says so)."""
+        self.replies[position] = reply.text
+        if self.shape is not None:
+            try:
+                self.parsed[position] = self.shape.parse(reply.text)
+            except InvalidOutputError as error:
+                self.row_errors[position] = f"invalid_output: {error.detail}"
+                self.tally.failed += 1
+                return False
+        if reply.usage.status == "cached":
+            self.tally.cached += 1
+        else:
+            self.tally.answered += 1
+        return True
+
+    def failed(self, position: int, why: str) -> None:
+        self.row_errors[position] = why
+        self.tally.failed += 1
+
+    def skipped(self, position: int, why: MissingValue) -> None:
+        """A row with a missing value in a template field: not sent, not a failure."""
+        self.row_errors[position] = why
+        self.tally.missing += 1
+
+    def not_sent(self, position: int) -> None:
+        self.row_errors[position] = "not sent"
+        self.tally.not_sent += 1
+
+    def interrupted(self, position: int) -> None:
+        self.row_errors[position] = "interrupted"
+        self.tally.interrupted += 1
+
+    # -- what the user reads ------------------------------------------------------------------------------------------
     @property
     def errors(self) -> pd.Series:
         import pandas as pd
@@ -72,7 +108,7 @@ class Batch:
 
     def usage(self) -> pd.DataFrame:
         assert self.session is not None
-        frame = self.session.usage()
+        frame = self.session.records.frame()
         return frame[frame["batch"] == self.id].reset_index(drop=True)
 
     def build_result(self) -> Any:

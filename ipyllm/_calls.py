@@ -1,6 +1,7 @@
-"""The one cached-call path: a call prepared once, its cache key, its answer from the cache, what of its result is
-kept for the next time, and what it may cost. ``complete``, ``acomplete``, ``embed`` and every row of ``map`` go
-through it, so the three cannot drift apart.
+"""The one cached-call path: a call prepared once (its input checked, its settings split from litellm's extra
+arguments), its cache key, its answer from the cache, what of its result is kept for the next time, and what it
+may cost. ``complete``, ``acomplete``, ``embed`` and every row of ``map`` go through it, so they cannot drift
+apart: no other module keys, reads or writes the cache.
 
 The cache key covers everything that was sent: the kind, the model (and Azure deployment), every message as
 sent (the system prompt and a schema's instruction included), the sampling settings, the endpoint and every
@@ -13,21 +14,94 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ipyllm._budget import Need, Reservation, usd
-from ipyllm._config import Settings
-from ipyllm._cost import estimate, estimate_embedding
-from ipyllm._engine import Embeddings, Reply
+from ipyllm._config import SETTING_NAMES, LLMConfig, Settings
+from ipyllm._cost import Estimate, estimate, estimate_embedding
+from ipyllm._engine import Embeddings, Reply, as_messages
 from ipyllm._litellm import litellm_loaded, load_litellm, resolve_provider
 from ipyllm._notices import notice
+from ipyllm._records import Records
 from ipyllm._schema import Schema
 from ipyllm._usage import UsageRow
-from ipyllm.errors import Interrupted, InvalidOutputError
+from ipyllm._validate import check_encodable, check_keywords, check_prompt, check_texts
+from ipyllm.errors import Interrupted, InvalidOutputError, SettingError
 
-__all__ = ["Prepared", "cache_key", "chat_need", "cut_by_budget", "cut_message", "wait_for_litellm"]
+__all__ = [
+    "Prepared",
+    "cache_key",
+    "cached_entries",
+    "chat_need",
+    "cut_by_budget",
+    "cut_message",
+    "estimate_chat",
+    "prepare_chat",
+    "prepare_embedding",
+    "split_overrides",
+    "wait_for_litellm",
+]
+
+# Arguments ipyllm sets itself: passing them would let litellm or the OpenAI SDK retry beneath our policy.
+_RESERVED = {"max_retries": "num_retries", "stream_options": "stream", "messages": "prompt_or_messages"}
+
+
+def split_overrides(config: LLMConfig, overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """Per-call settings (validated like any setting) and the rest, passed to litellm as is."""
+    for name, instead in _RESERVED.items():
+        if name in overrides:
+            raise SettingError(f"{name} is set by ipyllm: use {instead} instead", name)
+    known = {k: v for k, v in overrides.items() if k in SETTING_NAMES}
+    extra = {k: v for k, v in overrides.items() if k not in SETTING_NAMES}
+    return config.snapshot(**known), extra
+
+
+# -- preparing a call --------------------------------------------------------------------------------------------
+def prepare_chat(
+    config: LLMConfig,
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    overrides: dict[str, Any],
+    record: Callable[..., None],
+    *,
+    use_cache: bool = True,
+    schema: Any = None,
+    caller: str = "complete",
+) -> Prepared:
+    """Check the input (nothing is sent, and no row written, for bad input), apply the schema, key the cache."""
+    started = time.perf_counter()
+    settings, extra = split_overrides(config, overrides)
+    check_prompt(prompt_or_messages)
+    messages = as_messages(prompt_or_messages, settings.system)
+    check_encodable(messages)
+    if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, caller)
+    shape = Schema.of(schema) if schema is not None else None
+    if shape is not None:
+        messages, extra = shape.request(settings, messages, extra)
+    return Prepared.of("chat", settings, messages, extra, record, keyed=settings.cache and use_cache, started=started, shape=shape)
+
+
+def prepare_embedding(config: LLMConfig, texts: str | Sequence[str], overrides: dict[str, Any], record: Callable[..., None]) -> Prepared:
+    """``prepare_chat`` for texts to embed (``model=`` is taken for ``embedding_model=``)."""
+    started = time.perf_counter()
+    if "model" in overrides:
+        overrides["embedding_model"] = overrides.pop("model")
+    settings, extra = split_overrides(config, overrides)
+    items = check_texts(texts)
+    if extra:
+        check_keywords("embedding", settings.embedding_model, resolve_provider(settings.embedding_model, settings.base_url), extra, "embed")
+    return Prepared.of("embedding", settings, items, extra, record, keyed=settings.cache, started=started)
+
+
+def estimate_chat(config: LLMConfig, prompt_or_messages: str | Sequence[dict[str, Any]], overrides: dict[str, Any]) -> Estimate:
+    """What the chat call would cost: its input checked as ``complete`` checks it, nothing sent."""
+    settings, extra = split_overrides(config, overrides)
+    check_prompt(prompt_or_messages)
+    if extra:  # a keyword complete would refuse is refused here too, rather than left out of the estimate
+        check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, "estimate")
+    return estimate(settings, as_messages(prompt_or_messages, settings.system))
 
 
 def cache_key(kind: str, settings: Settings, payload: Any, extra: dict[str, Any]) -> str:
@@ -60,6 +134,23 @@ class Prepared:
     started: float
     shape: Schema | None = None
 
+    @classmethod
+    def of(
+        cls,
+        kind: str,
+        settings: Settings,
+        payload: list[Any],
+        extra: dict[str, Any],
+        record: Callable[..., None],
+        *,
+        keyed: bool,
+        started: float | None = None,
+        shape: Schema | None = None,
+    ) -> Prepared:
+        """The call, keyed for the cache when ``keyed`` (read or written, with ``cache`` on or by a map's resume)."""
+        key = cache_key(kind, settings, payload, extra) if keyed else None
+        return cls(kind, settings, payload, extra, key, record, time.perf_counter() if started is None else started, shape)
+
     @property
     def model(self) -> str:
         return self.settings.model if self.kind == "chat" else self.settings.embedding_model
@@ -71,6 +162,18 @@ class Prepared:
         return Need(estimate_embedding(self.settings, self.payload), output=False)
 
     # -- the cache -------------------------------------------------------------------------------------------
+    def cached(self, records: Records, on_text: Callable[[str], Any] | None = None) -> Reply | Embeddings | None:
+        """The call's answer from the cache (a ``cached`` row), or None."""
+        if self.key is None:
+            return None
+        return self.from_cache(records.cache_get(self.key), on_text)
+
+    def keep(self, result: Reply | Embeddings, put: Callable[[str, str, str, dict[str, Any]], Any]) -> None:
+        """Keep what of the result the cache keeps, with ``put`` (the records' ``cache_put``, or a batch's writer)."""
+        entry = self.entry(result) if self.key is not None else None
+        if self.key is not None and entry is not None:
+            put(self.key, self.kind, self.model, entry)
+
     def from_cache(self, hit: dict[str, Any] | None, on_text: Callable[[str], Any] | None = None) -> Reply | Embeddings | None:
         """The cached answer, recorded as a ``cached`` row (cost 0); None for a miss, or an entry that holds no
         answer (an empty one an earlier version kept)."""
@@ -153,6 +256,12 @@ class Prepared:
             )
             self.record(interrupted.usage)
             raise
+
+
+def cached_entries(calls: Iterable[Prepared | None], records: Records) -> dict[str, dict[str, Any]]:
+    """The cache's entries for many prepared calls (``from_cache`` answers each), in one query."""
+    keys = [call.key for call in calls if call is not None and call.key is not None]
+    return records.cache_get_many(keys) if keys else {}
 
 
 def wait_for_litellm(on_loading: Callable[[], Any] | None = None) -> None:

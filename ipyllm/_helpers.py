@@ -100,7 +100,7 @@ def serve() -> None:
     reader, writer = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # whatever litellm prints must not land between the frames
     lock = threading.Lock()
-    litellm = load_litellm()
+    litellm = load_litellm(count_tokens=False)
     import asyncio
 
     loop = asyncio.new_event_loop()

@@ -60,8 +60,9 @@ _module: ModuleType | None = None
 _import_lock = threading.Lock()
 
 
-def load_litellm() -> ModuleType:
-    """Import and quieten litellm once, whichever thread asks first."""
+def load_litellm(count_tokens: bool = True) -> ModuleType:
+    """Import and quieten litellm once, whichever thread asks first; ``count_tokens=False`` leaves its tokenizers
+    to load when first used (a helper process never counts tokens, and is ready a second sooner)."""
     global _module
     if _module is None:
         with _import_lock:
@@ -76,7 +77,7 @@ def load_litellm() -> ModuleType:
                 litellm.set_verbose = False
                 for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm"):
                     logging.getLogger(name).setLevel(logging.CRITICAL)
-                _prime(litellm)
+                _prime(litellm, count_tokens)
                 _module = litellm
     return _module
 
@@ -127,11 +128,12 @@ def _internal(flag: Any) -> Any:
         flag.reset(token)
 
 
-def _prime(litellm: ModuleType) -> None:
+def _prime(litellm: ModuleType, count_tokens: bool = True) -> None:
     """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
     would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
     try:
-        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+        if count_tokens:
+            litellm.token_counter(model="gpt-4o-mini", text="warm up")
         # Not when the user has logging callbacks: they would record the mock call.
         if not has_callbacks(litellm):
             with unlogged(litellm):

@@ -1,0 +1,210 @@
+"""Issue 18's three performance targets, in one run: does the pipeline pay for itself?
+
+Run: ``.venv/bin/python benchmarks/targets.py [--rounds 3]`` on a quiet machine (``uptime`` below ~1: each
+contender takes a core, and the figures are ratios of wall times). Everything is offline, against the stub
+server in a process of its own, answering in 50 ms (the ledger is a SQLite file in a temporary directory).
+
+1. **In-process map**: ``ipyllm.map(1,000 prompts, concurrency=32)`` against a bare ``litellm.acompletion`` +
+   ``Semaphore(32)`` loop, both warm, in alternating rounds; target ≥ 0.9x the loop's throughput.
+2. **One call**: ``ipyllm.complete(prompt)`` against ``litellm.completion(...)`` as a user would call it (the
+   median of 300 calls each, in alternating blocks, to a stub that answers at once); target ≤ 1.05x its time.
+   ``bench.py call`` shows ipyllm's own time per call, against litellm's time inside ``complete``.
+3. **A first map(processes=2) in a fresh kernel** against ``litellm.batch_completion(max_workers=32)``; target
+   ≥ 1.3x its throughput. Each contender runs in a fresh process, timed from the first cell on: ``%load_ext
+   ipyllm`` then ``ipyllm.map(..., processes=2)`` in an IPython shell, against ``import litellm`` then
+   ``litellm.batch_completion(...)``: both pay litellm's import once, ipyllm in this process and in its helper
+   at once. Also shown: the map alone, once the kernel's litellm is warm but the helper not yet started,
+   against a warm ``batch_completion`` (the helper's start is then all on the map's clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import batch_bench  # the contenders of the batch benchmark, shared
+
+MODEL, KEY = batch_bench.MODEL, batch_bench.KEY
+
+
+def in_process_map(base_url: str, rounds: int, rows: int, concurrency: int) -> list[float]:
+    """Throughput ratios map / bare loop, one per round (each round: the loop, then the map, on new prompts)."""
+    batch_bench.bare_loop(base_url, batch_bench.prompts(40), concurrency)
+    batch_bench.ipyllm_map(base_url, [f"warm {i}" for i in range(40)], concurrency)
+    ratios = []
+    for round_ in range(rounds):
+        items = batch_bench.prompts(rows)
+        bare = batch_bench.bare_loop(base_url, [f"{p} (bare {round_})" for p in items], concurrency)
+        mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
+        ratios.append(bare / mapped)
+        print(f"  round {round_ + 1}: bare loop {bare:5.2f} s, map {mapped:5.2f} s: {bare / mapped:.2f}x  (load {os.getloadavg()[0]:.2f})")
+    return ratios
+
+
+def one_call(base_url: str, rounds: int, calls: int) -> list[float]:
+    """Time ratios complete / litellm.completion, one per round of ``calls`` each (medians)."""
+    import ipyllm
+    from ipyllm._litellm import load_litellm
+
+    litellm = load_litellm()
+    messages = [{"role": "user", "content": "benchmark"}]
+
+    def bare() -> None:
+        litellm.completion(model=MODEL, messages=messages, api_base=base_url, api_key=KEY, max_retries=0)
+
+    def ours() -> None:
+        ipyllm.complete("benchmark")
+
+    ipyllm.config.update(base_url=base_url, api_key=KEY, model=MODEL)
+    for _ in range(20):
+        bare()
+        ours()
+    ratios = []
+    for round_ in range(rounds):
+        medians = {}
+        for name, call in (("litellm.completion", bare), ("ipyllm.complete", ours)):
+            times = []
+            for _ in range(calls):
+                started = time.perf_counter()
+                call()
+                times.append(time.perf_counter() - started)
+            medians[name] = statistics.median(times)
+        ratio = medians["ipyllm.complete"] / medians["litellm.completion"]
+        ratios.append(ratio)
+        shown = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in medians.items())
+        print(f"  round {round_ + 1}: {shown}: {ratio:.3f}x  (load {os.getloadavg()[0]:.2f})")
+    return ratios
+
+
+_FRESH_MAP = """
+import json, os, sys, time
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()  # a kernel has IPython already: its clock starts at %load_ext
+started = time.perf_counter()
+shell.run_line_magic("load_ext", "ipyllm")
+import ipyllm
+from ipyllm import _litellm
+loaded = time.perf_counter()
+ipyllm.config.update(base_url=sys.argv[1], api_key=sys.argv[2], model=sys.argv[3])
+items = json.loads(sys.argv[4])
+if sys.argv[5] == "warm":  # the kernel's litellm warm, as a while after %load_ext; the helper not started
+    _litellm.load_litellm()
+    started = time.perf_counter()
+mapped = time.perf_counter()
+result = ipyllm.map("{value}", items, concurrency=int(sys.argv[6]), progress=False, processes=2)
+ended = time.perf_counter()
+assert result.notna().all()
+print(json.dumps({"total": ended - started, "map": ended - mapped, "load": loaded - started}))
+"""
+
+_FRESH_BATCH = """
+import json, os, sys, time
+started = time.perf_counter()
+import litellm
+imported = time.perf_counter()
+items = json.loads(sys.argv[4])
+litellm.batch_completion(
+    model=sys.argv[3], messages=[[{"role": "user", "content": p}] for p in items], api_base=sys.argv[1], api_key=sys.argv[2],
+    max_workers=int(sys.argv[6]), max_retries=0,
+)
+ended = time.perf_counter()
+print(json.dumps({"total": ended - started, "batch": ended - imported, "import": imported - started}))
+"""
+
+
+def fresh(code: str, base_url: str, items: list[str], concurrency: int, mode: str) -> dict[str, float]:
+    environment = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), base_url, KEY, MODEL, json.dumps(items), mode, str(concurrency)],
+        capture_output=True,
+        text=True,
+        env=environment,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tuple[list[float], list[float]]:
+    """Throughput ratios of a first map(processes=2) in a fresh kernel over batch_completion: from the first cell,
+    and the map alone with the kernel's litellm warm (against a warm batch_completion)."""
+    from_load, warm_only = [], []
+    for round_ in range(rounds):
+        items = [f"{p} (fresh {round_})" for p in batch_bench.prompts(rows)]
+        batch = fresh(_FRESH_BATCH, base_url, [f"{p} (batch)" for p in items], concurrency, "cold")
+        cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
+        warm = fresh(_FRESH_MAP, base_url, [f"{p} (warm)" for p in items], concurrency, "warm")
+        from_load.append(batch["total"] / cold["total"])
+        warm_only.append(batch["batch"] / warm["map"])
+        print(
+            f"  round {round_ + 1}: import litellm + batch_completion {batch['total']:5.2f} s "
+            f"({batch['import']:.2f} + {batch['batch']:.2f}); "
+            f"%load_ext + map(processes=2) {cold['total']:5.2f} s: {from_load[-1]:.2f}x; "
+            f"map(processes=2) with litellm warm, helper cold {warm['map']:5.2f} s: {warm_only[-1]:.2f}x  (load {os.getloadavg()[0]:.2f})"
+        )
+    return from_load, warm_only
+
+
+def shown(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}x" if len(values) > 1 else f"{values[0]:.2f}x"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rows", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=300)
+    parser.add_argument("--only", choices=["map", "call", "fresh"], action="append", help="run these targets only")
+    args = parser.parse_args()
+    only = set(args.only or ["map", "call", "fresh"])
+    folder = tempfile.mkdtemp(prefix="ipyllm-targets-")
+    os.environ["LLM_USAGE_DB"] = os.path.join(folder, "usage.sqlite")
+    stub, base_url = batch_bench.start_stub(0.05)
+    verdicts = []
+    print(f"2-core machine, load average {os.getloadavg()[0]:.2f} at the start; stub latency 50 ms")
+    try:
+        if "map" in only:
+            print(f"1. in-process map, {args.rows:,} prompts at concurrency {args.concurrency} (target >= 0.90x the bare loop)")
+            ratios = in_process_map(base_url, args.rounds, args.rows, args.concurrency)
+            verdicts.append(f"in-process map / bare acompletion loop: {shown(ratios)} (target >= 0.90x)")
+        if "call" in only:
+            print(f"2. one call, medians of {args.calls} calls to a stub that answers at once (target <= 1.05x litellm.completion)")
+            quick, quick_url = batch_bench.start_stub(0.0)  # latency would only dilute the difference
+            try:
+                ratios = one_call(quick_url, args.rounds, args.calls)
+            finally:
+                quick.terminate()
+            verdicts.append(f"complete / litellm.completion: {shown(ratios)} (target <= 1.05x)")
+        if "fresh" in only:
+            print(f"3. a first map(processes=2) in a fresh kernel, {args.rows:,} prompts (target >= 1.30x batch_completion)")
+            from_load, warm_only = fresh_kernel(base_url, args.rounds, args.rows, args.concurrency)
+            verdicts.append(f"fresh kernel, map(processes=2) / batch_completion, from the first cell: {shown(from_load)} (target >= 1.30x)")
+            verdicts.append(f"  the map alone, kernel's litellm warm, helper cold, / warm batch_completion: {shown(warm_only)}")
+    finally:
+        stub.terminate()
+        from ipyllm import _api
+
+        _api.session.close()
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    for line in verdicts:
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

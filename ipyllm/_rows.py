@@ -1,0 +1,132 @@
+"""A batch's rows, prepared in the calling thread: each row's messages, then its call prepared as any call is.
+
+The template is checked against the first row before anything is sent (a field the data does not have, a format
+spec that does not fit, a callable that raises); a later row whose template fails, or whose template fields hold
+a missing value, is not sent, and says why. Each row then becomes a ``Prepared`` call (its cache key, its row
+filed by the batch), with its cached answer looked up 64 rows at a time, in one query.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ipyllm._batchdata import BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields
+from ipyllm._calls import Prepared, cached_entries
+from ipyllm._cost import estimate
+from ipyllm._engine import as_messages
+from ipyllm._litellm import load_litellm, resolve_provider
+from ipyllm._records import Records
+from ipyllm._schema import Schema
+from ipyllm._session import Session
+from ipyllm._validate import check_keywords
+from ipyllm.errors import SettingError
+
+__all__ = ["Rows"]
+
+#: Per row: its position, its messages (None when the row is not sent) and why not.
+Filled = tuple[int, list[dict[str, Any]] | None, str | None]
+
+
+class Rows:
+    """The rows of one batch: its settings and extra arguments, the schema's shape, and each row's messages.
+
+    Raises ``SettingError`` before anything is sent: a template that is not one, data that is not rows, an
+    unknown keyword, a template that does not fit the first row.
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        template: str | Callable[[Any], Any],
+        data: Any,
+        schema: Any,
+        overrides: dict[str, Any],
+        missing: str = "skip",
+        caller: str = "map",
+    ) -> None:
+        if not (isinstance(template, str) or callable(template)):
+            raise SettingError("template must be a str with {field}s or a callable row -> prompt or messages", "template")
+        if isinstance(template, str) and not template.strip():
+            raise SettingError("the template is empty: write the prompt, with {field}s from the data, e.g. 'Summarize: {text}'", "template")
+        if missing not in ("skip", "send"):
+            raise SettingError(
+                f"missing must be 'skip' (rows with a missing value in a template field are not sent) or 'send' (sent as text), "
+                f"not {missing!r}",
+                "missing",
+            )
+        self.index, self.total, self.rows = rows_of(data)
+        # A str template's fields are checked for missing values (None, NaN, NA, NaT) row by row; a callable
+        # template gets the row as it is and handles its own.
+        self.missing_fields = template_fields(template) if isinstance(template, str) and missing == "skip" else ()
+        load_litellm()
+        self.settings, extra = session.split_overrides(overrides)
+        if extra:  # as complete() checks them: a typo such as max_token would be sent with every row, and billed
+            check_keywords("chat", self.settings.model, resolve_provider(self.settings.model, self.settings.base_url), extra, caller)
+        self.shape = Schema.of(schema) if schema is not None else None
+        self.native = self.shape.native(self.settings) if self.shape is not None else False
+        if self.shape is not None:
+            _, extra = self.shape.apply([], extra, self.native)
+        self.extra = extra
+        self.template = template
+        # The first row is filled here, so that a template that does not fit the data fails before sending.
+        self._first = True
+        filled = self._fill()
+        head = next(filled, None)
+        self._first = False
+        self.filled: Iterator[Filled] = itertools.chain([head] if head else [], filled)
+
+    def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
+        messages = as_messages(fill(self.template, fields, row), self.settings.system)
+        if self.shape is not None and not self.native:
+            messages, _ = self.shape.apply(messages, {}, native=False)
+        return messages
+
+    def _fill(self) -> Iterator[Filled]:
+        """Per row: its position, its messages (None when its template failed, or a field it fills is missing) and why."""
+        for position, (fields, row) in enumerate(self.rows):
+            try:
+                absent = next((name for name in self.missing_fields if is_missing(fields[name])), None)
+                if absent is not None:
+                    yield position, None, MissingValue(absent)
+                    continue
+                yield position, self.messages(fields, row), None
+            except SettingError as error:
+                if self._first:
+                    raise
+                yield position, None, f"template: {error}"
+            except Exception as error:  # a user's callable or a format spec that does not fit this row
+                if self._first:
+                    raise SettingError(f"the template fails on the first row ({type(error).__name__}: {error})", "template") from None
+                yield position, None, f"template: {type(error).__name__}: {error}"
+
+    def calls(
+        self, record: Callable[..., None], records: Records, resume: bool
+    ) -> Iterator[tuple[int, Prepared | None, Any, dict[str, Any] | None]]:
+        """The rows, each prepared as any call is (its cache key, its row filed by ``record``), and, when resuming,
+        their cached answers: looked up 64 rows at a time, in one query, rather than one query per row on the loop."""
+        settings, keyed = self.settings, resume or self.settings.cache
+        while chunk := list(itertools.islice(self.filled, 64)):
+            calls = [
+                None if messages is None else Prepared.of("chat", settings, messages, self.extra, record, keyed=keyed)
+                for _, messages, _ in chunk
+            ]
+            hits = cached_entries(calls, records) if resume else {}
+            for (position, _, problem), call in zip(chunk, calls, strict=True):
+                hit = hits.get(call.key) if call is not None and call.key is not None else None
+                yield position, call, problem, hit
+
+    def estimate(self) -> BatchEstimate:
+        """What the batch may cost (``map(dry_run=True)``): every row's prompt counted and priced, nothing sent."""
+        tokens = low = high = 0.0
+        output_tokens = 0
+        for _, messages, _problem in self.filled:
+            if messages is None:
+                continue
+            guess = estimate(self.settings, messages)
+            tokens += guess.prompt_tokens
+            low += guess.input_cost
+            high += guess.upper_bound()
+            output_tokens = max(output_tokens, guess.output_tokens)
+        return BatchEstimate(self.settings.model, self.total, int(tokens), low, high, output_tokens)
