@@ -14,7 +14,7 @@ from typing import Any
 
 from ipyllm._answers import endpoint
 from ipyllm._config import Settings
-from ipyllm._cost import cached_tokens, call_cost, usage_field
+from ipyllm._cost import cache_creation_tokens, cached_tokens, call_cost, usage_field
 from ipyllm._explain import check_key, explain
 from ipyllm._litellm import load_litellm
 from ipyllm._usage import UsageRow
@@ -190,6 +190,7 @@ class Call:
         row.prompt_tokens, row.completion_tokens = prompt, completion
         row.total_tokens = (prompt or 0) + completion
         row.cached_tokens = None if usage is None else cached_tokens(usage)
+        row.cache_creation_tokens = None if usage is None else cache_creation_tokens(usage)
         row.tokens_estimated = estimated
         row.cost_usd = call_cost(self.settings, self.model, row.provider, prompt or 0, completion, self.kind, usage, response)
 

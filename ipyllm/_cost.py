@@ -20,6 +20,7 @@ from ipyllm._litellm import hidden_params, load_litellm, max_output_tokens, reso
 __all__ = [
     "UNKNOWN_MAX_OUTPUT",
     "Estimate",
+    "cache_creation_tokens",
     "cached_tokens",
     "call_cost",
     "custom_price",
@@ -72,6 +73,13 @@ def cached_tokens(usage: Any) -> int | None:
     value = usage_field(usage_field(usage, "prompt_tokens_details"), "cached_tokens")
     if value is None:
         value = usage_field(usage, "cache_read_input_tokens")
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def cache_creation_tokens(usage: Any) -> int | None:
+    """Prompt tokens written to the provider's prompt cache, as reported (Anthropic's and litellm's
+    ``cache_creation_input_tokens``); None when not reported."""
+    value = usage_field(usage, "cache_creation_input_tokens")
     return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

@@ -64,6 +64,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
             id TEXT PRIMARY KEY, session TEXT, "user" TEXT, host TEXT, pid INTEGER,
             amount DOUBLE PRECISION NOT NULL, created_us BIGINT NOT NULL, expires_us BIGINT NOT NULL)""",
     ),
+    (
+        # Issue 19: prompt-cache writes, and how a call was bought (every earlier call was live).
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_creation_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS tier TEXT DEFAULT 'live'",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -15,10 +15,12 @@ import json
 import sqlite3
 import threading
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 from ipyllm._locations import Server, SQLiteFile, default_usage_db
+from ipyllm._usage import COLUMNS, UsageRow
 
 __all__ = ["Spool", "SpooledEntry", "spool_path"]
 
@@ -32,6 +34,24 @@ _TABLES = (
 )
 _PUT = "INSERT OR IGNORE INTO spool (uid, release, row_values) VALUES (?, ?, ?)"
 _PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)"
+
+# A row's values are kept by column name, so that a row spooled by an older ipyllm (with other columns) is
+# written back by a newer one: a column it lacks takes the row's default. Before issue 19 they were a list.
+_NAMES = list(COLUMNS)
+_LISTED = [n for n in _NAMES if n not in ("cache_creation_tokens", "tier")]
+_DEFAULTS = {f.name: f.default for f in fields(UsageRow) if f.default is not MISSING}
+
+
+def _dump(values: list[Any] | None) -> str | None:
+    return None if values is None else json.dumps(dict(zip(_NAMES, values, strict=True)))
+
+
+def _load(text: str | None) -> list[Any] | None:
+    if text is None:
+        return None
+    kept = json.loads(text)
+    named = dict(zip(_LISTED, kept, strict=True)) if isinstance(kept, list) else kept
+    return [named.get(name, _DEFAULTS.get(name)) for name in _NAMES]
 
 
 def spool_path(location: SQLiteFile | Server) -> Path:
@@ -81,7 +101,7 @@ class Spool:
     def put(self, uid: str, release: str | None, values: list[Any] | None) -> None:
         """Keep one entry, committed before this returns (a kill after it loses nothing)."""
         with self._lock:
-            self._connect().execute(_PUT, [uid, release, None if values is None else json.dumps(values)])
+            self._connect().execute(_PUT, [uid, release, _dump(values)])
 
     def put_many(self, entries: Sequence[tuple[str, str | None, list[Any] | None]], cache: Sequence[SpooledEntry] = ()) -> None:
         """Keep entries and cache entries, committed together before this returns."""
@@ -89,7 +109,7 @@ class Spool:
             connection = self._connect()
             connection.execute("BEGIN IMMEDIATE")
             try:
-                connection.executemany(_PUT, [(uid, release, None if v is None else json.dumps(v)) for uid, release, v in entries])
+                connection.executemany(_PUT, [(uid, release, _dump(v)) for uid, release, v in entries])
                 connection.executemany(_PUT_CACHE, cache)
                 connection.execute("COMMIT")
             except BaseException:
@@ -103,7 +123,7 @@ class Spool:
             return []
         with self._lock:
             rows = self._connect().execute("SELECT seq, uid, release, row_values FROM spool ORDER BY seq LIMIT ?", [limit]).fetchall()
-        return [(seq, uid, release, None if values is None else json.loads(values)) for seq, uid, release, values in rows]
+        return [(seq, uid, release, _load(values)) for seq, uid, release, values in rows]
 
     def drop(self, last_seq: int) -> None:
         """Forget the entries up to ``last_seq`` (they are in the ledger now)."""

@@ -77,6 +77,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "UPDATE usage SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL",
         "CREATE UNIQUE INDEX IF NOT EXISTS usage_uid ON usage (uid)",
     ),
+    (
+        # Issue 19: prompt-cache writes, and how a call was bought (every earlier call was live).
+        "ALTER TABLE usage ADD COLUMN cache_creation_tokens INTEGER",
+        "ALTER TABLE usage ADD COLUMN tier TEXT DEFAULT 'live'",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -38,7 +38,9 @@ COLUMNS: dict[str, str] = {
     "attempts": "Int64",
     "status": "string",
     "error": "string",
+    "cache_creation_tokens": "Int64",
     "batch": "string",
+    "tier": "string",
     "user": "string",
     "host": "string",
 }
@@ -74,8 +76,12 @@ class UsageRow:
     attempts: int = 1
     status: str = "ok"
     error: str | None = None
+    #: Prompt tokens written to the provider's prompt cache (priced at its cache-write rate).
+    cache_creation_tokens: int | None = None
     #: The ``ipyllm.map`` batch this call belongs to (None for single calls).
     batch: str | None = None
+    #: How the call was bought: ``live`` (a call of its own) or ``batch`` (a provider's Batch API).
+    tier: str = "live"
     user: str | None = None
     host: str | None = None
 

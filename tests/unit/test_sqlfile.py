@@ -8,6 +8,7 @@ after the busy timeout), and moving the directory back makes the same file writa
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -382,3 +383,39 @@ def test_an_older_ledger_gets_a_unique_id_for_every_row(tmp_path: Path) -> None:
         uid = connection.execute("SELECT uid FROM usage LIMIT 1").fetchone()[0]
         connection.execute("INSERT INTO usage (uid, timestamp_us) VALUES (?, 4)", [uid])
     store.close()
+
+
+def test_a_version_4_ledger_gains_the_cache_writes_and_the_tier_its_rows_were_bought_live(tmp_path: Path) -> None:
+    ledger = tmp_path / "v4.sqlite"
+    with closing(sqlite3.connect(ledger)) as connection:
+        for statements in MIGRATIONS[:4]:
+            for statement in statements:
+                connection.execute(statement)
+        connection.execute("INSERT INTO usage (uid, timestamp_us, session, model, cost_usd) VALUES ('u', 1, 'old', 'm', 0.5)")
+        connection.execute("PRAGMA user_version = 4")
+        connection.commit()
+    store = SQLiteStore(SQLiteFile(ledger))
+    store.append(UsageRow(session="new", model="m", cache_creation_tokens=1200, tier="batch", cost_usd=0.25))
+    frame = store.frame()
+    assert list(frame["tier"]) == ["live", "batch"]
+    assert frame["cache_creation_tokens"].isna().tolist() == [True, False] and frame["cache_creation_tokens"].iloc[1] == 1200
+    assert frame["tier"].dtype == "string" and frame["cache_creation_tokens"].dtype == "Int64"
+    store.close()
+
+
+def test_a_row_spooled_by_an_older_ipyllm_is_written_back_with_the_new_columns_defaulted(tmp_path: Path) -> None:
+    # Before issue 19 a spooled row was a list of the 20 columns it had (no cache_creation_tokens, no tier).
+    row = UsageRow(session="older", model="m", prompt_tokens=7, cost_usd=0.125, status="ok", user="ada")
+    values = row_values(row)
+    older = [v for name, v in zip(UsageRow.__dataclass_fields__, values, strict=True) if name not in ("cache_creation_tokens", "tier")]
+    waiting = tmp_path / "spool.sqlite"
+    spool = Spool(waiting)
+    spool.put("new", None, values)
+    spool.close()
+    with closing(sqlite3.connect(waiting)) as connection:
+        connection.execute("INSERT INTO spool (uid, release, row_values) VALUES ('old', NULL, ?)", [json.dumps(older)])
+        connection.commit()
+    again = Spool(waiting)
+    [(_, _, _, new), (_, _, _, old)] = again.peek()
+    assert new == values and old == values  # the older row: tier "live" and no cache writes, as it was bought
+    again.close()

@@ -33,7 +33,9 @@ SPEC_DTYPES = {
     "attempts": "Int64",
     "status": "string",
     "error": "string",
+    "cache_creation_tokens": "Int64",
     "batch": "string",
+    "tier": "string",
     "user": "string",
     "host": "string",
 }
@@ -95,3 +97,13 @@ def test_to_frame_accepts_rows_built_by_hand() -> None:
     assert frame.loc[0, "timestamp"] == pd.Timestamp(when)
     assert frame.loc[0, "cell"] == 3 and frame.loc[0, "total_tokens"] == 3
     assert dtypes(frame) == SPEC_DTYPES
+
+
+def test_cache_reads_and_writes_are_read_from_either_providers_usage() -> None:
+    from ipyllm._cost import cache_creation_tokens, cached_tokens
+
+    openai = {"prompt_tokens": 2000, "prompt_tokens_details": {"cached_tokens": 1536}}
+    anthropic = {"input_tokens": 10, "cache_creation_input_tokens": 1100, "cache_read_input_tokens": 0}
+    assert (cached_tokens(openai), cache_creation_tokens(openai)) == (1536, None)
+    assert (cached_tokens(anthropic), cache_creation_tokens(anthropic)) == (0, 1100)
+    assert cache_creation_tokens({"cache_creation_input_tokens": True}) is None
