@@ -119,12 +119,13 @@ class Handler(BaseHTTPRequestHandler):
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         stub = self.server.stub
         arrived = time.time()
-        fault = stub._next_api_fault()
-        status, payload, recorded = batch_api(stub.batches, method, parts.path, query, raw, self.headers.get("Content-Type") or "")
         headers = {k.lower(): v for k, v in self.headers.items()}
-        stub._record(RecordedRequest(method, parts.path, query, headers, recorded, fault=fault.kind if fault else "", time=arrived))
-        if fault is not None and self._answered_by(fault, "", {}):
+        fault = stub._next_api_fault()
+        if fault is not None and self._answered_by(fault, "", {}):  # before the request acts: a failed poll moves nothing on
+            stub._record(RecordedRequest(method, parts.path, query, headers, {}, fault=fault.kind, time=arrived))
             return
+        status, payload, recorded = batch_api(stub.batches, method, parts.path, query, raw, self.headers.get("Content-Type") or "")
+        stub._record(RecordedRequest(method, parts.path, query, headers, recorded, fault=fault.kind if fault else "", time=arrived))
         if isinstance(payload, bytes):
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
