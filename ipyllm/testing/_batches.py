@@ -67,6 +67,10 @@ class BatchScript:
     fail_message: str = "Invalid request (stub)"
     end: str = "completed"
 
+    def __post_init__(self) -> None:
+        if self.end not in ("completed", "expired", "failed"):
+            raise ValueError(f"a batch ends completed, expired or failed, not {self.end!r}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchScript:
         known = {f.name for f in fields(cls)}

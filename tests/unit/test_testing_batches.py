@@ -286,3 +286,13 @@ def test_litellm_hands_on_the_openai_sdks_own_errors_for_the_batch_api(stub: Stu
     assert not isinstance(missing.value, litellm.exceptions.NotFoundError)
     with pytest.raises(openai.NotFoundError, match="No such File object"):
         litellm.create_batch(completion_window="24h", endpoint="/v1/chat/completions", input_file_id="file-nope", **client.kw)
+
+
+def test_a_batch_script_reads_its_command_line_form() -> None:
+    parsed = BatchScript.parse("polls=2,seconds=0.5,hold,progress=3,fail_lines=1;4,fail_matching=boom,end=expired")
+    assert parsed == BatchScript(polls=2, seconds=0.5, hold=True, progress=3, fail_lines=(1, 4), fail_matching="boom", end="expired")
+    assert BatchScript.from_dict(parsed.to_dict()) == parsed
+    with pytest.raises(ValueError, match="unknown batch setting 'poll'"):
+        BatchScript.parse("poll=2")
+    with pytest.raises(ValueError, match="not 'done'"):
+        BatchScript.parse("end=done")
