@@ -31,6 +31,7 @@ __all__ = [
     "is_missing",
     "rows_of",
     "template_fields",
+    "template_prefix",
 ]
 
 
@@ -253,6 +254,20 @@ def template_fields(template: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     return tuple(names)
+
+
+def template_prefix(template: str) -> str:
+    """The template's constant text before its first ``{field}`` (``{{ }}`` as the braces they stand for): what every
+    row's prompt begins with. All of it when it names no field; empty when its braces do not parse."""
+    text: list[str] = []
+    try:
+        for literal, field, _, _ in string.Formatter().parse(template):
+            text.append(literal)
+            if field is not None:
+                break
+    except ValueError:
+        return ""
+    return "".join(text)
 
 
 class Fields(dict):  # type: ignore[type-arg]

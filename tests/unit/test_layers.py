@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, set[str]]] = [
      {"errors", "_usage", "_notices", "_pricemap", "_loop"}),
     ("configuration: settings, the key, the ledger's location, the environment", {"_secrets", "_locations", "_config"}),
     ("the litellm adapter: its import, private flags, callbacks", {"_litellm"}),
-    ("prices, estimates, the model list, how replies look", {"_cost", "_models", "_display"}),
+    ("prices, estimates, prompt caching's plan, the model list, how replies look", {"_cost", "_promptcache", "_models", "_display"}),
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
      {"_retry", "_answers", "_explain", "_validate", "_schema", "_callrow", "_attempt", "_engine"}),
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
