@@ -73,6 +73,8 @@ class Run:
             self.session.records.record(self.stamp(row), release)
         if isinstance(row.cost_usd, float) and not math.isnan(row.cost_usd):
             self.tally.spent += row.cost_usd
+        if row.cached_tokens or row.cache_creation_tokens or row.tier == "batch":
+            self.tally.discounted += 1
 
     async def run(self) -> None:
         import asyncio
