@@ -162,7 +162,7 @@ def test_anthropic_requests_carry_one_marker_on_the_shared_prefix(fast: StubServ
     values = []
     for request in requests:
         body = request.body
-        assert markers(body) == [PREFIX + " "], "exactly one marker, on the shared prefix"
+        assert markers(body) == [PREFIX + " "] and request.cache_control_markers == 1, "exactly one marker, on the shared prefix"
         # Shared first: the system prompt, then the prefix block (marked), then the row's value.
         assert [block["text"] for block in body["system"]] == ["Be brief."]
         (message,) = body["messages"]
@@ -216,6 +216,6 @@ def test_no_marker_where_it_would_cost_more_than_it_saves(fast: StubServer, mode
     requests = messages_requests(fast)
     assert len(requests) == rows
     for request in requests:
-        assert markers(request.body) == []
+        assert markers(request.body) == [] and request.cache_control_markers == 0
     rows_ = ipyllm.usage()
     assert rows_["cache_creation_tokens"].fillna(0).sum() == 0 and rows_["cached_tokens"].fillna(0).sum() == 0
