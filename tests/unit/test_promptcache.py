@@ -10,7 +10,7 @@ import pytest
 import ipyllm
 from ipyllm._engine import chat_arguments
 from ipyllm._litellm import load_litellm
-from ipyllm._promptcache import EPHEMERAL, CachePlan, Policy, estimate_cache_hits, pays, plan_prompt_cache, policy, rates
+from ipyllm._promptcache import EPHEMERAL, CachePlan, Policy, Rates, estimate_cache_hits, pays, plan_prompt_cache, policy, rates
 
 LONG = " the cat sat on the mat ." * 300  # about 2,100 tokens
 
@@ -112,8 +112,6 @@ def test_a_marker_pays_only_when_the_reads_save_more_than_the_write_costs() -> N
     steep = rates("claude-sonnet-4-5", rule)
     assert steep is not None and (steep.write, steep.read) == (3.75e-6, 3e-7)
     assert pays(rule, 1500, 2, steep) and not pays(rule, 1000, 40, steep) and not pays(rule, 1500, 1, steep)
-    from ipyllm._promptcache import Rates
-
     dear = Rates(input=1e-6, output=1e-6, read=0.9e-6, write=2e-6)  # a write twice the input, reads 10 % off
     assert not pays(rule, 1500, 10, dear) and pays(rule, 1500, 12, dear)
 
