@@ -6,6 +6,7 @@ raw replies, counters and the summary line. Knows nothing of scheduling (``_batc
 
 from __future__ import annotations
 
+import math
 import string
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ipyllm._budget import usd
 from ipyllm._engine import Reply
 from ipyllm._progress import Tally
+from ipyllm._savings import saved_usd
 from ipyllm._schema import Schema
 from ipyllm._session import Session
 from ipyllm.errors import InvalidOutputError, SettingError
@@ -31,6 +33,7 @@ __all__ = [
     "is_missing",
     "rows_of",
     "template_fields",
+    "template_prefix",
 ]
 
 
@@ -111,6 +114,13 @@ class Batch:
         frame = self.session.records.frame()
         return frame[frame["batch"] == self.id].reset_index(drop=True)
 
+    @property
+    def saved_usd(self) -> float:
+        """What prompt caching and batch pricing saved against list price (``%llm_usage``'s ``saved_usd``, for this
+        batch's rows); NaN when its model has no price."""
+        assert self.session is not None
+        return float(saved_usd(self.usage(), self.session.config.prices).sum(min_count=1))
+
     def build_result(self) -> Any:
         import pandas as pd
 
@@ -160,8 +170,10 @@ class Batch:
         if t.interrupted:
             parts.append(f"{t.interrupted:,} interrupted")
         pauses = f" · {t.pauses} rate-limit pause{'s' if t.pauses != 1 else ''}" if t.pauses else ""
+        saved = self.saved_usd if t.discounted and self.session is not None else math.nan
+        saving = f" (saved {usd(saved)} against list price)" if saved > 0 else ""
         self.summary = (
-            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {usd(t.spent) if t.spent else '$0'} · "
+            f"ipyllm.map batch {self.id}: {t.total:,} rows, {', '.join(parts)} · {usd(t.spent) if t.spent else '$0'}{saving} · "
             f"{t.elapsed:.1f} s ({t.rate:.1f} rows/s){pauses}"
         )
         return self.summary
@@ -253,6 +265,20 @@ def template_fields(template: str) -> tuple[str, ...]:
     except ValueError:
         return ()
     return tuple(names)
+
+
+def template_prefix(template: str) -> str:
+    """The template's constant text before its first ``{field}`` (``{{ }}`` as the braces they stand for): what every
+    row's prompt begins with. All of it when it names no field; empty when its braces do not parse."""
+    text: list[str] = []
+    try:
+        for literal, field, _, _ in string.Formatter().parse(template):
+            text.append(literal)
+            if field is not None:
+                break
+    except ValueError:
+        return ""
+    return "".join(text)
 
 
 class Fields(dict):  # type: ignore[type-arg]

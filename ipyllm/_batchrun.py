@@ -61,6 +61,10 @@ class Run:
         #: Calls of this batch in flight, and a condition notified as each ends (made on the batch's loop).
         self.in_flight = 0
         self._ended: Any = None
+        #: With prompt caching: set once the first row sent has ended (the other rows wait for it), and whether a
+        #: worker is sending it.
+        self._primed: Any = None
+        self._priming = False
 
     def counted(self, row: Any, release: str | None = None) -> None:
         if self.writer is not None and release is None:
@@ -69,12 +73,15 @@ class Run:
             self.session.records.record(self.stamp(row), release)
         if isinstance(row.cost_usd, float) and not math.isnan(row.cost_usd):
             self.tally.spent += row.cost_usd
+        if row.cached_tokens or row.cache_creation_tokens or row.tier == "batch":
+            self.tally.discounted += 1
 
     async def run(self) -> None:
         import asyncio
 
         pace = Pace(self.concurrency, self.tally)
         self._ended = asyncio.Condition()
+        self._primed = asyncio.Event() if self.rows.cache is not None else None
         rows = self.rows.calls(self.counted, self.session.records, self.resume)
         if self.processes > 1 and self.session.client._acompletion is None:
             self.send = Spread(load_litellm().acompletion, self.processes - 1)
@@ -100,16 +107,35 @@ class Run:
 
     async def one(self, position: int, call: Prepared, hit: dict[str, Any] | None, pace: Pace) -> None:
         """One row: its cached answer, or one call within a budget reservation, its outcome in the batch."""
-        import asyncio
-
         batch = self.batch
         cached = call.from_cache(hit)
         if isinstance(cached, Reply):
             batch.answered(position, cached)
             return
-        if self.stop:
-            batch.not_sent(position)
-            return
+        first = False
+        if self._primed is not None and not self._primed.is_set():
+            # A map with prompt caching sends its first row alone: the others then read the cache it wrote
+            # instead of each writing it (Anthropic bills a write at 1.25x the input price; OpenAI reads nothing
+            # from a prefix it has not finished caching).
+            if self._priming:
+                await self._primed.wait()
+            else:
+                self._priming = first = True
+        try:
+            if self.stop:
+                batch.not_sent(position)
+                return
+            await self.send_row(position, call, pace)
+        finally:
+            if first:
+                assert self._primed is not None
+                self._primed.set()
+
+    async def send_row(self, position: int, call: Prepared, pace: Pace) -> None:
+        """One row sent: a budget reservation, the call (the map's prompt caching applied), its outcome in the batch."""
+        import asyncio
+
+        batch = self.batch
 
         def on_retry(note: RetryNote) -> None:
             self.tally.retries += 1
@@ -132,6 +158,7 @@ class Run:
                     around_attempt=pace.attempt,
                     send=self.send,
                     cap=reservation.cap,
+                    cache=self.rows.cache,
                 )
             except asyncio.CancelledError:
                 batch.interrupted(position)

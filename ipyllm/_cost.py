@@ -23,6 +23,7 @@ __all__ = [
     "cache_creation_tokens",
     "cached_tokens",
     "call_cost",
+    "count_tokens",
     "custom_price",
     "estimate",
     "estimate_embedding",
@@ -198,12 +199,8 @@ class Estimate:
 
 def estimate(settings: Settings, messages: Messages) -> Estimate:
     """Count the prompt's tokens with litellm's ``token_counter`` and price them; NaN where unknown."""
-    litellm = load_litellm()
     provider = resolve_provider(settings.model, settings.base_url)
-    try:
-        tokens = int(litellm.token_counter(model=settings.model, messages=messages))
-    except Exception:
-        tokens = int(litellm.token_counter(messages=messages))
+    tokens = count_tokens(settings.model, messages)
     return Estimate(
         model=settings.model,
         provider=provider,
@@ -213,6 +210,16 @@ def estimate(settings: Settings, messages: Messages) -> Estimate:
         max_tokens=settings.max_tokens,
         model_max_output=max_output(settings, settings.model, provider),
     )
+
+
+def count_tokens(model: str, messages: Messages) -> int:
+    """The messages' tokens as litellm's ``token_counter`` counts them for ``model`` (its default tokenizer for a
+    model it does not know)."""
+    litellm = load_litellm()
+    try:
+        return int(litellm.token_counter(model=model, messages=messages))
+    except Exception:
+        return int(litellm.token_counter(messages=messages))
 
 
 def max_output(settings: Settings, model: str, provider: str | None) -> int | None:

@@ -23,6 +23,7 @@ from ipyllm._callrow import Call, Messages, Report
 from ipyllm._config import Settings
 from ipyllm._display import footer, render
 from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, resolve_provider, unlogged
+from ipyllm._promptcache import CachePlan
 from ipyllm._retry import RetryNote, async_retrying, retrying
 from ipyllm._usage import UsageRow
 
@@ -124,10 +125,12 @@ class Client:
         on_retry: Callable[[RetryNote], Any] | None = None,
         extra: dict[str, Any] | None = None,
         cap: int | None = None,
+        cache: CachePlan | None = None,
     ) -> Reply:
-        """One chat call, retried; ``on_text`` receives each streamed piece; ``cap`` is a budget's output cap."""
+        """One chat call, retried; ``on_text`` receives each streamed piece; ``cap`` is a budget's output cap; ``cache``
+        the prompt caching of the map it belongs to."""
         litellm = load_litellm()
-        kwargs = chat_arguments(settings, messages, extra, cap)
+        kwargs = chat_arguments(settings, messages, extra, cap, cache)
         completion = self._completion or litellm.completion
         call = self._begin("chat", settings.model, settings, messages=messages)
         call.check_key = self._completion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -171,16 +174,17 @@ class Client:
         sleep: Callable[[float], Awaitable[Any]] | None = None,
         send: Callable[..., Awaitable[Any]] | None = None,
         cap: int | None = None,
+        cache: CachePlan | None = None,
     ) -> Reply:
         """``chat`` without blocking the event loop (not streamed): ``litellm.acompletion`` under the same policy.
 
         Each attempt runs inside ``around_attempt()`` when given (a batch's rate-limit pause and its limit
         on requests in flight); retry waits are spent with ``sleep`` (``asyncio.sleep`` by default); each
-        attempt is sent with ``send`` (``litellm.acompletion`` by default; a batch's ``_helpers.Spread``).
-        Cancelling the task records an ``interrupted`` row.
+        attempt is sent with ``send`` (``litellm.acompletion`` by default; a batch's ``_helpers.Spread``); ``cache`` is a
+        map's prompt caching (a marker or a ``prompt_cache_key``). Cancelling the task records an ``interrupted`` row.
         """
         litellm = load_litellm()
-        kwargs = chat_arguments(settings, messages, extra, cap)
+        kwargs = chat_arguments(settings, messages, extra, cap, cache)
         acompletion = self._acompletion or send or litellm.acompletion
         call = self._begin("chat", settings.model, settings, messages=messages)
         call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
@@ -239,8 +243,11 @@ def _reply(call: Call, messages: Messages, response: Any) -> Reply:
 
 
 # -- what litellm is asked --------------------------------------------------------------------------------------
-def chat_arguments(settings: Settings, messages: Messages, extra: dict[str, Any] | None, cap: int | None = None) -> dict[str, Any]:
-    """A chat call's arguments: the settings', the extra ones, and a budget's output ``cap`` under the name the model takes."""
+def chat_arguments(
+    settings: Settings, messages: Messages, extra: dict[str, Any] | None, cap: int | None = None, cache: CachePlan | None = None
+) -> dict[str, Any]:
+    """A chat call's arguments: the settings', the extra ones, a budget's output ``cap`` under the name the model takes,
+    and a map's prompt caching (``cache``: a ``cache_control`` marker on the shared prefix, or a ``prompt_cache_key``)."""
     kwargs = common_arguments(settings, settings.model)
     kwargs["messages"] = messages
     if settings.temperature is not None:
@@ -255,6 +262,8 @@ def chat_arguments(settings: Settings, messages: Messages, extra: dict[str, Any]
         kwargs.pop("max_completion_tokens", None)
         name = "max_completion_tokens" if asked or caps_completion_tokens(settings.model, settings.base_url) else "max_tokens"
         kwargs[name] = cap
+    if cache is not None:
+        cache.apply(kwargs)
     return kwargs
 
 

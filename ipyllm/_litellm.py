@@ -38,11 +38,13 @@ __all__ = [
     "load_litellm",
     "max_output_tokens",
     "model_names",
+    "prompt_cache_minimum",
     "provider_chunks",
     "provider_parameters",
     "repeated_chunk_limit",
     "resolve_provider",
     "response_format",
+    "supports_prompt_caching",
     "supports_response_schema",
     "unlogged",
     "warm_up",
@@ -263,6 +265,29 @@ def provider_parameters(kind: str, model: str, provider: str | None) -> frozense
     if kind == "embedding":
         names |= {"dimensions", "encoding_format", "user"}
     return frozenset(names)
+
+
+@functools.lru_cache(maxsize=256)
+def supports_prompt_caching(model: str, provider: str | None) -> bool:
+    """Whether litellm's model map says ``model`` caches prompts (``supports_prompt_caching``); False when unknown."""
+    load_litellm()
+    try:
+        from litellm.utils import supports_prompt_caching as supports
+
+        return bool(supports(model=model, custom_llm_provider=provider))
+    except Exception:
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def prompt_cache_minimum(model: str, provider: str | None) -> int | None:
+    """The shortest prefix ``model`` caches, in tokens, where litellm's model map says (``prompt_cache_min_tokens``);
+    None when it does not (litellm's own ``get_prompt_cache_min_tokens`` would answer 1,024 for any model)."""
+    try:
+        value = load_litellm().get_model_info(model, custom_llm_provider=provider).get("prompt_cache_min_tokens")
+    except Exception:
+        return None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else None
 
 
 def response_format(model_class: Any) -> dict[str, Any]:

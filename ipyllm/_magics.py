@@ -169,14 +169,14 @@ class LLMMagics(Magics):
     @argument("--plot", action="store_true", help="draw cost over time and by model (needs matplotlib)")
     @line_magic
     def llm_usage(self, line: str) -> pd.DataFrame | None:
-        """Show the spend so far: calls, tokens, cost (USD), errors, retries and mean latency, with a total."""
+        """Show the spend so far: calls, tokens, cost and saving (USD), errors, retries and mean latency, with a total."""
         args = parse_options(self.llm_usage.parser, line)
         frame = _api.usage(all_sessions=args.all)
         if args.plot:
             figure = plot_usage(frame)
             self.shell.display_pub.publish(data=figure_bundle(figure), metadata={})
             return None
-        return usage_table(frame, args.by)
+        return usage_table(frame, args.by, config.prices)
 
     # -- %llm_chat -------------------------------------------------------------------------------------
     @magic_arguments()

@@ -15,9 +15,10 @@ import importlib.util
 import json
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["close_names", "price_map", "priceable"]
+__all__ = ["close_names", "model_prices", "price_map", "priceable"]
 
 _BUNDLED = "model_prices_and_context_window_backup.json"
 
@@ -69,3 +70,22 @@ def close_names(model: str, n: int = 3) -> list[str]:
         provider, name = model.split("/", 1)
         close = [f"{provider}/{match}" for match in difflib.get_close_matches(name, names, n=n) if "/" not in match]
     return (close + [match for match in difflib.get_close_matches(model, names, n=n) if match not in close])[:n]
+
+
+def model_prices(model: str, prices: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The price map's entry for ``model`` (also as ``provider/name`` with the name in the map), after the session's
+    ``prices``: an alias (``{"my-deployment": "gpt-4o-mini"}``) names the entry, per-token prices are the entry;
+    None when the model has no price."""
+    custom = None
+    if prices:
+        custom = prices.get(model)
+        if custom is None and "/" in model:
+            custom = prices.get(model.split("/", 1)[1])
+    if isinstance(custom, Mapping):
+        return dict(custom)
+    name = custom if isinstance(custom, str) else model
+    names = price_map()
+    entry = names.get(name)
+    if entry is None and "/" in name:
+        entry = names.get(name.split("/", 1)[1])
+    return entry if isinstance(entry, dict) else None

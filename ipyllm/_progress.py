@@ -40,6 +40,9 @@ class Tally:
     pauses: int = 0
     paused_until: float = 0.0
     spent: float = 0.0
+    #: Rows bought below list price or above it: read from or written to the provider's prompt cache, or bought
+    #: through its Batch API (the summary then says what the batch saved).
+    discounted: int = 0
     budget: float | None = None
     concurrency: int = 0
 

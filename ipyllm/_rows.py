@@ -12,11 +12,12 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ipyllm._batchdata import BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields
+from ipyllm._batchdata import BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields, template_prefix
 from ipyllm._calls import Prepared, cached_entries
 from ipyllm._cost import estimate
 from ipyllm._engine import as_messages
 from ipyllm._litellm import load_litellm, resolve_provider
+from ipyllm._promptcache import CachePlan, plan_prompt_cache
 from ipyllm._records import Records
 from ipyllm._schema import Schema
 from ipyllm._session import Session
@@ -76,12 +77,28 @@ class Rows:
         head = next(filled, None)
         self._first = False
         self.filled: Iterator[Filled] = itertools.chain([head] if head else [], filled)
+        self.cache = self._cache_plan()
 
     def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
-        messages = as_messages(fill(self.template, fields, row), self.settings.system)
+        """The row's messages, the shared part first: the system prompt and a schema's instruction, then the prompt,
+        which begins with the template's constant text."""
+        return self._shaped(as_messages(fill(self.template, fields, row), self.settings.system))
+
+    def _shaped(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.shape is not None and not self.native:
             messages, _ = self.shape.apply(messages, {}, native=False)
         return messages
+
+    def _cache_plan(self) -> CachePlan | None:
+        """The map's prompt caching, decided once: its shared prefix is the system prompt, a schema's instruction and
+        the template's text before its first ``{field}`` (a callable template's rows are not known to share anything)."""
+        if not isinstance(self.template, str) or self.total < 2:
+            return None
+        text = template_prefix(self.template)
+        text = text if text.strip() else ""
+        return plan_prompt_cache(
+            self.settings, self._shaped(as_messages(text, self.settings.system)), text, self.total, self.settings.prices
+        )
 
     def _fill(self) -> Iterator[Filled]:
         """Per row: its position, its messages (None when its template failed, or a field it fills is missing) and why."""

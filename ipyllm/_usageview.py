@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
+
+from ipyllm._savings import saved_usd
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -21,15 +24,17 @@ __all__ = ["GROUPINGS", "figure_bundle", "plot_usage", "usage_table"]
 GROUPINGS = ("model", "day", "cell", "batch", "user", "host")
 
 
-def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
-    """Spend grouped by model, day (local) or cell: calls, tokens, cost, errors, retries, mean latency, total."""
+def usage_table(frame: pd.DataFrame, by: str = "model", prices: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """Spend grouped by model, day (local) or cell: calls, tokens, cost, what prompt caching and batch pricing saved
+    against list price (``saved_usd``, NA for a model without a price; ``prices`` is the session's setting), errors,
+    retries, mean latency, and a total."""
     import pandas as pd
 
     counts = ["calls", "input_tokens", "output_tokens", "errors", "retries"]
-    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries", "mean_latency_s"]
+    columns = ["calls", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "errors", "retries", "mean_latency_s"]
     if frame.empty:
         empty = pd.DataFrame({c: [0] for c in columns}, index=pd.Index(["total"], name=by)).astype(dict.fromkeys(counts, "Int64"))
-        return empty.assign(cost_usd=0.0, mean_latency_s=math.nan)
+        return empty.assign(cost_usd=0.0, saved_usd=0.0, mean_latency_s=math.nan)
     if by == "day":
         key = frame["timestamp"].dt.tz_convert(datetime.now().astimezone().tzinfo).dt.date.rename("day")
     elif by == "cell" and frame["session"].nunique() > 1:
@@ -37,7 +42,11 @@ def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
         key = (frame["session"] + " In[" + frame["cell"].astype("string").fillna("-") + "]").rename("cell")
     else:
         key = frame[by]
-    work = frame.assign(errors=(frame["status"] == "error").astype("Int64"), retries=(frame["attempts"] - 1).clip(lower=0))
+    work = frame.assign(
+        errors=(frame["status"] == "error").astype("Int64"),
+        retries=(frame["attempts"] - 1).clip(lower=0),
+        saved_usd=saved_usd(frame, prices),
+    )
     grouped = work.groupby(key, sort=True, dropna=False)
     table = pd.DataFrame(
         {
@@ -45,6 +54,7 @@ def usage_table(frame: pd.DataFrame, by: str = "model") -> pd.DataFrame:
             "input_tokens": grouped["prompt_tokens"].sum(),
             "output_tokens": grouped["completion_tokens"].sum(),
             "cost_usd": grouped["cost_usd"].sum(min_count=1),
+            "saved_usd": grouped["saved_usd"].sum(min_count=1),
             "errors": grouped["errors"].sum(),
             "retries": grouped["retries"].sum(),
             "mean_latency_s": grouped["latency_s"].mean(),

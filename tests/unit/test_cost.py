@@ -14,6 +14,7 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._cost import price
 from ipyllm._display import footer
 from ipyllm._litellm import load_litellm
 from ipyllm._usage import UsageRow
@@ -158,6 +159,47 @@ def test_cached_prompt_tokens_are_priced_at_the_cached_rate(live: StubServer, st
     assert row.cached_tokens == 8 and row.tokens_estimated is False
     assert row.cost_usd == pytest.approx(expected, rel=1e-9)
     assert row.cost_usd < by_hand(prompt, completion), "cheaper than full-price input"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_anthropic_cache_writes_and_reads_are_priced_at_their_rates(live: StubServer, stream: bool) -> None:
+    """The stub's Messages API reports what a ``cache_control`` block wrote and then read; litellm's rates price both."""
+    ipyllm.config.update(base_url=live.url, max_tokens=5)
+    shared = "the cat sat on the mat ." * 200  # 1,400 tokens
+    rows = []
+    for value in ("apple", "river"):
+        messages = [
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": shared, "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": value}],
+            }
+        ]
+        rows.append(ipyllm.complete(messages, model="anthropic/claude-sonnet-4-5", stream=stream).usage)
+    written = 3 + count_tokens(shared)  # the user turn's 3 tokens and the marked block
+    assert (rows[0].cache_creation_tokens, rows[0].cached_tokens) == (written, 0)
+    assert (rows[1].cache_creation_tokens, rows[1].cached_tokens) == (0, written)
+    price = rates("claude-sonnet-4-5")
+    for row, (write, read) in zip(rows, [(written, 0), (0, written)], strict=True):
+        assert row.prompt_tokens == written + 1 + 3  # the value's token and the 3 that open the reply, at the input rate
+        expected = (row.prompt_tokens - write - read) * price["input_cost_per_token"] + write * price["cache_creation_input_token_cost"]
+        expected += read * price["cache_read_input_token_cost"] + row.completion_tokens * price["output_cost_per_token"]
+        assert row.cost_usd == pytest.approx(expected, rel=1e-9)
+
+
+def test_price_reads_cache_writes_and_reads_from_a_usage_object() -> None:
+    """What ``call_cost`` falls back on when litellm gave no price with the response: the usage, as litellm converts it."""
+    settings = ipyllm.config.snapshot()
+    anthropic, openai = rates("claude-sonnet-4-5"), rates()
+    usage = {"prompt_tokens": 1510, "completion_tokens": 5, "total_tokens": 1515, "cache_creation_input_tokens": 1500}
+    expected = (
+        10 * anthropic["input_cost_per_token"]
+        + 1500 * anthropic["cache_creation_input_token_cost"]
+        + 5 * anthropic["output_cost_per_token"]
+    )
+    assert price(settings, "anthropic/claude-sonnet-4-5", "anthropic", 1510, 5, usage=usage) == pytest.approx(expected, rel=1e-9)
+    usage = {"prompt_tokens": 1510, "completion_tokens": 5, "total_tokens": 1515, "prompt_tokens_details": {"cached_tokens": 1408}}
+    expected = 102 * openai["input_cost_per_token"] + 1408 * openai["cache_read_input_token_cost"] + 5 * openai["output_cost_per_token"]
+    assert price(settings, "gpt-4o-mini", "openai", 1510, 5, usage=usage) == pytest.approx(expected, rel=1e-9)
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])

@@ -53,7 +53,7 @@ def test_llm_usage_shows_spend_by_model_with_a_total(ip: Any, live: StubServer) 
         ip.run_cell("%llm three")
     table = ip.run_line_magic("llm_usage", "")
     assert list(table.index) == ["gpt-4o", "gpt-4o-mini", "total"]
-    assert list(table.columns) == ["calls", "input_tokens", "output_tokens", "cost_usd", "errors", "retries", "mean_latency_s"]
+    assert list(table.columns) == ["calls", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "errors", "retries", "mean_latency_s"]
     assert table.loc["gpt-4o-mini", "calls"] == 2 and table.loc["gpt-4o-mini", "errors"] == 1
     assert table.loc["gpt-4o-mini", "retries"] == 1
     assert table.loc["total", "calls"] == 3
