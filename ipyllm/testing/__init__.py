@@ -39,6 +39,7 @@ routes), ``_server`` (``StubServer``), ``_notebooks`` (the offline helper) and `
 from __future__ import annotations
 
 # Names public beside __all__ (the command line, remote scripting, the stub's constants) are handed on as X as X.
+from ipyllm.testing._batches import BatchScript
 from ipyllm.testing._cli import main as main
 from ipyllm.testing._faults import Fault, RecordedRequest
 from ipyllm.testing._notebooks import offline_unless_configured, provider_configured
@@ -48,4 +49,13 @@ from ipyllm.testing._replies import count_tokens, fit_schema
 from ipyllm.testing._server import StubServer
 from ipyllm.testing._server import script_remote as script_remote
 
-__all__ = ["Fault", "RecordedRequest", "StubServer", "count_tokens", "fit_schema", "offline_unless_configured", "provider_configured"]
+__all__ = [
+    "BatchScript",
+    "Fault",
+    "RecordedRequest",
+    "StubServer",
+    "count_tokens",
+    "fit_schema",
+    "offline_unless_configured",
+    "provider_configured",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from ipyllm.testing._batches import BatchScript
 from ipyllm.testing._faults import Fault
 from ipyllm.testing._server import StubServer
 
@@ -29,10 +30,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--usage-cost", type=float, metavar="USD", help="report this cost in usage.cost (as OpenRouter)")
     parser.add_argument("--cost-header", type=float, metavar="USD", help="send this cost in x-litellm-response-cost (as a litellm proxy)")
     parser.add_argument("--reply-tokens", type=int, default=0, metavar="N", help="make every chat reply at least N tokens long")
+    parser.add_argument(
+        "--batch",
+        action="append",
+        default=[],
+        metavar="S",
+        help="how the next batch runs: polls=2,seconds=0.5,hold,progress=3,fail_lines=1;4,fail_matching=REGEX,end=expired (repeatable)",
+    )
+    parser.add_argument("--prompt-caching", action="store_true", help="report OpenAI-style cached_tokens on repeated prefixes")
+    parser.add_argument("--cache-minimum", type=int, default=1024, metavar="N", help="the shortest prefix cached, in tokens")
+    parser.add_argument("--cache-ttl", type=float, default=300.0, metavar="S", help="seconds a cached prefix lives after its last use")
     args = parser.parse_args(argv)
     try:
         faults = [Fault.parse(f) for f in args.fault]
-    except ValueError as error:
+        batches = [BatchScript.parse(b) for b in args.batch]
+    except (ValueError, TypeError) as error:
         parser.error(str(error))
     stub = StubServer(
         args.port,
@@ -44,11 +56,16 @@ def main(argv: list[str] | None = None) -> None:
         cost_header=args.cost_header,
         delay=args.delay,
         reply_tokens=args.reply_tokens,
+        prompt_caching=args.prompt_caching,
+        cache_minimum=args.cache_minimum,
+        cache_ttl=args.cache_ttl,
     ).start()
     stub.script(*faults)
+    stub.script_batches(*batches)
     print(f"ipyllm stub server on {stub.base_url}", flush=True)
     print(f"  export LLM_BASE_URL={stub.base_url} LLM_API_KEY=sk-stub", flush=True)
     print(f'  script faults: curl -d \'{{"faults": ["429", "503"]}}\' {stub.url}/_stub/script', flush=True)
+    print(f'  script batches: curl -d \'{{"batches": ["polls=2,fail_lines=0"]}}\' {stub.url}/_stub/script', flush=True)
     try:
         while True:
             time.sleep(3600)

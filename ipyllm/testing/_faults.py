@@ -108,7 +108,8 @@ class Fault:
 
 @dataclass
 class RecordedRequest:
-    """What the server received: method, path, query, headers and the JSON body."""
+    """What the server received: method, path, query, headers and the JSON body (for an upload to ``/v1/files``:
+    its ``purpose``, ``filename`` and ``bytes``)."""
 
     method: str
     path: str
@@ -122,3 +123,14 @@ class RecordedRequest:
     @property
     def model(self) -> str | None:
         return self.body.get("model")
+
+    @property
+    def cache_control_markers(self) -> int:
+        """How many blocks of the body carry ``cache_control`` (Anthropic's prompt-cache breakpoints)."""
+
+        def count(value: Any) -> int:
+            if isinstance(value, dict):
+                return ("cache_control" in value) + sum(count(v) for k, v in value.items() if k != "cache_control")
+            return sum(count(v) for v in value) if isinstance(value, list) else 0
+
+        return count(self.body)

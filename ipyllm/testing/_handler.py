@@ -15,6 +15,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
+from ipyllm.testing._anthropic import anthropic_error, anthropic_reply, message_events, message_payload
+from ipyllm.testing._batches import Batches, BatchScript
+from ipyllm.testing._batchroutes import batch_api, is_batch_api
 from ipyllm.testing._faults import Fault, RecordedRequest
 from ipyllm.testing._replies import (
     DONE,
@@ -44,12 +47,16 @@ class Stub(Protocol):
     usage_in_stream: bool
     report_usage: bool
     reply_tokens: int
+    batches: Batches
 
     def script(self, *faults: Fault) -> Any: ...
+    def script_batches(self, *scripts: BatchScript) -> Any: ...
     def reset(self) -> None: ...
     def _next_fault(self) -> Fault | None: ...
+    def _next_api_fault(self) -> Fault | None: ...
     def _record(self, request: RecordedRequest) -> None: ...
-    def _accounted(self, usage: dict[str, Any]) -> dict[str, Any]: ...
+    def _accounted(self, usage: dict[str, Any], messages: list[dict[str, Any]] | None = None) -> dict[str, Any]: ...
+    def _anthropic_usage(self, body: dict[str, Any], output_tokens: int) -> dict[str, int]: ...
     def _cost_headers(self) -> dict[str, str]: ...
 
 
@@ -104,10 +111,43 @@ class Handler(BaseHTTPRequestHandler):
     def _no_route(self, path: str) -> None:
         self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
 
+    def _batch_api(self, method: str) -> None:
+        """The Files and Batches APIs: recorded, open to the faults scripted with ``script_api``."""
+        parts = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        stub = self.server.stub
+        arrived = time.time()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        fault = stub._next_api_fault()
+        if fault is not None and self._answered_by(fault, "", {}):  # before the request acts: a failed poll moves nothing on
+            stub._record(RecordedRequest(method, parts.path, query, headers, {}, fault=fault.kind, time=arrived))
+            return
+        status, payload, recorded = batch_api(stub.batches, method, parts.path, query, raw, self.headers.get("Content-Type") or "")
+        stub._record(RecordedRequest(method, parts.path, query, headers, recorded, fault=fault.kind if fault else "", time=arrived))
+        if isinstance(payload, bytes):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+        else:
+            self._send_json(status, payload)
+
     # -- routes ---------------------------------------------------------------------------------------
+    def do_DELETE(self) -> None:
+        path = urlsplit(self.path).path
+        if is_batch_api(path):
+            self._batch_api("DELETE")
+        else:
+            self._no_route(path)
+
     def do_GET(self) -> None:
         path = urlsplit(self.path).path
-        if path in ("/v1/models", "/models"):
+        if is_batch_api(path):
+            self._batch_api("GET")
+        elif path in ("/v1/models", "/models"):
             self._send_json(200, models_payload())
         elif path in ("/", "/health", "/_stub/health"):
             self._send_json(200, {"status": "ok"})
@@ -117,16 +157,28 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         parts = urlsplit(self.path)
         path = parts.path
+        if is_batch_api(path):
+            self._batch_api("POST")
+            return
         body = self._read_body()
         stub = self.server.stub
         if path == "/_stub/script":
             faults = body.get("faults", [])
             stub.script(*(Fault.from_dict(f) if isinstance(f, dict) else Fault.parse(str(f)) for f in faults))
-            self._send_json(200, {"scripted": len(faults)})
+            scripts = body.get("batches", [])
+            stub.script_batches(*(BatchScript.from_dict(b) if isinstance(b, dict) else BatchScript.parse(str(b)) for b in scripts))
+            self._send_json(200, {"scripted": len(faults), "batches": len(scripts)})
+            return
+        if path == "/_stub/release":
+            stub.batches.release()
+            self._send_json(200, {"released": True})
             return
         if path == "/_stub/reset":
             stub.reset()
             self._send_json(200, {"reset": True})
+            return
+        if path in ("/v1/messages", "/messages"):
+            self._anthropic(path, parts.query, body)
             return
         endpoint, deployment = route(path)
         if endpoint is None:
@@ -150,8 +202,50 @@ class Handler(BaseHTTPRequestHandler):
             self._chat_stream(model, body, fault, scripted)
         else:
             text, usage, finish = chat_reply(model, body, scripted, stub.reply_tokens)
-            payload = chat_payload(model, text, finish, stub._accounted(usage) if stub.report_usage else None)
+            usage = stub._accounted(usage, body.get("messages"))  # always: the prompt cache sees every request
+            payload = chat_payload(model, text, finish, usage if stub.report_usage else None)
             self._send_json(200, payload, stub._cost_headers())
+
+    def _anthropic(self, path: str, query: str, body: dict[str, Any]) -> None:
+        """Anthropic's Messages API: plain or streamed, with ``usage`` and its cache fields; faults in Anthropic's form."""
+        stub = self.server.stub
+        arrived = time.time()
+        fault = stub._next_fault()
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        stub._record(
+            RecordedRequest(
+                "POST", path, {k: v[-1] for k, v in parse_qs(query).items()}, headers, body, fault=fault.kind if fault else "", time=arrived
+            )
+        )
+        if fault is not None and fault.kind in ("status", "echo_key"):
+            payload, extra = anthropic_error(fault)
+            self._send_json(fault.code, payload, extra)
+            return
+        if fault is not None and fault.kind == "drop":
+            self._drop()
+            return
+        time.sleep(stub.delay + (fault.delay if fault is not None and fault.kind == "slow" else 0.0))
+        model = str(body.get("model") or "claude")
+        scripted = fault.message if fault is not None and fault.kind == "reply" else None
+        text, stop_reason, output_tokens = anthropic_reply(model, body, scripted, stub.reply_tokens)
+        usage = stub._anthropic_usage(body, output_tokens)
+        if not body.get("stream"):
+            self._send_json(200, message_payload(model, text, stop_reason, usage))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        try:
+            for event in message_events(model, text, stop_reason, usage):
+                self.wfile.write(event)
+                self.wfile.flush()
+                if stub.chunk_delay:
+                    time.sleep(stub.chunk_delay)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
 
     def _answered_by(self, fault: Fault, model: str, body: dict[str, Any]) -> bool:
         """Apply a fault: True when it is the whole answer, False when the request is answered after it."""
@@ -178,6 +272,7 @@ class Handler(BaseHTTPRequestHandler):
     def _chat_stream(self, model: str, body: dict[str, Any], fault: Fault | None, scripted: str | None) -> None:
         stub = self.server.stub
         text, usage, finish = chat_reply(model, body, scripted, stub.reply_tokens)
+        usage = stub._accounted(usage, body.get("messages"))
         asked = bool((body.get("stream_options") or {}).get("include_usage"))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
@@ -205,7 +300,7 @@ class Handler(BaseHTTPRequestHandler):
                     time.sleep(stub.chunk_delay)
             self.wfile.write(chunk(model, created, {}, finish))
             if asked and stub.usage_in_stream and stub.report_usage:
-                self.wfile.write(usage_chunk(model, created, stub._accounted(usage)))
+                self.wfile.write(usage_chunk(model, created, usage))
             self.wfile.write(DONE)
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):

@@ -27,8 +27,11 @@ __all__ = [
     "error_payload",
     "fit_schema",
     "models_payload",
+    "prompt_sequence",
     "sent_key",
     "stream_pieces",
+    "tokenize",
+    "turn",
     "usage_chunk",
     "zero_choices_chunk",
     "zero_choices_payload",
@@ -46,6 +49,11 @@ def count_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
+def tokenize(text: str) -> list[str]:
+    """The stub's tokens of a text: its words and punctuation marks."""
+    return _TOKEN_RE.findall(text)
+
+
 def sent_key(headers: Any) -> str:
     """The key a request carried: ``Authorization: Bearer <key>`` (OpenAI) or ``api-key`` (Azure)."""
     auth = headers.get("Authorization") or ""
@@ -58,6 +66,22 @@ def _message_text(content: Any) -> str:
     if isinstance(content, list):  # content parts
         return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
     return "" if content is None else str(content)
+
+
+def turn(role: str) -> list[str]:
+    """The 3 tokens that open a message (or, with ``assistant``, the reply)."""
+    return ["<|start|>", role, "<|sep|>"]
+
+
+def prompt_sequence(messages: list[dict[str, Any]]) -> list[str]:
+    """A chat prompt as the stub's tokens, its length the ``prompt_tokens``: each message in order, 3 tokens for its
+    turn (``<|start|>``, the role, ``<|sep|>``) then its content's words and punctuation marks; then 3 opening the reply.
+    """
+    tokens: list[str] = []
+    for message in messages:
+        tokens += turn(str(message.get("role")))
+        tokens += tokenize(_message_text(message.get("content")))
+    return tokens + turn("assistant")
 
 
 def chat_reply(model: str, body: dict[str, Any], scripted: str | None = None, reply_tokens: int = 0) -> tuple[str, dict[str, int], str]:
@@ -85,7 +109,7 @@ def chat_reply(model: str, body: dict[str, Any], scripted: str | None = None, re
             text = text[: tokens[int(max_tokens) - 1].end()] if int(max_tokens) > 0 else ""
             finish = "length"
     # Each message costs its words plus 3, as OpenAI's own accounting roughly does.
-    prompt_tokens = sum(count_tokens(_message_text(m.get("content"))) + 3 for m in messages) + 3
+    prompt_tokens = len(prompt_sequence(messages))
     completion_tokens = count_tokens(text)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
     return text, usage, finish
