@@ -143,7 +143,7 @@ def test_a_provider_litellm_cannot_batch_and_a_bad_via_are_refused_in_one_line(b
     with pytest.raises(ipyllm.SettingError, match=r"cannot send ollama models .* it can for openai, azure") as refused:
         ipyllm.map(TEMPLATE, reviews(3), via="batch", model="ollama/llama3", progress=False)
     assert "\n" not in str(refused.value)
-    with pytest.raises(ipyllm.SettingError, match="via must be 'live'.*or 'batch'"):
+    with pytest.raises(ipyllm.SettingError, match=r"via must be 'live'.*or 'batch'"):
         ipyllm.map(TEMPLATE, reviews(3), via="batches", progress=False)
     with pytest.raises(ipyllm.SettingError, match="wait=False goes with via='batch'"):
         ipyllm.map(TEMPLATE, reviews(3), wait=False, progress=False)
