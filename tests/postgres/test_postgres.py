@@ -23,6 +23,7 @@ import pytest
 import ipyllm
 from ipyllm import _api
 from ipyllm._ledger import open_store
+from ipyllm._pgschema import SCHEMA_VERSION
 from ipyllm._locations import parse_location
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
@@ -149,7 +150,7 @@ def test_four_processes_of_100_calls_leave_400_rows(pg: PostgresServer, stub: St
     results = run_workers(tmp_path, 4, worker_config(stub, pg.url(database)), calls=100)
     assert [r["ok"] for r in results] == [100] * 4 and all(not r["errors"] and not ledger_lines(r["stderr"]) for r in results)
     assert pg.sql("SELECT COUNT(*), COUNT(DISTINCT uid), COUNT(DISTINCT session) FROM usage", database=database) == [(400, 400, 4)]
-    assert pg.sql("SELECT version FROM schema_version", database=database) == [(3,)]
+    assert pg.sql("SELECT version FROM schema_version", database=database) == [(SCHEMA_VERSION,)]
     assert len(stub.requests) == 400
 
 
@@ -189,7 +190,7 @@ def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, t
     for thread in threads:
         thread.join()
     assert counts == [0] * 8
-    assert pg.sql("SELECT version FROM schema_version", database=database) == [(3,)]
+    assert pg.sql("SELECT version FROM schema_version", database=database) == [(SCHEMA_VERSION,)]
     for store in stores:
         assert store is not None
         store.close()
