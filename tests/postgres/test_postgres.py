@@ -23,11 +23,11 @@ import pytest
 import ipyllm
 from ipyllm import _api
 from ipyllm._ledger import open_store
-from ipyllm._pgschema import SCHEMA_VERSION
 from ipyllm._locations import parse_location
+from ipyllm._pgschema import SCHEMA_VERSION
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
-from ipyllm.testing import Fault, StubServer
+from ipyllm.testing import BatchScript, Fault, StubServer
 
 from ..helpers import ROOT, free_port, wait_for
 from .pg import PostgresServer, find_binaries
@@ -509,3 +509,22 @@ def test_import_ipyllm_and_load_ext_do_not_import_psycopg(tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LLM_USAGE_DB": ":memory:"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.stdout.strip() == "False"
+
+
+def test_a_provider_batch_on_the_team_ledger_is_attached_to_and_taken_once(team: str, pg: PostgresServer, live: StubServer) -> None:
+    ipyllm.config.update(batch_poll_min_wait=0.01, batch_poll_max_wait=0.05, prices={})
+    live.script_batches(BatchScript(hold=True))
+    texts = [f"team row {i}" for i in range(6)]
+    handle = ipyllm.map("Say {value}", texts, via="batch", wait=False)
+    other = ipyllm.Session(config=ipyllm.LLMConfig(), usage_db=team, base_url=live.base_url, api_key="sk-other-0000000000")
+    other.config.update(batch_poll_min_wait=0.01, batch_poll_max_wait=0.05)
+    attached = other.map("Say {value}", texts, via="batch", wait=False)
+    assert attached.ids == handle.ids and len(live.requests_to("/v1/batches")) == 1
+    live.release_batches()
+    assert attached.result(progress=False).notna().all()
+    assert handle.result(progress=False).tolist() == [f"[gpt-4o-mini] Say {text}" for text in texts]
+    database = team.rsplit("/", 1)[1]
+    assert pg.sql("SELECT status FROM batches", database=database) == [("collected",)]
+    assert pg.sql("SELECT COUNT(*) FROM usage WHERE tier = 'batch'", database=database) == [(6,)]
+    assert list(other.batches()["status"]) == ["collected"]
+    other.close()
