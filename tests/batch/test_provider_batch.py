@@ -13,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
+from IPython.core.error import UsageError
 
 import ipyllm
 from ipyllm import _api, _batchjob, _provider_batch
@@ -282,3 +283,13 @@ def test_a_cancelled_or_expired_batch_keeps_the_rows_that_finished(batched: Stub
     rows = batch_rows()
     assert sorted(row[0] for row in rows) == ["error"] * 6 + ["ok"] * 4
     assert list(ipyllm.batches()["status"]) == ["collected"]
+
+
+# -- the magic ---------------------------------------------------------------------------------------------------------
+def test_the_map_magic_via_batch(batched: StubServer, ip: Any) -> None:
+    ip.user_ns["notes"] = ["good", "bad", "fine"]
+    ip.run_cell_magic("llm", "--map notes --via batch -o labels", "Label: {value}")
+    assert ip.user_ns["labels"].tolist() == [f"[gpt-4o-mini] Label: {v}" for v in ("good", "bad", "fine")]
+    assert len(creates(batched)) == 1 and set(ipyllm.usage()["tier"]) == {"batch"}
+    with pytest.raises(UsageError, match="--via goes with --map"):
+        ip.run_cell_magic("llm", "--via batch", "Label: this")
