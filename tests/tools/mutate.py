@@ -743,6 +743,52 @@ MUTATIONS: list[Mutation] = [
         '        user_filter = ""\n        extra = []',
         "tests/unit/test_budget.py -k two_users",
     ),
+    # -- issue 19: provider batches --------------------------------------------------------------------------------
+    m(
+        "batch-custom-id-not-cache-key",
+        "provider batches",
+        "a request line's custom_id is not the row's cache key (results cannot be cached under it, nor mapped back)",
+        "ipyllm/_batchjob.py",
+        "(key, request_line(key, request_body(",
+        "(key, request_line(key[::-1], request_body(",
+        "tests/batch/test_provider_batch.py::test_the_request_file_is_what_live_map_sends_named_by_each_rows_cache_key",
+    ),
+    m(
+        "batch-attach-ignored",
+        "provider batches",
+        "the same map run again while its batch runs submits a new batch instead of attaching",
+        "ipyllm/_batchjob.py",
+        "running = [record for record in records.batches(map_key=self.map_key) if not record.done] if pending else []",
+        "running: list[BatchRecord] = []",
+        "tests/batch/test_provider_batch.py::test_the_same_map_in_another_session_attaches_to_the_running_batch",
+    ),
+    m(
+        "batch-reservation-not-kept",
+        "provider batches",
+        "the batch's budget hold is released at submission instead of kept until its results are taken",
+        "ipyllm/_batchjob.py",
+        "        reservation.settled = True  # the hold outlives this call",
+        "        reservation.release()  # the hold outlives this call",
+        "tests/batch/test_provider_batch.py::test_a_submitted_batch_holds_its_estimate_for_every_session_on_the_ledger",
+    ),
+    m(
+        "batch-live-price",
+        "provider batches",
+        "batch rows are priced at the live price",
+        "ipyllm/_provider_batch.py",
+        "    row.cost_usd = priced.usd if prompt is not None else math.nan",
+        "    row.cost_usd = priced.usd * 2 if prompt is not None else math.nan",
+        "tests/batch/test_provider_batch.py::test_a_30_row_map_is_one_upload_and_one_batch_aligned_and_priced_at_the_batch_price",
+    ),
+    m(
+        "batch-failed-line-dropped",
+        "provider batches",
+        "a line that failed inside the batch leaves no error row in the ledger",
+        "ipyllm/_provider_batch.py",
+        "            rows.append(row)\n",
+        '            rows.extend([row] if row.status == "ok" else [])\n',
+        "tests/batch/test_provider_batch.py::test_failed_lines_are_their_rows_errors_each_row_once",
+    ),
 ]
 
 
