@@ -15,6 +15,7 @@ or never ran (expiry, cancellation), is that row's ``error`` row; the rows that 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -287,12 +288,13 @@ class ProviderBatch:
         rows: list[UsageRow] = []
         entries: list[CacheWrite] = []
         answers: dict[str, tuple[Reply | None, str | None]] = {}
+        prices: dict[str, BatchPrice] = {}  # litellm prices a usage in about 1 ms: rows with the same usage share one
         for key in part.keys:
             line = lines.get(key)
             row = stamp(UsageRow(timestamp=part.submitted, kind="chat", model=part.model, provider=part.provider, tier="batch"))
             row.latency_s = latency
             if line is not None and line.error is None:
-                _priced(row, line, settings)
+                _priced(row, line, settings, prices)
                 reply = Reply(line.text, row)
                 reply.finish_reason = line.finish_reason
                 answers[key] = (reply, None)
@@ -361,15 +363,19 @@ def _why(part: BatchRecord, line: LineResult | None, reason: str) -> str:
     return _NEVER_RAN[status].format(id=part.id, why=reason) + _AGAIN
 
 
-def _priced(row: UsageRow, line: LineResult, settings: Settings) -> None:
-    """The row's tokens as the provider reported them, and their cost at the batch price."""
+def _priced(row: UsageRow, line: LineResult, settings: Settings, prices: dict[str, BatchPrice]) -> None:
+    """The row's tokens as the provider reported them, and their cost at the batch price (``prices``: those of the usages
+    priced so far, by the usage's JSON)."""
     prompt, completion = line.tokens()
     usage = line.usage
     row.prompt_tokens, row.completion_tokens = prompt, completion
     row.total_tokens = None if prompt is None else prompt + (completion or 0)
     row.cached_tokens, row.cache_creation_tokens = cached_tokens(usage), cache_creation_tokens(usage)
     row.attempts = 1
-    priced: BatchPrice = batch_price(settings, row.model, row.provider, prompt or 0, completion or 0, usage)
+    seen = json.dumps(usage, sort_keys=True)
+    priced = prices.get(seen)
+    if priced is None:
+        priced = prices[seen] = batch_price(settings, row.model, row.provider, prompt or 0, completion or 0, usage)
     row.cost_usd = priced.usd if prompt is not None else math.nan
 
 
