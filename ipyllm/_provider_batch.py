@@ -234,7 +234,8 @@ class ProviderBatch:
                 batch.failed(position, "BatchError: no result for this row" + _AGAIN)
         batch.build_result()
         batch.summarize()
-        self.summary = batch.summary.replace("ipyllm.map batch", "ipyllm.map via provider batch", 1)
+        named = ", ".join(self.ids) if self.parts else "(nothing sent)"
+        self.summary = batch.summary = batch.summary.replace(f"ipyllm.map batch {batch.id}", f"ipyllm.map via provider batch {named}", 1)
         self.session.last_batch = batch
         self.collected = True
 
