@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -38,7 +39,7 @@ from ipyllm._session import Session
 from ipyllm._usage import UsageRow
 from ipyllm.errors import BatchDetached, InvalidOutputError
 
-__all__ = ["MapRows", "ProviderBatch", "pause"]
+__all__ = ["MapRows", "ProviderBatch", "pause", "result_rows"]
 
 
 def pause(seconds: float) -> None:
@@ -253,7 +254,9 @@ class ProviderBatch:
                 if file_id
             ]
             lines = parse_results(*files)
-        rows, entries, answers = self._rows_of(part, lines)
+        stamp = self.session.stamper("map", batch=part.id)
+        shape = self.rows.shape if self.rows is not None else None
+        rows, entries, answers = result_rows(stamp, self.link.settings, part, lines, self.reasons.get(part.id, ""), shape)
         release = part.hold_id if part.hold_id and self._last_of_hold(part) else None
         status = "lost" if part.status == "lost" else "collected"
         if not records.batch_collect(part, rows, entries, release, status):
@@ -277,37 +280,6 @@ class ProviderBatch:
         others = [p for p in self.session.records.batches(map_key=part.map_key) if p.hold_id == part.hold_id and p.id != part.id]
         return all(p.done for p in others)
 
-    def _rows_of(
-        self, part: BatchRecord, lines: dict[str, LineResult]
-    ) -> tuple[list[UsageRow], list[CacheWrite], dict[str, tuple[Reply | None, str | None]]]:
-        """Each key's usage row (stamped), its cache entry, and its answer (a reply, or why there is none)."""
-        settings = self.link.settings
-        stamp = self.session.stamper("map", batch=part.id)
-        ended = part.ended or datetime.now(timezone.utc)
-        latency = max(0.0, (ended - part.submitted).total_seconds())
-        shape = self.rows.shape if self.rows is not None else None
-        rows: list[UsageRow] = []
-        entries: list[CacheWrite] = []
-        answers: dict[str, tuple[Reply | None, str | None]] = {}
-        prices: dict[str, BatchPrice] = {}  # litellm prices a usage in about 1 ms: rows with the same usage share one
-        for key in part.keys:
-            line = lines.get(key)
-            row = stamp(UsageRow(timestamp=part.submitted, kind="chat", model=part.model, provider=part.provider, tier="batch"))
-            row.latency_s = latency
-            if line is not None and line.error is None:
-                _priced(row, line, settings, prices)
-                reply = Reply(line.text, row)
-                reply.finish_reason = line.finish_reason
-                answers[key] = (reply, None)
-                if _keep(line, part, shape):
-                    entries.append((key, "chat", part.model, answer_entry(line.text, row)))
-            else:
-                why = _why(part, line, self.reasons.get(part.id, ""))
-                row.status, row.error, row.cost_usd, row.attempts = "error", why, 0.0, 0 if line is None else 1
-                answers[key] = (None, why)
-            rows.append(row)
-        return rows, entries, answers
-
     def _from_cache(self, part: BatchRecord, record: BatchRecord) -> None:
         """The part's rows when its results were taken before: answers from the cache (``cached`` rows), the others
         failed, as the ledger's rows of that batch say."""
@@ -327,6 +299,41 @@ class ProviderBatch:
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
+def result_rows(
+    stamp: Callable[[UsageRow], UsageRow],
+    settings: Settings,
+    part: BatchRecord,
+    lines: dict[str, LineResult],
+    reason: str,
+    shape: Schema | None,
+) -> tuple[list[UsageRow], list[CacheWrite], dict[str, tuple[Reply | None, str | None]]]:
+    """A part's results: each key's usage row (stamped), its cache entry, and its answer (a reply, or why there is
+    none). ``reason``: why the provider failed the batch, when it did; ``shape``: the map's schema."""
+    ended = part.ended or datetime.now(timezone.utc)
+    latency = max(0.0, (ended - part.submitted).total_seconds())
+    rows: list[UsageRow] = []
+    entries: list[CacheWrite] = []
+    answers: dict[str, tuple[Reply | None, str | None]] = {}
+    prices: dict[str, BatchPrice] = {}  # litellm prices a usage in about 1 ms: rows with the same usage share one
+    for key in part.keys:
+        line = lines.get(key)
+        row = stamp(UsageRow(timestamp=part.submitted, kind="chat", model=part.model, provider=part.provider, tier="batch"))
+        row.latency_s = latency
+        if line is not None and line.error is None:
+            _priced(row, line, settings, prices)
+            reply = Reply(line.text, row)
+            reply.finish_reason = line.finish_reason
+            answers[key] = (reply, None)
+            if _keep(line, part, shape):
+                entries.append((key, "chat", part.model, answer_entry(line.text, row)))
+        else:
+            why = _why(part, line, reason)
+            row.status, row.error, row.cost_usd, row.attempts = "error", why, 0.0, 0 if line is None else 1
+            answers[key] = (None, why)
+        rows.append(row)
+    return rows, entries, answers
+
+
 def _updated(part: BatchRecord, seen: Any) -> BatchRecord:
     """The record with what the provider said of the batch."""
     counts = getattr(seen, "request_counts", None)

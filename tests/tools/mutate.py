@@ -785,8 +785,8 @@ MUTATIONS: list[Mutation] = [
         "provider batches",
         "a line that failed inside the batch leaves no error row in the ledger",
         "ipyllm/_provider_batch.py",
-        "            rows.append(row)\n",
-        '            rows.extend([row] if row.status == "ok" else [])\n',
+        "        rows.append(row)\n    return rows, entries, answers",
+        '        rows.extend([row] if row.status == "ok" else [])\n    return rows, entries, answers',
         "tests/batch/test_provider_batch.py::test_failed_lines_are_their_rows_errors_each_row_once",
     ),
 ]
