@@ -23,7 +23,13 @@ server) or in any answer (``report_usage=False``), prompt tokens served from a p
 (``cached_tokens``), and the call's cost reported by the provider (``usage_cost``, as OpenRouter's
 ``usage.cost``) or by a proxy (``cost_header``, as litellm's ``x-litellm-response-cost``).
 
-Faults are consumed one per model request (chat or embeddings), in order; when the script is empty the
+It also keeps OpenAI's Files and Batches APIs (``/v1/files``, ``/v1/batches``; a batch runs as its
+``BatchScript`` says: statuses per retrieve or per second, per-line failures, expiry, cancellation; lines answered
+as the live route answers them), reports prompt caching (``prompt_caching=True``: OpenAI's ``cached_tokens`` on a
+repeated prefix of 1,024 tokens or more), and speaks Anthropic's Messages API (``POST /v1/messages``, plain and
+streamed, with ``cache_control`` breakpoints written then read).
+
+Faults are consumed one per model request (chat, embeddings or messages), in order; when the script is empty the
 server answers normally. ``POST /_stub/script`` with a JSON list of faults scripts a running server from
 another process (the form ``python -m ipyllm.testing`` prints how).
 
@@ -31,9 +37,10 @@ another process (the form ``python -m ipyllm.testing`` prints how).
 alone, and otherwise starts a stub server and points the session at it, saying so in one line.
 
 The package hands on names from its private modules: ``_faults`` (what a test scripts and reads back),
-``_replies`` (the answers' text, usage and JSON, deterministic and free of HTTP), ``_handler`` (the HTTP
-routes), ``_server`` (``StubServer``), ``_notebooks`` (the offline helper) and ``_cli``
-(``python -m ipyllm.testing``).
+``_replies`` (the answers' text, usage and JSON, deterministic and free of HTTP), ``_caching`` (the prompt
+cache), ``_anthropic`` (the Messages API's answers), ``_batches`` (files and batches, and how a batch runs),
+``_batchroutes`` (their HTTP routes), ``_handler`` (the HTTP routes), ``_server`` (``StubServer``), ``_notebooks``
+(the offline helper) and ``_cli`` (``python -m ipyllm.testing``).
 """
 
 from __future__ import annotations

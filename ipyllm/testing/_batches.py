@@ -67,6 +67,10 @@ class BatchScript:
     fail_message: str = "Invalid request (stub)"
     end: str = "completed"
 
+    def __post_init__(self) -> None:
+        if self.end not in ("completed", "expired", "failed"):
+            raise ValueError(f"a batch ends completed, expired or failed, not {self.end!r}")
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchScript:
         known = {f.name for f in fields(cls)}
@@ -248,13 +252,28 @@ class Batches:
             self.files[stored.id] = stored
         return stored
 
+    def get_file(self, file_id: str) -> StoredFile | None:
+        with self._lock:
+            return self.files.get(file_id)
+
+    def list_files(self) -> list[StoredFile]:
+        with self._lock:
+            return list(self.files.values())
+
+    def known(self, batch_id: str) -> bool:
+        with self._lock:
+            return batch_id in self.batches
+
     def delete_file(self, file_id: str) -> bool:
         with self._lock:
             return self.files.pop(file_id, None) is not None
 
     # -- batches --------------------------------------------------------------------------------------------
-    def create(self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, Any] | None) -> dict[str, Any]:
+    def create(self, input_file_id: str, endpoint: str, completion_window: str, metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The new batch, or None when there is no such input file."""
         with self._lock:
+            if input_file_id not in self.files:
+                return None
             script = self._scripts.popleft() if self._scripts else BatchScript()
             lines, errors = validate_lines(self.files[input_file_id].data, endpoint)
             if errors or script.end == "failed":

@@ -69,7 +69,7 @@ def batch_api(
     if method == "GET" and batch_id is None:
         limit = int(query.get("limit") or 20)
         return 200, batches.listing(limit, query.get("after")), body
-    if batch_id not in batches.batches:
+    if not batches.known(batch_id):
         return (*_error(404, f"No batch found with id '{batch_id}'."), body)
     if method == "GET" and not found["cancel"]:
         return 200, batches.retrieve(batch_id), body
@@ -90,9 +90,10 @@ def _create(batches: Batches, body: dict[str, Any]) -> tuple[int, dict[str, Any]
         return _error(400, f"The stub runs batches on {' and '.join(ENDPOINTS)}, not {body['endpoint']}.", "endpoint")
     if body["completion_window"] != "24h":
         return _error(400, "Invalid 'completion_window': only '24h' is supported.", "completion_window")
-    if body["input_file_id"] not in batches.files:
+    created = batches.create(body["input_file_id"], body["endpoint"], body["completion_window"], body.get("metadata"))
+    if created is None:
         return _error(404, f"No such File object: {body['input_file_id']}", "input_file_id")
-    return 200, batches.create(body["input_file_id"], body["endpoint"], body["completion_window"], body.get("metadata"))
+    return 200, created
 
 
 def _files(
@@ -107,8 +108,8 @@ def _files(
             return (*_error(400, "Upload a file with 'file' and 'purpose' (multipart/form-data).", "file"), recorded)
         return 200, batches.add_file(filename or "upload.jsonl", purpose, data).payload(), recorded
     if file_id is None and method == "GET":
-        return 200, {"object": "list", "data": [f.payload() for f in list(batches.files.values())], "has_more": False}, {}
-    stored = batches.files.get(str(file_id))
+        return 200, {"object": "list", "data": [f.payload() for f in batches.list_files()], "has_more": False}, {}
+    stored = batches.get_file(str(file_id))
     if stored is None:
         return (*_error(404, f"No such File object: {file_id}", "file_id"), {})
     if method == "GET":

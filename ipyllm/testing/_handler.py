@@ -71,7 +71,9 @@ def route(path: str) -> tuple[str | None, str | None]:
     return None, None
 
 
-class Handler(BaseHTTPRequestHandler):
+class Plumbing(BaseHTTPRequestHandler):
+    """The handler's plumbing: JSON in and out, a dropped connection, the stub's settings."""
+
     server: Server
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes: without this, Nagle's algorithm and the client's delayed ACK
@@ -81,7 +83,6 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - BaseHTTPRequestHandler's name
         pass
 
-    # -- plumbing -------------------------------------------------------------------------------------
     def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
@@ -100,8 +101,7 @@ class Handler(BaseHTTPRequestHandler):
             pass
 
     def _read_body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
+        raw = self._raw_body()
         try:
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
@@ -111,21 +111,30 @@ class Handler(BaseHTTPRequestHandler):
     def _no_route(self, path: str) -> None:
         self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
 
+    def _raw_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _recorded(self, method: str, path: str, query: str, body: dict[str, Any], fault: Fault | None, arrived: float) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        queried = {k: v[-1] for k, v in parse_qs(query).items()}
+        self.server.stub._record(RecordedRequest(method, path, queried, headers, body, fault=fault.kind if fault else "", time=arrived))
+
+
+class Handler(Plumbing):
     def _batch_api(self, method: str) -> None:
         """The Files and Batches APIs: recorded, open to the faults scripted with ``script_api``."""
         parts = urlsplit(self.path)
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        raw = self._raw_body()
         stub = self.server.stub
         arrived = time.time()
-        headers = {k.lower(): v for k, v in self.headers.items()}
         fault = stub._next_api_fault()
         if fault is not None and self._answered_by(fault, "", {}):  # before the request acts: a failed poll moves nothing on
-            stub._record(RecordedRequest(method, parts.path, query, headers, {}, fault=fault.kind, time=arrived))
+            self._recorded(method, parts.path, parts.query, {}, fault, arrived)
             return
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         status, payload, recorded = batch_api(stub.batches, method, parts.path, query, raw, self.headers.get("Content-Type") or "")
-        stub._record(RecordedRequest(method, parts.path, query, headers, recorded, fault=fault.kind if fault else "", time=arrived))
+        self._recorded(method, parts.path, parts.query, recorded, fault, arrived)
         if isinstance(payload, bytes):
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream")
@@ -185,11 +194,9 @@ class Handler(BaseHTTPRequestHandler):
             self._no_route(path)
             return
 
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         arrived = time.time()
         fault = stub._next_fault()
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        stub._record(RecordedRequest("POST", path, query, headers, body, fault=fault.kind if fault else "", time=arrived))
+        self._recorded("POST", path, parts.query, body, fault, arrived)
         model = body.get("model") or deployment or "stub"
         if fault is not None and self._answered_by(fault, model, body):
             return
@@ -211,12 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         stub = self.server.stub
         arrived = time.time()
         fault = stub._next_fault()
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        stub._record(
-            RecordedRequest(
-                "POST", path, {k: v[-1] for k, v in parse_qs(query).items()}, headers, body, fault=fault.kind if fault else "", time=arrived
-            )
-        )
+        self._recorded("POST", path, query, body, fault, arrived)
         if fault is not None and fault.kind in ("status", "echo_key"):
             payload, extra = anthropic_error(fault)
             self._send_json(fault.code, payload, extra)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import litellm
@@ -263,3 +264,35 @@ def test_embeddings_and_cached_prefixes_in_batch_lines(stub: StubServer, client:
     ]
     # shared: 3 + 1,500 + 3 + "row" = 1,507 tokens, counted in 128s: 1,408
     assert cached == [0, 1408, 1408] and batch.usage.input_tokens_details["cached_tokens"] == 2 * 1408
+
+
+def test_batches_from_many_threads_each_run_their_own_course(stub: StubServer, client: Client) -> None:
+    def one(n: int) -> tuple[str, list[str]]:
+        batch, _ = client.poll(client.submit([request_line(f"t{n}-{i}", f"thread {n} row {i}") for i in range(3)]))
+        return batch.id, [row["custom_id"] for row in client.read(batch.output_file_id)]
+
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(one, range(8)))
+    assert len({batch_id for batch_id, _ in results}) == 8
+    assert [sorted(ids) for _, ids in results] == [[f"t{n}-{i}" for i in range(3)] for n in range(8)]
+    assert len(stub.requests_to("/v1/files")) == 8 and len(stub.requests_to("/v1/batches")) == 8
+    assert len(litellm.list_batches(limit=100, **client.kw).data) == 8
+
+
+def test_litellm_hands_on_the_openai_sdks_own_errors_for_the_batch_api(stub: StubServer, client: Client) -> None:
+    """What a caller must catch: litellm's batch functions raise the openai SDK's exceptions, not litellm's."""
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.retrieve("batch_nope")
+    assert not isinstance(missing.value, litellm.exceptions.NotFoundError)
+    with pytest.raises(openai.NotFoundError, match="No such File object"):
+        litellm.create_batch(completion_window="24h", endpoint="/v1/chat/completions", input_file_id="file-nope", **client.kw)
+
+
+def test_a_batch_script_reads_its_command_line_form() -> None:
+    parsed = BatchScript.parse("polls=2,seconds=0.5,hold,progress=3,fail_lines=1;4,fail_matching=boom,end=expired")
+    assert parsed == BatchScript(polls=2, seconds=0.5, hold=True, progress=3, fail_lines=(1, 4), fail_matching="boom", end="expired")
+    assert BatchScript.from_dict(parsed.to_dict()) == parsed
+    with pytest.raises(ValueError, match="unknown batch setting 'poll'"):
+        BatchScript.parse("poll=2")
+    with pytest.raises(ValueError, match="not 'done'"):
+        BatchScript.parse("end=done")

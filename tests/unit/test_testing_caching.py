@@ -9,7 +9,10 @@ punctuation marks, and 3 more open the reply.
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
 import litellm
@@ -161,3 +164,10 @@ def test_anthropic_errors_come_in_anthropics_form(stub: StubServer) -> None:
     with pytest.raises(litellm.BadRequestError, match="prompt is too long"):
         ask_anthropic(stub, "hi", "row", num_retries=0)
     assert [r.fault for r in stub.requests] == ["status", "status"]
+
+    stub.script(Fault.rate_limit(retry_after=2))
+    request = urllib.request.Request(f"{stub.url}/v1/messages", data=json.dumps({"model": "claude-sonnet-4-5", "messages": []}).encode())
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=5)
+    assert refused.value.code == 429 and refused.value.headers["Retry-After"] == "2"
+    assert json.load(refused.value) == {"type": "error", "error": {"type": "rate_limit_error", "message": "Rate limit reached (stub)"}}
