@@ -12,17 +12,32 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._api import SESSION_ID, Session, acomplete, amap, complete, embed, estimate, last_batch, map, usage  # noqa: A004 - ipyllm.map
+from ipyllm._api import (
+    SESSION_ID,
+    Session,
+    acomplete,
+    amap,
+    batch,
+    batches,
+    complete,
+    embed,
+    estimate,
+    last_batch,
+    map,  # noqa: A004 - ipyllm.map
+    usage,
+)
 from ipyllm._batchdata import Batch, BatchEstimate
 from ipyllm._chat import chat_history, chat_reset
 from ipyllm._config import LLMConfig, config
 from ipyllm._cost import Estimate
 from ipyllm._engine import Embeddings, Reply
 from ipyllm._litellm import warm_up
+from ipyllm._provider_batch import ProviderBatch
 from ipyllm._retry import RetryNote
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.errors import (
     AuthenticationError,
+    BatchDetached,
     BatchError,
     BatchInterrupted,
     BudgetExceededError,
@@ -52,6 +67,7 @@ __all__ = [
     "SESSION_ID",
     "AuthenticationError",
     "Batch",
+    "BatchDetached",
     "BatchError",
     "BatchEstimate",
     "BatchInterrupted",
@@ -64,6 +80,7 @@ __all__ = [
     "LLMConfig",
     "LLMError",
     "MissingKeyError",
+    "ProviderBatch",
     "ProviderUnavailableError",
     "RateLimitError",
     "Reply",
@@ -77,6 +94,8 @@ __all__ = [
     "UsageRow",
     "acomplete",
     "amap",
+    "batch",
+    "batches",
     "chat_history",
     "chat_reset",
     "complete",

@@ -12,17 +12,41 @@ from typing import TYPE_CHECKING, Any
 
 from ipyllm import _batch, _loop
 from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._batchlink import BatchLink
 from ipyllm._calls import estimate_chat
 from ipyllm._config import config
 from ipyllm._cost import Estimate
 from ipyllm._engine import Embeddings, Reply
+from ipyllm._litellm import resolve_provider
+from ipyllm._provider_batch import ProviderBatch
 from ipyllm._retry import RetryNote
 from ipyllm._session import Session as _Session
+from ipyllm.errors import SettingError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["SESSION_ID", "Session", "acomplete", "amap", "complete", "embed", "estimate", "last_batch", "map", "session", "usage"]
+__all__ = [
+    "SESSION_ID",
+    "Session",
+    "acomplete",
+    "amap",
+    "batch",
+    "batches",
+    "complete",
+    "embed",
+    "estimate",
+    "last_batch",
+    "map",
+    "session",
+    "usage",
+]
+
+#: ``ipyllm.batches()``'s columns, in order.
+BATCH_FRAME_COLUMNS = (
+    "id", "status", "provider", "model", "rows", "completed", "failed", "submitted", "ended", "collected", "session", "user", "host",
+    "part", "parts", "estimate_usd", "input_file_id", "output_file_id", "error_file_id", "map_key",
+)  # fmt: skip
 
 
 class Session(_Session):
@@ -142,6 +166,66 @@ class Session(_Session):
         """``map`` as a coroutine; see ``ipyllm.amap``."""
         return await _batch.amap(self, template, data, **options)
 
+    def batches(self) -> pd.DataFrame:
+        """The provider batches recorded in the ledger (``map(via="batch")``, every kernel's), oldest first: id, status,
+        provider, model, rows, the provider's counts, when submitted, ended and collected, by whom, and the files."""
+        import pandas as pd
+
+        records = self.records.batches()
+        data = {
+            "id": [r.id for r in records],
+            "status": [r.status for r in records],
+            "provider": [r.provider for r in records],
+            "model": [r.model for r in records],
+            "rows": [len(r.keys) for r in records],
+            "completed": [r.completed for r in records],
+            "failed": [r.failed for r in records],
+            "submitted": pd.to_datetime([r.submitted for r in records], utc=True),
+            "ended": pd.to_datetime([r.ended for r in records], utc=True),
+            "collected": pd.to_datetime([r.collected for r in records], utc=True),
+            "session": [r.session for r in records],
+            "user": [r.user for r in records],
+            "host": [r.host for r in records],
+            "part": [r.part for r in records],
+            "parts": [r.parts for r in records],
+            "estimate_usd": [r.estimate_usd for r in records],
+            "input_file_id": [r.input_file_id for r in records],
+            "output_file_id": [r.output_file_id for r in records],
+            "error_file_id": [r.error_file_id for r in records],
+            "map_key": [r.map_key for r in records],
+        }
+        frame = pd.DataFrame(data, columns=list(BATCH_FRAME_COLUMNS))
+        for name in ("rows", "completed", "failed", "part", "parts"):
+            frame[name] = frame[name].astype("Int64")
+        for name in (
+            "id",
+            "status",
+            "provider",
+            "model",
+            "session",
+            "user",
+            "host",
+            "input_file_id",
+            "output_file_id",
+            "error_file_id",
+            "map_key",
+        ):
+            frame[name] = frame[name].astype("string")
+        frame["estimate_usd"] = frame["estimate_usd"].astype("float64")
+        return frame
+
+    def batch(self, batch_id: str) -> ProviderBatch:
+        """The provider batch ``batch_id`` recorded in the ledger, to ``.wait()`` for, take its ``.result()`` (a Series
+        indexed by the rows' cache keys: run the map again for one aligned to its data) or ``.cancel()``."""
+        found = self.records.batches(batch_id=batch_id)
+        if not found:
+            raise SettingError(f"no provider batch {batch_id!r} is recorded in the ledger: ipyllm.batches() lists those that are", "batch")
+        record = found[0]
+        overrides = {"model": record.model, **({"base_url": record.base_url} if record.base_url else {})}
+        settings = self.config.snapshot(**overrides)
+        provider = record.provider or resolve_provider(settings.model, settings.base_url) or "openai"
+        return ProviderBatch(self, BatchLink(settings, provider, sleep=self.client.sleep), found).refresh()
+
 
 #: The default session: the one the module functions, the magics and the picker use.
 session = Session(config=config)
@@ -195,6 +279,8 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     dry_run: bool = False,
     processes: int = 1,
     missing: str = "skip",
+    via: str = "live",
+    wait: bool = True,
     **overrides: Any,
 ) -> Any | BatchEstimate:
     return _batch.map(
@@ -209,6 +295,8 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         dry_run=dry_run,
         processes=processes,
         missing=missing,
+        via=via,
+        wait=wait,
         **overrides,
     )
 
@@ -224,6 +312,8 @@ async def amap(
     progress: bool = True,
     processes: int = 1,
     missing: str = "skip",
+    via: str = "live",
+    wait: bool = True,
     **overrides: Any,
 ) -> Any:
     return await _batch.amap(
@@ -237,8 +327,18 @@ async def amap(
         progress=progress,
         processes=processes,
         missing=missing,
+        via=via,
+        wait=wait,
         **overrides,
     )
+
+
+def batches() -> pd.DataFrame:
+    return session.batches()
+
+
+def batch(batch_id: str) -> ProviderBatch:
+    return session.batch(batch_id)
 
 
 def last_batch() -> Batch | None:
@@ -253,4 +353,6 @@ embed.__doc__ = Session.embed.__doc__
 estimate.__doc__ = Session.estimate.__doc__
 usage.__doc__ = Session.usage.__doc__
 map.__doc__ = _batch.map.__doc__
+batches.__doc__ = Session.batches.__doc__
+batch.__doc__ = Session.batch.__doc__
 amap.__doc__ = _batch.amap.__doc__

@@ -27,11 +27,14 @@ from typing import Any
 
 from ipyllm import _loop
 from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._batchjob import MapJob
 from ipyllm._batchrun import Run
 from ipyllm._budget import usd
+from ipyllm._cost import batch_price
 from ipyllm._helpers import helpers
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, progress_display
+from ipyllm._provider_batch import ProviderBatch
 from ipyllm._rows import Rows
 from ipyllm._session import Session
 from ipyllm.errors import BatchError, BatchInterrupted, SettingError
@@ -70,6 +73,33 @@ def _report(run: Run, errors: str) -> None:
         notice(message)
 
 
+def _check_via(via: str, wait: bool) -> None:
+    if via not in ("live", "batch"):
+        raise SettingError(
+            f"via must be 'live' (a call per row, now) or 'batch' (the provider's Batch API, about half price), not {via!r}", "via"
+        )
+    if not wait and via != "batch":
+        raise SettingError("wait=False goes with via='batch': a live map returns when its rows are answered", "wait")
+
+
+def _batch_report(handle: ProviderBatch, errors: str) -> Any:
+    """The lines said after a map via the Batch API (how its rows were priced, missing values, failures); its result."""
+    assert handle.rows is not None
+    batch = handle.rows.batch
+    settings, provider = handle.link.settings, handle.link.provider
+    priced = batch_price(settings, settings.model, provider, 1, 1)
+    if handle.parts and priced.basis != "batch":
+        notice(f"batch rows of {settings.model} are priced at {priced.note}")
+    if (missing := batch.missing_message()) is not None:
+        notice(missing)
+    message = batch.failure_message()
+    if message is not None:
+        if errors == "raise":
+            raise BatchError(message, batch)
+        notice(message)
+    return batch.result
+
+
 def _start_helpers(session: Session, processes: int) -> None:
     """The helper processes a batch will use, started before anything else: each imports litellm (seconds), which
     then overlaps this process's own work (its litellm import in a fresh kernel, the rows' preparation) rather than
@@ -105,6 +135,8 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     dry_run: bool = False,
     processes: int = 1,
     missing: str = "skip",
+    via: str = "live",
+    wait: bool = True,
     **overrides: Any,
 ) -> Any:
     """Send one prompt per row of ``data`` concurrently; return the replies aligned to its index.
@@ -145,18 +177,28 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         {field}``, and one line after the batch counts such rows (they are not failures). ``"send"``: they are
         sent, the value as text (``None``, ``nan``, ``<NA>``). A callable template gets every row and handles its
         own missing values.
+    via
+        ``"live"`` (the default): a call per row, now. ``"batch"``: the rows go through the provider's Batch API
+        (about half price, results within its 24-hour window), one request file of what the live calls would send;
+        running the same map again, in any kernel on the same ledger, attaches to the batch instead of sending it
+        again, and takes its results once it has ended.
+    wait
+        With ``via="batch"``: False returns at once with the batch's handle (``.wait()``, ``.result()``, ``.cancel()``).
     **overrides
         As in ``complete``: ``model``, ``temperature``, ``max_tokens``, ``system``, extra litellm arguments.
 
     Returns
     -------
     pandas.Series or pandas.DataFrame
-        Same index and order as ``data``; ``ipyllm.last_batch()`` has the per-row errors and usage.
+        Same index and order as ``data``; ``ipyllm.last_batch()`` has the per-row errors and usage. With
+        ``via="batch", wait=False``: the provider batch's handle.
 
     Raises
     ------
     BatchInterrupted
         On Ctrl-C, after cancelling the calls in flight; ``.result`` is the partial result.
+    BatchDetached
+        On Ctrl-C while waiting for a provider batch: the batch goes on (run the same map again to attach to it).
     ipyllm.SettingError, ipyllm.InvalidInputError
         Before anything is sent: data that is not rows, an empty template or one naming a field the data does
         not have, an invalid schema, a bad argument, an unknown keyword (named with its close match).
@@ -164,12 +206,18 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     import asyncio
 
     _check_errors(errors)
+    _check_via(via, wait)
     concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
-    if not dry_run:
+    if not dry_run and via == "live":
         _start_helpers(session, processes)
     rows = Rows(session, template, data, schema, overrides, missing, "map")
     if dry_run:
         return rows.estimate()
+    if via == "batch":
+        handle = MapJob(session, rows, resume).start()
+        if not wait:
+            return handle
+        return _batch_report(handle.wait(progress), errors)
     run = Run(session, rows, concurrency, processes, resume)
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
@@ -213,6 +261,8 @@ async def amap(
     progress: bool = True,
     processes: int = 1,
     missing: str = "skip",
+    via: str = "live",
+    wait: bool = True,
     **overrides: Any,
 ) -> Any:
     """``map`` as a coroutine (``await ipyllm.amap(...)``): the caller's loop keeps running; same arguments and result.
@@ -223,7 +273,19 @@ async def amap(
     import asyncio
 
     _check_errors(errors)
+    _check_via(via, wait)
     concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
+    if via == "batch":
+        batch_job = MapJob(session, Rows(session, template, data, schema, overrides, missing, "amap"), resume)
+        handle = await asyncio.to_thread(batch_job.start)
+        if not wait:
+            return handle
+        try:
+            await asyncio.to_thread(handle.wait, progress)
+        except asyncio.CancelledError:
+            handle.stopping = True  # the waiting thread stops at its next look; the batch goes on
+            raise
+        return _batch_report(handle, errors)
     _start_helpers(session, processes)
     run = Run(session, Rows(session, template, data, schema, overrides, missing, "amap"), concurrency, processes, resume)
     display = progress_display(progress, run.tally)

@@ -61,6 +61,8 @@ class Batch:
     stop_reason: str | None = None
     result: Any = None
     summary: str = ""
+    #: The provider batches whose rows are this map's (``map(via="batch")``): their rows carry those ids.
+    provider_batches: tuple[str, ...] = ()
 
     # -- each row's outcome, as the run reaches it -----------------------------------------------------------------
     def answered(self, position: int, reply: Reply) -> bool:
@@ -112,7 +114,7 @@ class Batch:
     def usage(self) -> pd.DataFrame:
         assert self.session is not None
         frame = self.session.records.frame()
-        return frame[frame["batch"] == self.id].reset_index(drop=True)
+        return frame[frame["batch"].isin([self.id, *self.provider_batches])].reset_index(drop=True)
 
     @property
     def saved_usd(self) -> float:

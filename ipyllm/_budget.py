@@ -233,9 +233,15 @@ class Budgets:
         record: Callable[..., Any],
         *,
         quiet: bool = False,
+        lifetime: float | None = None,
+        durable: bool = False,
     ) -> Reservation:
         """Size the call to the tightest limit and hold its worst case, or refuse it: an ``over_budget`` row and
-        ``BudgetExceededError`` (``quiet``: no row yet; ``refused`` records it when the caller gives up)."""
+        ``BudgetExceededError`` (``quiet``: no row yet; ``refused`` records it when the caller gives up).
+
+        ``lifetime``: seconds the hold lives (default: the call's attempts and waits, ``hold_lifetime``); ``durable``:
+        the hold outlives this process (a provider batch's, settled by whichever kernel takes its results), so no
+        kernel drops it when this one dies."""
         limits = [name for name in ("budget_usd", "daily_budget_usd", "user_daily_budget_usd") if getattr(settings, name) is not None]
         if not limits:
             return Reservation(self, None, record)
@@ -254,9 +260,9 @@ class Budgets:
             session=self.session_id,
             user=user,
             host=host_name(),
-            pid=os.getpid(),
+            pid=0 if durable else os.getpid(),  # 0: not tied to a process (see _drop_dead_holds)
             created=now,
-            expires=now + timedelta(seconds=hold_lifetime(settings)),
+            expires=now + timedelta(seconds=hold_lifetime(settings) if lifetime is None else lifetime),
         )
         chosen: list[tuple[Headroom, int | None]] = []
 
@@ -363,6 +369,11 @@ class Budgets:
         reservation.record(row, hold.id if reservation.in_store else None)
         with self._lock:
             self._holds.pop(hold.id, None)
+
+    def forget(self, hold_id: str) -> None:
+        """A durable hold ended in the ledger (its batch's results were taken): this session counts it no more."""
+        with self._lock:
+            self._holds.pop(hold_id, None)
 
     def release(self, reservation: Reservation) -> None:
         hold = reservation.hold

@@ -32,6 +32,7 @@ from ipyllm.errors import Interrupted, InvalidOutputError, SettingError
 
 __all__ = [
     "Prepared",
+    "answer_entry",
     "cache_key",
     "cached_entries",
     "chat_need",
@@ -214,12 +215,7 @@ class Prepared:
             return {"vectors": list(result), "prompt_tokens": row.prompt_tokens, "completion_tokens": 0, "provider": row.provider}
         if not result.text or result.cut:
             return None
-        return {
-            "text": result.text,
-            "prompt_tokens": row.prompt_tokens,
-            "completion_tokens": row.completion_tokens,
-            "provider": row.provider,
-        }
+        return answer_entry(result.text, row)
 
     # -- a chat's reply ------------------------------------------------------------------------------------------
     def finish(self, reply: Reply, reservation: Reservation | None = None) -> Reply:
@@ -256,6 +252,11 @@ class Prepared:
             )
             self.record(interrupted.usage)
             raise
+
+
+def answer_entry(text: str, row: UsageRow) -> dict[str, Any]:
+    """A chat answer as the cache keeps it (the entry carries its provider, so a hit needs no litellm)."""
+    return {"text": text, "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens, "provider": row.provider}
 
 
 def cached_entries(calls: Iterable[Prepared | None], records: Records) -> dict[str, dict[str, Any]]:

@@ -189,6 +189,8 @@ ENVIRONMENT = {
     "usage_db": "LLM_USAGE_DB",
     "user": "LLM_USER",
     "cache": "LLM_CACHE",
+    "batch_poll_min_wait": "LLM_BATCH_POLL_MIN_WAIT",
+    "batch_poll_max_wait": "LLM_BATCH_POLL_MAX_WAIT",
 }
 
 
@@ -242,6 +244,12 @@ class LLMConfig(Configurable):
     )
     user = Text(None, allowed="a user name", help="Who the usage rows name (LLM_USER); unset: JUPYTERHUB_USER, else the login name.")
     cache = Flag(False, help="Answer identical requests from the local cache (LLM_CACHE).")
+    batch_poll_min_wait = Number(
+        5.0, low=0, high=3600, help="First wait between two looks at a provider batch, seconds (LLM_BATCH_POLL_MIN_WAIT)."
+    )
+    batch_poll_max_wait = Number(
+        60.0, low=0, high=3600, help="Longest wait between two looks at a provider batch, seconds (LLM_BATCH_POLL_MAX_WAIT)."
+    )
     prices = Prices(
         {},
         help=(
@@ -275,16 +283,17 @@ class LLMConfig(Configurable):
                 notice(f"ignoring {variable}: {error}")
 
     # -- validation across settings --------------------------------------------------------------------
-    @validate("retry_min_wait", "retry_max_wait")
+    @validate("retry_min_wait", "retry_max_wait", "batch_poll_min_wait", "batch_poll_max_wait")
     def _check_waits(self, proposal: Any) -> float:
         value = proposal["value"]
         name = proposal["trait"].name
-        low = value if name == "retry_min_wait" else self.retry_min_wait
-        high = value if name == "retry_max_wait" else self.retry_max_wait
+        first, last = (f"{name.rsplit('_', 2)[0]}_min_wait", f"{name.rsplit('_', 2)[0]}_max_wait")
+        low = value if name == first else getattr(self, first)
+        high = value if name == last else getattr(self, last)
         if low > high:
-            if name == "retry_min_wait":
-                raise SettingError.refused(name, value, f"at most retry_max_wait ({high:g} s)")
-            raise SettingError.refused(name, value, f"at least retry_min_wait ({low:g} s)")
+            if name == first:
+                raise SettingError.refused(name, value, f"at most {last} ({high:g} s)")
+            raise SettingError.refused(name, value, f"at least {first} ({low:g} s)")
         return value
 
     @validate("prices")
@@ -418,6 +427,8 @@ class Settings:
     usage_db: Location | None
     user: str | None
     cache: bool
+    batch_poll_min_wait: float = 5.0
+    batch_poll_max_wait: float = 60.0
     prices: dict[str, Any] = field(default_factory=dict)
 
 

@@ -26,12 +26,18 @@ from types import ModuleType
 from typing import Any
 
 __all__ = [
+    "BATCH_PROVIDERS",
     "CALLBACK_LISTS",
     "NO_RETRIES",
     "KeyCheck",
+    "batch_model",
     "call_arguments",
+    "cancel_batch",
     "caps_completion_tokens",
     "check_environment",
+    "create_batch",
+    "create_file",
+    "file_content",
     "has_callbacks",
     "hidden_params",
     "litellm_loaded",
@@ -44,6 +50,7 @@ __all__ = [
     "repeated_chunk_limit",
     "resolve_provider",
     "response_format",
+    "retrieve_batch",
     "supports_prompt_caching",
     "supports_response_schema",
     "unlogged",
@@ -324,3 +331,72 @@ def provider_chunks(stream: Any) -> list[Any] | None:
 def repeated_chunk_limit() -> int:
     """How many identical pieces in a row make litellm stop a stream."""
     return int(getattr(_module, "REPEATED_STREAMING_CHUNK_LIMIT", 100))
+
+
+# -- provider Batch APIs ---------------------------------------------------------------------------------------
+#: The providers litellm's ``create_batch`` can send a file of requests to (``litellm/batches/main.py``: its
+#: ``custom_llm_provider`` choices, and Gemini through its batches config).
+BATCH_PROVIDERS = ("openai", "azure", "vertex_ai", "gemini", "bedrock", "mistral", "xai", "hosted_vllm", "litellm_proxy")
+
+
+def batch_model(model: str, base_url: str | None) -> str:
+    """The model as the provider knows it, for a request file's ``body.model`` (``openai/gpt-4o-mini`` -> ``gpt-4o-mini``)."""
+    try:
+        return str(load_litellm().get_llm_provider(model, api_base=base_url)[0])
+    except Exception:
+        return model.split("/", 1)[1] if "/" in model else model
+
+
+def _client_arguments(connection: dict[str, Any]) -> dict[str, Any]:
+    """The key, endpoint and API version of a call (``common_arguments``), and no retries of the SDK's own."""
+    arguments: dict[str, Any] = {name: connection[name] for name in ("api_key", "api_base", "api_version", "timeout") if name in connection}
+    arguments["max_retries"] = 0
+    return arguments
+
+
+def create_file(connection: dict[str, Any], provider: str, filename: str, data: bytes) -> str:
+    """Upload a batch's request file (``purpose="batch"``); its file id."""
+    litellm = load_litellm()
+    with unlogged(litellm):
+        uploaded = litellm.create_file(
+            file=(filename, data, "application/jsonl"), purpose="batch", custom_llm_provider=provider, **_client_arguments(connection)
+        )
+    return str(uploaded.id)
+
+
+def create_batch(connection: dict[str, Any], provider: str, input_file_id: str, model: str, metadata: dict[str, str]) -> Any:
+    """Start a batch on an uploaded file of chat requests, in the provider's 24-hour window; the batch (``id``, ``status``, ...)."""
+    litellm = load_litellm()
+    extra = {} if provider in ("openai", "azure", "hosted_vllm", "litellm_proxy", "xai") else {"model": model}
+    with unlogged(litellm):
+        return litellm.create_batch(
+            completion_window="24h",
+            endpoint="/v1/chat/completions",
+            input_file_id=input_file_id,
+            custom_llm_provider=provider,
+            metadata=metadata,
+            **extra,
+            **_client_arguments(connection),
+        )
+
+
+def retrieve_batch(connection: dict[str, Any], provider: str, batch_id: str) -> Any:
+    """The batch as the provider sees it now: ``status``, ``request_counts``, ``output_file_id``, ``error_file_id``."""
+    litellm = load_litellm()
+    with unlogged(litellm):
+        return litellm.retrieve_batch(batch_id=batch_id, custom_llm_provider=provider, **_client_arguments(connection))
+
+
+def cancel_batch(connection: dict[str, Any], provider: str, batch_id: str) -> Any:
+    """Ask the provider to cancel a batch (it goes ``cancelling``, then ``cancelled`` with what had finished)."""
+    litellm = load_litellm()
+    with unlogged(litellm):
+        return litellm.cancel_batch(batch_id=batch_id, custom_llm_provider=provider, **_client_arguments(connection))
+
+
+def file_content(connection: dict[str, Any], provider: str, file_id: str) -> bytes:
+    """A batch's output or error file, whole."""
+    litellm = load_litellm()
+    with unlogged(litellm):
+        content = litellm.file_content(file_id=file_id, custom_llm_provider=provider, **_client_arguments(connection))
+    return bytes(getattr(content, "content", content))

@@ -88,6 +88,12 @@ class LLMMagics(Magics):
         default="skip",
         help="with --map: rows with a missing value (None, NaN, NA, NaT) in a {field} are not sent (skip, default) or sent as text",
     )
+    @argument(
+        "--via",
+        choices=("live", "batch"),
+        default="live",
+        help="with --map: a call per row now (live, default), or the provider's Batch API (batch: about half price, within 24 h)",
+    )
     @argument("prompt", nargs="*", help="the prompt (line magic); {name} is filled from the user namespace")
     @no_var_expand
     @line_cell_magic
@@ -98,10 +104,11 @@ class LLMMagics(Magics):
         ``%%llm [options]`` sends the cell body. ``{name}`` in the prompt is replaced by ``name`` from the
         user namespace (``{{`` and ``}}`` are literal braces). Under the reply, a footer gives the model,
         tokens, cost, latency and attempts. ``%%llm --map DATA [-o NAME]`` sends the body once per row of
-        DATA, its ``{field}``s filled from the row's columns (see ``ipyllm.map``), and shows the first rows.
+        DATA, its ``{field}``s filled from the row's columns (see ``ipyllm.map``), and shows the first rows;
+        ``--via batch`` sends them through the provider's Batch API (run the cell again to attach to the batch).
         """
         args, template, overrides = read_call(self.llm.parser, line, cell)
-        if args.map is not None or args.schema is not None:
+        if args.map is not None or args.schema is not None or args.via != "live":
             run_map(self.shell, args, template, overrides, cell is not None)
             return None
         prompt = interpolate(template, self.shell.user_ns)

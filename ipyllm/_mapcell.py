@@ -1,4 +1,5 @@
-"""``%%llm --map DATA``: the cell body run as a template over DATA's rows, and a preview of the first results."""
+"""``%%llm --map DATA``: the cell body run as a template over DATA's rows (``--via batch``: through the provider's Batch
+API), and a preview of the first results."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict
     from IPython.display import display
 
     if args.map is None:
-        raise UsageError("--schema goes with --map: %%llm --map DATA --schema NAME")
+        option = "--schema NAME" if args.schema is not None else "--via batch"
+        raise UsageError(f"{option.split()[0]} goes with --map: %%llm --map DATA {option}")
     if not is_cell:
         raise UsageError("--map takes its template from the cell body: use %%llm --map DATA, with the prompt below")
     if args.chat:
@@ -44,6 +46,7 @@ def run_map(shell: Any, args: argparse.Namespace, template: str, overrides: dict
             schema=schema,
             resume=not args.no_cache,
             missing=args.missing,
+            via=args.via,
             **overrides,
         )
     except (SettingError, InvalidInputError) as error:

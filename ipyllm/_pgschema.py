@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchledger import PG_TABLE
 from ipyllm._usage import COLUMNS, frame_from_columns
 from ipyllm.errors import LedgerUnavailableError
 
@@ -68,6 +69,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 19: prompt-cache writes, and how a call was bought (every earlier call was live).
         "ALTER TABLE usage ADD COLUMN IF NOT EXISTS cache_creation_tokens INTEGER",
         "ALTER TABLE usage ADD COLUMN IF NOT EXISTS tier TEXT DEFAULT 'live'",
+    ),
+    (
+        # Issue 19: provider batches, so that a batch outlives the kernel that sent it (``_batchledger``).
+        PG_TABLE,
+        "CREATE INDEX IF NOT EXISTS batches_map ON batches (map_key)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

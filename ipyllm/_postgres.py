@@ -27,10 +27,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchledger import (
+    CLAIM_BATCH,
+    INSERT_BATCH,
+    SELECT_BATCHES,
+    UPDATE_BATCH,
+    BatchRecord,
+    batch_values,
+    postgres,
+    record_of,
+    update_values,
+)
 from ipyllm._locations import Server
 from ipyllm._pgbudget import TeamBudgets
 from ipyllm._pglink import ServerLink, driver_errors
-from ipyllm._pgschema import MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, csv_frame
+from ipyllm._pgschema import INSERT_ROW, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, csv_frame
 from ipyllm._pgwriter import SpoolWriter
 from ipyllm._spool import Spool, spool_path
 from ipyllm._store import CacheEntry, Hold, Limit, Refusal, Sizer, fixed
@@ -199,3 +210,53 @@ class PostgresStore:
             "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload RETURNING key",
             [key, micros(utc_now()), kind, model, payload],
         )
+
+    # -- provider batches (on the server itself: a batch's record is no use in one kernel's spool) ---------------
+    def _batch_write(self, what: str, statement: str, parameters: Sequence[Any]) -> None:
+        if self._query(f"{statement} RETURNING id", parameters) is None and self.link.away:
+            raise self._unreachable(what)
+
+    def batch_add(self, record: BatchRecord) -> None:
+        self._batch_write("the batch is not recorded", postgres(INSERT_BATCH), batch_values(record))
+
+    def batch_update(self, record: BatchRecord) -> None:
+        self._batch_write("the batch's status is not recorded", postgres(UPDATE_BATCH), update_values(record))
+
+    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
+        rows = self._query(
+            f"{postgres(SELECT_BATCHES)} WHERE (%s::text IS NULL OR map_key = %s) AND (%s::text IS NULL OR id = %s)"
+            " ORDER BY submitted_us, part",
+            [map_key, map_key, batch_id, batch_id],
+        )
+        if rows is None:
+            raise self._unreachable("the recorded batches are not known")
+        return [record_of(row) for row in rows]
+
+    def batch_collect(
+        self, batch_id: str, rows: Sequence[UsageRow], entries: Sequence[CacheEntry], release: str | None, status: str = "collected"
+    ) -> bool:
+        """One transaction on the server: the batch claimed, its rows, cache entries and the hold's end; or nothing."""
+        now = micros(utc_now())
+        with self._lock:
+            connection = self.link.usable()
+            if connection is None:
+                raise self._unreachable("the batch's results are taken when it is back")
+            try:
+                with connection.transaction(), connection.cursor() as cursor:
+                    cursor.execute(f"{postgres(CLAIM_BATCH)} RETURNING id", [status, now, batch_id])
+                    if cursor.fetchone() is None:
+                        return False
+                    cursor.executemany(INSERT_ROW, [[uuid.uuid4().hex, *row_values(row)] for row in rows])
+                    cursor.executemany(
+                        "INSERT INTO cache (key, created_us, kind, model, payload) VALUES (%s, %s, %s, %s, %s) "
+                        "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload",
+                        [(key, now, kind, model, payload) for key, kind, model, payload in entries],
+                    )
+                    if release is not None:
+                        cursor.execute("DELETE FROM holds WHERE id = %s", [release])
+            except driver_errors() as error:
+                self.link.lost(error)
+                raise self._unreachable("the batch's results are taken when it is back") from None
+            if release is not None:
+                self.budgets.released(release)
+        return True

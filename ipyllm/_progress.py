@@ -45,6 +45,8 @@ class Tally:
     discounted: int = 0
     budget: float | None = None
     concurrency: int = 0
+    #: A provider batch's status while it runs there (``validating``, ``in_progress``, ``finalizing``, ...).
+    stage: str = ""
 
     @property
     def done(self) -> int:
@@ -65,7 +67,11 @@ class Tally:
         return left / self.rate if self.rate > 0 and left >= 0 else None
 
     def line(self) -> str:
-        """``412/1,000 · 3 failed · paused 2.1 s · $0.0123 of $0.50 · 41.2 rows/s · ETA 0:14``."""
+        """``412/1,000 · 3 failed · paused 2.1 s · $0.0123 of $0.50 · 41.2 rows/s · ETA 0:14``; for a provider batch,
+        ``batch in_progress · 12/30 done · 1 failed · 0:42 elapsed``."""
+        if self.stage:
+            failed = [f"{self.failed:,} failed"] if self.failed else []
+            return " · ".join([f"batch {self.stage}", f"{self.done:,}/{self.total:,} done", *failed, f"{_clock(self.elapsed)} elapsed"])
         parts = [f"{self.done:,}/{self.total:,}"]
         if self.cached:
             parts.append(f"{self.cached:,} cached")

@@ -119,11 +119,12 @@ class Rows:
                 yield position, None, f"template: {type(error).__name__}: {error}"
 
     def calls(
-        self, record: Callable[..., None], records: Records, resume: bool
+        self, record: Callable[..., None], records: Records, resume: bool, keyed: bool = False
     ) -> Iterator[tuple[int, Prepared | None, Any, dict[str, Any] | None]]:
         """The rows, each prepared as any call is (its cache key, its row filed by ``record``), and, when resuming,
-        their cached answers: looked up 64 rows at a time, in one query, rather than one query per row on the loop."""
-        settings, keyed = self.settings, resume or self.settings.cache
+        their cached answers: looked up 64 rows at a time, in one query, rather than one query per row on the loop.
+        ``keyed``: every row keyed, whether or not it resumes (a provider batch's lines are named by their keys)."""
+        settings, keyed = self.settings, keyed or resume or self.settings.cache
         while chunk := list(itertools.islice(self.filled, 64)):
             calls = [
                 None if messages is None else Prepared.of("chat", settings, messages, self.extra, record, keyed=keyed)

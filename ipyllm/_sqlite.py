@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchledger import CLAIM_BATCH, INSERT_BATCH, SELECT_BATCHES, UPDATE_BATCH, BatchRecord, batch_values, record_of, update_values
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
@@ -210,3 +211,35 @@ class SQLiteStore:
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
         self._write((), [(key, micros(utc_now()), kind, model, payload)])
+
+    # -- provider batches ----------------------------------------------------------------------------------
+    def batch_add(self, record: BatchRecord) -> None:
+        with self._transaction() as connection:
+            connection.execute(INSERT_BATCH, batch_values(record))
+
+    def batch_update(self, record: BatchRecord) -> None:
+        with self._transaction() as connection:
+            connection.execute(UPDATE_BATCH, update_values(record))
+
+    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
+        rows = self._run(
+            f"{SELECT_BATCHES} WHERE (? IS NULL OR map_key = ?) AND (? IS NULL OR id = ?) ORDER BY submitted_us, part",
+            [map_key, map_key, batch_id, batch_id],
+            retry_now=True,
+        )
+        return [record_of(row) for row in rows]
+
+    def batch_collect(
+        self, batch_id: str, rows: Sequence[UsageRow], entries: Sequence[CacheEntry], release: str | None, status: str = "collected"
+    ) -> bool:
+        """One ``BEGIN IMMEDIATE`` transaction: the batch claimed, its rows, cache entries and the hold's end; or nothing."""
+        now = micros(utc_now())
+        with self._transaction() as connection:
+            if connection.execute(CLAIM_BATCH, [status, now, batch_id]).rowcount == 0:
+                connection.execute("ROLLBACK")
+                return False
+            cached = [(key, now, kind, model, payload) for key, kind, model, payload in entries]
+            apply(connection, [(_new_uid(), None, row_values(row)) for row in rows], cached)
+            if release is not None:
+                connection.execute("DELETE FROM holds WHERE id = ?", [release])
+        return True

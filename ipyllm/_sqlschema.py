@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ipyllm._batchledger import SQLITE_TABLE
 from ipyllm._spool import SpooledEntry
 from ipyllm._usage import COLUMNS
 
@@ -81,6 +82,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 19: prompt-cache writes, and how a call was bought (every earlier call was live).
         "ALTER TABLE usage ADD COLUMN cache_creation_tokens INTEGER",
         "ALTER TABLE usage ADD COLUMN tier TEXT DEFAULT 'live'",
+    ),
+    (
+        # Issue 19: provider batches, so that a batch outlives the kernel that sent it (``_batchledger``).
+        SQLITE_TABLE,
+        "CREATE INDEX IF NOT EXISTS batches_map ON batches (map_key)",
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from ipyllm._batchledger import BatchRecord
 from ipyllm._notices import notice
-from ipyllm._usage import UsageRow
+from ipyllm._usage import UsageRow, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "BatchRecord",
     "CacheEntry",
     "Headroom",
     "Hold",
@@ -117,6 +119,8 @@ class MemoryLedger:
         self._spent: dict[str, float] = {}
         self._lock = threading.Lock()
         self._listeners: list[Callable[[UsageRow], object]] = []
+        #: Provider batches recorded while no ledger is in use (``:memory:``).
+        self._batches: dict[str, BatchRecord] = {}
 
     def append(self, row: UsageRow) -> None:
         with self._lock:
@@ -162,6 +166,31 @@ class MemoryLedger:
 
     def __len__(self) -> int:
         return len(self._rows)
+
+    # -- provider batches, when no ledger keeps them ------------------------------------------------------------
+    def batch_add(self, record: BatchRecord) -> None:
+        with self._lock:
+            self._batches[record.id] = record
+
+    def batch_update(self, record: BatchRecord) -> None:
+        with self._lock:
+            known = self._batches.get(record.id)
+            if known is not None and not known.done:
+                self._batches[record.id] = record
+
+    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
+        with self._lock:
+            records = list(self._batches.values())
+        return [r for r in records if (map_key is None or r.map_key == map_key) and (batch_id is None or r.id == batch_id)]
+
+    def batch_collect(self, batch_id: str, status: str = "collected") -> bool:
+        """Mark the batch's results taken; False when they already were (the caller then records nothing)."""
+        with self._lock:
+            known = self._batches.get(batch_id)
+            if known is None or known.done:
+                return False
+            known.status, known.collected = status, utc_now()
+            return True
 
 
 def process_alive(pid: int) -> bool:
@@ -209,4 +238,26 @@ class Store(Protocol):
         ...
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None: ...
+
+    # -- provider batches (``_batchledger``) --------------------------------------------------------------------
+    def batch_add(self, record: BatchRecord) -> None:
+        """Record a batch the provider has just created."""
+        ...
+
+    def batch_update(self, record: BatchRecord) -> None:
+        """The provider's latest status, counts and files for the batch (unless its results are already taken)."""
+        ...
+
+    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
+        """The recorded batches (of one map, or the one with that id), oldest first."""
+        ...
+
+    def batch_collect(
+        self, batch_id: str, rows: Sequence[UsageRow], entries: Sequence[CacheEntry], release: str | None, status: str = "collected"
+    ) -> bool:
+        """Take the batch's results once: in one transaction, mark it ``status`` (``collected``; ``lost`` when the
+        provider no longer knows it), write its rows and cache entries, and end its budget hold ``release``. False,
+        with nothing written, when its results were already taken (by another kernel)."""
+        ...
+
     def close(self) -> None: ...

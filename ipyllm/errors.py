@@ -21,7 +21,9 @@ catchable by type; all are importable from ``ipyllm`` too.
 
     KeyboardInterrupt
      ├── Interrupted                                        Ctrl-C during a call; ``.usage`` is its ``interrupted`` row
-     └── BatchInterrupted                                   Ctrl-C during a ``map``; ``.result`` holds what came
+     ├── BatchInterrupted                                   Ctrl-C during a ``map``; ``.result`` holds what came
+     └── BatchDetached                                      Ctrl-C while waiting for a provider batch: the waiting
+                                                            stopped, the batch goes on; ``.handle`` is the batch
 
     LedgerUnavailableError                                  internal: the ledger cannot be used (never reaches a caller:
                                                             rows stay in memory and one line says so)
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuthenticationError",
+    "BatchDetached",
     "BatchError",
     "BatchInterrupted",
     "BudgetExceededError",
@@ -194,6 +197,18 @@ class BatchInterrupted(KeyboardInterrupt):
         super().__init__(batch.interrupted_message())
         self.batch = batch
         self.result = batch.result
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"KeyboardInterrupt: {self.args[0]}"]
+
+
+class BatchDetached(KeyboardInterrupt):
+    """Ctrl-C while waiting for a provider batch (``map(via="batch")``, ``.wait()``): the waiting stopped, not the
+    batch, which goes on at the provider; ``.handle`` is it (``.wait()``, ``.result()``, ``.cancel()``)."""
+
+    def __init__(self, message: str, handle: Any) -> None:
+        super().__init__(message)
+        self.handle = handle
 
     def _render_traceback_(self) -> list[str]:
         return [f"KeyboardInterrupt: {self.args[0]}"]

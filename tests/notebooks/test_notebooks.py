@@ -282,3 +282,17 @@ def test_batch_shows_progress_schema_columns_cost_per_batch_and_a_free_rerun(exe
     assert "<th>product</th>" in extracted and "toaster" in extracted and "negative" in extracted
     rerun = "".join(text_of(o) for o in outputs_of(nb, "again = ipyllm.map("))
     assert "6 answered (6 from the cache)" in rerun and "same answers: True" in rerun and "cached  0.0" in rerun
+
+
+@pytest.mark.kernel
+def test_batch_classifies_via_the_batch_api_at_half_price_and_a_rerun_attaches(executed: dict[str, nbformat.NotebookNode]) -> None:
+    nb = executed["batch"]
+    batched = "".join(text_of(o) for o in outputs_of(nb, "if stub is not None:"))
+    assert "ipyllm.map via provider batch batch_" in batched and "same answers as live: True" in batched
+    tiers = text_of(outputs_of(nb, "usage = ipyllm.usage()\nclassified")[-1]).splitlines()
+    costs = {line.split()[0]: (int(line.split()[2]), float(line.split()[3])) for line in tiers if line.startswith(("batch", "live"))}
+    assert costs["batch"][0] == costs["live"][0] and costs["batch"][1] == pytest.approx(costs["live"][1] / 2, rel=0.05)
+    assert "<ipyllm provider batch batch_" in text_of(outputs_of(nb, "SUMMARY = ")[-1])
+    attached = "".join(text_of(o) for o in outputs_of(nb, "summaries = ipyllm.map("))
+    assert "ipyllm: attached to provider batch batch_" in attached and "6 rows, 6 answered" in attached
+    assert text_of(outputs_of(nb, "ipyllm.batches()")[-1]).count("collected") == 2

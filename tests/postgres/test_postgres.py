@@ -24,9 +24,10 @@ import ipyllm
 from ipyllm import _api
 from ipyllm._ledger import open_store
 from ipyllm._locations import parse_location
+from ipyllm._pgschema import SCHEMA_VERSION
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
-from ipyllm.testing import Fault, StubServer
+from ipyllm.testing import BatchScript, Fault, StubServer
 
 from ..helpers import ROOT, free_port, wait_for
 from .pg import PostgresServer, find_binaries
@@ -149,7 +150,7 @@ def test_four_processes_of_100_calls_leave_400_rows(pg: PostgresServer, stub: St
     results = run_workers(tmp_path, 4, worker_config(stub, pg.url(database)), calls=100)
     assert [r["ok"] for r in results] == [100] * 4 and all(not r["errors"] and not ledger_lines(r["stderr"]) for r in results)
     assert pg.sql("SELECT COUNT(*), COUNT(DISTINCT uid), COUNT(DISTINCT session) FROM usage", database=database) == [(400, 400, 4)]
-    assert pg.sql("SELECT version FROM schema_version", database=database) == [(3,)]
+    assert pg.sql("SELECT version FROM schema_version", database=database) == [(SCHEMA_VERSION,)]
     assert len(stub.requests) == 400
 
 
@@ -189,7 +190,7 @@ def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, t
     for thread in threads:
         thread.join()
     assert counts == [0] * 8
-    assert pg.sql("SELECT version FROM schema_version", database=database) == [(3,)]
+    assert pg.sql("SELECT version FROM schema_version", database=database) == [(SCHEMA_VERSION,)]
     for store in stores:
         assert store is not None
         store.close()
@@ -508,3 +509,22 @@ def test_import_ipyllm_and_load_ext_do_not_import_psycopg(tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(ROOT), "LLM_USAGE_DB": ":memory:"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     assert done.stdout.strip() == "False"
+
+
+def test_a_provider_batch_on_the_team_ledger_is_attached_to_and_taken_once(team: str, pg: PostgresServer, live: StubServer) -> None:
+    ipyllm.config.update(batch_poll_min_wait=0.01, batch_poll_max_wait=0.05, prices={})
+    live.script_batches(BatchScript(hold=True))
+    texts = [f"team row {i}" for i in range(6)]
+    handle = ipyllm.map("Say {value}", texts, via="batch", wait=False)
+    other = ipyllm.Session(config=ipyllm.LLMConfig(), usage_db=team, base_url=live.base_url, api_key="sk-other-0000000000")
+    other.config.update(batch_poll_min_wait=0.01, batch_poll_max_wait=0.05)
+    attached = other.map("Say {value}", texts, via="batch", wait=False)
+    assert attached.ids == handle.ids and len(live.requests_to("/v1/batches")) == 1
+    live.release_batches()
+    assert attached.result(progress=False).notna().all()
+    assert handle.result(progress=False).tolist() == [f"[gpt-4o-mini] Say {text}" for text in texts]
+    database = team.rsplit("/", 1)[1]
+    assert pg.sql("SELECT status FROM batches", database=database) == [("collected",)]
+    assert pg.sql("SELECT COUNT(*) FROM usage WHERE tier = 'batch'", database=database) == [(6,)]
+    assert list(other.batches()["status"]) == ["collected"]
+    other.close()

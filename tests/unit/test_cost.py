@@ -14,7 +14,7 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._cost import price
+from ipyllm._cost import batch_price, price
 from ipyllm._display import footer
 from ipyllm._litellm import load_litellm
 from ipyllm._usage import UsageRow
@@ -317,3 +317,28 @@ def test_the_dry_run_line_gives_a_total_and_a_rate(ip: Any, live: StubServer) ->
     # 200 tokens at $0.60 per 1M: $0.00012.
     assert captured.outputs[-1].data["text/plain"].endswith("at most $0.00012 for 200 tokens (max_tokens)")
     assert live.requests == []
+
+
+# -- the batch price -----------------------------------------------------------------------------------------------
+def test_the_batch_price_is_litellms_batch_rate_or_half_the_live_price_where_documented(clean_config: ipyllm.LLMConfig) -> None:
+    costs = load_litellm().model_cost
+    settings = clean_config.snapshot()
+    mini = costs["gpt-4o-mini"]
+    priced = batch_price(settings, "gpt-4o-mini", "openai", 1000, 100)
+    assert priced.basis == "batch"
+    assert priced.usd == pytest.approx(1000 * mini["input_cost_per_token_batches"] + 100 * mini["output_cost_per_token_batches"])
+    # A model of a provider that documents 50 %, without a batch rate in litellm's map: half its live price.
+    model = next(
+        name
+        for name, info in costs.items()
+        if info.get("litellm_provider") == "anthropic" and "input_cost_per_token_batches" not in info and info.get("input_cost_per_token")
+    )
+    half = batch_price(settings, model, "anthropic", 1000, 100)
+    live = costs[model]["input_cost_per_token"] * 1000 + costs[model]["output_cost_per_token"] * 100
+    assert half.basis == "half" and half.usd == pytest.approx(live / 2) and "50 %" in half.note
+    # Prices of the session's own: halved where the provider documents it.
+    clean_config.prices = {"my-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}}
+    own = batch_price(clean_config.snapshot(), "my-model", "openai", 1000, 100)
+    assert own.basis == "half" and own.usd == pytest.approx((1000e-6 + 200e-6) / 2)
+    unknown = batch_price(settings, "no-such-model-at-all", None, 10, 10)
+    assert unknown.basis == "unknown" and unknown.usd != unknown.usd
