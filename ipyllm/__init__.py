@@ -26,7 +26,7 @@ from ipyllm._api import (
     map,  # noqa: A004 - ipyllm.map
     usage,
 )
-from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._batchdata import Batch
 from ipyllm._chat import chat_history, chat_reset
 from ipyllm._config import LLMConfig, config
 from ipyllm._cost import Estimate
@@ -34,6 +34,7 @@ from ipyllm._engine import Embeddings, Reply
 from ipyllm._litellm import warm_up
 from ipyllm._provider_batch import ProviderBatch
 from ipyllm._retry import RetryNote
+from ipyllm._routes import BatchEstimate
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.errors import (
     AuthenticationError,

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipyllm import _batch, _loop
-from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._batchdata import Batch
 from ipyllm._batchlink import BatchLink
 from ipyllm._calls import estimate_chat
 from ipyllm._config import config
@@ -20,6 +20,7 @@ from ipyllm._engine import Embeddings, Reply
 from ipyllm._litellm import resolve_provider
 from ipyllm._provider_batch import ProviderBatch
 from ipyllm._retry import RetryNote
+from ipyllm._routes import BatchEstimate
 from ipyllm._session import Session as _Session
 from ipyllm.errors import SettingError
 

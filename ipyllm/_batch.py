@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyllm import _loop
-from ipyllm._batchdata import Batch, BatchEstimate
+from ipyllm._batchdata import Batch
 from ipyllm._batchjob import MapJob
 from ipyllm._batchrun import Run
 from ipyllm._budget import usd
@@ -35,6 +35,7 @@ from ipyllm._helpers import helpers
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, progress_display
 from ipyllm._provider_batch import ProviderBatch
+from ipyllm._routes import BatchEstimate
 from ipyllm._rows import Rows
 from ipyllm._session import Session
 from ipyllm.errors import BatchError, BatchInterrupted, SettingError
@@ -212,7 +213,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
         _start_helpers(session, processes)
     rows = Rows(session, template, data, schema, overrides, missing, "map")
     if dry_run:
-        return rows.estimate()
+        return rows.estimate(concurrency)
     if via == "batch":
         handle = MapJob(session, rows, resume).start()
         if not wait:

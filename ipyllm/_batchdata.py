@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Batch",
-    "BatchEstimate",
     "Fields",
     "MissingValue",
     "fill",
@@ -196,27 +195,6 @@ class Batch:
             f"batch {self.id} interrupted after {t.answered + t.cached:,} of {t.total:,} rows ({t.interrupted:,} calls cancelled, "
             f"{usd(t.spent)} spent): the partial result is ipyllm.last_batch().result; run the same map again to resume"
         )
-
-
-@dataclass(frozen=True)
-class BatchEstimate:
-    """``map(..., dry_run=True)``: what the batch may cost, nothing sent."""
-
-    model: str
-    rows: int
-    prompt_tokens: int
-    low_usd: float
-    high_usd: float
-    output_tokens_per_row: int
-
-    def __str__(self) -> str:
-        return (
-            f"dry run, nothing sent · {self.rows:,} rows · {self.model} · {self.prompt_tokens:,} prompt tokens · "
-            f"estimated {usd(self.low_usd)} (prompts alone) to {usd(self.high_usd)} "
-            f"(with {self.output_tokens_per_row:,} output tokens a row)"
-        )
-
-    __repr__ = __str__
 
 
 # -- the rows ------------------------------------------------------------------------------------------------

@@ -275,16 +275,7 @@ class Budgets:
 
         in_store = False
         with self._lock:
-            session_rooms = []
-            if settings.budget_usd is not None:
-                session_rooms.append(
-                    Headroom(
-                        Limit("budget_usd", settings.budget_usd, _EPOCH),
-                        self.ledger.spend(session=self.session_id),
-                        sum(h.amount for h in self._holds.values()),
-                        len(self._holds),
-                    )
-                )
+            session_rooms = self._session_rooms(settings)
             shared = self._shared_limits(settings, user)
             if shared:
                 taken, in_store = self._reserve_shared(hold, shared, size)
@@ -301,6 +292,38 @@ class Budgets:
             raise self._refuse(kind, model, provider, refusal_message(room, wanted, user), record, quiet=quiet, refusal=room)
         capped = cap is not None and (wanted.ceiling is None or cap < wanted.ceiling)
         return Reservation(self, taken, record, in_store, cap if wanted.output else None, room if capped else None)
+
+    def room(self, settings: Settings) -> Headroom | None:
+        """What the tightest budget leaves now (spent and held by every kernel on the ledger), holding nothing: a dry
+        run's answer to which route fits; None when no budget is set."""
+        user = user_name(settings)
+        now = datetime.now(timezone.utc)
+        probe = Hold(uuid.uuid4().hex, 0.0, self.session_id, user, host_name(), os.getpid(), now, now)
+        seen: list[Headroom] = []
+
+        def look(rooms: Sequence[Headroom]) -> float | None:
+            seen[:] = rooms
+            return None  # refuse: nothing is held
+
+        with self._lock:
+            rooms = self._session_rooms(settings)
+            shared = self._shared_limits(settings, user)
+            if shared:
+                self._reserve_shared(probe, shared, look)
+        rooms += seen
+        return tightest(rooms) if rooms else None
+
+    def _session_rooms(self, settings: Settings) -> list[Headroom]:
+        if settings.budget_usd is None:
+            return []
+        return [
+            Headroom(
+                Limit("budget_usd", settings.budget_usd, _EPOCH),
+                self.ledger.spend(session=self.session_id),
+                sum(h.amount for h in self._holds.values()),
+                len(self._holds),
+            )
+        ]
 
     def _shared_limits(self, settings: Settings, user: str) -> list[Limit]:
         midnight = local_midnight()

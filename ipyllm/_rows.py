@@ -12,13 +12,14 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ipyllm._batchdata import BatchEstimate, Fields, MissingValue, fill, is_missing, rows_of, template_fields, template_prefix
+from ipyllm._batchdata import Fields, MissingValue, fill, is_missing, rows_of, template_fields, template_prefix
 from ipyllm._calls import Prepared, cached_entries
-from ipyllm._cost import estimate
+from ipyllm._cost import batch_price, count_tokens, estimate
 from ipyllm._engine import as_messages
 from ipyllm._litellm import load_litellm, resolve_provider
-from ipyllm._promptcache import CachePlan, plan_prompt_cache
+from ipyllm._promptcache import CachePlan, estimate_cache_hits, plan_prompt_cache, shared_messages
 from ipyllm._records import Records
+from ipyllm._routes import BATCH_WINDOW, BatchEstimate, Route, live_wall_time
 from ipyllm._schema import Schema
 from ipyllm._session import Session
 from ipyllm._validate import check_keywords
@@ -57,6 +58,7 @@ class Rows:
                 f"not {missing!r}",
                 "missing",
             )
+        self.session = session
         self.index, self.total, self.rows = rows_of(data)
         # A str template's fields are checked for missing values (None, NaN, NA, NaT) row by row; a callable
         # template gets the row as it is and handles its own.
@@ -135,16 +137,62 @@ class Rows:
                 hit = hits.get(call.key) if call is not None and call.key is not None else None
                 yield position, call, problem, hit
 
-    def estimate(self) -> BatchEstimate:
-        """What the batch may cost (``map(dry_run=True)``): every row's prompt counted and priced, nothing sent."""
-        tokens = low = high = 0.0
+    def estimate(self, concurrency: int = 8) -> BatchEstimate:
+        """What the rows may cost (``map(dry_run=True)``), nothing sent: every row's prompt counted and priced three
+        ways (live at list price, live with the expected prompt-cache hits, batch), each from the prompts alone to
+        every row's output at its cap, with its wall time and, under a budget, whether it fits (``_routes``)."""
+        settings = self.settings
+        provider = resolve_provider(settings.model, settings.base_url)
+        tokens: list[int] = []
+        low = high = 0.0
         output_tokens = 0
+        first: list[dict[str, Any]] | None = None
         for _, messages, _problem in self.filled:
             if messages is None:
                 continue
-            guess = estimate(self.settings, messages)
-            tokens += guess.prompt_tokens
+            first = first if first is not None else messages
+            guess = estimate(settings, messages)
+            tokens.append(guess.prompt_tokens)
             low += guess.input_cost
             high += guess.upper_bound()
             output_tokens = max(output_tokens, guess.output_tokens)
-        return BatchEstimate(self.settings.model, self.total, int(tokens), low, high, output_tokens)
+        sent, prompt = len(tokens), sum(tokens)
+        output_usd = high - low
+        prefix = self._prefix_tokens(first)
+        cached = estimate_cache_hits(settings.model, provider, prefix, [max(t - prefix, 0) for t in tokens], sent, prices=settings.prices)
+        in_batch = batch_price(settings, settings.model, provider, prompt, 0).usd
+        batch_high = batch_price(settings, settings.model, provider, prompt, output_tokens * sent)
+        latencies = [
+            row.latency_s for row in self.session.ledger.rows(self.session.id) if row.model == settings.model and row.status == "ok"
+        ]
+        live_wall = live_wall_time(sent, concurrency, latencies)
+        routes = (
+            Route("live", "live, list price", low, high, f"{prompt:,} prompt tokens at the input price", live_wall),
+            Route(
+                "cached",
+                "live, with cache hits",
+                cached.cached_usd,
+                cached.cached_usd + output_usd,
+                f"{cached.read_tokens:,} of them read from the cache, {cached.write_tokens:,} written ({'; '.join(cached.assumptions)})",
+                live_wall_time(sent, concurrency, latencies, first_alone=self.cache is not None),
+            ),
+            Route(
+                "batch",
+                "batch",
+                in_batch,
+                batch_high.usd,
+                f"{prompt:,} prompt tokens, {batch_high.note}",
+                f"within {BATCH_WINDOW} h, the provider's window (often minutes); no live rate limit",
+            ),
+        )
+        room = self.session.budgets.room(settings)
+        return BatchEstimate(settings.model, self.total, prompt, low, high, output_tokens, routes, room)
+
+    def _prefix_tokens(self, messages: list[dict[str, Any]] | None) -> int:
+        """The tokens every row sends first (system prompt, schema instruction, the template's constant text)."""
+        if messages is None or not isinstance(self.template, str):
+            return 0
+        if self.cache is not None:
+            return self.cache.prefix_tokens
+        shared = shared_messages(messages, template_prefix(self.template))
+        return count_tokens(self.settings.model, shared) if shared else 0

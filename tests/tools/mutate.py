@@ -814,6 +814,25 @@ MUTATIONS: list[Mutation] = [
         "tests/batch/test_prompt_caching.py::test_anthropic_requests_carry_one_marker_on_the_shared_prefix",
         "tests/unit/test_promptcache.py",
     ),
+    # -- issue 19: the cheapest route, shown before sending ------------------------------------------------------------
+    m(
+        "dry-run-batch-at-list-price",
+        "dry run",
+        "the dry run's batch route is priced at the live list price",
+        "ipyllm/_rows.py",
+        "        in_batch = batch_price(settings, settings.model, provider, prompt, 0).usd",
+        "        in_batch = low",
+        "tests/batch/test_dry_run_routes.py",
+    ),
+    m(
+        "dry-run-budget-ignored",
+        "dry run",
+        "the dry run ignores the budget: it names no route that fits",
+        "ipyllm/_rows.py",
+        "        room = self.session.budgets.room(settings)",
+        "        room = None",
+        "tests/batch/test_dry_run_routes.py -k budget",
+    ),
     # -- issue 19: provider batches --------------------------------------------------------------------------------
     m(
         "batch-custom-id-not-cache-key",
