@@ -11,6 +11,12 @@ Before the upload the whole batch's cost is reserved at the batch price (every r
 ``_budget.Need`` sizes a live call): a durable hold in the ledger, expiring with the batch's 24-hour window, so every
 kernel's budget check counts it. If a budget cannot pay for it, nothing is uploaded: one line names the figure and
 the budget.
+
+Two sessions starting the same map at the same instant, before either has recorded a batch, would both send it: so
+a session claims the map in the ledger before it reserves or uploads anything (``_batchclaim``; one claim per map
+key), and releases the claim once its batches are recorded or its submission failed. A session that finds the map
+claimed waits for the claimer's batches and attaches to them, or takes over a claim released without batches or left
+by a claimer that is gone.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 from datetime import datetime, timezone
 
 from ipyllm import _litellm
+from ipyllm._batchclaim import Claim
 from ipyllm._batchdata import Batch, MissingValue
 from ipyllm._batchledger import BatchRecord
 from ipyllm._batchlink import BatchLink, check_batchable
@@ -31,7 +38,7 @@ from ipyllm._jobfile import MAX_FILE_BYTES, MAX_REQUESTS, request_body, request_
 from ipyllm._litellm import resolve_provider
 from ipyllm._notices import notice
 from ipyllm._progress import Tally
-from ipyllm._provider_batch import MapRows, ProviderBatch
+from ipyllm._provider_batch import MapRows, ProviderBatch, pause
 from ipyllm._rows import Rows
 from ipyllm._session import Session
 from ipyllm.errors import BudgetExceededError
@@ -93,9 +100,49 @@ class MapJob:
         """The batches of this map: those recorded and not yet taken (attached to), and new ones for the rows they do not
         cover."""
         pending = self.prepare()
-        records = self.session.records
-        running = [record for record in records.batches(map_key=self.map_key) if not record.done] if pending else []
+        parts = self.attach_or_submit(pending) if pending else []
+        rows = MapRows(self.batch, self.positions, self.calls, self.rows.shape)
+        return ProviderBatch(self.session, self.link, parts, rows)
+
+    def running(self, pending: list[str]) -> tuple[list[BatchRecord], list[str]]:
+        """This map's recorded batches whose results are not taken yet, and the keys of ``pending`` none of them covers."""
+        running = [record for record in self.session.records.batches(map_key=self.map_key) if not record.done]
         covered = {key for record in running for key in record.keys}
+        return running, [key for key in pending if key not in covered]
+
+    def attach_or_submit(self, pending: list[str]) -> list[BatchRecord]:
+        """Attach to the map's running batches; submit the rows they do not cover under a claim on the map, so that of
+        sessions starting it at once one submits. The others wait for the claimer's batches (looking again as a batch's
+        waiting does) and attach; a claim released without batches (a refusal, an upload error), or stale (its claimer
+        gone: ``_batchclaim.is_stale``), is theirs to take. The wait ends there, at ``STALE_SECONDS`` at most."""
+        records, settings = self.session.records, self.settings
+        wait, waited_for = settings.batch_poll_min_wait, None
+        while True:
+            running, to_send = self.running(pending)
+            if not to_send:
+                break
+            claim = Claim(self.map_key, self.session.id, settings.user or user_name(), host_name(), rows=len(to_send))
+            holder = records.batch_claim(claim)
+            if holder is None:
+                try:
+                    running, to_send = self.running(pending)  # what a claimer recorded just before it let go
+                    self.say_attached(running)
+                    return running + (self.submit(to_send) if to_send else [])
+                finally:
+                    records.batch_unclaim(claim)
+            if waited_for != holder.id:
+                waited_for = holder.id
+                notice(
+                    f"waiting for session {holder.session} ({holder.user} on {holder.host}, pid {holder.pid}), which is sending "
+                    f"this map's {holder.rows:,} rows as a provider batch: attaching to it once it is recorded"
+                )
+            pause(wait)
+            wait = min(settings.batch_poll_max_wait, max(wait * 1.5, 0.001))
+        self.say_attached(running)
+        return running
+
+    @staticmethod
+    def say_attached(running: list[BatchRecord]) -> None:
         if running:
             first = running[0]
             when = first.submitted.astimezone().strftime("%Y-%m-%d %H:%M")
@@ -103,10 +150,6 @@ class MapJob:
                 f"attached to provider batch {', '.join(r.id for r in running)} ({first.status}), sent {when} by {first.user} "
                 f"from session {first.session}: its rows are not sent again"
             )
-        to_send = [key for key in pending if key not in covered]
-        parts = running + (self.submit(to_send) if to_send else [])
-        rows = MapRows(self.batch, self.positions, self.calls, self.rows.shape)
-        return ProviderBatch(self.session, self.link, parts, rows)
 
     def need(self, keys: list[str]) -> Need:
         """What the batch may cost at the batch price: every row's prompt, and the output price of one token on every row

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchclaim import PG_CLAIMS
 from ipyllm._batchledger import PG_TABLE
 from ipyllm._usage import COLUMNS, frame_from_columns
 from ipyllm.errors import LedgerUnavailableError
@@ -74,6 +75,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 19: provider batches, so that a batch outlives the kernel that sent it (``_batchledger``).
         PG_TABLE,
         "CREATE INDEX IF NOT EXISTS batches_map ON batches (map_key)",
+    ),
+    (
+        # Issue 19: who is sending a map's batches right now, so that two kernels sending it at once send it once
+        # (``_batchclaim``).
+        PG_CLAIMS,
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

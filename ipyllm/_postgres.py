@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchclaim import DELETE_CLAIM, INSERT_CLAIM, SELECT_CLAIM, Claim, claim_of, claim_values, is_stale
 from ipyllm._batchledger import (
     CLAIM_BATCH,
     INSERT_BATCH,
@@ -44,7 +45,7 @@ from ipyllm._pglink import ServerLink, driver_errors
 from ipyllm._pgschema import INSERT_ROW, MIGRATIONS, ROW_COLUMNS, SCHEMA_VERSION, csv_frame
 from ipyllm._pgwriter import SpoolWriter
 from ipyllm._spool import Spool, spool_path
-from ipyllm._store import CacheEntry, Hold, Limit, Refusal, Sizer, fixed
+from ipyllm._store import CacheEntry, Hold, Limit, Refusal, Sizer, fixed, process_alive
 from ipyllm._usage import UsageRow, micros, row_values, utc_now
 from ipyllm.errors import LedgerUnavailableError
 
@@ -260,3 +261,32 @@ class PostgresStore:
             if release is not None:
                 self.budgets.released(release)
         return True
+
+    def batch_claim(self, claim: Claim) -> Claim | None:
+        """One transaction on the server: a stale claim ended by its id, then ours inserted unless the map's key is
+        taken (``ON CONFLICT DO NOTHING``): of kernels claiming at once, on any machine, one gets it."""
+        with self._lock:
+            connection = self.link.usable()
+            if connection is None:
+                raise self._unreachable("the map is claimed in this kernel only")
+            try:
+                with connection.transaction(), connection.cursor() as cursor:
+                    cursor.execute(postgres(SELECT_CLAIM), [claim.map_key])
+                    row = cursor.fetchone()
+                    if row is not None:
+                        holder = claim_of(row)
+                        if not is_stale(holder, claim.host, process_alive):
+                            return holder
+                        cursor.execute(postgres(DELETE_CLAIM), [holder.id])
+                    cursor.execute(f"{postgres(INSERT_CLAIM)} ON CONFLICT (map_key) DO NOTHING RETURNING id", claim_values(claim))
+                    if cursor.fetchone() is not None:
+                        return None
+                    cursor.execute(postgres(SELECT_CLAIM), [claim.map_key])
+                    taken = cursor.fetchone()
+            except driver_errors() as error:
+                self.link.lost(error)
+                raise self._unreachable("the map is claimed in this kernel only") from None
+        return claim_of(taken) if taken is not None else claim
+
+    def batch_unclaim(self, claim: Claim) -> None:
+        self._batch_write("the map's claim is left to go stale", postgres(DELETE_CLAIM), [claim.id])

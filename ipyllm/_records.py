@@ -21,7 +21,7 @@ from ipyllm._config import LLMConfig
 from ipyllm._ledger import open_store, store_key
 from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
 from ipyllm._notices import notice
-from ipyllm._store import BatchRecord, MemoryLedger, Store
+from ipyllm._store import BatchRecord, Claim, MemoryLedger, Store
 from ipyllm._usage import UsageRow, to_frame
 from ipyllm.errors import LedgerUnavailableError
 
@@ -225,6 +225,16 @@ class Records:
         _, records = self._on_store(lambda store: store.batches(map_key, batch_id))
         known = {record.id for record in records or ()}
         return [*(records or ()), *(r for r in self.memory.batches(map_key, batch_id) if r.id not in known)]
+
+    def batch_claim(self, claim: Claim) -> Claim | None:
+        """Claim sending a map's batches (in the ledger; in memory when there is none, or it cannot be used): None
+        when this session has it, else the claim holding it."""
+        found, holder = self._on_store(lambda store: store.batch_claim(claim))
+        return holder if found else self.memory.batch_claim(claim)
+
+    def batch_unclaim(self, claim: Claim) -> None:
+        self.memory.batch_unclaim(claim)
+        self._on_store(lambda store: store.batch_unclaim(claim))
 
     def batch_collect(
         self, record: BatchRecord, rows: list[UsageRow], entries: list[CacheWrite], release: str | None, status: str = "collected"

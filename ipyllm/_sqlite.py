@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._batchclaim import DELETE_CLAIM, INSERT_CLAIM, SELECT_CLAIM, Claim, claim_of, claim_values, is_stale
 from ipyllm._batchledger import CLAIM_BATCH, INSERT_BATCH, SELECT_BATCHES, UPDATE_BATCH, BatchRecord, batch_values, record_of, update_values
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
@@ -243,3 +244,19 @@ class SQLiteStore:
             if release is not None:
                 connection.execute("DELETE FROM holds WHERE id = ?", [release])
         return True
+
+    def batch_claim(self, claim: Claim) -> Claim | None:
+        """One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file claim one at a time, so one of them gets it."""
+        with self._transaction() as connection:
+            row = connection.execute(SELECT_CLAIM, [claim.map_key]).fetchone()
+            if row is not None:
+                holder = claim_of(row)
+                if not is_stale(holder, claim.host, process_alive):
+                    return holder
+                connection.execute(DELETE_CLAIM, [holder.id])
+            connection.execute(INSERT_CLAIM, claim_values(claim))
+        return None
+
+    def batch_unclaim(self, claim: Claim) -> None:
+        with self._transaction() as connection:
+            connection.execute(DELETE_CLAIM, [claim.id])

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from ipyllm._batchclaim import SQLITE_CLAIMS
 from ipyllm._batchledger import SQLITE_TABLE
 from ipyllm._spool import SpooledEntry
 from ipyllm._usage import COLUMNS
@@ -87,6 +88,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 19: provider batches, so that a batch outlives the kernel that sent it (``_batchledger``).
         SQLITE_TABLE,
         "CREATE INDEX IF NOT EXISTS batches_map ON batches (map_key)",
+    ),
+    (
+        # Issue 19: who is sending a map's batches right now, so that two kernels sending it at once send it once
+        # (``_batchclaim``).
+        SQLITE_CLAIMS,
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

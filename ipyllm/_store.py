@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Protocol
 
+from ipyllm._batchclaim import Claim, is_stale
 from ipyllm._batchledger import BatchRecord
 from ipyllm._notices import notice
 from ipyllm._usage import UsageRow, utc_now
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BatchRecord",
     "CacheEntry",
+    "Claim",
     "Headroom",
     "Hold",
     "Limit",
@@ -121,6 +123,8 @@ class MemoryLedger:
         self._listeners: list[Callable[[UsageRow], object]] = []
         #: Provider batches recorded while no ledger is in use (``:memory:``).
         self._batches: dict[str, BatchRecord] = {}
+        #: Claims on sending a map's batches (``_batchclaim``), by map key.
+        self._claims: dict[str, Claim] = {}
 
     def append(self, row: UsageRow) -> None:
         with self._lock:
@@ -192,6 +196,20 @@ class MemoryLedger:
             known.status, known.collected = status, utc_now()
             return True
 
+    def batch_claim(self, claim: Claim) -> Claim | None:
+        """Claim the map for ``claim``'s session: None when taken (a stale claim taken over), else the claim holding it."""
+        with self._lock:
+            holder = self._claims.get(claim.map_key)
+            if holder is not None and not is_stale(holder, claim.host, process_alive):
+                return holder
+            self._claims[claim.map_key] = claim
+            return None
+
+    def batch_unclaim(self, claim: Claim) -> None:
+        with self._lock:
+            if self._claims.get(claim.map_key) == claim:
+                del self._claims[claim.map_key]
+
 
 def process_alive(pid: int) -> bool:
     if pid == os.getpid():
@@ -258,6 +276,15 @@ class Store(Protocol):
         """Take the batch's results once: in one transaction, mark it ``status`` (``collected``; ``lost`` when the
         provider no longer knows it), write its rows and cache entries, and end its budget hold ``release``. False,
         with nothing written, when its results were already taken (by another kernel)."""
+        ...
+
+    def batch_claim(self, claim: Claim) -> Claim | None:
+        """Claim sending the map ``claim.map_key`` for ``claim``'s session, in one transaction: None when taken (a
+        stale claim is taken over: ``_batchclaim.is_stale``), else the live claim another session holds."""
+        ...
+
+    def batch_unclaim(self, claim: Claim) -> None:
+        """End ``claim`` (its batches are recorded, or its submission failed); another's claim is left alone."""
         ...
 
     def close(self) -> None: ...

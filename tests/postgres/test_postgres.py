@@ -22,6 +22,7 @@ import pytest
 
 import ipyllm
 from ipyllm import _api
+from ipyllm._batchclaim import Claim
 from ipyllm._ledger import open_store
 from ipyllm._locations import parse_location
 from ipyllm._pgschema import SCHEMA_VERSION
@@ -528,3 +529,26 @@ def test_a_provider_batch_on_the_team_ledger_is_attached_to_and_taken_once(team:
     assert pg.sql("SELECT COUNT(*) FROM usage WHERE tier = 'batch'", database=database) == [(6,)]
     assert list(other.batches()["status"]) == ["collected"]
     other.close()
+
+
+def test_a_map_is_claimed_by_one_kernel_on_the_team_ledger(pg: PostgresServer) -> None:
+    database = pg.new_database()
+    url = parse_location(pg.url(database))
+    first, second = open_store(url), open_store(url)
+    assert first is not None and second is not None
+    mine = Claim("map-key", "s1", "ada", "here", rows=6)
+    assert first.batch_claim(mine) is None
+    assert second.batch_claim(Claim("map-key", "s2", "bob", "here")) == mine  # the other kernel waits for it
+    first.batch_unclaim(mine)
+    theirs = Claim("map-key", "s2", "bob", "here")
+    assert second.batch_claim(theirs) is None
+    # A claim of a process on this host that has died is taken over.
+    assert first.batch_claim(Claim("dead-map", "s3", host="here", pid=2**22 + 12345)) is None
+    taker = Claim("dead-map", "s4", host="here")
+    assert second.batch_claim(taker) is None and first.batch_claim(Claim("dead-map", "s5", host="here")) == taker
+    assert pg.sql("SELECT map_key, session FROM batch_claims ORDER BY map_key", database=database) == [
+        ("dead-map", "s4"),
+        ("map-key", "s2"),
+    ]
+    first.close()
+    second.close()

@@ -3,10 +3,14 @@ map, and their results taken once, in one transaction with the rows, the cache e
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from ipyllm._batchclaim import STALE_SECONDS, Claim
 from ipyllm._batchledger import BatchRecord, batch_values, record_of
 from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
@@ -59,3 +63,37 @@ def test_the_memory_ledger_keeps_batches_of_a_session_without_a_ledger() -> None
     assert [r.status for r in memory.batches(map_key="map-key")] == ["completed"]
     assert memory.batch_collect("batch_1") is True and memory.batch_collect("batch_1") is False
     assert memory.batches(batch_id="batch_1")[0].done
+
+
+def dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_map_is_claimed_once_until_released_or_left_stale(tmp_path: Path) -> None:
+    sqlite = SQLiteStore(SQLiteFile(tmp_path / "ledger.sqlite"))
+    for store in (sqlite, MemoryLedger()):
+        first = Claim("map-key", "s1", "ada", "here", rows=30)
+        assert store.batch_claim(first) is None
+        assert store.batch_claim(Claim("map-key", "s2", "bob", "here")) == first  # the holder, as recorded
+        assert store.batch_claim(Claim("other-map", "s2", "bob", "here")) is None  # another map is another claim
+        store.batch_unclaim(Claim("map-key", "s2", "bob", "here"))  # another's claim is left alone
+        assert store.batch_claim(Claim("map-key", "s2", "bob", "here")) == first
+        store.batch_unclaim(first)
+        second = Claim("map-key", "s2", "bob", "here")
+        assert store.batch_claim(second) is None
+        # Stale: its process is gone (on the same host only), or it is older than STALE_SECONDS.
+        store.batch_unclaim(second)
+        assert store.batch_claim(Claim("map-key", "s3", host="there", pid=dead_pid())) is None
+        assert store.batch_claim(Claim("map-key", "s4", host="here")) is not None  # another host's pid is not asked
+        old = datetime.now(timezone.utc) - timedelta(seconds=STALE_SECONDS + 1)
+        for left in (Claim("map-key2", "s5", host="here", pid=dead_pid()), Claim("map-key3", "s5", host="here", created=old)):
+            assert store.batch_claim(left) is None
+            taker = Claim(left.map_key, "s6", host="here", pid=os.getpid())
+            assert store.batch_claim(taker) is None
+            assert store.batch_claim(Claim(left.map_key, "s7", host="here")) == taker
+    with sqlite3.connect(tmp_path / "ledger.sqlite") as connection:
+        rows = connection.execute("SELECT map_key, session FROM batch_claims ORDER BY map_key").fetchall()
+    assert rows == [("map-key", "s3"), ("map-key2", "s6"), ("map-key3", "s6"), ("other-map", "s2")]
+    sqlite.close()
