@@ -42,6 +42,10 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
+#: The provider's statuses, least advanced first.
+_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "completed", "expired", "cancelled", "failed", "lost", "collected")
+
+
 @dataclass
 class MapRows:
     """What a map knows of its rows that a handle from ``ipyllm.batch(id)`` does not: each key's positions in the
@@ -85,19 +89,7 @@ class ProviderBatch:
         """The provider's status (the least advanced of the parts'), or ``collected`` once the results are taken."""
         if self.collected or not self.parts:
             return "collected"
-        order = (
-            "validating",
-            "in_progress",
-            "finalizing",
-            "cancelling",
-            "completed",
-            "expired",
-            "cancelled",
-            "failed",
-            "lost",
-            "collected",
-        )
-        return min((part.status for part in self.parts), key=lambda status: order.index(status) if status in order else 0)
+        return min((part.status for part in self.parts), key=lambda status: _ORDER.index(status) if status in _ORDER else 0)
 
     def counts(self) -> tuple[int, int, int]:
         """Rows done, failed, and in all, as the provider counts them."""
@@ -108,17 +100,7 @@ class ProviderBatch:
         )
 
     def __repr__(self) -> str:
-        if not self.parts:
-            return "<ipyllm provider batch: nothing to send, every row answered from the cache>"
-        done, failed, total = self.counts()
-        first = self.parts[0]
-        ago = _clock(time.time() - first.submitted.timestamp())
-        which = self.ids[0] if len(self.parts) == 1 else f"{self.ids[0]} (+{len(self.parts) - 1} more)"
-        failures = f", {failed:,} failed" if failed else ""
-        return (
-            f"<ipyllm provider batch {which}: {self.status} · {done + failed:,}/{total:,} done{failures} · "
-            f"{first.provider} {first.model} · submitted {ago} ago>"
-        )
+        return _describe(self)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
@@ -173,14 +155,7 @@ class ProviderBatch:
         return self
 
     def detached_message(self) -> str:
-        done, failed, total = self.counts()
-        first = self.parts[0] if self.parts else None
-        where = first.provider if first else "the provider"
-        cancel = f"ipyllm.batch({self.id!r}).cancel()"
-        return (
-            f"stopped waiting for provider batch {', '.join(self.ids)} ({self.status}, {done + failed:,}/{total:,} done): "
-            f"it goes on at {where}; run the same map again to attach to it, or {cancel} to cancel it"
-        )
+        return _detached(self)
 
     def _show(self, tally: Tally) -> None:
         done, failed, total = self.counts()
@@ -319,6 +294,33 @@ def _detached_rows(session: Session, parts: list[BatchRecord]) -> MapRows:
     batch = Batch(parts[0].id if parts else "none", pd.Index(keys, name="custom_id"), Tally(len(keys)), None, session)
     batch.replies, batch.parsed, batch.row_errors = [None] * len(keys), [None] * len(keys), [None] * len(keys)
     return MapRows(batch, {key: [position] for position, key in enumerate(keys)}, {})
+
+
+def _describe(handle: ProviderBatch) -> str:
+    """The handle's repr: where its batch is, how far, whose, since when."""
+    if not handle.parts:
+        return "<ipyllm provider batch: nothing to send, every row answered from the cache>"
+    done, failed, total = handle.counts()
+    first = handle.parts[0]
+    ago = _clock(time.time() - first.submitted.timestamp())
+    which = handle.ids[0] if len(handle.parts) == 1 else f"{handle.ids[0]} (+{len(handle.parts) - 1} more)"
+    failures = f", {failed:,} failed" if failed else ""
+    return (
+        f"<ipyllm provider batch {which}: {handle.status} · {done + failed:,}/{total:,} done{failures} · "
+        f"{first.provider} {first.model} · submitted {ago} ago>"
+    )
+
+
+def _detached(handle: ProviderBatch) -> str:
+    """What Ctrl-C during a wait says: the batch goes on, and how to attach to it or cancel it."""
+    done, failed, total = handle.counts()
+    first = handle.parts[0] if handle.parts else None
+    where = first.provider if first else "the provider"
+    cancel = f"ipyllm.batch({handle.id!r}).cancel()"
+    return (
+        f"stopped waiting for provider batch {', '.join(handle.ids)} ({handle.status}, {done + failed:,}/{total:,} done): "
+        f"it goes on at {where}; run the same map again to attach to it, or {cancel} to cancel it"
+    )
 
 
 def _clock(seconds: float) -> str:

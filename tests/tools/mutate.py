@@ -655,7 +655,7 @@ MUTATIONS: list[Mutation] = [
         "budgets",
         "a map stops at the first refusal while its own calls in flight hold the room",
         "ipyllm/_batchrun.py",
-        "                if await self.room_may_come(error.refusal, need()):",
+        "                if await self.flight.room_may_come(error.refusal, need()):",
         "                if False:",
         "tests/batch/test_budget.py -k map_over_long",
     ),
