@@ -11,12 +11,16 @@ process of its own, as a provider does. Two phases are timed, each in a fresh se
 For each: wall time, this process's CPU time (the client's own work; the stub's is in its own process), and the
 peak of Python allocations above what was allocated before the phase (tracemalloc, measured in a second run of
 the phase, since tracing slows it down), with the frame itself allocated before.
-Everything is offline: the stub server echoes the prompts.
+Everything is offline: the stub server echoes the prompts, so rows of one length share one usage (the frame's
+reviews have 120 lengths). ``--distinct`` makes every row's usage its own, as a provider's are: the output file, as
+downloaded, has each line's ``prompt_tokens`` raised by its row's number and some of them reported as cached
+(``prompt_tokens_details.cached_tokens``), so that each of the 10,000 rows is priced on its own.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -53,8 +57,23 @@ def frame(rows: int, run: int) -> Any:
     return pd.DataFrame({"n": range(rows), "text": texts}, index=[f"review-{i}" for i in range(rows)])
 
 
-def one_run(url: str, rows: int, run: int, traced: bool) -> dict[str, float]:
+def distinct_usages(data: bytes) -> bytes:
+    """The output file with every line's usage its own: ``prompt_tokens`` raised by the line's number, some cached."""
+    lines = []
+    for number, text in enumerate(data.decode().splitlines()):
+        line = json.loads(text)
+        usage = ((line.get("response") or {}).get("body") or {}).get("usage")
+        if usage:
+            usage["prompt_tokens"] += number
+            usage["total_tokens"] += number
+            usage["prompt_tokens_details"] = {"cached_tokens": number * 37 % usage["prompt_tokens"], "audio_tokens": 0}
+        lines.append(json.dumps(line) + "\n")
+    return "".join(lines).encode()
+
+
+def one_run(url: str, rows: int, run: int, traced: bool, distinct: bool = False) -> dict[str, float]:
     import ipyllm
+    from ipyllm import _litellm
 
     directory = Path(tempfile.mkdtemp(prefix="ipyllm-provider-batch-"))
     session = ipyllm.Session(base_url=url, api_key="sk-stub", usage_db=str(directory / "usage.sqlite"))
@@ -79,13 +98,28 @@ def one_run(url: str, rows: int, run: int, traced: bool) -> dict[str, float]:
     handle = phase("submit", lambda: session.map(TEMPLATE, data, via="batch", wait=False, progress=False))
     while not handle.refresh().ended:
         time.sleep(0.01)
-    result = phase("collect", handle.collect)
+    download = _litellm.file_content
+    if distinct:
+        # The file as a provider whose usages all differ would send it: downloaded for real (timed), then replaced by
+        # its rewritten copy, made before the phase.
+        assert handle.parts[0].output_file_id is not None
+        rewritten = distinct_usages(handle.link.call("benchmark", download, handle.parts[0].output_file_id))
+
+        def distinct_download(connection: dict[str, Any], provider: str, file_id: str) -> bytes:
+            data = download(connection, provider, file_id)
+            return rewritten if file_id == handle.parts[0].output_file_id else data
+
+        _litellm.file_content = distinct_download  # type: ignore[assignment]
+    try:
+        result = phase("collect", handle.collect)
+    finally:
+        _litellm.file_content = download  # type: ignore[assignment]
     assert result is None and handle.rows is not None
     answered = handle.rows.batch.result
     assert answered.notna().all() and answered.index.equals(data.index), "every row answered, aligned"
     usage = session.usage()
     assert len(usage) == rows
-    figures["usages"] = len(usage.groupby(["prompt_tokens", "completion_tokens"]))
+    figures["usages"] = len(usage.groupby(["prompt_tokens", "completion_tokens", "cached_tokens"], dropna=False))
     session.close()
     return figures
 
@@ -94,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--distinct", action="store_true", help="every row's usage its own (each row priced on its own)")
     args = parser.parse_args()
     from ipyllm._litellm import load_litellm
 
@@ -104,8 +139,8 @@ def main() -> None:
         print(f"{args.rows:,} rows, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
         print("run | submit: wall / client CPU / peak MB | collect: wall / client CPU / peak MB")
         for run in range(args.runs):
-            timed = one_run(url, args.rows, run * 2, traced=False)
-            traced = one_run(url, args.rows, run * 2 + 1, traced=True)
+            timed = one_run(url, args.rows, run * 2, traced=False, distinct=args.distinct)
+            traced = one_run(url, args.rows, run * 2 + 1, traced=True, distinct=args.distinct)
             print(
                 f"{run + 1} | {timed['submit_wall']:.2f} s / {timed['submit_cpu']:.2f} s / {traced['submit_peak_mb']:.0f} MB"
                 f" | {timed['collect_wall']:.2f} s / {timed['collect_cpu']:.2f} s / {traced['collect_peak_mb']:.0f} MB"

@@ -26,11 +26,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ipyllm import _loop
+from ipyllm._batchcost import batch_price
 from ipyllm._batchdata import Batch
 from ipyllm._batchjob import MapJob
 from ipyllm._batchrun import Run
 from ipyllm._budget import usd
-from ipyllm._cost import batch_price
 from ipyllm._helpers import helpers
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, progress_display

@@ -27,12 +27,13 @@ from datetime import datetime, timezone
 
 from ipyllm import _litellm
 from ipyllm._batchclaim import Claim
+from ipyllm._batchcost import batch_price
 from ipyllm._batchdata import Batch, MissingValue
 from ipyllm._batchledger import BatchRecord
 from ipyllm._batchlink import BatchLink, check_batchable
 from ipyllm._budget import Need, Reservation, host_name, usd, user_name
 from ipyllm._calls import Prepared
-from ipyllm._cost import batch_price, estimate
+from ipyllm._cost import estimate
 from ipyllm._engine import Reply
 from ipyllm._jobfile import MAX_FILE_BYTES, MAX_REQUESTS, request_body, request_line, split
 from ipyllm._litellm import resolve_provider

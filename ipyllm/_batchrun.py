@@ -58,9 +58,7 @@ class Run:
         self.writer = None if limited else Writer(session.records, self.batch.id)
         self.stop = False
         self.send: Any = None
-        #: Calls of this batch in flight, and a condition notified as each ends (made on the batch's loop).
-        self.in_flight = 0
-        self._ended: Any = None
+        self.flight = InFlight()
         #: With prompt caching: set once the first row sent has ended (the other rows wait for it), and whether a
         #: worker is sending it.
         self._primed: Any = None
@@ -80,7 +78,7 @@ class Run:
         import asyncio
 
         pace = Pace(self.concurrency, self.tally)
-        self._ended = asyncio.Condition()
+        self.flight.ended_calls = asyncio.Condition()
         self._primed = asyncio.Event() if self.rows.cache is not None else None
         rows = self.rows.calls(self.counted, self.session.records, self.resume)
         if self.processes > 1 and self.session.client._acompletion is None:
@@ -147,7 +145,7 @@ class Run:
             batch.not_sent(position)
             return
         with reservation:
-            self.in_flight += 1
+            self.flight.count += 1
             try:
                 reply = await self.session.client.achat(
                     call.settings,
@@ -170,8 +168,8 @@ class Run:
                     batch.stop_reason = error.message
                 return
             finally:
-                self.in_flight -= 1
-                await self.ended()
+                self.flight.count -= 1
+                await self.flight.ended()
         pace.succeeded()
         if not batch.answered(position, reply):  # a reply that does not fit the schema: its error says so
             return
@@ -205,7 +203,7 @@ class Run:
             try:
                 return self.session.reserve(call, need, quiet=True)
             except BudgetExceededError as error:
-                if await self.room_may_come(error.refusal, need()):
+                if await self.flight.room_may_come(error.refusal, need()):
                     continue
                 if self.stop:
                     break
@@ -213,36 +211,6 @@ class Run:
                 self.batch.stop_reason = self.batch.budget_message = error.message
                 self.session.budgets.refused(error, self.counted)
         return None
-
-    async def room_may_come(self, room: Headroom | None, need: Need) -> bool:
-        """After a refusal: True once it is worth asking again (a call of the batch ended, or a while passed while
-        other kernels' calls hold room that could be freed); False when nothing in flight could make room."""
-        import asyncio
-
-        if room is None:  # no price: no wait makes room
-            return False
-        if self.in_flight:
-            await self.wait_for_an_end()
-            return True
-        if room.holds and room.limit.limit - room.spent >= need.minimum:
-            await asyncio.sleep(0.25)  # another kernel's calls: they end on their own
-            return True
-        return False
-
-    async def wait_for_an_end(self) -> None:
-        """Until one of the batch's calls ends (at most half a second: a call may end before the wait starts)."""
-        import asyncio
-
-        assert self._ended is not None
-        async with self._ended:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._ended.wait(), 0.5)
-
-    async def ended(self) -> None:
-        """A call of the batch ended: rows waiting for room ask again."""
-        if self._ended is not None:
-            async with self._ended:
-                self._ended.notify_all()
 
     # -- the end ----------------------------------------------------------------------------------------------------
     def finish_quietly(self) -> None:
@@ -260,3 +228,42 @@ class Run:
         batch.summarize()
         self.session.last_batch = batch
         return batch
+
+
+class InFlight:
+    """A batch's calls in flight, and a condition notified as each ends (made on the batch's loop): what a row refused
+    by a budget waits for, since a call that ends settles its hold at what it really cost."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ended_calls: Any = None
+
+    async def room_may_come(self, room: Headroom | None, need: Need) -> bool:
+        """After a refusal: True once it is worth asking again (a call of the batch ended, or a while passed while
+        other kernels' calls hold room that could be freed); False when nothing in flight could make room."""
+        import asyncio
+
+        if room is None:  # no price: no wait makes room
+            return False
+        if self.count:
+            await self.wait_for_an_end()
+            return True
+        if room.holds and room.limit.limit - room.spent >= need.minimum:
+            await asyncio.sleep(0.25)  # another kernel's calls: they end on their own
+            return True
+        return False
+
+    async def wait_for_an_end(self) -> None:
+        """Until one of the batch's calls ends (at most half a second: a call may end before the wait starts)."""
+        import asyncio
+
+        assert self.ended_calls is not None
+        async with self.ended_calls:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.ended_calls.wait(), 0.5)
+
+    async def ended(self) -> None:
+        """A call of the batch ended: rows waiting for room ask again."""
+        if self.ended_calls is not None:
+            async with self.ended_calls:
+                self.ended_calls.notify_all()

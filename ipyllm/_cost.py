@@ -18,11 +18,8 @@ from ipyllm._display import format_cost
 from ipyllm._litellm import hidden_params, load_litellm, max_output_tokens, resolve_provider
 
 __all__ = [
-    "HALF_PRICE_BATCH_PROVIDERS",
     "UNKNOWN_MAX_OUTPUT",
-    "BatchPrice",
     "Estimate",
-    "batch_price",
     "cache_creation_tokens",
     "cached_tokens",
     "call_cost",
@@ -283,66 +280,3 @@ def price(
     except Exception:
         return math.nan
     return float(prompt_cost) + float(completion_cost)
-
-
-# -- the batch price ---------------------------------------------------------------------------------------------
-#: Providers whose Batch API is documented at half the live price: where litellm's map has no batch rate for a
-#: model of theirs, half its live price is taken.
-HALF_PRICE_BATCH_PROVIDERS = frozenset({"openai", "azure", "anthropic", "vertex_ai", "gemini", "bedrock", "mistral", "xai"})
-
-#: What a batch price rests on, as said in the batch's summary and ``ipyllm.batches()``.
-BATCH_BASES = {
-    "batch": "litellm's batch prices",
-    "half": "half the live price (litellm's map has no batch price for it; the provider documents 50 %)",
-    "live": "the live price (no batch discount is known for this provider)",
-    "unknown": "no price known",
-}
-
-
-@dataclass(frozen=True)
-class BatchPrice:
-    """USD for tokens bought through a provider's Batch API, and what the figure rests on (``BATCH_BASES``)."""
-
-    usd: float
-    basis: str
-
-    @property
-    def note(self) -> str:
-        return BATCH_BASES[self.basis]
-
-
-def batch_price(
-    settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, usage: Any = None
-) -> BatchPrice:
-    """USD for these tokens at the batch price: litellm's ``*_cost_per_token_batches`` rates (its own batch cost
-    calculator, ``call_type="retrieve_batch"``, with cached tokens at their batch rate); without them, half the live
-    price where the provider documents 50 % (``HALF_PRICE_BATCH_PROVIDERS``), else the live price. Also an estimate:
-    tokens in, USD out. NaN (basis ``unknown``) where the model has no price."""
-    litellm = load_litellm()
-    custom = custom_price(settings, model)
-    if isinstance(custom, dict):  # per-token prices of the session's own: no batch rate of theirs is known
-        live = price(settings, model, provider, prompt_tokens, completion_tokens)
-        half = provider in HALF_PRICE_BATCH_PROVIDERS
-        return BatchPrice(live / 2 if half else live, "unknown" if math.isnan(live) else "half" if half else "live")
-    priced, priced_provider = (custom, None) if isinstance(custom, str) else (model, provider)
-    try:
-        info = litellm.get_model_info(priced, custom_llm_provider=priced_provider)
-    except Exception:
-        return BatchPrice(math.nan, "unknown")
-    rates = info.get("input_cost_per_token_batches") is not None or info.get("output_cost_per_token_batches") is not None
-    if not rates and provider not in HALF_PRICE_BATCH_PROVIDERS:
-        live = price(settings, model, provider, prompt_tokens, completion_tokens, usage=usage)
-        return BatchPrice(live, "unknown" if math.isnan(live) else "live")
-    arguments: dict[str, Any] = {"model": priced, "custom_llm_provider": priced_provider}
-    if usage is not None:
-        try:
-            arguments["usage_object"] = usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))
-        except Exception:
-            pass  # priced from the counts alone
-    try:
-        prompt_cost, completion_cost = litellm.cost_per_token(
-            prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, call_type="retrieve_batch", **arguments
-        )
-    except Exception:
-        return BatchPrice(math.nan, "unknown")
-    return BatchPrice(float(prompt_cost) + float(completion_cost), "batch" if rates else "half")

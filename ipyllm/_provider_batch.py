@@ -6,7 +6,7 @@ through the session's retry policy; the progress is live map's display, showing 
 counts and the time elapsed. Ctrl-C stops the waiting, not the batch (``BatchDetached``, one line).
 
 When the batch has ended (completed, expired, cancelled, failed), its output and error files are read and each line
-becomes one usage row (``tier`` ``batch``, the provider's tokens, ``cost_usd`` at the batch price: ``_cost.batch_price``)
+becomes one usage row (``tier`` ``batch``, the provider's tokens, ``cost_usd`` at the batch price: ``_batchresults``)
 and its answer a cache entry (live map's entry, so a later map, live or batch, is answered from it). The rows, the
 entries, the end of the budget hold and the status ``collected`` are written in one ledger transaction: a second
 kernel that comes to take them finds them taken, and answers its rows from the cache instead. A line that failed,
@@ -15,10 +15,8 @@ or never ran (expiry, cancellation), is that row's ``error`` row; the rows that 
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -27,19 +25,16 @@ from ipyllm import _litellm
 from ipyllm._batchdata import Batch
 from ipyllm._batchledger import ENDED, BatchRecord
 from ipyllm._batchlink import BatchGoneError, BatchLink
-from ipyllm._calls import Prepared, answer_entry
-from ipyllm._config import Settings
-from ipyllm._cost import BatchPrice, batch_price, cache_creation_tokens, cached_tokens
+from ipyllm._batchresults import AGAIN, result_rows
+from ipyllm._calls import Prepared
 from ipyllm._engine import Reply
 from ipyllm._jobfile import LineResult, parse_results
 from ipyllm._progress import Tally, progress_display
-from ipyllm._records import CacheWrite
 from ipyllm._schema import Schema
 from ipyllm._session import Session
-from ipyllm._usage import UsageRow
-from ipyllm.errors import BatchDetached, InvalidOutputError
+from ipyllm.errors import BatchDetached
 
-__all__ = ["MapRows", "ProviderBatch", "pause", "result_rows"]
+__all__ = ["MapRows", "ProviderBatch", "pause"]
 
 
 def pause(seconds: float) -> None:
@@ -47,14 +42,8 @@ def pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
-_NEVER_RAN = {
-    "expired": "BatchExpired: provider batch {id} expired (its 24 h window ended) before this row ran",
-    "cancelled": "BatchCancelled: provider batch {id} was cancelled before this row ran",
-    "failed": "BatchFailed: provider batch {id} failed{why}",
-    "lost": "BatchLost: the provider no longer knows batch {id}",
-    "completed": "BatchError: provider batch {id} completed without a result for this row",
-}
-_AGAIN = "; run the same map again to send it"
+#: The provider's statuses, least advanced first.
+_ORDER = ("validating", "in_progress", "finalizing", "cancelling", "completed", "expired", "cancelled", "failed", "lost", "collected")
 
 
 @dataclass
@@ -100,19 +89,7 @@ class ProviderBatch:
         """The provider's status (the least advanced of the parts'), or ``collected`` once the results are taken."""
         if self.collected or not self.parts:
             return "collected"
-        order = (
-            "validating",
-            "in_progress",
-            "finalizing",
-            "cancelling",
-            "completed",
-            "expired",
-            "cancelled",
-            "failed",
-            "lost",
-            "collected",
-        )
-        return min((part.status for part in self.parts), key=lambda status: order.index(status) if status in order else 0)
+        return min((part.status for part in self.parts), key=lambda status: _ORDER.index(status) if status in _ORDER else 0)
 
     def counts(self) -> tuple[int, int, int]:
         """Rows done, failed, and in all, as the provider counts them."""
@@ -123,17 +100,7 @@ class ProviderBatch:
         )
 
     def __repr__(self) -> str:
-        if not self.parts:
-            return "<ipyllm provider batch: nothing to send, every row answered from the cache>"
-        done, failed, total = self.counts()
-        first = self.parts[0]
-        ago = _clock(time.time() - first.submitted.timestamp())
-        which = self.ids[0] if len(self.parts) == 1 else f"{self.ids[0]} (+{len(self.parts) - 1} more)"
-        failures = f", {failed:,} failed" if failed else ""
-        return (
-            f"<ipyllm provider batch {which}: {self.status} · {done + failed:,}/{total:,} done{failures} · "
-            f"{first.provider} {first.model} · submitted {ago} ago>"
-        )
+        return _describe(self)
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))
@@ -188,14 +155,7 @@ class ProviderBatch:
         return self
 
     def detached_message(self) -> str:
-        done, failed, total = self.counts()
-        first = self.parts[0] if self.parts else None
-        where = first.provider if first else "the provider"
-        cancel = f"ipyllm.batch({self.id!r}).cancel()"
-        return (
-            f"stopped waiting for provider batch {', '.join(self.ids)} ({self.status}, {done + failed:,}/{total:,} done): "
-            f"it goes on at {where}; run the same map again to attach to it, or {cancel} to cancel it"
-        )
+        return _detached(self)
 
     def _show(self, tally: Tally) -> None:
         done, failed, total = self.counts()
@@ -232,7 +192,7 @@ class ProviderBatch:
         batch.provider_batches = tuple(self.ids)
         for position, error in enumerate(batch.row_errors):
             if error is None and batch.replies[position] is None:
-                batch.failed(position, "BatchError: no result for this row" + _AGAIN)
+                batch.failed(position, "BatchError: no result for this row" + AGAIN)
         batch.build_result()
         batch.summarize()
         named = ", ".join(self.ids) if self.parts else "(nothing sent)"
@@ -295,45 +255,10 @@ class ProviderBatch:
                 if isinstance(answer, Reply):
                     self.rows.batch.answered(position, answer)
                 else:
-                    self.rows.batch.failed(position, f"BatchError: no answer from provider batch {record.id} ({record.status}){_AGAIN}")
+                    self.rows.batch.failed(position, f"BatchError: no answer from provider batch {record.id} ({record.status}){AGAIN}")
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------------
-def result_rows(
-    stamp: Callable[[UsageRow], UsageRow],
-    settings: Settings,
-    part: BatchRecord,
-    lines: dict[str, LineResult],
-    reason: str,
-    shape: Schema | None,
-) -> tuple[list[UsageRow], list[CacheWrite], dict[str, tuple[Reply | None, str | None]]]:
-    """A part's results: each key's usage row (stamped), its cache entry, and its answer (a reply, or why there is
-    none). ``reason``: why the provider failed the batch, when it did; ``shape``: the map's schema."""
-    ended = part.ended or datetime.now(timezone.utc)
-    latency = max(0.0, (ended - part.submitted).total_seconds())
-    rows: list[UsageRow] = []
-    entries: list[CacheWrite] = []
-    answers: dict[str, tuple[Reply | None, str | None]] = {}
-    prices: dict[str, BatchPrice] = {}  # litellm prices a usage in about 1 ms: rows with the same usage share one
-    for key in part.keys:
-        line = lines.get(key)
-        row = stamp(UsageRow(timestamp=part.submitted, kind="chat", model=part.model, provider=part.provider, tier="batch"))
-        row.latency_s = latency
-        if line is not None and line.error is None:
-            _priced(row, line, settings, prices)
-            reply = Reply(line.text, row)
-            reply.finish_reason = line.finish_reason
-            answers[key] = (reply, None)
-            if _keep(line, part, shape):
-                entries.append((key, "chat", part.model, answer_entry(line.text, row)))
-        else:
-            why = _why(part, line, reason)
-            row.status, row.error, row.cost_usd, row.attempts = "error", why, 0.0, 0 if line is None else 1
-            answers[key] = (None, why)
-        rows.append(row)
-    return rows, entries, answers
-
-
 def _updated(part: BatchRecord, seen: Any) -> BatchRecord:
     """The record with what the provider said of the batch."""
     counts = getattr(seen, "request_counts", None)
@@ -361,45 +286,6 @@ def _errors(seen: Any) -> str:
     return f" ({message})" if message else ""
 
 
-def _why(part: BatchRecord, line: LineResult | None, reason: str) -> str:
-    """A row's error: its line's failure, or why it never ran, and how to send it again."""
-    if line is not None and line.error is not None and not line.error.startswith(("batch_expired", "batch_cancelled")):
-        return f"BatchLineError: {line.error}{_AGAIN}"
-    status = part.status if part.status in _NEVER_RAN else "completed"
-    if line is not None and line.error is not None:
-        status = "expired" if line.error.startswith("batch_expired") else "cancelled"
-    return _NEVER_RAN[status].format(id=part.id, why=reason) + _AGAIN
-
-
-def _priced(row: UsageRow, line: LineResult, settings: Settings, prices: dict[str, BatchPrice]) -> None:
-    """The row's tokens as the provider reported them, and their cost at the batch price (``prices``: those of the usages
-    priced so far, by the usage's JSON)."""
-    prompt, completion = line.tokens()
-    usage = line.usage
-    row.prompt_tokens, row.completion_tokens = prompt, completion
-    row.total_tokens = None if prompt is None else prompt + (completion or 0)
-    row.cached_tokens, row.cache_creation_tokens = cached_tokens(usage), cache_creation_tokens(usage)
-    row.attempts = 1
-    seen = json.dumps(usage, sort_keys=True)
-    priced = prices.get(seen)
-    if priced is None:
-        priced = prices[seen] = batch_price(settings, row.model, row.provider, prompt or 0, completion or 0, usage)
-    row.cost_usd = priced.usd if prompt is not None else math.nan
-
-
-def _keep(line: LineResult, part: BatchRecord, shape: Schema | None) -> bool:
-    """Whether the answer goes into the cache: not an empty one, one a budget's cap cut short, or one that does not fit
-    the schema (as live map keeps them)."""
-    if not line.text or (part.output_cap is not None and line.finish_reason == "length"):
-        return False
-    if shape is not None:
-        try:
-            shape.parse(line.text)
-        except InvalidOutputError:
-            return False
-    return True
-
-
 def _detached_rows(session: Session, parts: list[BatchRecord]) -> MapRows:
     """For ``ipyllm.batch(id)``, without the map's data: one row per key, indexed by the keys."""
     import pandas as pd
@@ -408,6 +294,33 @@ def _detached_rows(session: Session, parts: list[BatchRecord]) -> MapRows:
     batch = Batch(parts[0].id if parts else "none", pd.Index(keys, name="custom_id"), Tally(len(keys)), None, session)
     batch.replies, batch.parsed, batch.row_errors = [None] * len(keys), [None] * len(keys), [None] * len(keys)
     return MapRows(batch, {key: [position] for position, key in enumerate(keys)}, {})
+
+
+def _describe(handle: ProviderBatch) -> str:
+    """The handle's repr: where its batch is, how far, whose, since when."""
+    if not handle.parts:
+        return "<ipyllm provider batch: nothing to send, every row answered from the cache>"
+    done, failed, total = handle.counts()
+    first = handle.parts[0]
+    ago = _clock(time.time() - first.submitted.timestamp())
+    which = handle.ids[0] if len(handle.parts) == 1 else f"{handle.ids[0]} (+{len(handle.parts) - 1} more)"
+    failures = f", {failed:,} failed" if failed else ""
+    return (
+        f"<ipyllm provider batch {which}: {handle.status} · {done + failed:,}/{total:,} done{failures} · "
+        f"{first.provider} {first.model} · submitted {ago} ago>"
+    )
+
+
+def _detached(handle: ProviderBatch) -> str:
+    """What Ctrl-C during a wait says: the batch goes on, and how to attach to it or cancel it."""
+    done, failed, total = handle.counts()
+    first = handle.parts[0] if handle.parts else None
+    where = first.provider if first else "the provider"
+    cancel = f"ipyllm.batch({handle.id!r}).cancel()"
+    return (
+        f"stopped waiting for provider batch {', '.join(handle.ids)} ({handle.status}, {done + failed:,}/{total:,} done): "
+        f"it goes on at {where}; run the same map again to attach to it, or {cancel} to cancel it"
+    )
 
 
 def _clock(seconds: float) -> str:

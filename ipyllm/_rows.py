@@ -12,9 +12,10 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ipyllm._batchcost import batch_price
 from ipyllm._batchdata import Fields, MissingValue, fill, is_missing, rows_of, template_fields, template_prefix
 from ipyllm._calls import Prepared, cached_entries
-from ipyllm._cost import batch_price, count_tokens, estimate
+from ipyllm._cost import count_tokens, estimate
 from ipyllm._engine import as_messages
 from ipyllm._litellm import load_litellm, resolve_provider
 from ipyllm._promptcache import CachePlan, estimate_cache_hits, plan_prompt_cache, shared_messages

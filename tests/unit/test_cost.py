@@ -7,6 +7,7 @@ Expected prices are computed here from ``litellm.model_cost``, never from ipyllm
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import pytest
@@ -14,7 +15,8 @@ from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm import _api
-from ipyllm._cost import batch_price, price
+from ipyllm._batchcost import BatchPricer, batch_price
+from ipyllm._cost import price
 from ipyllm._display import footer
 from ipyllm._litellm import load_litellm
 from ipyllm._usage import UsageRow
@@ -342,3 +344,69 @@ def test_the_batch_price_is_litellms_batch_rate_or_half_the_live_price_where_doc
     assert own.basis == "half" and own.usd == pytest.approx((1000e-6 + 200e-6) / 2)
     unknown = batch_price(settings, "no-such-model-at-all", None, 10, 10)
     assert unknown.basis == "unknown" and unknown.usd != unknown.usd
+
+
+def random_usage(rng: random.Random, prompt: int) -> dict[str, Any]:
+    """A usage as a provider's batch output reports it: OpenAI's cached tokens in the details, Anthropic's cache reads
+    and writes beside the counts, or none."""
+    completion = rng.randrange(0, 4000)
+    usage: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    shape = rng.randrange(3)
+    if shape == 1:
+        usage["prompt_tokens_details"] = {"cached_tokens": rng.randrange(0, prompt + 1), "audio_tokens": 0}
+        usage["completion_tokens_details"] = {"reasoning_tokens": rng.randrange(0, completion + 1)}
+    elif shape == 2:
+        read = rng.randrange(0, prompt + 1)
+        usage["cache_read_input_tokens"] = read
+        usage["cache_creation_input_tokens"] = rng.randrange(0, prompt - read + 1)
+    return usage
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "fast"),
+    [
+        ("gpt-4o-mini", "openai", True),  # batch rates, a cache-read rate
+        ("claude-sonnet-4-5", "anthropic", True),  # batch rates for cache reads and writes
+        ("mistral/mistral-large-latest", "mistral", True),  # no batch rate: the live rates halved
+        ("gemini/gemini-2.5-pro", "gemini", False),  # tiered above 200k prompt tokens: litellm row by row
+    ],
+)
+def test_batch_rates_price_each_usage_as_litellms_batch_cost_calculator(
+    clean_config: ipyllm.LLMConfig, model: str, provider: str, fast: bool
+) -> None:
+    litellm = load_litellm()
+    settings = clean_config.snapshot()
+    pricer = BatchPricer(settings, model, provider)
+    assert (pricer.rates is not None) is fast
+    rng = random.Random(19)
+    for _ in range(400):
+        prompt = rng.choice([rng.randrange(0, 5000), rng.randrange(150_000, 260_000)])
+        usage = random_usage(rng, prompt)
+        completion = usage["completion_tokens"]
+        expected = batch_price(settings, model, provider, prompt, completion, usage)
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=model, custom_llm_provider=provider, usage_object=litellm.Usage(**usage), call_type="retrieve_batch"
+        )
+        assert expected.usd == pytest.approx(prompt_cost + completion_cost, rel=1e-12)
+        assert pricer(prompt, completion, usage) == pytest.approx(expected.usd, rel=1e-12, abs=0), usage
+    # Only the rows litellm had to price are kept, by usage: none where the rates price every row.
+    assert (len(pricer.priced) == 0) is fast
+
+
+def test_the_batch_pricer_honours_the_sessions_prices_and_prices_other_tokens_through_litellm(clean_config: ipyllm.LLMConfig) -> None:
+    usage = {"prompt_tokens": 1200, "completion_tokens": 80, "prompt_tokens_details": {"cached_tokens": 200}}
+    # Per-token prices of the session's own: as batch_price prices them (halved where the provider documents 50 %).
+    clean_config.prices = {"my-model": {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}, "my-alias": "gpt-4o-mini"}
+    settings = clean_config.snapshot()
+    own = BatchPricer(settings, "my-model", "openai")
+    assert own.rates is None
+    assert own(1200, 80, usage) == pytest.approx(batch_price(settings, "my-model", "openai", 1200, 80, usage).usd) == (1200e-6 + 160e-6) / 2
+    # An alias: the aliased model's rates.
+    alias = BatchPricer(settings, "my-alias", "openai")
+    assert alias.rates is not None
+    assert alias(1200, 80, usage) == pytest.approx(batch_price(settings, "my-alias", "openai", 1200, 80, usage).usd)
+    # Audio tokens: not the rates' to price, litellm's figure.
+    mini = BatchPricer(settings, "gpt-4o-mini", "openai")
+    audio = {"prompt_tokens": 1200, "completion_tokens": 80, "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 300}}
+    assert mini(1200, 80, audio) == batch_price(settings, "gpt-4o-mini", "openai", 1200, 80, audio).usd
+    assert len(mini.priced) == 1
