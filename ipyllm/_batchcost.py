@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipyllm._config import Settings
-from ipyllm._cost import custom_price, price
+from ipyllm._cost import custom_price, price, usage_object
 from ipyllm._litellm import load_litellm
 
 __all__ = [
@@ -80,10 +80,7 @@ def batch_price(
         return BatchPrice(live, "unknown" if math.isnan(live) else "live")
     arguments: dict[str, Any] = {"model": priced, "custom_llm_provider": priced_provider}
     if usage is not None:
-        try:
-            arguments["usage_object"] = usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))
-        except Exception:
-            pass  # priced from the counts alone
+        arguments.update(usage_object(usage))
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, call_type="retrieve_batch", **arguments

@@ -32,6 +32,7 @@ __all__ = [
     "provider_usage",
     "reported_cost",
     "usage_field",
+    "usage_object",
 ]
 
 Messages = list[dict[str, Any]]
@@ -248,6 +249,16 @@ def custom_price(settings: Settings, model: str) -> str | dict[str, float] | Non
     return custom
 
 
+def usage_object(usage: Any) -> dict[str, Any]:
+    """``{"usage_object": ...}`` for litellm's ``cost_per_token`` (which then prices cached, cache-creation, reasoning
+    and audio tokens at their own rates); empty when the usage does not convert (priced from the counts alone)."""
+    litellm = load_litellm()
+    try:
+        return {"usage_object": usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))}
+    except Exception:
+        return {}
+
+
 def price(
     settings: Settings, model: str, provider: str | None, prompt_tokens: int, completion_tokens: int, kind: str = "chat", usage: Any = None
 ) -> float:
@@ -266,10 +277,7 @@ def price(
         arguments["custom_cost_per_token"] = custom
         usage = None
     if usage is not None and kind == "chat":
-        try:
-            arguments["usage_object"] = usage if isinstance(usage, litellm.Usage) else litellm.Usage(**dict(usage))
-        except Exception:
-            pass  # priced from the counts alone
+        arguments.update(usage_object(usage))
     try:
         prompt_cost, completion_cost = litellm.cost_per_token(
             prompt_tokens=prompt_tokens,
