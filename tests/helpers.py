@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from jupyter_client.manager import start_new_kernel
 from nbclient import NotebookClient
 
 import ipyllm
+from ipyllm._sqlschema import MIGRATIONS
 from ipyllm.testing import StubServer
 
 from .conftest import SECRET
@@ -119,6 +121,18 @@ def ledger_rows(path: Path) -> list[tuple[Any, ...]]:
     """A SQLite ledger file's rows as another connection reads them (what was committed): session, model, status, cost."""
     with sqlite3.connect(path) as connection:
         return connection.execute("SELECT session, model, status, cost_usd FROM usage ORDER BY id").fetchall()
+
+
+def older_ledger(path: Path, version: int, *rows: str) -> None:
+    """A ledger file as an older ipyllm left it: the first ``version`` SQLite migrations, then ``rows`` (INSERTs)."""
+    with closing(sqlite3.connect(path)) as connection:
+        for statements in MIGRATIONS[:version]:
+            for statement in statements:
+                connection.execute(statement)
+        for row in rows:
+            connection.execute(row)
+        connection.execute(f"PRAGMA user_version = {version}")
+        connection.commit()
 
 
 # -- kernels and notebooks ----------------------------------------------------------------------------------

@@ -29,12 +29,12 @@ import ipyllm
 from ipyllm import _api
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import Spool, spool_path
-from ipyllm._sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+from ipyllm._sqlite import SCHEMA_VERSION, SQLiteStore
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import UsageRow, row_values
 from ipyllm.testing import StubServer
 
-from ..helpers import ROOT, chat_requests
+from ..helpers import ROOT, chat_requests, older_ledger
 
 #: $0.001 per output token: a call with max_tokens=10 may cost $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
@@ -368,13 +368,7 @@ def test_rows_spooled_by_a_killed_process_are_written_once_by_the_next(tmp_path:
 
 def test_an_older_ledger_gets_a_unique_id_for_every_row(tmp_path: Path) -> None:
     ledger = tmp_path / "old.sqlite"
-    with closing(sqlite3.connect(ledger)) as connection:
-        for statements in MIGRATIONS[:3]:
-            for statement in statements:
-                connection.execute(statement)
-        connection.executemany("INSERT INTO usage (timestamp_us, session, model) VALUES (?, 'old', 'm')", [(1,), (2,), (3,)])
-        connection.execute("PRAGMA user_version = 3")
-        connection.commit()
+    older_ledger(ledger, 3, *(f"INSERT INTO usage (timestamp_us, session, model) VALUES ({t}, 'old', 'm')" for t in (1, 2, 3)))
     store = SQLiteStore(SQLiteFile(ledger))
     assert store.count() == 3
     assert query(ledger, "SELECT COUNT(DISTINCT uid), COUNT(uid) FROM usage") == [(3, 3)]
@@ -387,13 +381,7 @@ def test_an_older_ledger_gets_a_unique_id_for_every_row(tmp_path: Path) -> None:
 
 def test_a_version_4_ledger_gains_the_cache_writes_and_the_tier_its_rows_were_bought_live(tmp_path: Path) -> None:
     ledger = tmp_path / "v4.sqlite"
-    with closing(sqlite3.connect(ledger)) as connection:
-        for statements in MIGRATIONS[:4]:
-            for statement in statements:
-                connection.execute(statement)
-        connection.execute("INSERT INTO usage (uid, timestamp_us, session, model, cost_usd) VALUES ('u', 1, 'old', 'm', 0.5)")
-        connection.execute("PRAGMA user_version = 4")
-        connection.commit()
+    older_ledger(ledger, 4, "INSERT INTO usage (uid, timestamp_us, session, model, cost_usd) VALUES ('u', 1, 'old', 'm', 0.5)")
     store = SQLiteStore(SQLiteFile(ledger))
     store.append(UsageRow(session="new", model="m", cache_creation_tokens=1200, tier="batch", cost_usd=0.25))
     frame = store.frame()

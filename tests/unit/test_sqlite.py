@@ -21,7 +21,7 @@ from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from ..helpers import ledger_rows
+from ..helpers import ledger_rows, older_ledger
 
 
 def test_each_call_is_committed_to_the_default_ledger(live: StubServer, capfd: pytest.CaptureFixture[str]) -> None:
@@ -157,13 +157,7 @@ def test_a_read_only_directory_never_breaks_a_call(stub: StubServer, tmp_path: P
 
 def test_an_old_ledger_is_migrated_forward_keeping_its_rows(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite"
-    with sqlite3.connect(path) as connection:
-        from ipyllm._sqlite import MIGRATIONS
-
-        for statement in MIGRATIONS[0]:
-            connection.execute(statement)
-        connection.execute("INSERT INTO usage (timestamp_us, session, model, status) VALUES (1, 'old', 'gpt-4o', 'ok')")
-        connection.execute("PRAGMA user_version = 1")
+    older_ledger(path, 1, "INSERT INTO usage (timestamp_us, session, model, status) VALUES (1, 'old', 'gpt-4o', 'ok')")
     store = SQLiteStore(SQLiteFile(path))
     assert store.count() == 1
     store.cache_put("k", "chat", "gpt-4o", "{}")
