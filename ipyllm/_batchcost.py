@@ -17,6 +17,7 @@ from typing import Any
 from ipyllm._config import Settings
 from ipyllm._cost import custom_price, price, usage_object
 from ipyllm._litellm import load_litellm
+from ipyllm._pricemap import rate as price_rate
 
 __all__ = [
     "BATCH_BASES",
@@ -147,8 +148,7 @@ def batch_rates(settings: Settings, model: str, provider: str | None) -> BatchRa
         return None
 
     def rate(key: str) -> float | None:
-        value = info.get(key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return price_rate(info, key)
 
     batch_input, batch_output, live_input, live_output = (
         rate("input_cost_per_token_batches"),

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["close_names", "model_prices", "price_map", "priceable"]
+__all__ = ["close_names", "model_prices", "price_map", "priceable", "rate"]
 
 _BUNDLED = "model_prices_and_context_window_backup.json"
 
@@ -89,3 +89,9 @@ def model_prices(model: str, prices: Mapping[str, Any] | None = None) -> dict[st
     if entry is None and "/" in name:
         entry = names.get(name.split("/", 1)[1])
     return entry if isinstance(entry, dict) else None
+
+
+def rate(entry: Mapping[str, Any] | None, name: str) -> float | None:
+    """A per-token rate of a price-map entry (``input_cost_per_token``, ...): None when absent or not a number."""
+    value = entry.get(name) if entry is not None else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -33,6 +33,7 @@ from ipyllm._config import Settings
 from ipyllm._cost import count_tokens
 from ipyllm._litellm import prompt_cache_minimum, provider_parameters, resolve_provider, supports_prompt_caching
 from ipyllm._pricemap import model_prices
+from ipyllm._pricemap import rate as price_rate
 
 __all__ = ["EPHEMERAL", "CacheEstimate", "CachePlan", "Policy", "Rates", "estimate_cache_hits", "plan_prompt_cache", "policy", "rates"]
 
@@ -95,13 +96,8 @@ def rates(model: str, rule: Policy, prices: Mapping[str, Any] | None = None) -> 
     assumed), but for a marked provider, at Anthropic's documented ``READ_DISCOUNT``.
     """
     entry = model_prices(model, prices)
-
-    def rate(name: str) -> float | None:
-        value = entry.get(name) if entry is not None else None
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
     given, out, read, write = (
-        rate(name)
+        price_rate(entry, name)
         for name in ("input_cost_per_token", "output_cost_per_token", "cache_read_input_token_cost", "cache_creation_input_token_cost")
     )
     if given is None or out is None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._pricemap import model_prices
+from ipyllm._pricemap import model_prices, rate
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,9 +24,7 @@ __all__ = ["list_usd", "saved_usd"]
 
 
 def _rate(model: Any, name: str, prices: Mapping[str, Any] | None) -> float | None:
-    entry = model_prices(model, prices) if isinstance(model, str) else None
-    value = entry.get(name) if entry is not None else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    return rate(model_prices(model, prices) if isinstance(model, str) else None, name)
 
 
 def _rates(frame: pd.DataFrame, prices: Mapping[str, Any] | None) -> tuple[Any, Any]:
