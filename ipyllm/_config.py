@@ -23,7 +23,7 @@ from traitlets.config import Configurable
 
 from ipyllm._locations import ACCEPTED, LOCATIONS, Location, LocationError, SQLiteFile, parse_location
 from ipyllm._notices import notice
-from ipyllm._pricemap import close_names, priceable
+from ipyllm._pricemap import CAPABILITY_KEYS, PRICE_KEYS, close_names, priceable
 from ipyllm._secrets import Secret
 from ipyllm.errors import SettingError, UnknownSettingError
 
@@ -99,6 +99,20 @@ class Text(_Setting):
         return value.strip()
 
 
+class Choice(_Setting):
+    """One of a few words (any case, spaces around ignored)."""
+
+    def __init__(self, default_value: str, *, choices: tuple[str, ...], **kwargs: Any) -> None:
+        self.choices = choices
+        super().__init__(default_value, allowed=f"one of {', '.join(choices)}", **kwargs)
+
+    def parse(self, value: Any) -> str:
+        word = value.strip().lower() if isinstance(value, str) else None
+        if word not in self.choices:
+            raise self.refuse(value)
+        return word
+
+
 class URL(_Setting):
     allowed = "an http:// or https:// URL, e.g. http://localhost:11434"
 
@@ -143,7 +157,10 @@ class Key(_Setting):
         return Secret(plain)
 
 
-_PRICES_ALLOWED = "a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}"
+_PRICES_ALLOWED = (
+    "a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}, "
+    "the latter also with 'supports_vision' / 'supports_pdf_input': True or False"
+)
 
 
 class Prices(Dict):  # type: ignore[type-arg]
@@ -254,9 +271,14 @@ class LLMConfig(Configurable):
         {},
         help=(
             "Prices for models litellm cannot price: {model: base_model} or "
-            "{model: {'input_cost_per_token': x, 'output_cost_per_token': y}}."
+            "{model: {'input_cost_per_token': x, 'output_cost_per_token': y}}; the dict may also declare what the model "
+            "takes, with litellm's names: 'supports_vision': True (images), 'supports_pdf_input': True (PDFs)."
         ),
     ).tag(config=True)
+    image_detail = Choice(
+        "auto", choices=("auto", "low", "high"), help="The image detail asked of the provider, where it has one: auto, low or high."
+    )
+    table_token_budget = Number(2000, low=1, integer=True, help="Most tokens a DataFrame or Series interpolated into a prompt may take.")
 
     def __init__(self, *, environ: Mapping[str, str] | None = None, **kwargs: Any) -> None:
         self._version = 0
@@ -314,8 +336,14 @@ class LLMConfig(Configurable):
                         "prices",
                     )
                 continue
-            if isinstance(price, dict) and price and set(price) <= {"input_cost_per_token", "output_cost_per_token"}:
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in price.values()):
+            if isinstance(price, dict) and price and set(price) <= {*PRICE_KEYS, *CAPABILITY_KEYS}:
+                # A dict of flags alone declares what the model takes and leaves its price as it was (unknown for a
+                # model litellm cannot price, so a budget still refuses it until it gets one).
+                rates = [v for k, v in price.items() if k in PRICE_KEYS]
+                flags = [v for k, v in price.items() if k in CAPABILITY_KEYS]
+                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in rates) and all(
+                    isinstance(v, bool) for v in flags
+                ):
                     continue
             raise SettingError.refused("prices", {model: price}, allowed)
         return dict(prices)
@@ -430,6 +458,8 @@ class Settings:
     batch_poll_min_wait: float = 5.0
     batch_poll_max_wait: float = 60.0
     prices: dict[str, Any] = field(default_factory=dict)
+    image_detail: str = "auto"
+    table_token_budget: int = 2000
 
 
 #: Setting names in the order they are documented and shown.

@@ -16,6 +16,7 @@ from typing import Any
 from ipyllm._config import Settings
 from ipyllm._display import format_cost
 from ipyllm._litellm import hidden_params, load_litellm, max_output_tokens, resolve_provider
+from ipyllm._pricemap import session_price
 
 __all__ = [
     "UNKNOWN_MAX_OUTPUT",
@@ -242,11 +243,9 @@ def estimate_embedding(settings: Settings, texts: list[str]) -> float:
 
 
 def custom_price(settings: Settings, model: str) -> str | dict[str, float] | None:
-    """The session's ``prices`` entry for ``model`` (also without its ``provider/`` prefix), or None."""
-    custom = settings.prices.get(model)
-    if custom is None and "/" in model:
-        custom = settings.prices.get(model.split("/", 1)[1])
-    return custom
+    """The session's ``prices`` for ``model`` (also without its ``provider/`` prefix): a base model, per-token prices
+    (without the capability flags), or None (also for an entry of flags alone)."""
+    return session_price(model, settings.prices)
 
 
 def usage_object(usage: Any) -> dict[str, Any]:

@@ -35,14 +35,16 @@ def footer(row: UsageRow, cut: str | None = None) -> str:
     """``gpt-4o-mini · 12→85 tokens · $0.000053 · 1.4 s · 1 attempt``.
 
     Counts made locally because the provider reported none are marked, with the cost priced from them:
-    ``~26→10 tokens · ~$0.000012``. A reply a budget's output cap cut short ends with ``cut``
-    (``cut at 2,583 tokens by budget_usd``).
+    ``~26→10 tokens · ~$0.000012``. Images sent with the call follow the tokens (``12→85 tokens · 2 images``).
+    A reply a budget's output cap cut short ends with ``cut`` (``cut at 2,583 tokens by budget_usd``).
     """
     mark = "~" if row.tokens_estimated else ""
     parts = [row.model]
     if row.prompt_tokens is not None:
         tokens = f"{row.prompt_tokens}→{row.completion_tokens or 0} tokens" if row.kind == "chat" else f"{row.prompt_tokens} tokens"
         parts.append(mark + tokens)
+    if isinstance(row.images, int) and row.images > 0:
+        parts.append(f"{row.images} image{'s' if row.images != 1 else ''}")
     cost = format_cost(row.cost_usd)
     parts.append(mark + cost if cost.startswith("$") else cost)
     parts.append(f"{row.latency_s:.1f} s")

@@ -81,6 +81,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # (``_batchclaim``).
         PG_CLAIMS,
     ),
+    (
+        # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS images INTEGER",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -18,7 +18,11 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["close_names", "model_prices", "price_map", "priceable", "rate"]
+__all__ = ["CAPABILITY_KEYS", "PRICE_KEYS", "close_names", "declared", "model_prices", "price_map", "priceable", "rate", "session_price"]
+
+#: The per-token prices a ``prices`` dict may give, and the capabilities it may declare (litellm's model-info names).
+PRICE_KEYS = ("input_cost_per_token", "output_cost_per_token")
+CAPABILITY_KEYS = ("supports_vision", "supports_pdf_input")
 
 _BUNDLED = "model_prices_and_context_window_backup.json"
 
@@ -72,15 +76,40 @@ def close_names(model: str, n: int = 3) -> list[str]:
     return (close + [match for match in difflib.get_close_matches(model, names, n=n) if match not in close])[:n]
 
 
+def _entry(model: str, prices: Mapping[str, Any] | None) -> Any:
+    """The session's ``prices`` entry for ``model`` (also without its ``provider/`` prefix), or None."""
+    if not prices:
+        return None
+    custom = prices.get(model)
+    if custom is None and "/" in model:
+        custom = prices.get(model.split("/", 1)[1])
+    return custom
+
+
+def session_price(model: str, prices: Mapping[str, Any] | None) -> str | dict[str, float] | None:
+    """What the session's ``prices`` say ``model`` costs: a base model's name, its per-token prices (the capability
+    flags left out: litellm takes the dict as numbers), or None, also for an entry of flags alone (the model is
+    priced as if it had no entry)."""
+    custom = _entry(model, prices)
+    if isinstance(custom, Mapping):
+        rates = {key: value for key, value in custom.items() if key in PRICE_KEYS}
+        return rates or None
+    return custom if isinstance(custom, str) else None
+
+
+def declared(model: str, prices: Mapping[str, Any] | None, capability: str) -> bool | None:
+    """A capability (``supports_vision``, ``supports_pdf_input``) the session's ``prices`` declare for ``model``;
+    None when they say nothing (litellm's model info then decides)."""
+    custom = _entry(model, prices)
+    flag = custom.get(capability) if isinstance(custom, Mapping) else None
+    return flag if isinstance(flag, bool) else None
+
+
 def model_prices(model: str, prices: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The price map's entry for ``model`` (also as ``provider/name`` with the name in the map), after the session's
     ``prices``: an alias (``{"my-deployment": "gpt-4o-mini"}``) names the entry, per-token prices are the entry;
     None when the model has no price."""
-    custom = None
-    if prices:
-        custom = prices.get(model)
-        if custom is None and "/" in model:
-            custom = prices.get(model.split("/", 1)[1])
+    custom = session_price(model, prices)
     if isinstance(custom, Mapping):
         return dict(custom)
     name = custom if isinstance(custom, str) else model

@@ -36,9 +36,10 @@ _PUT = "INSERT OR IGNORE INTO spool (uid, release, row_values) VALUES (?, ?, ?)"
 _PUT_CACHE = "INSERT OR REPLACE INTO cache (key, created_us, kind, model, payload) VALUES (?, ?, ?, ?, ?)"
 
 # A row's values are kept by column name, so that a row spooled by an older ipyllm (with other columns) is
-# written back by a newer one: a column it lacks takes the row's default. Before issue 19 they were a list.
+# written back by a newer one: a column it lacks takes the row's default. Before issue 19 they were a list (of
+# the columns before issue 19 added cache_creation_tokens and tier, and issue 20 images).
 _NAMES = list(COLUMNS)
-_LISTED = [n for n in _NAMES if n not in ("cache_creation_tokens", "tier")]
+_LISTED = [n for n in _NAMES if n not in ("cache_creation_tokens", "images", "tier")]
 _DEFAULTS = {f.name: f.default for f in fields(UsageRow) if f.default is not MISSING}
 
 

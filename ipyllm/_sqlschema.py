@@ -94,6 +94,10 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # (``_batchclaim``).
         SQLITE_CLAIMS,
     ),
+    (
+        # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
+        "ALTER TABLE usage ADD COLUMN images INTEGER",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

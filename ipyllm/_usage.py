@@ -39,6 +39,7 @@ COLUMNS: dict[str, str] = {
     "status": "string",
     "error": "string",
     "cache_creation_tokens": "Int64",
+    "images": "Int64",
     "batch": "string",
     "tier": "string",
     "user": "string",
@@ -78,6 +79,8 @@ class UsageRow:
     error: str | None = None
     #: Prompt tokens written to the provider's prompt cache (priced at its cache-write rate).
     cache_creation_tokens: int | None = None
+    #: Images sent with the call (None where none were, or the row predates issue 20).
+    images: int | None = None
     #: The ``ipyllm.map`` batch this call belongs to (None for single calls).
     batch: str | None = None
     #: How the call was bought: ``live`` (a call of its own) or ``batch`` (a provider's Batch API).

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import ipyllm
@@ -25,7 +26,7 @@ from ipyllm import _api
 from ipyllm._batchclaim import Claim
 from ipyllm._ledger import open_store
 from ipyllm._locations import parse_location
-from ipyllm._pgschema import SCHEMA_VERSION
+from ipyllm._pgschema import MIGRATIONS, SCHEMA_VERSION
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import BatchScript, Fault, StubServer
@@ -195,6 +196,27 @@ def test_the_store_migrates_once_when_many_open_it_at_once(pg: PostgresServer, t
     for store in stores:
         assert store is not None
         store.close()
+
+
+def test_a_ledger_at_the_previous_version_gains_images_and_a_new_row_keeps_them(pg: PostgresServer) -> None:
+    database = pg.new_database()
+    previous = SCHEMA_VERSION - 1
+    pg.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)", database=database)
+    for statements in MIGRATIONS[:previous]:
+        for statement in statements:
+            pg.sql(statement, database=database)
+    pg.sql("INSERT INTO schema_version (version) VALUES (%s)", [previous], database=database)
+    pg.sql("INSERT INTO usage (uid, timestamp_us, session, model) VALUES ('old', 1, 'older', 'm')", database=database)
+    store = open_store(parse_location(pg.url(database)))
+    assert store is not None
+    store.append(UsageRow(session="newer", model="m", images=2))
+    assert store.flush()  # type: ignore[attr-defined]
+    assert pg.sql("SELECT version FROM schema_version", database=database) == [(SCHEMA_VERSION,)]
+    assert pg.sql("SELECT session, images FROM usage ORDER BY id", database=database) == [("older", None), ("newer", 2)]
+    frame = store.frame()
+    assert frame["images"].dtype == "Int64" and frame["images"].tolist() == [pd.NA, 2]
+    assert list(frame.columns) == list(COLUMNS)
+    store.close()
 
 
 def test_a_user_budget_refuses_one_user_while_another_goes_on(team: str, pg: PostgresServer) -> None:

@@ -8,6 +8,8 @@ import threading
 from typing import Any
 
 import pytest
+from IPython.core.error import UsageError
+from IPython.utils.capture import capture_output
 
 import ipyllm
 from ipyllm._config import SETTING_NAMES, LLMConfig
@@ -25,6 +27,8 @@ def test_defaults_match_the_spec() -> None:
     assert (fresh.num_retries, fresh.retry_min_wait, fresh.retry_max_wait, fresh.timeout) == (5, 3.0, 60.0, 600.0)
     assert fresh.api_key is None and fresh.base_url is None and fresh.budget_usd is None
     assert fresh.cache is False and fresh.prices == {}
+    assert (fresh.image_detail, fresh.table_token_budget) == ("auto", 2000)
+    assert SETTING_NAMES[-3:] == ("prices", "image_detail", "table_token_budget"), "in SPEC section 2's order"
 
 
 def test_environment_variables_are_read() -> None:
@@ -90,6 +94,13 @@ def test_config_files_win_over_the_environment() -> None:
         ("cache", "maybe", "cache must be on or off"),
         ("prices", {"m": {"input": 1}}, "prices must be a dict"),
         ("model", "", "model must be a model name"),
+        ("image_detail", "medium", "image_detail must be one of auto, low, high (got 'medium')"),
+        ("image_detail", 1, "image_detail must be one of auto, low, high (got 1)"),
+        ("table_token_budget", 0, "table_token_budget must be a whole number >= 1 (got 0)"),
+        ("table_token_budget", "lots", "table_token_budget must be a whole number >= 1 (got 'lots')"),
+        ("table_token_budget", 20.5, "table_token_budget must be a whole number >= 1 (got 20.5)"),
+        ("prices", {"llava": {"supports_vision": "yes"}}, "prices must be a dict"),
+        ("prices", {"llava": {"input_cost_per_token": 0, "supports_audio": True}}, "prices must be a dict"),
     ],
 )
 def test_invalid_values_are_refused_in_one_line_and_the_old_value_stays(name: str, value: object, message: str) -> None:
@@ -150,6 +161,51 @@ def test_prices_accept_a_base_model_or_per_token_prices() -> None:
     assert cfg.prices["my-deploy"] == "gpt-4o-mini"
 
 
+def test_prices_also_declare_what_a_model_takes_without_touching_its_price() -> None:
+    from ipyllm._pricemap import declared, model_prices, session_price
+
+    cfg = LLMConfig()
+    free = {"input_cost_per_token": 0, "output_cost_per_token": 0}
+    cfg.prices = {"llava": {**free, "supports_vision": True}, "ollama/pdfs": {"supports_pdf_input": True, "supports_vision": False}}
+    prices = cfg.snapshot().prices
+    assert declared("llava", prices, "supports_vision") is True and declared("ollama/llava", prices, "supports_vision") is True
+    assert declared("llava", prices, "supports_pdf_input") is None, "not declared: litellm's model info decides"
+    assert declared("ollama/pdfs", prices, "supports_pdf_input") is True and declared("ollama/pdfs", prices, "supports_vision") is False
+    # Only the numbers are prices: the flags never reach litellm's custom_cost_per_token.
+    assert session_price("llava", prices) == free and model_prices("llava", prices) == free
+    # Flags alone leave the model as it was priced: unknown here (a budget still refuses it until it has a price).
+    assert session_price("ollama/pdfs", prices) is None and model_prices("ollama/pdfs", prices) is None
+
+
+def test_the_flags_in_prices_do_not_change_what_a_call_costs() -> None:
+    from ipyllm._cost import custom_price, price
+
+    cfg = LLMConfig()
+    rates = {"input_cost_per_token": 1e-6, "output_cost_per_token": 2e-6}
+    cfg.prices = {"local": {**rates, "supports_vision": True, "supports_pdf_input": False}, "gpt-4o-mini": {"supports_vision": True}}
+    settings = cfg.snapshot()
+    assert custom_price(settings, "local") == rates
+    assert price(settings, "local", "openai", 1000, 100) == pytest.approx(1000 * 1e-6 + 100 * 2e-6)
+    plain = LLMConfig().snapshot()
+    assert price(settings, "gpt-4o-mini", "openai", 1000, 100) == price(plain, "gpt-4o-mini", "openai", 1000, 100) > 0
+
+
+def test_image_detail_and_table_token_budget_parse_from_text(ip: Any) -> None:
+    ip.run_line_magic("llm_config", "image_detail=LOW table_token_budget=500")
+    assert (ipyllm.config.image_detail, ipyllm.config.table_token_budget) == ("low", 500)
+    settings = ipyllm.config.snapshot(image_detail="high")
+    assert (settings.image_detail, settings.table_token_budget) == ("high", 500)
+    with capture_output() as captured:
+        ip.run_line_magic("llm_config", "--show")
+    shown = dict(line.split(None, 1) for line in captured.stdout.splitlines() if line.strip())
+    assert (shown["image_detail"], shown["table_token_budget"]) == ("low", "500")
+    with pytest.raises(UsageError, match=r"^image_detail must be one of auto, low, high \(got 'huge'\); the old value stays\.$"):
+        ip.run_line_magic("llm_config", "image_detail=huge")
+    assert ipyllm.config.image_detail == "low"
+    ip.run_line_magic("llm_config", 'prices={"llava": {"input_cost_per_token": 0, "output_cost_per_token": 0, "supports_vision": True}}')
+    assert ipyllm.config.prices["llava"]["supports_vision"] is True
+
+
 def test_the_key_is_masked_everywhere_it_could_be_displayed() -> None:
     cfg = LLMConfig()
     cfg.api_key = SECRET
@@ -177,7 +233,8 @@ def test_a_setting_of_the_wrong_type_is_one_line(clean_config: Any) -> None:
     with pytest.raises(ipyllm.SettingError) as caught:
         ipyllm.config.prices = "x"
     assert caught.value._render_traceback_() == [
-        "SettingError: prices must be a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}} "
+        "SettingError: prices must be a dict {model: base_model} or {model: {'input_cost_per_token': x, 'output_cost_per_token': y}}, "
+        "the latter also with 'supports_vision' / 'supports_pdf_input': True or False "
         "(got 'x'); the old value stays."
     ]
     assert ipyllm.config.prices == {}

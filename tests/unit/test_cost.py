@@ -119,6 +119,18 @@ def test_the_footer_marks_estimated_counts_and_their_cost() -> None:
     assert "· cost unknown ·" in footer(row), "an unknown cost is not marked as an estimate of something"
 
 
+def test_the_footer_counts_the_images_sent_after_the_tokens() -> None:
+    row = UsageRow(model="gpt-4o", prompt_tokens=800, completion_tokens=20, cost_usd=0.0022, latency_s=1.2, images=1)
+    assert footer(row) == "gpt-4o · 800→20 tokens · 1 image · $0.0022 · 1.2 s · 1 attempt"
+    row.images = 3
+    assert footer(row) == "gpt-4o · 800→20 tokens · 3 images · $0.0022 · 1.2 s · 1 attempt"
+    for nothing in (0, None):
+        row.images = nothing
+        assert "image" not in footer(row)
+    row.prompt_tokens, row.images = None, 2
+    assert footer(row).startswith("gpt-4o · 2 images · $0.0022")
+
+
 def test_the_magic_footer_is_marked_when_the_stream_had_no_usage(ip: Any, live: StubServer) -> None:
     live.usage_in_stream = False
     with capture_output() as captured:

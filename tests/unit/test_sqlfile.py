@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 import ipyllm
@@ -391,11 +392,44 @@ def test_a_version_4_ledger_gains_the_cache_writes_and_the_tier_its_rows_were_bo
     store.close()
 
 
+def test_a_version_7_ledger_gains_the_images_its_rows_read_back_unknown(tmp_path: Path) -> None:
+    ledger = tmp_path / "v7.sqlite"
+    older_ledger(ledger, 7, "INSERT INTO usage (uid, timestamp_us, session, model, cost_usd) VALUES ('u', 1, 'old', 'm', 0.5)")
+    store = SQLiteStore(SQLiteFile(ledger))
+    store.append(UsageRow(session="new", model="m", images=2, cost_usd=0.25))
+    frame = store.frame()
+    assert frame["images"].dtype == "Int64"
+    assert frame["images"].isna().tolist() == [True, False] and frame["images"].iloc[1] == 2
+    store.close()
+    assert query(ledger, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+    assert query(ledger, "SELECT session, images FROM usage ORDER BY id") == [("old", None), ("new", 2)]
+    again = SQLiteStore(SQLiteFile(ledger))  # another kernel reads the file
+    assert again.frame()["images"].tolist() == [pd.NA, 2]
+    again.close()
+
+
+def test_a_row_spooled_before_issue_20_is_written_back_without_images(tmp_path: Path) -> None:
+    # From issue 19 a spooled row is a dict by column name; one spooled before issue 20 has no "images".
+    row = UsageRow(session="older", model="m", prompt_tokens=7, cost_usd=0.125, tier="batch")
+    values = row_values(row)
+    named = {n: v for n, v in zip(UsageRow.__dataclass_fields__, values, strict=True) if n != "images"}
+    waiting = tmp_path / "spool.sqlite"
+    with closing(sqlite3.connect(waiting)) as connection:
+        connection.execute("CREATE TABLE spool (seq INTEGER PRIMARY KEY AUTOINCREMENT, uid TEXT UNIQUE, release TEXT, row_values TEXT)")
+        connection.execute("INSERT INTO spool (uid, release, row_values) VALUES ('old', NULL, ?)", [json.dumps(named)])
+        connection.commit()
+    spool = Spool(waiting)
+    [(_, uid, _, loaded)] = spool.peek()
+    assert uid == "old" and loaded == values  # images None: unknown, as the row's default
+    spool.close()
+
+
 def test_a_row_spooled_by_an_older_ipyllm_is_written_back_with_the_new_columns_defaulted(tmp_path: Path) -> None:
-    # Before issue 19 a spooled row was a list of the 20 columns it had (no cache_creation_tokens, no tier).
+    # Before issue 19 a spooled row was a list of the 20 columns it had (no cache_creation_tokens, no images, no tier).
     row = UsageRow(session="older", model="m", prompt_tokens=7, cost_usd=0.125, status="ok", user="ada")
     values = row_values(row)
-    older = [v for name, v in zip(UsageRow.__dataclass_fields__, values, strict=True) if name not in ("cache_creation_tokens", "tier")]
+    newer = ("cache_creation_tokens", "images", "tier")
+    older = [v for name, v in zip(UsageRow.__dataclass_fields__, values, strict=True) if name not in newer]
     waiting = tmp_path / "spool.sqlite"
     spool = Spool(waiting)
     spool.put("new", None, values)

@@ -34,6 +34,7 @@ SPEC_DTYPES = {
     "status": "string",
     "error": "string",
     "cache_creation_tokens": "Int64",
+    "images": "Int64",
     "batch": "string",
     "tier": "string",
     "user": "string",
@@ -97,6 +98,14 @@ def test_to_frame_accepts_rows_built_by_hand() -> None:
     assert frame.loc[0, "timestamp"] == pd.Timestamp(when)
     assert frame.loc[0, "cell"] == 3 and frame.loc[0, "total_tokens"] == 3
     assert dtypes(frame) == SPEC_DTYPES
+
+
+def test_images_sent_with_a_call_are_an_int64_column_na_where_unknown() -> None:
+    frame = to_frame([UsageRow(model="m", images=2), UsageRow(model="m")])
+    assert frame["images"].dtype == "Int64"
+    assert frame.loc[0, "images"] == 2 and frame.loc[1, "images"] is pd.NA
+    assert list(frame.columns).index("images") == list(frame.columns).index("cache_creation_tokens") + 1
+    assert list(frame.columns).index("batch") == list(frame.columns).index("images") + 1
 
 
 def test_cache_reads_and_writes_are_read_from_either_providers_usage() -> None:
