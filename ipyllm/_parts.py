@@ -32,7 +32,7 @@ import io
 import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -346,23 +346,20 @@ def _opaque(picture: PILImage) -> PILImage | None:
     return rgba.convert("RGB") if rgba.getchannel("A").getextrema() == (255, 255) else None
 
 
-def _encodings(picture: PILImage, mime: str) -> list[tuple[str, bytes]]:
-    """The picture encoded as it was (GIF and WebP as PNG), then as an optimised PNG, then as JPEG at falling
-    quality when it is opaque: smallest last."""
-    encoded: list[tuple[str, bytes]] = []
-    for optimize in (False, True):
-        buffer = io.BytesIO()
-        picture.save(buffer, format="PNG", optimize=optimize)
-        encoded.append(("image/png", buffer.getvalue()))
+def _encodings(picture: PILImage, mime: str) -> Iterator[tuple[str, bytes]]:
+    """The picture as PNG, then as an optimised PNG, then as JPEG at falling quality when it is opaque (a JPEG only
+    as JPEG: a photo stays a photo), each made only when the one before did not fit."""
     rgb = _opaque(picture)
+    if not (mime == "image/jpeg" and rgb is not None):
+        for optimize in (False, True):
+            buffer = io.BytesIO()
+            picture.save(buffer, format="PNG", optimize=optimize)
+            yield "image/png", buffer.getvalue()
     if rgb is not None:
         for quality in (85, 60):
             buffer = io.BytesIO()
             rgb.save(buffer, format="JPEG", quality=quality)
-            encoded.append(("image/jpeg", buffer.getvalue()))
-    if mime == "image/jpeg" and rgb is not None:  # a photo stays a JPEG
-        encoded = [e for e in encoded if e[0] == "image/jpeg"]
-    return encoded
+            yield "image/jpeg", buffer.getvalue()
 
 
 def _fit(image: Image, limits: Limits) -> Image | None:
@@ -380,10 +377,13 @@ def _fit(image: Image, limits: Limits) -> Image | None:
         scale = side / max(picture.size)
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
         scaled = picture.resize(size, PIL.Image.Resampling.LANCZOS, reducing_gap=3.0) if size != picture.size else picture
+        smallest = math.inf
         for mime, data in _encodings(scaled, image.mime):
             if _sent_size(data) <= limits.max_bytes:
                 return Image(data, mime, *scaled.size)
-        side = int(side * 0.75)
+            smallest = min(smallest, _sent_size(data))
+        # The bytes go with the pixels: scale the side by the square root of how far over the smallest encoding is.
+        side = int(side * min(0.9, 0.95 * math.sqrt(limits.max_bytes / smallest)))
     return None
 
 
