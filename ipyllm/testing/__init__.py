@@ -17,7 +17,10 @@ and streamed, with ``usage`` on the last chunk when ``stream_options.include_usa
 ``/openai/deployments/{name}/chat/completions`` and ``.../embeddings``. Replies are deterministic:
 ``"[{model}] {echo of the last user message}"`` (``reply_tokens`` makes them longer), cut at the request's
 ``max_tokens`` / ``max_completion_tokens`` with the finish reason ``length``, as providers do; tokens are
-counted as words and punctuation marks.
+counted as words and punctuation marks. Image and file parts are echoed in place (``[image 640×480]``, read from
+the image's header; ``[image <url>]``; ``[file application/pdf N bytes]``) and counted by OpenAI's tile formula
+(``ipyllm._parts.image_tokens``; a remote image 85, a file 1 token per 100 bytes); an image that cannot be decoded
+is refused with OpenAI's 400 (``invalid_image_format``), streamed or not.
 Accounting modes, as real providers differ: no usage in streams (``usage_in_stream=False``, as llama.cpp's
 server) or in any answer (``report_usage=False``), prompt tokens served from a prompt cache
 (``cached_tokens``), and the call's cost reported by the provider (``usage_cost``, as OpenRouter's

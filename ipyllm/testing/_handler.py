@@ -24,6 +24,7 @@ from ipyllm.testing._replies import (
     chat_payload,
     chat_reply,
     chunk,
+    content_problem,
     embeddings_payload,
     error_payload,
     models_payload,
@@ -199,6 +200,9 @@ class Handler(Plumbing):
         self._recorded("POST", path, parts.query, body, fault, arrived)
         model = body.get("model") or deployment or "stub"
         if fault is not None and self._answered_by(fault, model, body):
+            return
+        if endpoint == "chat" and (problem := content_problem(body.get("messages"))) is not None:
+            self._send_json(400, problem)  # streamed or not: refused before any answer starts, as OpenAI refuses it
             return
         if stub.delay:
             time.sleep(stub.delay)

@@ -3,16 +3,30 @@
 A chat reply is ``"[{model}] {echo of the last user message}"`` (longer with ``reply_tokens``; a JSON value
 that fits the schema when the request asks for one), cut at ``max_tokens`` as providers cut it; tokens are
 counted as words and punctuation marks; embeddings are histograms of character codes.
+
+Content parts are echoed in place: a text part as its text, an image (a base64 data URL, decoded and its size read
+from its header) as ``[image W×H]``, a remote image as ``[image <url>]``, a file as ``[file application/pdf N bytes]``
+(``[file <file_id>]`` for an uploaded one). An image's prompt tokens are OpenAI's tile formula
+(``ipyllm._parts.image_tokens(w, h, detail)``: 85, plus 170 per 512-pixel tile of the image scaled to fit 2048×2048
+and then to 768 on its short side; 85 with ``detail: low``); a remote image costs 85, a file 1 token per 100 bytes
+(at least 1), an uploaded file 1. An image or file that cannot be decoded is refused with HTTP 400
+(``content_problem``), as OpenAI refuses it.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 import re
 import time
+from functools import lru_cache
 from http import HTTPStatus
 from typing import Any
 
+from ipyllm._imagesize import image_size
+from ipyllm._parts import image_tokens, join_pieces
 from ipyllm.testing._faults import Fault
 
 __all__ = [
@@ -22,6 +36,7 @@ __all__ = [
     "chat_payload",
     "chat_reply",
     "chunk",
+    "content_problem",
     "count_tokens",
     "embeddings_payload",
     "error_payload",
@@ -60,12 +75,117 @@ def sent_key(headers: Any) -> str:
     return auth.removeprefix("Bearer ").strip() or (headers.get("api-key") or "").strip()
 
 
+_DATA_URL = re.compile(r"^data:(?P<mime>[^;,]*)(?:;[^;,]*)*;base64,(?P<payload>.*)$", re.DOTALL)
+#: What a remote image costs (OpenAI's base for one image).
+REMOTE_IMAGE_TOKENS = 85
+
+
+class _UndecodableError(ValueError):
+    """A content part whose data cannot be decoded: the request is refused (``content_problem``)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+def _decoded(url: str) -> tuple[str, bytes] | None:
+    """A base64 data URL's MIME type and bytes; None if it is not a base64 data URL; ``_UndecodableError`` if its data is not base64."""
+    match = _DATA_URL.match(url)
+    if match is None:
+        return None
+    try:
+        return match["mime"], base64.b64decode(match["payload"], validate=True)
+    except (binascii.Error, ValueError):
+        raise _UndecodableError("image") from None
+
+
+# A request's images are read four times (the refusal's check, the echo, the usage, the prompt cache): keep the last few.
+@lru_cache(maxsize=8)
+def _image(url: str, detail: str | None) -> tuple[str, list[str]]:
+    """An image part's echo and its prompt tokens (each the same marker of that image, so a prompt cache tells images apart)."""
+    if url.startswith(("http://", "https://")):
+        return f"[image {url}]", [f"<|image {url}|>"] * REMOTE_IMAGE_TOKENS
+    decoded = _decoded(url)
+    found = image_size(decoded[1]) if decoded is not None else None
+    if decoded is None or found is None:
+        raise _UndecodableError("image")
+    _, width, height = found
+    marker = f"<|image {hashlib.sha256(decoded[1]).hexdigest()[:16]}|>"
+    detail = detail if detail in ("low", "high", "auto") else "auto"
+    return f"[image {width}×{height}]", [marker] * image_tokens(width, height, detail)
+
+
+def _file(file: dict[str, Any]) -> tuple[str, list[str]]:
+    """A file part's echo and its prompt tokens: 1 per 100 bytes (at least 1); an uploaded file (``file_id``) 1."""
+    try:
+        decoded = _decoded(str(file.get("file_data") or ""))
+    except _UndecodableError:
+        raise _UndecodableError("file") from None
+    if decoded is None:
+        if file.get("file_id"):
+            return f"[file {file['file_id']}]", [f"<|file {file['file_id']}|>"]
+        raise _UndecodableError("file")
+    mime, data = decoded
+    marker = f"<|file {hashlib.sha256(data).hexdigest()[:16]}|>"
+    return f"[file {mime or 'application/octet-stream'} {len(data)} bytes]", [marker] * max(1, len(data) // 100)
+
+
+def _piece(part: Any) -> tuple[str, list[str]]:
+    """A content part's echo and its prompt tokens; ``_UndecodableError`` for an image or file that cannot be decoded."""
+    if isinstance(part, str):
+        return part, tokenize(part)
+    if not isinstance(part, dict):
+        return "", []
+    kind = part.get("type")
+    if kind == "image_url":
+        image_url = part.get("image_url")
+        if isinstance(image_url, dict):
+            return _image(str(image_url.get("url") or ""), image_url.get("detail"))
+        return _image(str(image_url or ""), None)
+    if kind == "file":
+        file = part.get("file")
+        return _file(file if isinstance(file, dict) else {})
+    text = str(part.get("text", ""))
+    return text, tokenize(text)
+
+
+def _pieces(content: Any) -> list[tuple[str, list[str]]]:
+    """A message's content as echoes and tokens, part by part; an undecodable image or file as ``[image]`` (85 tokens)
+    or ``[file]`` (1): only the chat route refuses them, a batch line or the Messages API answers anyway."""
+    if content is None:
+        return []
+    if not isinstance(content, list):
+        text = content if isinstance(content, str) else str(content)
+        return [(text, tokenize(text))]
+    pieces = []
+    for part in content:
+        try:
+            pieces.append(_piece(part))
+        except _UndecodableError as error:
+            pieces.append(("[image]", ["<|image|>"] * REMOTE_IMAGE_TOKENS) if error.kind == "image" else ("[file]", ["<|file|>"]))
+    return pieces
+
+
 def _message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts
-        return " ".join(part.get("text", "") for part in content if isinstance(part, dict))
-    return "" if content is None else str(content)
+    return join_pieces([echo for echo, _ in _pieces(content)])
+
+
+def content_problem(messages: Any) -> dict[str, Any] | None:
+    """OpenAI's 400 body for the first image or file part that cannot be decoded (bad base64, or bytes that are not
+    a PNG, JPEG, GIF or WebP image); None when every part can be read. Messages and parts are counted from 0."""
+    for number, message in enumerate(messages if isinstance(messages, list) else []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for index, part in enumerate(content if isinstance(content, list) else []):
+            try:
+                _piece(part)
+            except _UndecodableError as error:
+                if error.kind == "image":
+                    what, send, code = "image", "Send a PNG, JPEG, GIF or WebP.", "invalid_image_format"
+                else:
+                    what, send, code = "file", "Send its bytes base64-encoded in a data URL.", "invalid_file_format"
+                message_text = f"Invalid {what} data in message {number}, part {index}: the {what} could not be decoded. {send}"
+                return {"error": {"message": message_text, "type": "invalid_request_error", "param": None, "code": code}}
+    return None
 
 
 def turn(role: str) -> list[str]:
@@ -75,12 +195,14 @@ def turn(role: str) -> list[str]:
 
 def prompt_sequence(messages: list[dict[str, Any]]) -> list[str]:
     """A chat prompt as the stub's tokens, its length the ``prompt_tokens``: each message in order, 3 tokens for its
-    turn (``<|start|>``, the role, ``<|sep|>``) then its content's words and punctuation marks; then 3 opening the reply.
+    turn (``<|start|>``, the role, ``<|sep|>``) then its content's words and punctuation marks (an image part its
+    tile tokens, a file part 1 per 100 bytes: see the module's docstring); then 3 opening the reply.
     """
     tokens: list[str] = []
     for message in messages:
         tokens += turn(str(message.get("role")))
-        tokens += tokenize(_message_text(message.get("content")))
+        for _, piece in _pieces(message.get("content")):
+            tokens += piece
     return tokens + turn("assistant")
 
 

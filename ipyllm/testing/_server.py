@@ -14,7 +14,7 @@ from ipyllm.testing._batches import Batches, BatchScript
 from ipyllm.testing._caching import PrefixCache
 from ipyllm.testing._faults import Fault, RecordedRequest
 from ipyllm.testing._handler import Handler, Server
-from ipyllm.testing._replies import chat_payload, chat_reply, embeddings_payload, prompt_sequence
+from ipyllm.testing._replies import chat_payload, chat_reply, content_problem, embeddings_payload, prompt_sequence
 
 __all__ = ["StubServer", "script_remote"]
 
@@ -230,6 +230,8 @@ class StubServer:
         model = str(body.get("model") or "stub")
         if endpoint.endswith("/embeddings"):
             return 200, embeddings_payload(model, body, self.report_usage)
+        if (problem := content_problem(body.get("messages"))) is not None:
+            return 400, problem
         text, usage, finish = chat_reply(model, body, None, self.reply_tokens)
         usage = self._accounted(usage, body.get("messages"))
         return 200, chat_payload(model, text, finish, usage if self.report_usage else None)
