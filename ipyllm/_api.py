@@ -68,6 +68,8 @@ class Session(_Session):
         on_text: Callable[[str], Any] | None = None,
         on_retry: Callable[[RetryNote], Any] | None = None,
         schema: Any = None,
+        images: Any = None,
+        files: Any = None,
         **overrides: Any,
     ) -> Reply:
         """Send one chat request, retried, and return the reply.
@@ -84,6 +86,10 @@ class Session(_Session):
             A pydantic model class or a JSON-schema dict: the reply must be JSON that fits it (sent as
             ``response_format`` where litellm says the model supports it, else as an instruction); the
             validated object is ``reply.parsed``.
+        images, files
+            Images (figures, ``Axes``, PIL images, ``IPython.display.Image``, H×W×3/4 uint8 arrays, PNG/JPEG/GIF/WebP
+            bytes, paths, URLs) and files (PDFs, where the model takes them; text files) sent with the prompt, after
+            its text. Messages may also carry OpenAI-style content parts as they are.
         **overrides
             Settings for this call only (``model``, ``temperature``, ``max_tokens``, ``system``, ``cache``, ...);
             other keywords (``top_p``, ``response_format``, ...) go to ``litellm.completion`` once checked against
@@ -103,7 +109,17 @@ class Session(_Session):
             Before sending (no row): a prompt or message of the wrong shape, text that is not valid UTF-8, an
             unknown keyword (named with its close match).
         """
-        return self.chat(prompt_or_messages, source="api", stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, **overrides)
+        return self.chat(
+            prompt_or_messages,
+            source="api",
+            stream=stream,
+            on_text=on_text,
+            on_retry=on_retry,
+            schema=schema,
+            images=images,
+            files=files,
+            **overrides,
+        )
 
     async def acomplete(
         self,
@@ -111,6 +127,8 @@ class Session(_Session):
         *,
         on_retry: Callable[[RetryNote], Any] | None = None,
         schema: Any = None,
+        images: Any = None,
+        files: Any = None,
         **overrides: Any,
     ) -> Reply:
         """``complete`` as a coroutine: ``await ipyllm.acomplete(...)`` does not block the event loop.
@@ -119,7 +137,9 @@ class Session(_Session):
         ``tenacity.AsyncRetrying``, one usage row, the cache); not streamed.
         """
         # Prepared here (the running cell, the settings of the moment), sent from ipyllm's own loop.
-        prepared = self.prepare_chat(prompt_or_messages, overrides, source="api", schema=schema, caller="acomplete")
+        prepared = self.prepare_chat(
+            prompt_or_messages, overrides, source="api", schema=schema, caller="acomplete", images=images, files=files
+        )
         return await _loop.run(self.achat(prepared, on_retry))  # type: ignore[no-any-return]
 
     def embed(self, texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:
@@ -129,11 +149,14 @@ class Session(_Session):
         """
         return self.embedding(texts, on_retry, overrides)
 
-    def estimate(self, prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: Any) -> Estimate:
+    def estimate(
+        self, prompt_or_messages: str | Sequence[dict[str, Any]], *, images: Any = None, files: Any = None, **overrides: Any
+    ) -> Estimate:
         """What a chat call would cost, without sending it: what ``%%llm --dry-run`` shows.
 
         Takes what ``complete`` takes (settings for this call as overrides: ``model``, ``max_tokens``,
-        ``system``, ...). The prompt's tokens are counted with litellm's ``token_counter`` and priced with
+        ``system``, ...), ``images=`` and ``files=`` included. The prompt's tokens are counted with litellm's
+        ``token_counter`` (images by OpenAI's tile formula, with litellm's per-model figures) and priced with
         litellm's price map (or ``prices``).
 
         Returns
@@ -150,7 +173,7 @@ class Session(_Session):
             As ``complete`` does: a prompt of the wrong shape, an unknown keyword (an estimate that left it out
             would not be the call's).
         """
-        return estimate_chat(self.config, prompt_or_messages, overrides)
+        return estimate_chat(self.config, prompt_or_messages, overrides, images, files)
 
     def usage(self, all_sessions: bool = False) -> pd.DataFrame:
         """The usage frame: one row per call, in call order.
@@ -241,9 +264,13 @@ def complete(
     on_text: Callable[[str], Any] | None = None,
     on_retry: Callable[[RetryNote], Any] | None = None,
     schema: Any = None,
+    images: Any = None,
+    files: Any = None,
     **overrides: Any,
 ) -> Reply:
-    return session.complete(prompt_or_messages, stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, **overrides)
+    return session.complete(
+        prompt_or_messages, stream=stream, on_text=on_text, on_retry=on_retry, schema=schema, images=images, files=files, **overrides
+    )
 
 
 async def acomplete(
@@ -251,17 +278,19 @@ async def acomplete(
     *,
     on_retry: Callable[[RetryNote], Any] | None = None,
     schema: Any = None,
+    images: Any = None,
+    files: Any = None,
     **overrides: Any,
 ) -> Reply:
-    return await session.acomplete(prompt_or_messages, on_retry=on_retry, schema=schema, **overrides)
+    return await session.acomplete(prompt_or_messages, on_retry=on_retry, schema=schema, images=images, files=files, **overrides)
 
 
 def embed(texts: str | Sequence[str], *, on_retry: Callable[[RetryNote], Any] | None = None, **overrides: Any) -> Embeddings:
     return session.embed(texts, on_retry=on_retry, **overrides)
 
 
-def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], **overrides: Any) -> Estimate:
-    return session.estimate(prompt_or_messages, **overrides)
+def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], *, images: Any = None, files: Any = None, **overrides: Any) -> Estimate:
+    return session.estimate(prompt_or_messages, images=images, files=files, **overrides)
 
 
 def usage(all_sessions: bool = False) -> pd.DataFrame:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._attach import fill_parts
 from ipyllm._budget import usd
 from ipyllm._engine import Reply
 from ipyllm._progress import Tally
@@ -316,7 +317,9 @@ def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
     return pd.RangeIndex(len(items)), len(items), item_rows()
 
 
-def fill(template: str | Callable[[Any], Any], fields: Fields, row: Any) -> Any:
+def fill(template: str | Callable[[Any], Any], fields: Fields, row: Any, table_budget: int = 2000) -> Any:
+    """A row's prompt: what a callable template returns, or the str template filled from the row's fields (a field
+    holding an image, a PDF or a path to an image file makes the prompt content parts: ``_attach``)."""
     if callable(template):
         return template(row)
-    return template.format_map(fields)
+    return fill_parts(template, fields, table_budget)

@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ipyllm._attach import attach, prepare_media
 from ipyllm._budget import Need, Reservation, usd
 from ipyllm._config import SETTING_NAMES, LLMConfig, Settings
 from ipyllm._cost import Estimate, estimate, estimate_embedding
 from ipyllm._engine import Embeddings, Reply, as_messages
 from ipyllm._litellm import litellm_loaded, load_litellm, resolve_provider
 from ipyllm._notices import notice
+from ipyllm._parts import count_images
 from ipyllm._records import Records
 from ipyllm._schema import Schema
 from ipyllm._usage import UsageRow
@@ -69,12 +71,18 @@ def prepare_chat(
     use_cache: bool = True,
     schema: Any = None,
     caller: str = "complete",
+    images: Any = None,
+    files: Any = None,
 ) -> Prepared:
-    """Check the input (nothing is sent, and no row written, for bad input), apply the schema, key the cache."""
+    """Check the input (nothing is sent, and no row written, for bad input), apply the schema, key the cache.
+
+    ``images`` and ``files`` join the last user message (``_attach``); a call with images or files is checked for
+    them before anything else happens (the model takes them, each image fits the provider's limits)."""
     started = time.perf_counter()
     settings, extra = split_overrides(config, overrides)
     check_prompt(prompt_or_messages)
-    messages = as_messages(prompt_or_messages, settings.system)
+    prompt_or_messages = attach(prompt_or_messages, images, files)
+    messages = prepare_media(settings, as_messages(prompt_or_messages, settings.system))
     check_encodable(messages)
     if extra:  # resolving the provider needs litellm, which a cache hit must not wait for
         check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, caller)
@@ -96,13 +104,21 @@ def prepare_embedding(config: LLMConfig, texts: str | Sequence[str], overrides: 
     return Prepared.of("embedding", settings, items, extra, record, keyed=settings.cache, started=started)
 
 
-def estimate_chat(config: LLMConfig, prompt_or_messages: str | Sequence[dict[str, Any]], overrides: dict[str, Any]) -> Estimate:
-    """What the chat call would cost: its input checked as ``complete`` checks it, nothing sent."""
+def estimate_chat(
+    config: LLMConfig,
+    prompt_or_messages: str | Sequence[dict[str, Any]],
+    overrides: dict[str, Any],
+    images: Any = None,
+    files: Any = None,
+) -> Estimate:
+    """What the chat call would cost: its input checked as ``complete`` checks it (images and files too), nothing sent."""
     settings, extra = split_overrides(config, overrides)
     check_prompt(prompt_or_messages)
+    prompt_or_messages = attach(prompt_or_messages, images, files)
+    messages = prepare_media(settings, as_messages(prompt_or_messages, settings.system))
     if extra:  # a keyword complete would refuse is refused here too, rather than left out of the estimate
         check_keywords("chat", settings.model, resolve_provider(settings.model, settings.base_url), extra, "estimate")
-    return estimate(settings, as_messages(prompt_or_messages, settings.system))
+    return estimate(settings, messages)
 
 
 def cache_key(kind: str, settings: Settings, payload: Any, extra: dict[str, Any]) -> str:
@@ -150,6 +166,8 @@ class Prepared:
     ) -> Prepared:
         """The call, keyed for the cache when ``keyed`` (read or written, with ``cache`` on or by a map's resume)."""
         key = cache_key(kind, settings, payload, extra) if keyed else None
+        if kind == "chat" and (images := count_images(payload)):
+            record = _with_images(record, images)
         return cls(kind, settings, payload, extra, key, record, time.perf_counter() if started is None else started, shape)
 
     @property
@@ -252,6 +270,16 @@ class Prepared:
             )
             self.record(interrupted.usage)
             raise
+
+
+def _with_images(record: Callable[..., None], images: int) -> Callable[..., None]:
+    """``record`` for a call that sends images: each of its rows says how many (the ``images`` column)."""
+
+    def recorded(row: UsageRow, *args: Any, **kwargs: Any) -> None:
+        row.images = images
+        record(row, *args, **kwargs)
+
+    return recorded
 
 
 def answer_entry(text: str, row: UsageRow) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import html
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ipyllm._attach import text_of
 from ipyllm._display import footer
 from ipyllm._usage import UsageRow
 
@@ -36,7 +37,8 @@ class Turn:
     """One ``--chat`` exchange, with the usage row of its call."""
 
     cell_id: str | None
-    prompt: str
+    #: The prompt as sent: its text, or its content parts (images kept, so that later turns send them again).
+    prompt: str | list[dict[str, Any]]
     reply: str
     usage: UsageRow | None = None
     #: The cell's identity (``cell_key``) and the run of it that recorded this turn.
@@ -58,16 +60,23 @@ class Conversation:
         """A turn from an earlier run of this same cell."""
         return key is not None and turn.key == key and turn.run != run
 
-    def history(self, key: str | None = None, run: int = 0) -> list[dict[str, str]]:
+    def history(self, key: str | None = None, run: int = 0) -> list[dict[str, Any]]:
         """The messages to send before a new prompt from cell ``key`` (its earlier runs left out)."""
-        messages = []
+        messages: list[dict[str, Any]] = []
         for turn in self.turns:
             if not self._stale(turn, key, run):
                 messages += [{"role": "user", "content": turn.prompt}, {"role": "assistant", "content": turn.reply}]
         return messages
 
     def record(
-        self, cell_id: str | None, prompt: str, reply: str, usage: UsageRow | None = None, *, key: str | None = None, run: int = 0
+        self,
+        cell_id: str | None,
+        prompt: str | list[dict[str, Any]],
+        reply: str,
+        usage: UsageRow | None = None,
+        *,
+        key: str | None = None,
+        run: int = 0,
     ) -> None:
         """Add a turn; the turns of earlier runs of the same cell go."""
         self.turns = [t for t in self.turns if not self._stale(t, key, run)]
@@ -96,7 +105,7 @@ class Conversation:
         rows = [
             {
                 "cell": t.usage.cell if t.usage else None,
-                "prompt": t.prompt,
+                "prompt": text_of(t.prompt),
                 "reply": t.reply,
                 "model": t.usage.model if t.usage else None,
                 "prompt_tokens": t.usage.prompt_tokens if t.usage else None,
@@ -118,8 +127,9 @@ class Conversation:
         for number, turn in enumerate(self.turns, 1):
             heading = f"turn {number}" + (f" · In[{turn.usage.cell}]" if turn.usage and turn.usage.cell is not None else "")
             note = footer(turn.usage) if turn.usage else ""
-            plain += [f"── {heading}", f"you: {turn.prompt}", turn.reply, f"({note})" if note else "", ""]
-            quoted = "\n".join(f"> {line}" for line in turn.prompt.splitlines() or [""])
+            prompt = text_of(turn.prompt)  # an image as [image W×H]: never its bytes
+            plain += [f"── {heading}", f"you: {prompt}", turn.reply, f"({note})" if note else "", ""]
+            quoted = "\n".join(f"> {line}" for line in prompt.splitlines() or [""])
             markdown += [f"**{heading}**", quoted, turn.reply, f"<sub>{html.escape(note)}</sub>", "---"]
         tokens = sum((t.usage.prompt_tokens or 0) + (t.usage.completion_tokens or 0) for t in self.turns if t.usage)
         count = len(self.turns)

@@ -12,6 +12,7 @@ from typing import Protocol
 from ipyllm._config import Settings
 from ipyllm._litellm import check_environment, model_names
 from ipyllm._models import server_models
+from ipyllm._parts import scrub_data_urls
 from ipyllm._retry import describe, is_missing_key, is_permanent
 from ipyllm.errors import (
     AuthenticationError,
@@ -48,7 +49,9 @@ _SECRET_VARIABLE = re.compile(r"(_API_KEY|_KEY|_TOKEN|_SECRET|_PASSWORD)$|SECRET
 
 
 def redact(text: str, settings: Settings | None = None) -> str:
-    """Remove the session's key, any credential variable's value, and anything shaped like a key, from text."""
+    """Remove the session's key, any credential variable's value, anything shaped like a key, and image data (a
+    provider that echoes a data URL back), from text."""
+    text = scrub_data_urls(text)
     secrets = [str.__str__(settings.api_key.reveal())] if settings is not None and settings.api_key else []
     secrets += [value for name, value in os.environ.items() if _SECRET_VARIABLE.search(name) and len(value) >= 8]
     for secret in sorted(secrets, key=len, reverse=True):

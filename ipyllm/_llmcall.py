@@ -8,22 +8,26 @@ from __future__ import annotations
 
 import json
 import keyword
+import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
 from ipyllm import _api
+from ipyllm._attach import attach, prepare_media, shown
 from ipyllm._cost import estimate
 from ipyllm._display import LiveOutput, footer, note_bundle, render
 from ipyllm._engine import Reply, as_messages
 from ipyllm._notices import said
+from ipyllm._parts import count_images
 from ipyllm._prompt import parse_options, split_prompt
-from ipyllm.errors import Interrupted, LLMError, SettingError, StreamBrokenError
+from ipyllm.errors import Interrupted, InvalidInputError, LLMError, SettingError, StreamBrokenError
 
 if TYPE_CHECKING:
     import argparse
 
-__all__ = ["answer", "deliver", "dry_run", "read_call"]
+__all__ = ["answer", "deliver", "dry_run", "read_call", "with_attachments"]
 
 #: The options that override a setting for one call.
 _OVERRIDES = ("model", "system", "temperature", "max_tokens")
@@ -46,17 +50,36 @@ def read_call(parser: argparse.ArgumentParser, line: str, cell: str | None) -> t
     return args, template, overrides
 
 
+def with_attachments(messages: list[dict[str, Any]], args: argparse.Namespace, namespace: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The messages with ``--image`` and ``--file`` added to the last one: each ``--image`` a variable of the namespace,
+    a path or a URL (tried in that order), each ``--file`` a path."""
+    images = []
+    for value in args.image or []:
+        if value.isidentifier() and value in namespace:
+            images.append(namespace[value])
+        elif value.startswith(("http://", "https://")) or os.path.isfile(value):
+            images.append(value)
+        else:
+            raise UsageError(f"--image {value}: no variable, file or URL of that name; define it, or give a path or an https:// URL")
+    try:
+        return attach(messages, images or None, args.file or None)  # type: ignore[no-any-return]
+    except InvalidInputError as error:
+        raise UsageError(str(error).replace("images[", "--image [").replace("files[", "--file [")) from None
+
+
 def dry_run(publisher: Any, messages: list[dict[str, Any]], overrides: dict[str, Any]) -> None:
-    """Show what the call would send and cost, sending nothing."""
+    """Show what the call would send and cost, sending nothing (each image as ``[image W×H]``)."""
     try:
         settings, _ = _api.session.split_overrides(overrides)
-    except SettingError as error:
+        messages = prepare_media(settings, as_messages(messages, settings.system))
+    except (SettingError, InvalidInputError) as error:
         raise UsageError(str(error)) from None
-    messages = as_messages(messages, settings.system)
     guess = estimate(settings, messages)
     # A total for the input, a rate for the output and the most it may bill: nothing to misread.
-    summary = f"dry run, nothing sent · {guess.model} ({guess.provider or 'provider unknown'}) · {guess.describe()}"
-    body = json.dumps(messages, indent=2, ensure_ascii=False)
+    images = count_images(messages)
+    counted = f" (with {images} image{'s' if images != 1 else ''}: OpenAI's tile formula)" if images else ""
+    summary = f"dry run, nothing sent · {guess.model} ({guess.provider or 'provider unknown'}) · {guess.describe()}{counted}"
+    body = json.dumps(shown(messages), indent=2, ensure_ascii=False)
     publisher.publish(data=render(body, "json", summary), metadata={})
 
 

@@ -27,7 +27,7 @@ from ipyllm._config import config
 from ipyllm._display import FORMATS, LiveOutput
 from ipyllm._engine import Reply
 from ipyllm._litellm import warm_up
-from ipyllm._llmcall import answer, deliver, dry_run, read_call
+from ipyllm._llmcall import answer, deliver, dry_run, read_call, with_attachments
 from ipyllm._mapcell import run_map
 from ipyllm._models import models
 from ipyllm._prompt import interpolate, is_one_llm_line, keep_question_marks, parse_options
@@ -77,6 +77,13 @@ class LLMMagics(Magics):
     @argument("--no-stream", action="store_true", help="wait for the whole reply instead of streaming it into the cell")
     @argument("--chat", action="store_true", help="continue this session's conversation (a re-run cell replaces its turn)")
     @argument("--dry-run", action="store_true", help="send nothing: show the model, messages, token count and estimated cost")
+    @argument(
+        "--image",
+        action="append",
+        metavar="VALUE",
+        help="attach an image: a variable (figure, PIL image, bytes), a path or a URL; repeatable",
+    )
+    @argument("--file", action="append", metavar="PATH", help="attach a PDF (models that take PDFs) or a text file; repeatable")
     @argument("--no-cache", action="store_true", help="send the request even when the cache holds an identical one")
     @argument("--map", metavar="DATA", help="%%%%llm only: the cell body is a template run over every row of DATA (see ipyllm.map)")
     @argument("--concurrency", type=int, default=8, metavar="N", help="with --map: most calls in flight (default 8)")
@@ -111,10 +118,11 @@ class LLMMagics(Magics):
         if args.map is not None or args.schema is not None or args.via != "live":
             run_map(self.shell, args, template, overrides, cell is not None)
             return None
-        prompt = interpolate(template, self.shell.user_ns)
+        prompt = interpolate(template, self.shell.user_ns, config.table_token_budget)
         key = cell_key(self.cell_id, self.cell_source)
         history = conversation.history(key, self.run) if args.chat else []
-        messages = [*history, {"role": "user", "content": prompt}]
+        messages = with_attachments([*history, {"role": "user", "content": prompt}], args, self.shell.user_ns)
+        prompt = messages[-1]["content"]
         if args.dry_run:
             dry_run(self.shell.display_pub, messages, overrides)
             return None

@@ -8,11 +8,13 @@ from __future__ import annotations
 import io
 import re
 import shlex
-import string
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
+
+from ipyllm._attach import PartFormatter, assemble
+from ipyllm.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import argparse
@@ -38,8 +40,9 @@ class _Namespace(Mapping[str, Any]):
         return len(self._namespace)
 
 
-class _PromptFormatter(string.Formatter):
-    """``str.format`` over the user namespace; a field that cannot be filled is named in one line."""
+class _PromptFormatter(PartFormatter):
+    """``str.format`` over the user namespace; a field that cannot be filled is named in one line; a figure, an
+    image or a file becomes a content part, a DataFrame a table (``_attach.PartFormatter``)."""
 
     def get_field(self, field_name: str, args: Any, kwargs: Any) -> tuple[Any, Any]:
         import _string  # the field-name parser str.format itself uses
@@ -66,15 +69,18 @@ class _PromptFormatter(string.Formatter):
         return value, first
 
 
-def interpolate(template: str, namespace: Mapping[str, Any]) -> str:
-    """Replace ``{name}`` (and ``{In[3]}``, ``{obj.attr}``, ``{x:.2f}``) from the namespace; ``{{ }}`` are braces."""
-    formatter = _PromptFormatter()
+def interpolate(template: str, namespace: Mapping[str, Any], table_budget: int = 2000) -> str | list[dict[str, Any]]:
+    """Replace ``{name}`` (and ``{In[3]}``, ``{obj.attr}``, ``{x:.2f}``, ``{_}``, ``{Out[2]}``) from the namespace;
+    ``{{ }}`` are braces. The prompt's text, or its content parts when a field holds an image or a file."""
+    formatter = _PromptFormatter(table_budget)
     try:
         if any(field == "" for _, field, _, _ in formatter.parse(template)):
             raise UsageError("{}: positional fields are not supported, name a variable (write {{ and }} for literal braces)")
-        return formatter.vformat(template, (), _Namespace(namespace))
+        return assemble(formatter.vformat(template, (), _Namespace(namespace)), formatter.parts)
     except UsageError:
         raise
+    except InvalidInputError as error:
+        raise UsageError(str(error)) from None
     except (IndexError, KeyError) as error:
         raise UsageError(f"cannot fill {error} in the prompt: write {{{{ and }}}} for literal braces") from None
     except (ValueError, AttributeError, TypeError) as error:

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ipyllm._attach import prepare_media
 from ipyllm._batchcost import batch_price
 from ipyllm._batchdata import Fields, MissingValue, fill, is_missing, rows_of, template_fields, template_prefix
 from ipyllm._calls import Prepared, cached_entries
@@ -24,7 +25,7 @@ from ipyllm._routes import BATCH_WINDOW, BatchEstimate, Route, live_wall_time
 from ipyllm._schema import Schema
 from ipyllm._session import Session
 from ipyllm._validate import check_keywords
-from ipyllm.errors import SettingError
+from ipyllm.errors import InvalidInputError, SettingError
 
 __all__ = ["Rows"]
 
@@ -85,7 +86,10 @@ class Rows:
     def messages(self, fields: Fields, row: Any) -> list[dict[str, Any]]:
         """The row's messages, the shared part first: the system prompt and a schema's instruction, then the prompt,
         which begins with the template's constant text."""
-        return self._shaped(as_messages(fill(self.template, fields, row), self.settings.system))
+        filled = fill(self.template, fields, row, self.settings.table_token_budget)
+        if isinstance(self.template, str) and isinstance(filled, list):
+            filled = [{"role": "user", "content": filled}]  # the prompt's parts: one user message, not a list of messages
+        return prepare_media(self.settings, self._shaped(as_messages(filled, self.settings.system)))
 
     def _shaped(self, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if self.shape is not None and not self.native:
@@ -116,6 +120,10 @@ class Rows:
                 if self._first:
                     raise
                 yield position, None, f"template: {error}"
+            except InvalidInputError as error:  # an image the model cannot take, or cannot be read
+                if self._first:
+                    raise
+                yield position, None, str(error)
             except Exception as error:  # a user's callable or a format spec that does not fit this row
                 if self._first:
                     raise SettingError(f"the template fails on the first row ({type(error).__name__}: {error})", "template") from None

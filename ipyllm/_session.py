@@ -134,10 +134,20 @@ class Session:
         use_cache: bool = True,
         schema: Any = None,
         caller: str = "complete",
+        images: Any = None,
+        files: Any = None,
     ) -> Prepared:
         """The call checked, its schema applied and its cache keyed (``_calls.prepare_chat``), its rows filed here."""
         return prepare_chat(
-            self.config, prompt_or_messages, overrides, self.recorder(source), use_cache=use_cache, schema=schema, caller=caller
+            self.config,
+            prompt_or_messages,
+            overrides,
+            self.recorder(source),
+            use_cache=use_cache,
+            schema=schema,
+            caller=caller,
+            images=images,
+            files=files,
         )
 
     # -- the calls: from the cache, or sent through the client within a budget reservation --------------------
@@ -152,13 +162,17 @@ class Session:
         on_loading: Callable[[], Any] | None = None,
         use_cache: bool = True,
         schema: Any = None,
+        images: Any = None,
+        files: Any = None,
         **overrides: Any,
     ) -> Reply:
         """One chat call: from the cache, or sent through the client within a budget reservation.
 
         ``on_loading`` is called when the call must first wait for litellm's import (a cache hit never does).
         """
-        prepared = self.prepare_chat(prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema)
+        prepared = self.prepare_chat(
+            prompt_or_messages, overrides, source=source, use_cache=use_cache, schema=schema, images=images, files=files
+        )
         hit = prepared.cached(self.records, on_text)
         if isinstance(hit, Reply):
             return prepared.finish(hit)

@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("prices, estimates, savings, prompt caching's plan, the model list, how replies look",
      {"_cost", "_batchcost", "_promptcache", "_savings", "_models", "_display"}),
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
-     {"_retry", "_answers", "_explain", "_validate", "_schema", "_callrow", "_attempt", "_engine", "_jobfile", "_batchlink"}),
+     {"_retry", "_answers", "_explain", "_validate", "_attach", "_schema", "_callrow", "_attempt", "_engine", "_jobfile", "_batchlink"}),
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
      {"_batchledger", "_batchclaim", "_store",
       "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_pglink", "_pgwriter", "_pgbudget", "_postgres", "_ledger",
