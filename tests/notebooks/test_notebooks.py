@@ -11,6 +11,7 @@ copy of the repository) take a minute or two each; they run when ``IPYLLM_INSTAL
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -72,7 +73,7 @@ def check_executed(nb: nbformat.NotebookNode, first_says: str = "stub server") -
 
 
 def test_the_notebooks_are_there() -> None:
-    assert set(NOTEBOOKS) == {"quickstart", "cost-analysis", "retries", "batch"}
+    assert set(NOTEBOOKS) == {"quickstart", "cost-analysis", "retries", "batch", "images"}
 
 
 @pytest.mark.parametrize("name", sorted(NOTEBOOKS))
@@ -138,7 +139,8 @@ def test_quickstart_shows_replies_formats_the_picker_and_usage(executed: dict[st
     assert set(outputs_of(nb, "%%llm -f text")[0]["data"]) == {"text/plain"}
     assert "application/vnd.jupyter.widget-view+json" in outputs_of(nb, "ipyllm.picker()")[0]["data"]
     assert re.search(r"\d+→\d+ tokens, \$0\.\d+, 1 attempt", text_of(outputs_of(nb, "print(slogan.upper())")[0]))
-    assert "0  north  120  131" in text_of(outputs_of(nb, "%%llm\nSummarise these {topic}")[0])
+    table = text_of(outputs_of(nb, "%%llm\nSummarise these {topic}")[0])
+    assert "DataFrame, 4 rows × 3 columns" in table and "\n0,north,120,131\n" in table, "{sales} is sent as a CSV table"
     dry_run = text_of(outputs_of(nb, "%%llm --chat --dry-run")[0])
     assert "dry run, nothing sent" in dry_run and "My name is Ada and I analyse sales data." in dry_run
     assert "total" in text_of(outputs_of(nb, "%llm_usage", exact=True)[0])
@@ -186,7 +188,12 @@ def test_cost_analysis_refuses_over_budget_and_plots(executed: dict[str, nbforma
 @pytest.mark.kernel
 @pytest.mark.parametrize(
     ("name", "first_says"),
-    [("quickstart", "calls go to the server at"), ("cost-analysis", "calls go to the server at"), ("retries", "stub server")],
+    [
+        ("quickstart", "calls go to the server at"),
+        ("cost-analysis", "calls go to the server at"),
+        ("retries", "stub server"),
+        ("images", "calls go to the server at"),
+    ],
 )
 def test_notebooks_run_unchanged_with_a_configured_provider(stub: StubServer, tmp_path: Path, name: str, first_says: str) -> None:
     """A provider configured the way users do (LLM_BASE_URL, LLM_API_KEY), played by a stub server outside the kernel."""
@@ -296,3 +303,31 @@ def test_batch_classifies_via_the_batch_api_at_half_price_and_a_rerun_attaches(e
     attached = "".join(text_of(o) for o in outputs_of(nb, "summaries = ipyllm.map("))
     assert "ipyllm: attached to provider batch batch_" in attached and "6 rows, 6 answered" in attached
     assert text_of(outputs_of(nb, "ipyllm.batches()")[-1]).count("collected") == 2
+
+
+@pytest.mark.kernel
+def test_images_notebook_sends_figures_and_keeps_no_image_bytes(executed: dict[str, nbformat.NotebookNode]) -> None:
+    nb = executed["images"]
+    asked = text_of(outputs_of(nb, "%%llm\nIn which month")[0])
+    assert "[image 640×480]" in asked and "· 1 image ·" in asked, asked
+    compared = text_of(outputs_of(nb, "%%llm --image chart_a --image chart_b")[0])
+    assert compared.count("[image 400×300]") == 2 and "· 2 images ·" in compared, compared
+    dry_run = text_of(outputs_of(nb, "%%llm --dry-run -m gpt-4o")[0])
+    assert "nothing sent" in dry_run and "[image 640×480]" in dry_run and "gpt-4o (openai)" in dry_run
+    detail = text_of(outputs_of(nb, 'for detail in ("auto", "low")')[0])
+    assert re.search(r"image_detail=auto\s+\d{3} prompt tokens\nimage_detail=low\s+\d{2} prompt tokens", detail), detail
+    refused = text_of(outputs_of(nb, "%%llm -m gpt-3.5-turbo")[-1])
+    assert refused.startswith("InvalidInputError: gpt-3.5-turbo does not take images"), refused
+    assert "… 49,970 rows left out …" in text_of(outputs_of(nb, "%%llm\nThese are orders.")[0])
+    classified = outputs_of(nb, "from typing import Literal")[-1]["data"]["text/html"]
+    assert classified.count("<th>square-") == 8 and "<th>colour</th>" in classified
+    from_python = text_of(outputs_of(nb, "reply = ipyllm.complete(")[0])
+    assert "[image 640×480]" in from_python and "gpt-4o-mini 1 image," in from_python
+    assert "<th>images</th>" in outputs_of(nb, 'ipyllm.usage()[["model", "images"')[0]["data"]["text/html"]
+    # The figures the notebook shows itself are PNGs; what ipyllm shows never holds an image's bytes.
+    assert "image/png" in outputs_of(nb, "%matplotlib inline")[0]["data"]
+    magic_cells = [cell for cell in nb.cells if cell.cell_type == "code" and cell.source.startswith(("%%llm", "%llm"))]
+    assert len(magic_cells) >= 6
+    for cell in magic_cells:
+        saved = json.dumps(cell.outputs, ensure_ascii=False)
+        assert "iVBORw0KGgo" not in saved and "data:image" not in saved, cell.source
