@@ -56,6 +56,7 @@ _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
 _MARK = "\x00ipyllm-part-{}\x00"
 _MARKS = re.compile("\x00ipyllm-part-(\\d+)\x00")
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
+_DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8})$|-preview")
 _ACCEPTED = "a matplotlib figure, a PIL image, an IPython Image, an H×W×3 uint8 array, PNG/JPEG/GIF/WebP bytes, a path or a URL"
 
 
@@ -258,6 +259,7 @@ def capable_models(provider: str, capability: str, n: int = 3) -> list[str]:
         and entry.get("litellm_provider") == provider
         and entry.get("mode", "chat") == "chat"
         and "/" not in name.removeprefix(f"{provider}/")
+        and not _DATED.search(name)  # a dated snapshot of a model already named
     ]
     entries = price_map()
 

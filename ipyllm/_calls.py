@@ -166,8 +166,8 @@ class Prepared:
     ) -> Prepared:
         """The call, keyed for the cache when ``keyed`` (read or written, with ``cache`` on or by a map's resume)."""
         key = cache_key(kind, settings, payload, extra) if keyed else None
-        if kind == "chat" and (images := count_images(payload)):
-            record = _with_images(record, images)
+        if kind == "chat":
+            record = _with_images(record, count_images(payload))
         return cls(kind, settings, payload, extra, key, record, time.perf_counter() if started is None else started, shape)
 
     @property
@@ -273,7 +273,7 @@ class Prepared:
 
 
 def _with_images(record: Callable[..., None], images: int) -> Callable[..., None]:
-    """``record`` for a call that sends images: each of its rows says how many (the ``images`` column)."""
+    """``record`` for a chat call: each of its rows says how many images it sends (the ``images`` column, 0 for text)."""
 
     def recorded(row: UsageRow, *args: Any, **kwargs: Any) -> None:
         row.images = images

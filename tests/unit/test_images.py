@@ -77,6 +77,8 @@ def test_a_figure_in_the_magic_arrives_as_one_png_part_of_its_size(ip: Any, live
     assert "[image 640×480]" in captured.stdout + "".join(str(o.data) for o in captured.outputs)
     row = _api.session.records.frame().iloc[-1]
     assert row["images"] == 1 and row["status"] == "ok"
+    ip.run_cell("%%llm --no-stream\nJust words")
+    assert _api.session.records.frame().iloc[-1]["images"] == 0  # a text prompt sends no image
     assert "1 image" in "".join(str(o.data) for o in captured.outputs)  # the footer
 
 
