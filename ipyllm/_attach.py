@@ -55,7 +55,6 @@ Messages = list[dict[str, Any]]
 _IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".gif", ".webp"})
 _MARK = "\x00ipyllm-part-{}\x00"
 _MARKS = re.compile("\x00ipyllm-part-(\\d+)\x00")
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+);base64,(?P<data>.*)$", re.DOTALL)
 _DATED = re.compile(r"-(\d{4}-\d{2}-\d{2}|\d{4}|\d{8})$|-preview")
 _ACCEPTED = "a matplotlib figure, a PIL image, an IPython Image, an H×W×3 uint8 array, PNG/JPEG/GIF/WebP bytes, a path or a URL"
 
@@ -297,12 +296,12 @@ def prepare_media(settings: Settings, messages: Messages) -> Messages:
     decoded: list[_parts.Image | None] = []
     for number, (part, index) in enumerate(images, 1):
         url = (part.get("image_url") or {}).get("url", "") if isinstance(part.get("image_url"), Mapping) else part.get("image_url")
-        match = _DATA_URL.match(url) if isinstance(url, str) else None
-        if match is None:
+        if not (isinstance(url, str) and url.startswith("data:")):
             decoded.append(None)  # a URL the provider fetches
             continue
+        match = _parts.DATA_URL.fullmatch(url)
         try:
-            data = base64.b64decode(match["data"], validate=True)
+            data = base64.b64decode(match["data"], validate=True) if match is not None else b""
         except (binascii.Error, ValueError):
             data = b""
         size = _parts.image_size(data)
