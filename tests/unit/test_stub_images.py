@@ -1,6 +1,6 @@
 """The stub server's image and file parts, over real HTTP through litellm: echoed in place as ``[image W×H]``,
 counted by OpenAI's tile formula on top of the text's tokens, and an image that cannot be decoded refused with
-OpenAI's 400, streamed or not, reaching the user as one line.
+OpenAI's 400, streamed or not (ipyllm itself refuses such an image before sending).
 """
 
 from __future__ import annotations
@@ -92,17 +92,16 @@ def test_remote_images_and_files(live: StubServer) -> None:
     "url",
     ["data:image/png;base64,not base64 at all!", "data:image/png;base64," + base64.b64encode(b"just some text").decode()],
 )
-def test_an_undecodable_image_is_refused_with_one_line(live: StubServer, stream: bool, url: str) -> None:
+def test_an_undecodable_image_is_refused_before_sending(live: StubServer, stream: bool, url: str) -> None:
+    """ipyllm reads every data URL before sending, so the provider's 400 (below) is never paid for."""
     messages = asking(text("Describe"), {"type": "image_url", "image_url": {"url": url}})
-    with pytest.raises(ipyllm.RequestRejectedError) as caught:
+    with pytest.raises(ipyllm.InvalidInputError) as caught:
         ipyllm.complete(messages, stream=stream)
     said = str(caught.value)
-    assert "\n" not in said and caught.value.status_code == 400
-    assert "Invalid image data in message 0, part 1: the image could not be decoded. Send a PNG, JPEG, GIF or WebP." in said
-    assert "base64," not in said
-    assert len(live.requests) == 1, "a 400 is not retried"
-    assert live.requests[0].body["messages"][0]["content"][1]["image_url"]["url"] == url
-    assert caught.value.usage is not None and caught.value.usage.status == "error"
+    assert "\n" not in said and "base64," not in said
+    assert said.startswith("image 1 (message 0) cannot be decoded: send PNG, JPEG, GIF or WebP bytes")
+    assert live.requests == [], "nothing is sent"
+    assert len(ipyllm.usage()) == 0, "and nothing is recorded"
 
 
 def test_the_400_in_openais_form(stub: StubServer) -> None:

@@ -132,12 +132,12 @@ def test_unknown_keywords_are_refused_naming_the_function_called(live: StubServe
     assert all(body["top_p"] == 0.5 for body in sent) and (len(sent) > 0) == (name not in ("estimate", "map(dry_run)"))
 
 
-def test_embed_names_itself_and_estimate_refuses_images(live: StubServer) -> None:
+def test_embed_names_itself_and_estimate_refuses_what_is_not_an_image(live: StubServer) -> None:
     assert refused(ipyllm.InvalidInputError, ipyllm.embed, "x", dimension=4).startswith(
         "embed() got the unknown keyword 'dimension': did you mean dimensions?"
     )
     assert refused(ipyllm.InvalidInputError, ipyllm.estimate, "x", images=[b"\x89PNG"]).startswith(
-        "estimate() got the unknown keyword 'images'"
+        "images[0] is bytes, not an image: give a matplotlib figure, a PIL image"
     )
     nothing_sent(live)
 
