@@ -15,6 +15,7 @@ for variable in list(os.environ):
     if variable.startswith("LLM_") or variable.endswith(("_API_KEY", "_API_BASE", "_BASE_URL")):
         os.environ.pop(variable, None)
 
+import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -30,6 +31,12 @@ from ipyllm.testing import StubServer  # noqa: E402
 
 #: The mutation check (tests/tools/mutate.py) is run by hand, not collected.
 collect_ignore = ["tools"]
+
+# A shell without job control starts a background command (`./run-tests &`) with Ctrl-C ignored, and Python
+# then leaves SIGINT ignored: the tests that press Ctrl-C need it to raise KeyboardInterrupt, as in a terminal
+# or a kernel.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: The test key. Deliberately not shaped like any provider's key (no ``sk-``): only exact-key redaction hides it.
 SECRET = "Hush.this-is-the-tests-own-key.7f3a9c"
