@@ -36,7 +36,7 @@ from ipyllm import _views
 from ipyllm._budget import local_midnight, user_name
 from ipyllm._config import LLMConfig
 from ipyllm._ledger import open_store
-from ipyllm._locations import Memory, Server, default_usage_db
+from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
 from ipyllm._store import Store
 from ipyllm.errors import LedgerUnavailableError
 
@@ -161,6 +161,9 @@ class LedgerReader:
         return text
 
     def store(self) -> Store | None:
+        """The open store (None for ``:memory:``, and while no kernel has made the SQLite file: a reader creates none)."""
+        if isinstance(self.location, SQLiteFile) and not self._opened and not os.path.exists(self.location.path):
+            return None
         if not self._opened:
             self._store = open_store(self.location)
             self._opened = True

@@ -72,10 +72,11 @@ def pg() -> Iterator[PostgresServer]:
 def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
     """Each ledger kind in turn: a SQLite file, or a fresh database on the PostgreSQL server (with a password).
 
-    ``unreachable`` (asked for by a test) is a PostgreSQL URL with the server's password and a port nothing listens on.
+    ``memory`` and ``unreachable`` (asked for by a test): ``:memory:``, and a PostgreSQL URL with the server's password
+    and a port nothing listens on.
     """
-    if request.param == "sqlite":
-        return Ledger("sqlite", str(tmp_path / "ledger.sqlite"), [SECRET])
+    if request.param in ("sqlite", "memory"):
+        return Ledger(request.param, str(tmp_path / "ledger.sqlite") if request.param == "sqlite" else ":memory:", [SECRET])
     server: PostgresServer = request.getfixturevalue("pg")
     if request.param == "unreachable":
         return Ledger("postgresql", f"postgresql://postgres:{server.password}@127.0.0.1:{free_port()}/nowhere", [SECRET, server.password])
@@ -84,7 +85,7 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Ledger:
 
 @pytest.fixture
 def server_options() -> dict[str, Any]:
-    """``c.IPyLLM`` for the server (a test overrides it to allow prompts)."""
+    """More of the server's configuration, by section (a test overrides it: ``{"IPyLLM": {"show_prompts": True}}``)."""
     return {}
 
 
@@ -100,8 +101,8 @@ def server_environ(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> Ledger:
 
 @pytest.fixture
 def jp_server_config(server_environ: Ledger, server_options: dict[str, Any]) -> dict[str, Any]:
-    """The extension enabled as ``jupyter-config/server-config/ipyllm.json`` enables it, plus ``c.IPyLLM``."""
-    return {"ServerApp": {"jpserver_extensions": {"ipyllm": True}}, "IPyLLM": dict(server_options)}
+    """The extension enabled as ``jupyter-config/server-config/ipyllm.json`` enables it, plus ``server_options``."""
+    return {"ServerApp": {"jpserver_extensions": {"ipyllm": True}}, **server_options}
 
 
 @pytest.fixture

@@ -159,12 +159,31 @@ async def test_calls_are_newest_first_without_prompts(jp_fetch: Any, server_envi
     assert all("secret prompt" not in json.dumps(call) for call in every)
 
 
-@pytest.mark.parametrize("server_options", [{"show_prompts": True}])
+@pytest.mark.parametrize("server_options", [{"IPyLLM": {"show_prompts": True}}])
 @SQLITE_ONLY
 async def test_calls_show_prompts_when_the_server_allows_it(jp_fetch: Any, server_environ: Ledger) -> None:
     write_rows(server_environ.location, bulk(datetime.now(timezone.utc)))
     calls = (await get(jp_fetch, "calls", limit="1"))["calls"]
     assert calls[0]["source"] == "secret prompt 0"
+
+
+@SQLITE_ONLY
+@pytest.mark.parametrize("server_options", [{"LLMConfig": {"daily_budget_usd": 2.5, "user": "cy"}, "IPyLLM": {"max_calls": 3}}])
+async def test_the_server_configuration_overrides_the_environment(jp_fetch: Any, server_environ: Ledger) -> None:
+    summary = await get(jp_fetch, "summary")
+    assert summary["user"] == "cy"
+    assert next(budget for budget in summary["budgets"] if budget["name"] == "daily_budget_usd")["limit_usd"] == 2.5
+    assert len((await get(jp_fetch, "calls", limit="3"))["calls"]) == 0
+    response = await jp_fetch("ipyllm", "api", "calls", params={"limit": "4"}, raise_error=False)
+    assert response.code == 400 and "from 1 to 3" in json.loads(response.body)["message"]
+
+
+@pytest.mark.parametrize("ledger", ["memory"], indirect=True)
+async def test_a_memory_ledger_answers_empty(jp_fetch: Any, ledger: Ledger) -> None:
+    summary = await get(jp_fetch, "summary")
+    assert summary["ledger"] == "memory" and summary["today"]["calls"] == 0 and summary["last_row"] is None
+    assert (await get(jp_fetch, "usage", by="model"))["rows"] == []
+    assert (await get(jp_fetch, "calls"))["calls"] == []
 
 
 @SQLITE_ONLY
