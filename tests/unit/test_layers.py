@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
      {"_batchledger", "_batchclaim", "_store",
       "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_pglink", "_pgwriter", "_pgbudget", "_postgres", "_ledger",
-      "_budget", "_records"}),
+      "_budget", "_views", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
     ("batches: map/amap, progress, helper processes",
      {"_progress", "_helpers", "_batchdata", "_pace", "_writer", "_routes", "_rows", "_batchrun", "_batchresults", "_provider_batch",
