@@ -85,6 +85,11 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
         "ALTER TABLE usage ADD COLUMN IF NOT EXISTS images INTEGER",
     ),
+    (
+        # Issue 21: the notebook a row came from (an earlier row's is unknown: NULL); a session's own rows read by time.
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS notebook TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_session_time ON usage (session, timestamp_us)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -75,6 +75,7 @@ class PostgresStore:
         self.server = server
         self.name = str(server)  # the password masked
         self.shared = True
+        self.dialect = "postgresql"
         self.spool = Spool(spool or spool_path(server))
         self.link = ServerLink(server, self.spool, connect_timeout)
         self.budgets = TeamBudgets(self.link)
@@ -153,6 +154,13 @@ class PostgresStore:
         if rows is None:
             raise self._unreachable("the number of rows is not known")
         return int(rows[0][0])
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``%s`` placeholders), for the ledger's views (``ipyllm._views``)."""
+        rows = self._query(sql, parameters)
+        if rows is None:
+            raise self._unreachable("its figures are not known")
+        return rows
 
     def _query(self, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]] | None:
         """Rows of one query, or None while the server is away."""

@@ -60,6 +60,7 @@ class SQLiteStore:
         self.path = location.path
         self.name = str(location)
         self.shared = False
+        self.dialect = "sqlite"
         self.busy_timeout = busy_timeout
         #: The file, watched: its connection, its spool and its lock.
         self.file = LedgerFile(location, busy_timeout, spool)
@@ -200,6 +201,10 @@ class SQLiteStore:
 
     def count(self) -> int:
         return int(self._run("SELECT COUNT(*) FROM usage", retry_now=True)[0][0])
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``?`` placeholders), for the ledger's views (``ipyllm._views``)."""
+        return self._run(sql, parameters, retry_now=True)
 
     # -- the response cache ----------------------------------------------------------------------------
     def cache_get(self, key: str) -> str | None:

@@ -98,6 +98,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
         "ALTER TABLE usage ADD COLUMN images INTEGER",
     ),
+    (
+        # Issue 21: the notebook a row came from (an earlier row's is unknown: NULL); a session's own rows and a
+        # notebook's, read by time without scanning the ledger.
+        "ALTER TABLE usage ADD COLUMN notebook TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_session_time ON usage (session, timestamp_us)",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

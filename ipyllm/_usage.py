@@ -42,6 +42,7 @@ COLUMNS: dict[str, str] = {
     "images": "Int64",
     "batch": "string",
     "tier": "string",
+    "notebook": "string",
     "user": "string",
     "host": "string",
 }
@@ -85,6 +86,8 @@ class UsageRow:
     batch: str | None = None
     #: How the call was bought: ``live`` (a call of its own) or ``batch`` (a provider's Batch API).
     tier: str = "live"
+    #: The notebook the calling kernel belongs to (Jupyter's ``JPY_SESSION_NAME``), where Jupyter says it.
+    notebook: str | None = None
     user: str | None = None
     host: str | None = None
 
