@@ -141,6 +141,7 @@ class LedgerReader:
         self._secrets = [s for s in self._plain_secrets() if s]
         self._store: Store | None = None
         self._opened = False
+        self._empty = _views.memory_reader([])
         # One thread: the store is only ever used from it, and requests queue instead of opening connections.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ipyllm-ledger")
 
@@ -160,30 +161,28 @@ class LedgerReader:
             text = text.replace(secret, "****")
         return text
 
-    def store(self) -> Store | None:
-        """The open store (None for ``:memory:``, and while no kernel has made the SQLite file: a reader creates none)."""
-        if isinstance(self.location, SQLiteFile) and not self._opened and not os.path.exists(self.location.path):
-            return None
+    def store(self) -> _views.Reader:
+        """The open store; an empty reader for ``:memory:`` (the kernels' rows are theirs) and while no kernel has made
+        the SQLite file (a reader creates none)."""
         if not self._opened:
+            if isinstance(self.location, SQLiteFile) and not os.path.exists(self.location.path):
+                return self._empty
             self._store = open_store(self.location)
             self._opened = True
-        return self._store
+        return self._empty if self._store is None else self._store
 
-    async def run(self, action: Callable[[Store | None], T]) -> T:
+    async def run(self, action: Callable[[_views.Reader], T]) -> T:
         return await IOLoop.current().run_in_executor(self._executor, lambda: action(self.store()))
 
     # -- the three answers (run on the ledger's thread) ------------------------------------------------------
-    def summary(self, store: Store | None) -> dict[str, Any]:
-        answer = _views.summary(store, user=self.user, budgets=self.budgets)
-        answer.setdefault("ledger", self.kind)
-        answer.setdefault("user", self.user)
-        return answer
+    def summary(self, store: _views.Reader) -> dict[str, Any]:
+        return {**_views.summary(store, user=self.user, budgets=self.budgets), "ledger": self.kind}
 
-    def usage(self, store: Store | None, by: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
+    def usage(self, store: _views.Reader, by: str, since: datetime | None, until: datetime | None) -> dict[str, Any]:
         rows = _views.grouped(store, by, since=since, until=until)
         return {"by": by, "since": iso(since), "until": iso(until), "rows": rows}
 
-    def calls(self, store: Store | None, limit: int) -> dict[str, Any]:
+    def calls(self, store: _views.Reader, limit: int) -> dict[str, Any]:
         return {"calls": _views.latest(store, limit=limit, prompts=self.server_settings.show_prompts)}
 
     def close(self) -> None:
@@ -228,7 +227,7 @@ class LedgerHandler(APIHandler):
             found[name] = self.decode_argument(values[0], name=name)
         return found
 
-    async def answer(self, compute: Callable[[], Callable[[Store | None], Mapping[str, Any]]]) -> None:
+    async def answer(self, compute: Callable[[], Callable[[_views.Reader], Mapping[str, Any]]]) -> None:
         """Parse (400 on a bad parameter), read the ledger on its thread (503 while it cannot be read), reply."""
         try:
             action = compute()
@@ -237,8 +236,11 @@ class LedgerHandler(APIHandler):
             return
         try:
             result = await self.reader.run(action)
-        except LedgerUnavailableError as error:
-            self.refuse(503, self.reader.scrub(str(error).splitlines()[0] if str(error) else "the ledger cannot be read"))
+        except LedgerUnavailableError as error:  # the ledger's own line names its place: kept for the server's log
+            self.log.warning("ipyllm: %s", self.reader.scrub(str(error)))
+            self.refuse(
+                503, f"the {self.reader.kind} ledger cannot be read now: see the Jupyter server's log (it is tried again at each request)"
+            )
             return
         except Exception as error:  # a bug or a driver's surprise: one line, scrubbed, and the details in the server log
             self.log.error("ipyllm: reading the ledger failed: %s", self.reader.scrub(repr(error)))
@@ -253,7 +255,7 @@ class SummaryHandler(LedgerHandler):
     @web.authenticated
     @authorized(resource=RESOURCE)
     async def get(self) -> None:
-        def compute() -> Callable[[Store | None], Mapping[str, Any]]:
+        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
             self.parameters(())
             return self.reader.summary
 
@@ -264,7 +266,7 @@ class UsageHandler(LedgerHandler):
     @web.authenticated
     @authorized(resource=RESOURCE)
     async def get(self) -> None:
-        def compute() -> Callable[[Store | None], Mapping[str, Any]]:
+        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
             given = self.parameters(("by", "since", "until"))
             by = given.get("by", "model")
             if by not in BY:
@@ -279,7 +281,7 @@ class CallsHandler(LedgerHandler):
     @web.authenticated
     @authorized(resource=RESOURCE)
     async def get(self) -> None:
-        def compute() -> Callable[[Store | None], Mapping[str, Any]]:
+        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
             given = self.parameters(("limit",))
             most = self.reader.server_settings.max_calls
             text = given.get("limit", "50")

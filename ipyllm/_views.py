@@ -321,7 +321,7 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
         )
         if refused or (spent is not None and spent >= limit):
             level = "over"
-        elif spent is not None and spent >= 0.8 * limit and level == "ok":
+        elif spent is not None and round(spent, 9) >= round(0.8 * limit, 9) and level == "ok":  # 0.8 * 0.05 is 0.04000000000000001
             level = "warn"
     last_id, last_us = _run(store, "SELECT MAX(id), MAX(timestamp_us) FROM usage", [])[0]
     return {

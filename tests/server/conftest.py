@@ -109,6 +109,7 @@ def jp_server_config(server_environ: Ledger, server_options: dict[str, Any]) -> 
 def writer(live: StubServer, server_environ: Ledger) -> Iterator[Any]:
     """The test's own ipyllm session, calling the stub server and writing to the server's ledger as ``ada``."""
     ipyllm.config.update(usage_db=server_environ.location, user=USER, prices=PRICED)
+    live.reply_tokens = 20  # every reply is cut at max_tokens=10: $0.01 a call
     yield ipyllm
     for store in _api.session.records._stores.values():
         if store is not None:
@@ -116,9 +117,17 @@ def writer(live: StubServer, server_environ: Ledger) -> Iterator[Any]:
 
 
 def write_calls(count: int, prompt: str = "hello") -> None:
-    """``count`` real calls through the session (each $0.01, one row each)."""
+    """``count`` real calls through the session (each $0.01, one row each), their rows in the ledger on return."""
     for number in range(count):
         ipyllm.complete(f"{prompt} {number}", max_tokens=10)
+    flush()
+
+
+def flush() -> None:
+    """Wait for the session's rows to reach the ledger (a team ledger's writer thread moves them from its spool)."""
+    for store in _api.session.records._stores.values():
+        if store is not None and hasattr(store, "flush"):
+            assert store.flush(), "the session's rows did not reach the team ledger within 5 s"
 
 
 def write_rows(location: str, rows: list[UsageRow]) -> None:
