@@ -99,7 +99,9 @@ export async function requestAPI<T>(
     (search ? `?${search}` : '');
   let response: Response;
   try {
-    response = await ServerConnection.makeRequest(url, {}, settings);
+    // 'no-cache' (revalidate every time) rather than JupyterLab's default 'no-store', which appends a
+    // nameless cache-busting parameter that the endpoints would refuse as unknown.
+    response = await ServerConnection.makeRequest(url, { cache: 'no-cache' }, settings);
   } catch (error) {
     throw new ApiError(`the Jupyter server did not answer: ${error}`, 0);
   }
