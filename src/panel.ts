@@ -164,14 +164,15 @@ export class UsagePanel extends Widget {
     const rows: Cell[][] = summary.budgets
       .filter(b => b.limit_usd !== null)
       .map(b => {
-        const share = b.limit_usd && b.spent_usd !== null ? Math.min(b.spent_usd / b.limit_usd, 1) : 0;
-        const meter = el('span', { class: 'ipyllm-meter' }, el('span', { style: `width: ${(share * 100).toFixed(1)}%` }));
+        const used = b.limit_usd && b.spent_usd !== null ? b.spent_usd / b.limit_usd : 0;
+        const level = used >= 1 ? 'ipyllm-over' : used >= 0.8 ? 'ipyllm-warn' : 'ipyllm-ok';
+        const meter = el('span', { class: `ipyllm-meter ${level}` }, el('span', { style: `width: ${(Math.min(used, 1) * 100).toFixed(1)}%` }));
         return [
           budgetTitle(b),
           b.scope,
           money(b.limit_usd, this._display),
           b.spent_usd === null ? 'per kernel' : money(b.spent_usd, this._display, true),
-          b.left_usd === null ? '—' : money(b.left_usd, this._display, true),
+          b.left_usd === null ? '—' : b.left_usd < 0 ? `over by ${money(-b.left_usd, this._display, true)}` : money(b.left_usd, this._display, true),
           meter
         ];
       });
@@ -183,7 +184,7 @@ export class UsagePanel extends Widget {
 
   private _grouped(by: GroupBy, usage: Usage, since: string, windowLabel: string): HTMLElement {
     const rows: Cell[][] = usage.rows.map(r => [
-      r.key ?? '(none)',
+      by === 'notebook' ? notebookName(r.key) : (r.key ?? '(none)'),
       integer(r.calls),
       integer(r.input_tokens),
       integer(r.output_tokens),
@@ -209,11 +210,19 @@ export class UsagePanel extends Widget {
       `${integer(c.prompt_tokens)} / ${integer(c.completion_tokens)}`,
       money(c.cost_usd, this._display, true),
       seconds(c.latency_s),
-      c.notebook ?? '',
+      notebookName(c.notebook, ''),
       c.user ?? ''
     ]);
     return table(['Time', 'Model', 'Status', 'Tokens in / out', 'Cost', 'Latency', 'Notebook', 'User'], rows, [false, false, false, true, true, true, false, false], 'No calls in the ledger yet.');
   }
+}
+
+/** A notebook by its file name (kernels record the full path), the path on hover. */
+function notebookName(path: string | null, none = '(none)'): Cell {
+  if (!path) {
+    return none;
+  }
+  return el('span', { title: path }, path.split(/[\\/]/).pop() || path);
 }
 
 function section(title: string, content: Node, extra?: Node, cls?: string): HTMLElement {

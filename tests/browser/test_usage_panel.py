@@ -101,7 +101,7 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
             wait_for_prompt_number(page, 0)
             run_and_see(1, "LLM today $1.25 of $3.00 · 1 call", "ok")
             run_and_see(2, "LLM today $2.50 of $3.00 · 2 calls", "warn")
-            page.locator(".jp-StatusBar-Panel").screenshot(path=str(shots["statusbar.png"]))
+            page.locator("#jp-main-statusbar").screenshot(path=str(shots["statusbar.png"]))
 
             # The panel, from the status item: the last call is in the table, the budget shows what is left.
             item.click()
@@ -122,9 +122,7 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
             expect(panel.locator(".ipyllm-bar")).not_to_have_count(0)
 
             # The third call passes the daily budget: the item turns red, and the panel follows without a click.
-            page.locator(".jp-NotebookPanel").first.click()
-            notebook_tab = page.locator(".lm-TabBar-tab", has_text="moons.ipynb")
-            notebook_tab.click()
+            page.locator(".lm-TabBar-tab", has_text="moons.ipynb").click()
             run_and_see(3, "LLM today $3.75 of $3.00 · 3 calls", "over")
             background = item.evaluate("node => getComputedStyle(node).backgroundColor")
             assert background not in ("rgba(0, 0, 0, 0)", "transparent"), background
@@ -135,11 +133,13 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
             panel.screenshot(path=str(shots["usage-panel.png"]))
 
             # "Insert as code" puts the ipyllm.usage() code for the by-model table into a new cell of the notebook.
-            panel.locator(".ipyllm-by-model button", has_text="Insert as code").click()
             cells = page.locator(".jp-Notebook .jp-Cell")
-            expect(cells).to_have_count(len(CELLS) + 1)
-            expect(cells.nth(len(CELLS))).to_contain_text("ipyllm.usage(all_sessions=True, since=")
-            expect(cells.nth(len(CELLS))).to_contain_text('groupby("model"')
+            before = cells.count()
+            panel.locator(".ipyllm-by-model button", has_text="Insert as code").click()
+            expect(cells).to_have_count(before + 1)
+            inserted = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
+            expect(inserted).to_contain_text("ipyllm.usage(all_sessions=True, since=")
+            expect(inserted).to_contain_text('groupby("model"')
 
             # The command palette opens the panel too.
             page.locator(".lm-TabBar-tab", has_text="LLM usage").locator(".lm-TabBar-tabCloseIcon").click()
@@ -157,8 +157,8 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
 
     # What the panel showed is what the kernels wrote to the ledger.
     with sqlite3.connect(ledger) as db:
-        rows = db.execute("SELECT status, cost_usd FROM usage ORDER BY timestamp").fetchall()
-    assert rows == [("ok", CALL_COST)] * 3, rows
+        rows = db.execute("SELECT status, cost_usd, notebook FROM usage ORDER BY id").fetchall()
+    assert rows == [("ok", CALL_COST, str(notebook))] * 3, rows
     print(f"status item lag after each call: {', '.join(f'{lag:.2f} s' for lag in lags)}")
     if os.environ.get("IPYLLM_UPDATE_SCREENSHOTS") == "1":
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
