@@ -323,7 +323,8 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
             level = "over"
         elif spent is not None and round(spent, 9) >= round(0.8 * limit, 9) and level == "ok":  # 0.8 * 0.05 is 0.04000000000000001
             level = "warn"
-    last_id, last_us = _run(store, "SELECT MAX(id), MAX(timestamp_us) FROM usage", [])[0]
+    # Two subqueries, each one index lookup: MAX(id), MAX(timestamp_us) in one SELECT scans the whole table in SQLite.
+    last_id, last_us = _run(store, "SELECT (SELECT MAX(id) FROM usage), (SELECT MAX(timestamp_us) FROM usage)", [])[0]
     return {
         "user": user,
         "team": shared,
