@@ -132,8 +132,9 @@ def measure(kind: str, location: str, requests: int) -> bool:
                     times.append(time.perf_counter() - started)
                 median = statistics.median(times) * 1000
                 within &= median <= TARGET_MS
-                size = len(answer.get("rows", answer.get("calls", [])) or []) if isinstance(answer, dict) else 0
-                print(f"{kind:10} /ipyllm/api/{endpoint:30} median {median:6.1f} ms  (max {max(times) * 1000:6.1f}, {size} rows)")
+                listed = answer.get("rows", answer.get("calls", []))
+                size = f"{answer['today']['calls']} calls today" if "today" in answer else f"{len(listed)} rows"
+                print(f"{kind:10} /ipyllm/api/{endpoint:30} median {median:6.1f} ms  (max {max(times) * 1000:6.1f}; {size})")
         finally:
             process.terminate()
             process.wait(timeout=30)

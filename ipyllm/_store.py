@@ -23,6 +23,8 @@ from ipyllm._usage import UsageRow, utc_now
 if TYPE_CHECKING:
     import pandas as pd
 
+    from ipyllm._views import Window
+
 __all__ = [
     "BatchRecord",
     "CacheEntry",
@@ -251,7 +253,11 @@ class Store(Protocol):
 
     def release(self, hold_id: str) -> None: ...
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float: ...
-    def frame(self, exclude_session: str | None = None) -> pd.DataFrame: ...
+    def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows (but ``exclude_session``'s; of ``window`` only, filtered in the database), oldest first, as the usage
+        frame (of ``columns`` only, and the time)."""
+        ...
+
     def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read-only query in the store's ``dialect`` (its placeholders: ``?`` or ``%s``)."""
         ...

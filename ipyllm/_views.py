@@ -17,51 +17,36 @@ import math
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any, Protocol
 
 from ipyllm._sqlschema import INSERT_ROW, migrate
+from ipyllm._totals import DAY_US, FIGURES, KEYS, LEVELS, QUARTER_US, contributions
 from ipyllm._usage import COLUMNS, UsageRow, micros, row_values, utc_now
 from ipyllm.errors import InvalidInputError
 
 __all__ = [
     "BY",
+    "FILTERABLE",
     "MEASURES",
     "Reader",
     "Window",
     "aggregate",
+    "column_list",
     "fold",
     "grouped",
     "latest",
     "memory_reader",
+    "moment",
+    "selected_columns",
     "summary",
 ]
 
 #: What ``grouped`` groups by.
 BY = ("model", "day", "hour", "notebook", "user", "session", "cell", "batch", "host")
-_QUARTER_US = 900_000_000
-#: The figures summed per group: (name, SQL). The last four price a group's saving against list price per model
-#: (``_savings``): the rows it is known for, and their prompt and completion tokens and cost (cached rows: 0).
-MEASURES: tuple[tuple[str, str], ...] = (
-    ("calls", "COUNT(*)"),
-    ("input_tokens", "SUM(prompt_tokens)"),
-    ("output_tokens", "SUM(completion_tokens)"),
-    ("cost_usd", "SUM(cost_usd)"),
-    ("errors", "SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END)"),
-    ("refused", "SUM(CASE WHEN status = 'over_budget' THEN 1 ELSE 0 END)"),
-    ("retries", "SUM(CASE WHEN attempts > 1 THEN attempts - 1 ELSE 0 END)"),
-    ("latency_sum", "SUM(latency_s)"),
-    ("latency_n", "COUNT(latency_s)"),
-    ("saved_rows", "SUM(CASE WHEN status = 'cached' OR (prompt_tokens IS NOT NULL AND cost_usd IS NOT NULL) THEN 1 ELSE 0 END)"),
-    ("saved_prompt", "SUM(CASE WHEN status = 'cached' THEN 0 WHEN cost_usd IS NOT NULL THEN prompt_tokens ELSE 0 END)"),
-    (
-        "saved_completion",
-        "SUM(CASE WHEN status = 'cached' THEN 0 WHEN cost_usd IS NOT NULL AND prompt_tokens IS NOT NULL"
-        " THEN COALESCE(completion_tokens, 0) ELSE 0 END)",
-    ),
-    ("saved_cost", "SUM(CASE WHEN status = 'cached' THEN 0 WHEN prompt_tokens IS NOT NULL THEN cost_usd ELSE 0 END)"),
-)
-_NAMES = [name for name, _ in MEASURES]
+#: The figures summed per group (``_totals.FIGURES``), in the order ``aggregate`` returns them.
+MEASURES = tuple(name for name, _ in FIGURES)
+_NAMES = list(MEASURES)
 #: Columns a ``where`` filter may name (every column of the usage frame but its time: ``since`` / ``until``).
 FILTERABLE = tuple(name for name in COLUMNS if name != "timestamp")
 
@@ -97,28 +82,46 @@ class Window:
                 f"where: no column {unknown[0]!r} to filter on; use one of {', '.join(FILTERABLE)} (and since=/until= for the time)"
             )
 
-    def sql(self) -> tuple[str, list[Any]]:
-        """The ``WHERE`` clause (with ``?`` placeholders) and its parameters."""
+    def matches(self, row: UsageRow) -> bool:
+        """Whether a row in memory is in the window (as ``sql`` selects rows in the ledger)."""
+        stamp = micros(row.timestamp)
+        since, until = self.bounds()
+        if (since is not None and stamp < since) or (until is not None and stamp >= until):
+            return False
+        if (self.session is not None and row.session != self.session) or (
+            self.exclude_session is not None and row.session == self.exclude_session
+        ):
+            return False
+        return all(_in(getattr(row, name), values) for name, values in self.filters().items())
+
+    def bounds(self) -> tuple[int | None, int | None]:
+        """``since`` and ``until`` in microseconds."""
+        return (None if self.since is None else micros(self.since)), (None if self.until is None else micros(self.until))
+
+    def filters(self) -> dict[str, list[Any]]:
+        """Each filtered column's values (None: NULL), ``user`` among them."""
+        filters = {name: list(v) if isinstance(v, (list, tuple, set, frozenset)) else [v] for name, v in self.where.items()}
+        if self.user is not None:
+            filters.setdefault("user", [self.user])
+        return filters
+
+    def sql(self, since_us: int | None = None, until_us: int | None = None, session: str | None = None) -> tuple[str, list[Any]]:
+        """The ``WHERE`` clause on the ledger's rows (``?`` placeholders) and its parameters; ``since_us`` / ``until_us``
+        narrow the window, ``session`` reads that session's rows only."""
+        since, until = self.bounds()
+        since = since if since_us is None else since_us if since is None else max(since, since_us)
+        until = until if until_us is None else until_us if until is None else min(until, until_us)
         terms: list[str] = []
         parameters: list[Any] = []
-        if self.since is not None:
-            terms.append("timestamp_us >= ?")
-            parameters.append(micros(self.since))
-        if self.until is not None:
-            terms.append("timestamp_us < ?")
-            parameters.append(micros(self.until))
-        if self.session is not None:
-            terms.append("session = ?")
-            parameters.append(self.session)
-        if self.exclude_session is not None:
+        for term, value in (("timestamp_us >= ?", since), ("timestamp_us < ?", until), ("session = ?", session or self.session)):
+            if value is not None:
+                terms.append(term)
+                parameters.append(value)
+        if self.exclude_session is not None and session is None:
             terms.append("(session IS NULL OR session <> ?)")
             parameters.append(self.exclude_session)
-        filters = dict(self.where)
-        if self.user is not None:
-            filters.setdefault("user", self.user)
-        for name, wanted in filters.items():
+        for name, values in self.filters().items():
             column = _quoted(name)
-            values = list(wanted) if isinstance(wanted, (list, tuple, set, frozenset)) else [wanted]
             present = [_stored(name, v) for v in values if v is not None]
             either = [f"{column} IN ({', '.join('?' * len(present))})"] if present else []
             if len(present) < len(values):
@@ -126,6 +129,50 @@ class Window:
             terms.append(f"({' OR '.join(either)})" if either else "1 = 0")
             parameters.extend(present)
         return (f" WHERE {' AND '.join(terms)}" if terms else ""), parameters
+
+
+def moment(value: Any, name: str) -> datetime | None:
+    """``since`` / ``until`` as an aware time: a datetime (naive: local time), a date (its local midnight), an ISO 8601
+    string, or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidInputError(
+                f"{name}: {value!r} is not a time; give a datetime or an ISO 8601 string such as '2026-12-04T09:00'"
+            ) from None
+    elif not isinstance(value, datetime) and isinstance(value, date):
+        value = datetime(value.year, value.month, value.day)
+    if not isinstance(value, datetime):
+        raise InvalidInputError(f"{name}: give a datetime, a date or an ISO 8601 string, not {type(value).__name__}")
+    to_pydatetime = getattr(value, "to_pydatetime", None)  # a pandas Timestamp
+    value = to_pydatetime() if to_pydatetime is not None else value
+    return value if value.tzinfo is not None else value.astimezone()
+
+
+def selected_columns(columns: Sequence[str] | None) -> list[str]:
+    """The frame's columns to read: those asked for (all by default) and the time, in frame order; an unknown one refused."""
+    if columns is None:
+        return list(COLUMNS)
+    if isinstance(columns, str):
+        columns = [columns]
+    unknown = [name for name in columns if name not in COLUMNS]
+    if unknown:
+        raise InvalidInputError(f"columns: the usage frame has no column {unknown[0]!r}; use any of {', '.join(COLUMNS)}")
+    return [name for name in COLUMNS if name in columns or name == "timestamp"]
+
+
+def column_list(names: Sequence[str]) -> str:
+    """The ledger's columns for frame columns, in SQL."""
+    return ", ".join("timestamp_us" if name == "timestamp" else _quoted(name) for name in names)
+
+
+def _in(value: Any, wanted: list[Any]) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return any(w is None for w in wanted)
+    return value in wanted
 
 
 def _stored(name: str, value: Any) -> Any:
@@ -143,7 +190,7 @@ def _run(reader: Reader, sql: str, parameters: Sequence[Any]) -> list[tuple[Any,
 
 def _keys(by: str) -> list[str]:
     if by in ("day", "hour"):
-        return [f"timestamp_us / {_QUARTER_US}"]
+        return [f"timestamp_us / {QUARTER_US}"]
     if by == "cell":
         return ["session", "cell"]
     if by not in BY:
@@ -151,20 +198,101 @@ def _keys(by: str) -> list[str]:
     return [_quoted(by)]
 
 
-def aggregate(reader: Reader, by: str, window: Window, per_model: bool = False) -> list[tuple[Any, ...]]:
-    """One ``GROUP BY`` query: per group (and per model, with ``per_model``), its key columns then ``MEASURES``.
+_SUMS = ", ".join(f"SUM({share})" for share in contributions())
+_TOTAL_SUMS = ", ".join(f"SUM({name})" for name in MEASURES)
 
-    Keys as stored: a quarter hour's number (UTC) for ``day`` and ``hour``, ``(session, cell)`` for ``cell``.
+
+def _positions(count: int) -> str:
+    return ", ".join(str(n) for n in range(1, count + 1))
+
+
+def _raw(reader: Reader, keys: list[str], window: Window, **narrowed: Any) -> list[tuple[Any, ...]]:
+    where, parameters = window.sql(**narrowed)
+    return _run(reader, f"SELECT {', '.join(keys)}, {_SUMS} FROM usage{where} GROUP BY {_positions(len(keys))}", parameters)
+
+
+def _total_key(name: str) -> str:
+    """A key of the totals as the ledger's column: NULL where its bit in ``nulls`` is set."""
+    if name in ("day", "hour"):
+        return "bucket"
+    return f"CASE WHEN (nulls & {1 << KEYS.index(name)}) = 0 THEN {_quoted(name)} END"
+
+
+def _from_totals(
+    reader: Reader, table: str, by: str, per_model: bool, window: Window, first: int | None, end: int | None
+) -> list[tuple[Any, ...]]:
+    """The totals of ``table``'s steps ``[first, end)`` (unbounded where None)."""
+    keys = [_total_key(by), *([_total_key("model")] if per_model and by != "model" else [])]
+    terms: list[str] = []
+    parameters: list[Any] = []
+    for term, value in (("bucket >= ?", first), ("bucket < ?", end)):
+        if value is not None:
+            terms.append(term)
+            parameters.append(value)
+    for name, values in window.filters().items():
+        bit = 1 << KEYS.index(name)
+        present = [v for v in values if v is not None]
+        either = [f"({_quoted(name)} IN ({', '.join('?' * len(present))}) AND (nulls & {bit}) = 0)"] if present else []
+        if len(present) < len(values):
+            either.append(f"(nulls & {bit}) <> 0")
+        terms.append(f"({' OR '.join(either)})" if either else "1 = 0")
+        parameters.extend(present)
+    where = f" WHERE {' AND '.join(terms)}" if terms else ""
+    sql = f"SELECT {', '.join(keys)}, {_TOTAL_SUMS} FROM {table}{where} GROUP BY {_positions(len(keys))}"
+    return _run(reader, sql, parameters)
+
+
+def _negated(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
+    return [(*row[:width], *(None if v is None else -v for v in row[width:])) for row in rows]
+
+
+def aggregate(reader: Reader, by: str, window: Window, per_model: bool = False) -> list[tuple[Any, ...]]:
+    """Per group (and per model, with ``per_model``): its key columns, then ``MEASURES``; several rows may share a key
+    (``fold`` merges them). Keys as stored: a quarter hour's number (UTC) for ``day`` and ``hour``, ``(session, cell)``
+    for ``cell``.
+
+    Grouped by model, day, hour, notebook, user or host, and filtered on those only, the whole quarter hours of the
+    window are read from the running totals (``_totals``), and only the rest from the ledger's rows: the window's
+    partial quarter hours (indexed by time) and the rows of a session left out (indexed by session and time), taken
+    away. Otherwise one ``GROUP BY`` over the window's rows.
     """
     keys = _keys(by) + (["model"] if per_model and by != "model" else [])
-    where, parameters = window.sql()
-    measures = ", ".join(sql for _, sql in MEASURES)
-    positions = ", ".join(str(n) for n in range(1, len(keys) + 1))
-    return _run(reader, f"SELECT {', '.join(keys)}, {measures} FROM usage{where} GROUP BY {positions}", parameters)
+    filtered = set(window.filters())
+    if by in ("session", "cell", "batch") or window.session is not None or not filtered <= set(KEYS):
+        return _raw(reader, keys, window)
+    since, until = window.bounds()
+    first = None if since is None else -(-since // QUARTER_US)
+    end = None if until is None else until // QUARTER_US
+    if first is not None and end is not None and first >= end:
+        return _raw(reader, keys, window)
+    rows: list[tuple[Any, ...]] = []
+    if first is not None and since is not None and since < first * QUARTER_US:
+        rows += _raw(reader, keys, window, until_us=first * QUARTER_US)
+    if end is not None and until is not None and end * QUARTER_US < until:
+        rows += _raw(reader, keys, window, since_us=end * QUARTER_US)
+    (quarters, _), (days, _) = LEVELS
+    per_day = DAY_US // QUARTER_US
+    first_day = None if first is None else -(-first // per_day)
+    end_day = None if end is None else end // per_day
+    if by in ("day", "hour") or (first_day is not None and end_day is not None and first_day >= end_day):
+        return rows + _from_totals(reader, quarters, by, per_model, window, first, end) + _excluded(reader, keys, window)
+    rows += _from_totals(reader, days, by, per_model, window, first_day, end_day)
+    if first is not None and first_day is not None and first < first_day * per_day:
+        rows += _from_totals(reader, quarters, by, per_model, window, first, first_day * per_day)
+    if end is not None and end_day is not None and end_day * per_day < end:
+        rows += _from_totals(reader, quarters, by, per_model, window, end_day * per_day, end)
+    return rows + _excluded(reader, keys, window)
+
+
+def _excluded(reader: Reader, keys: list[str], window: Window) -> list[tuple[Any, ...]]:
+    """The rows of the session left out, to take away from totals that count them (read by session and time)."""
+    if window.exclude_session is None:
+        return []
+    return _negated(_raw(reader, keys, window, session=window.exclude_session), len(keys))
 
 
 def _local_key(by: str, quarter: int, zone: Any) -> str:
-    moment = datetime.fromtimestamp(quarter * _QUARTER_US / 1e6, timezone.utc).astimezone(zone)
+    moment = datetime.fromtimestamp(quarter * QUARTER_US / 1e6, timezone.utc).astimezone(zone)
     if by == "day":
         return moment.date().isoformat()
     return moment.replace(minute=0, second=0, microsecond=0).isoformat()
@@ -234,6 +362,8 @@ def grouped(
     result = []
     for key in sorted(merged, key=_sort_key):
         values = [_number(v) for v in merged[key]]
+        if not values[index["calls"]]:
+            continue  # a session's rows taken away left nothing
         count = values[index["latency_n"]] or 0
         result.append(
             {
@@ -241,7 +371,7 @@ def grouped(
                 "calls": values[index["calls"]] or 0,
                 "input_tokens": values[index["input_tokens"]] or 0,
                 "output_tokens": values[index["output_tokens"]] or 0,
-                "cost_usd": values[index["cost_usd"]],
+                "cost_usd": values[index["cost_usd"]] if values[index["cost_n"]] else None,
                 "errors": values[index["errors"]] or 0,
                 "mean_latency_s": (values[index["latency_sum"]] / count) if count else None,
             }
@@ -284,22 +414,16 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
     refused a call today); the last row's time, and a version that changes whenever a row is added."""
     now = now or utc_now()
     day_start = now.astimezone().replace(hour=0, minute=0, second=0, microsecond=0)  # the local midnight
-    mine = "1" if user is None else 'CASE WHEN "user" = ? THEN 1 ELSE 0 END'
-    rows = _run(
-        store,
-        f"SELECT {mine}, COUNT(*), SUM(cost_usd), SUM(CASE WHEN status = 'error' THEN 1 ELSE 0 END),"
-        " SUM(CASE WHEN status = 'over_budget' THEN 1 ELSE 0 END) FROM usage WHERE timestamp_us >= ? GROUP BY 1",
-        [*([] if user is None else [user]), micros(day_start)],
-    )
-    figures = {int(row[0]): [_number(v) or 0 for v in row[1:]] for row in rows}
-    everyone = [sum(v[n] for v in figures.values()) for n in range(4)]
+    by_user = fold(aggregate(store, "user", Window(since=day_start)), "user")
+    index = {name: n for n, name in enumerate(MEASURES)}
 
-    def today(values: list[Any]) -> dict[str, Any]:
-        return {"cost_usd": float(values[1]), "calls": int(values[0]), "errors": int(values[2]), "refused": int(values[3])}
+    def today(groups: Iterable[list[Any]]) -> dict[str, Any]:
+        sums = [sum(_number(v[index[name]]) or 0 for v in groups) for name in ("cost_usd", "calls", "errors", "refused")]
+        return {"cost_usd": float(sums[0]), "calls": int(sums[1]), "errors": int(sums[2]), "refused": int(sums[3])}
 
     shared = bool(getattr(store, "shared", False))
-    own = today(figures.get(1, [0, 0, 0, 0]))
-    team = today(everyone)
+    own = today(by_user.values() if user is None else [v for k, v in by_user.items() if k == user])
+    team = today(by_user.values())
     shown: list[dict[str, Any]] = []
     level = "ok"
     for name, limit in budgets.items():
@@ -323,7 +447,9 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
             level = "over"
         elif spent is not None and round(spent, 9) >= round(0.8 * limit, 9) and level == "ok":  # 0.8 * 0.05 is 0.04000000000000001
             level = "warn"
-    last_id, last_us = _run(store, "SELECT MAX(id), MAX(timestamp_us) FROM usage", [])[0]
+    # Two queries: each is one step down its index (together in one, SQLite would scan the table).
+    last_id = _run(store, "SELECT MAX(id) FROM usage", [])[0][0]
+    last_us = _run(store, "SELECT MAX(timestamp_us) FROM usage", [])[0][0]
     return {
         "user": user,
         "team": shared,

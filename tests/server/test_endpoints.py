@@ -102,6 +102,7 @@ def bulk(now: datetime) -> list[UsageRow]:
                 latency_s=0.5,
                 status="error" if number == 0 else "ok",
                 user="ada" if number < 8 else "bob",
+                notebook=None if number == 11 else f"nb{number % 2}.ipynb",
                 source=f"secret prompt {number}",
             )
         )
@@ -141,8 +142,8 @@ async def test_usage_groups_by_model_user_day_and_hour_within_the_window(jp_fetc
     assert sorted(row["calls"] for row in days) == [1, 12]
     hours = (await get(jp_fetch, "usage", by="hour", since=(now - timedelta(hours=2)).isoformat()))["rows"]
     assert sum(row["calls"] for row in hours) == 12
-    notebooks = (await get(jp_fetch, "usage", by="notebook"))["rows"]
-    assert sum(row["calls"] for row in notebooks) == 13
+    notebooks = {row["key"]: row["calls"] for row in (await get(jp_fetch, "usage", by="notebook"))["rows"]}
+    assert notebooks == {"nb0.ipynb": 6, "nb1.ipynb": 5, None: 2}
 
 
 async def test_calls_are_newest_first_without_prompts(jp_fetch: Any, server_environ: Ledger) -> None:
@@ -155,7 +156,7 @@ async def test_calls_are_newest_first_without_prompts(jp_fetch: Any, server_envi
     first = calls[0]
     assert {"timestamp", "model", "kind", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s", "attempts",
             "notebook", "user", "session", "error"} <= set(first)  # fmt: skip
-    assert (first["model"], first["status"], first["user"]) == ("gpt-4o", "error", "ada")
+    assert (first["model"], first["status"], first["user"], first["notebook"]) == ("gpt-4o", "error", "ada", "nb0.ipynb")
     assert "source" not in first
     every = (await get(jp_fetch, "calls"))["calls"]
     assert len(every) == 13
