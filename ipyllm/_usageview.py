@@ -82,7 +82,7 @@ def grouped_table(rows: list[tuple[Any, ...]], by: str = "model", prices: Mappin
     total["mean_latency_s"] = data["latency_sum"].sum() / data["latency_n"].sum() if data["latency_n"].sum() else math.nan
     frame = pd.concat([frame, total.rename("total").to_frame().T])
     frame.index.name = by
-    return frame.astype(dict.fromkeys(_COUNTS, "Int64"))
+    return frame.astype({**dict.fromkeys(_COUNTS, "Int64"), **dict.fromkeys(("cost_usd", "saved_usd", "mean_latency_s"), "Float64")})
 
 
 def _plus(left: float, right: float) -> float:
