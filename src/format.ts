@@ -150,7 +150,7 @@ const GROUP_COLUMNS: Record<string, string> = {
 
 /**
  * Python that reproduces a table of the panel: the ledger's rows (every session) since the window's
- * first day, grouped by the same key, with the panel's columns.
+ * first day, chosen in the database (`since=`, `columns=`), grouped by the same key, with the panel's columns.
  */
 export function usageCode(by: string, since: string): string {
   const column = GROUP_COLUMNS[by] ?? by;
@@ -158,7 +158,11 @@ export function usageCode(by: string, since: string): string {
     'import ipyllm',
     '',
     `# LLM usage by ${by} since ${since}, as the JupyterLab panel shows it`,
-    `usage = ipyllm.usage(all_sessions=True, since="${since}")`,
+    `usage = ipyllm.usage(`,
+    `    all_sessions=True,`,
+    `    since="${since}",`,
+    `    columns=["${column}", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_s"],`,
+    `)`,
     `usage.groupby("${column}", dropna=False).agg(`,
     `    calls=("status", "size"),`,
     `    input_tokens=("prompt_tokens", "sum"),`,

@@ -23,7 +23,7 @@ import pytest
 from ipyllm.testing import StubServer
 
 from ..helpers import ROOT
-from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, require, run_cell, wait_for_prompt_number
+from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, outputs_text, require, run_cell, wait_for_prompt_number
 
 pytestmark = pytest.mark.browser
 
@@ -138,8 +138,15 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
             panel.locator(".ipyllm-by-model button", has_text="Insert as code").click()
             expect(cells).to_have_count(before + 1)
             inserted = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
-            expect(inserted).to_contain_text("ipyllm.usage(all_sessions=True, since=")
+            expect(inserted).to_contain_text(f'since="{time.strftime("%Y-%m-%d")}"')
             expect(inserted).to_contain_text('groupby("model"')
+            # Run, it gives the panel's figures for the model.
+            index = before  # below the active cell, which was the last (empty) one
+            expect(cells.nth(index)).to_have_class(_has("jp-mod-active"))
+            run_cell(page, index)
+            wait_for_prompt_number(page, index)
+            answer = outputs_text(page, index)
+            assert "gpt-4o-mini" in answer and "3.75" in answer and "Error" not in answer, answer
 
             # The command palette opens the panel too.
             page.locator(".lm-TabBar-tab", has_text="LLM usage").locator(".lm-TabBar-tabCloseIcon").click()
