@@ -40,6 +40,8 @@ const LABELS: Record<string, string> = { model: 'Model', notebook: 'Notebook', u
 export class UsagePanel extends Widget {
   private _window: Window = 'today';
   private _loads = 0;
+  /** Whether the last load asked for the by-user table (team ledger, team figures shown). */
+  private _loadedTeam = false;
   private _details: Details | null = null;
   private _detailsError: string | null = null;
   private _head = el('div', { class: 'ipyllm-Panel-head' });
@@ -97,13 +99,22 @@ export class UsagePanel extends Widget {
     );
     if (summary) {
       this._renderBody();
+      if (this._team !== this._loadedTeam) {
+        // The first summary (or the setting) says there is a team: load its table now, not at the next row.
+        void this._load();
+      }
     }
+  }
+
+  private get _team(): boolean {
+    return Boolean(this._model.summary?.team_today) && this._display.showTeam;
   }
 
   private async _load(): Promise<void> {
     const load = ++this._loads;
     const since = this._window;
-    const team = Boolean(this._model.summary?.team_today) && this._display.showTeam;
+    const team = this._team;
+    this._loadedTeam = team;
     const usage = (by: GroupBy, window: Window) => requestAPI<Usage>('usage', { by, since: window });
     try {
       const [hour, day, model, notebook, user, calls] = await Promise.all([

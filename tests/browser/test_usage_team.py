@@ -7,6 +7,7 @@ the database password shows nowhere on the page. Skipped without PostgreSQL loca
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -108,6 +109,16 @@ def test_team_figures_and_the_by_user_table(lab: Lab, stub: StubServer, pg: Post
             page.wait_for_timeout(300)
             panel.screenshot(path=str(shot))
             assert pg.password not in page.content()
+
+            # The settings: amounts in euros at 0.8 per dollar, without the team's figures (read when the page loads).
+            settings = tmp_path / "home" / "lab-settings" / "ipyllm" / "plugin.jupyterlab-settings"
+            settings.parent.mkdir(parents=True, exist_ok=True)
+            settings.write_text(json.dumps({"currency": "EUR", "usdRate": 0.8, "showTeam": False}))
+            page.reload()
+            expect(item).to_have_text("LLM today €1.00 of €4.00 · 1 call")
+            item.click()
+            expect(panel.locator(".ipyllm-by-model tbody tr", has_text="gpt-4o-mini")).to_contain_text("€1.00")
+            expect(panel.locator(".ipyllm-by-user")).to_have_count(0)
         except BaseException:
             page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
             print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
