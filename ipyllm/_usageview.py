@@ -67,20 +67,20 @@ def grouped_table(rows: list[tuple[Any, ...]], by: str = "model", prices: Mappin
         return _empty(by)
     keys = sorted(table, key=lambda k: (k is None, k if k is not None else ""))
     labels: list[Any] = [None if k is None else dt.date.fromisoformat(k) for k in keys] if by == "day" else list(keys)
-    figures = [table[k] for k in keys]
-    total = [math.nan] * len(figures[0])
-    for values in figures:
-        total = [_plus(a, b) for a, b in zip(total, values, strict=True)]
-    figures.append(total)
+    grid = [table[k] for k in keys]
+    total = [math.nan] * len(grid[0])
+    for line in grid:
+        total = [_plus(a, b) for a, b in zip(total, line, strict=True)]
+    grid.append(total)
     # One frame built from columns (pandas' own operations cost more than the sums, for a few groups).
     columns: dict[str, Any] = {}
     for n, name in enumerate(_TABLE[:-1]):
-        values = [v[n] for v in figures]
+        cells = [line[n] for line in grid]
         if name in _COUNTS:
-            columns[name] = pd.array([int(v) if not math.isnan(v) else 0 for v in values], dtype="Int64")
+            columns[name] = pd.array([int(v) if not math.isnan(v) else 0 for v in cells], dtype="Int64")
         else:
-            columns[name] = pd.array([None if math.isnan(v) else v for v in values], dtype="Float64")
-    latency = [v[-2] / v[-1] if v[-1] and not math.isnan(v[-1]) else None for v in figures]
+            columns[name] = pd.array([None if math.isnan(v) else v for v in cells], dtype="Float64")
+    latency = [line[-2] / line[-1] if line[-1] and not math.isnan(line[-1]) else None for line in grid]
     columns["mean_latency_s"] = pd.array(latency, dtype="Float64")
     # As pandas' groupby names them: a missing key NaN, the groups' index joined to the total's.
     index = pd.Index([math.nan if k is None else k for k in labels], dtype=object).append(pd.Index(["total"]))
