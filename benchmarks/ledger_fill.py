@@ -93,6 +93,7 @@ def fill_postgres(url: str, count: int, seed: int = 1) -> float:
     """The PostgreSQL ledger at ``url`` with ``count`` more rows (``COPY``); the seconds it took."""
     import psycopg
 
+    from ipyllm._pgschema import ROW_COLUMNS as PG_COLUMNS
     from ipyllm._postgres import PostgresStore
 
     started = time.perf_counter()
@@ -103,7 +104,7 @@ def fill_postgres(url: str, count: int, seed: int = 1) -> float:
     with psycopg.connect(url, autocommit=True) as connection:
         with connection.transaction():
             connection.execute("ALTER TABLE usage DISABLE TRIGGER usage_totals_add")
-            with connection.cursor() as cursor, cursor.copy(f"COPY usage (uid, {ROW_COLUMNS}) FROM STDIN") as copy:
+            with connection.cursor() as cursor, cursor.copy(f"COPY usage (uid, {PG_COLUMNS}) FROM STDIN") as copy:
                 for row in rows(count, seed):
                     copy.write_row(row)
             for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):

@@ -77,6 +77,9 @@ def fill(location: str, made: list[UsageRow]) -> None:
     try:
         for start in range(0, len(made), 10_000):
             store.append_many(made[start : start + 10_000])
+        flush = getattr(store, "flush", None)  # a team ledger's writer thread moves the rows from its spool
+        if flush is not None and not flush(600):
+            raise SystemExit("the rows did not reach the PostgreSQL ledger within 10 minutes")
     finally:
         store.close()
 
@@ -103,7 +106,8 @@ def serve(location: str, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     command = [sys.executable, "-m", "jupyter_server", "--allow-root", "--no-browser", f"--port={port}",
                f"--IdentityProvider.token={TOKEN}", f"--ServerApp.root_dir={folder}"]  # fmt: skip
-    process = subprocess.Popen(command, env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=folder)
+    log = (folder / "server.log").open("wb")
+    process = subprocess.Popen(command, env=environ, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -135,9 +139,15 @@ def measure(kind: str, location: str, requests: int) -> bool:
                 listed = answer.get("rows", answer.get("calls", []))
                 size = f"{answer['today']['calls']} calls today" if "today" in answer else f"{len(listed)} rows"
                 print(f"{kind:10} /ipyllm/api/{endpoint:30} median {median:6.1f} ms  (max {max(times) * 1000:6.1f}; {size})")
+        except Exception:
+            print((Path(folder) / "server.log").read_text()[-4000:], file=sys.stderr)
+            raise
         finally:
             process.terminate()
-            process.wait(timeout=30)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
     return within
 
 

@@ -37,6 +37,7 @@ from ipyllm._budget import local_midnight, user_name
 from ipyllm._config import LLMConfig
 from ipyllm._ledger import open_store
 from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
+from ipyllm._sqlite import SQLiteStore
 from ipyllm._store import Store
 from ipyllm.errors import LedgerUnavailableError
 
@@ -164,12 +165,33 @@ class LedgerReader:
     def store(self) -> _views.Reader:
         """The open store; an empty reader for ``:memory:`` (the kernels' rows are theirs) and while no kernel has made
         the SQLite file (a reader creates none)."""
+        if isinstance(self._store, SQLiteStore) and self._moved(self._store):
+            self._forget(self._store)
         if not self._opened:
             if isinstance(self.location, SQLiteFile) and not os.path.exists(self.location.path):
                 return self._empty
             self._store = open_store(self.location)
             self._opened = True
         return self._empty if self._store is None else self._store
+
+    @staticmethod
+    def _moved(store: SQLiteStore) -> bool:
+        """Whether the file the store has open is no longer the one at the ledger's path (deleted, or replaced)."""
+        return store.file.connection is not None and not store.file.at_path()
+
+    def _forget(self, store: SQLiteStore) -> None:
+        """Let go of a ledger file someone deleted or replaced, without writing it back.
+
+        A kernel's store recreates a vanished ledger with all it held (its rows must not be lost); the server only
+        reads, and is always running: it would bring back a ledger the user deleted to start afresh. So it closes
+        its connection alone, and opens whatever file is at the path when one is there.
+        """
+        file = store.file
+        with file.lock:
+            if file.connection is not None:
+                file.connection.close()
+            file.connection, file._identity, file._vanished = None, None, None
+        self._store, self._opened = None, False
 
     async def run(self, action: Callable[[_views.Reader], T]) -> T:
         return await IOLoop.current().run_in_executor(self._executor, lambda: action(self.store()))

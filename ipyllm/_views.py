@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from typing import Any, Protocol
 
-from ipyllm._sqlschema import INSERT_ROW, migrate
+from ipyllm._sqlschema import INSERT_ROW, ROW_COLUMNS
 from ipyllm._totals import DAY_US, FIGURES, KEYS, LEVELS, QUARTER_US, contributions
 from ipyllm._usage import COLUMNS, UsageRow, micros, row_values, utc_now
 from ipyllm.errors import InvalidInputError
@@ -258,7 +258,7 @@ def aggregate(reader: Reader, by: str, window: Window, per_model: bool = False) 
     """
     keys = _keys(by) + (["model"] if per_model and by != "model" else [])
     filtered = set(window.filters())
-    if by in ("session", "cell", "batch") or window.session is not None or not filtered <= set(KEYS):
+    if by in ("session", "cell", "batch") or window.session is not None or not filtered <= set(KEYS) or not getattr(reader, "totals", True):
         return _raw(reader, keys, window)
     since, until = window.bounds()
     first = None if since is None else -(-since // QUARTER_US)
@@ -465,14 +465,16 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
 
 
 class _MemoryReader:
-    """Rows in memory read through the ledger's own SQL: an in-memory SQLite database holding them."""
+    """Rows in memory read through the ledger's own SQL: an in-memory SQLite table holding them (no indexes, no
+    running totals: a session's rows are few, and summed faster than totals are kept)."""
 
     dialect = "sqlite"
     shared = False
+    totals = False
 
     def __init__(self, rows: Sequence[UsageRow]) -> None:
         self.connection = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        migrate(self.connection)
+        self.connection.execute(f"CREATE TABLE usage (id INTEGER PRIMARY KEY, uid TEXT, {ROW_COLUMNS})")
         self.connection.executemany(INSERT_ROW, [[str(n), *row_values(row)] for n, row in enumerate(rows)])
 
     def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

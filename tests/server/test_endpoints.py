@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +261,18 @@ async def test_a_ledger_that_cannot_be_reached_is_a_503_without_the_password(jp_
         message = json.loads(response.body)["message"]
         assert message and "\n" not in message
         assert_no_secret(response.body, ledger)
+
+
+@SQLITE_ONLY
+async def test_a_deleted_ledger_file_stays_deleted(jp_fetch: Any, server_environ: Ledger) -> None:
+    """The server keeps the file open; deleting it (to start afresh) must not make the server write it back."""
+    ledger = Path(server_environ.location)
+    write_rows(server_environ.location, bulk(datetime.now(timezone.utc)))
+    assert (await get(jp_fetch, "summary"))["today"]["calls"] >= 1
+    for path in ledger.parent.glob(ledger.name + "*"):
+        path.unlink()
+    summary = await get(jp_fetch, "summary")
+    assert summary["today"]["calls"] == 0 and summary["last_row"] is None
+    assert not ledger.exists(), "the server wrote a deleted ledger back"
+    write_rows(server_environ.location, bulk(datetime.now(timezone.utc))[:2])  # a kernel starts a new one
+    assert (await get(jp_fetch, "summary"))["today"]["calls"] == 2
