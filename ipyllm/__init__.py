@@ -142,3 +142,10 @@ def unload_ipython_extension(ipython: Any) -> None:
     from ipyllm._magics import unload
 
     unload(ipython)
+
+
+def _jupyter_server_extension_points() -> list[dict[str, Any]]:
+    """Jupyter Server's hook: the usage endpoints under ``/ipyllm/api/`` (imported only by a Jupyter server)."""
+    from ipyllm._server import IPyLLM
+
+    return [{"module": "ipyllm._server", "app": IPyLLM}]

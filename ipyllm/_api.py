@@ -7,7 +7,7 @@ another in its place.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ipyllm import _batch, _loop
@@ -22,6 +22,7 @@ from ipyllm._provider_batch import ProviderBatch
 from ipyllm._retry import RetryNote
 from ipyllm._routes import BatchEstimate
 from ipyllm._session import Session as _Session
+from ipyllm._views import Window, moment
 from ipyllm.errors import SettingError
 
 if TYPE_CHECKING:
@@ -175,12 +176,40 @@ class Session(_Session):
         """
         return estimate_chat(self.config, prompt_or_messages, overrides, images, files)
 
-    def usage(self, all_sessions: bool = False) -> pd.DataFrame:
+    def usage(
+        self,
+        all_sessions: bool = False,
+        *,
+        since: Any = None,
+        until: Any = None,
+        columns: Sequence[str] | None = None,
+        where: Mapping[str, Any] | None = None,
+    ) -> pd.DataFrame:
         """The usage frame: one row per call, in call order.
 
-        This session's calls; with ``all_sessions``, every call in the ledger (``usage_db``) too.
+        This session's calls; with ``all_sessions``, every call in the ledger (``usage_db``) too. The rows are chosen
+        in the database, so a large ledger is never read whole.
+
+        Parameters
+        ----------
+        all_sessions
+            Every session's calls in the ledger, not only this session's.
+        since, until
+            Calls at or after ``since`` and before ``until``: a datetime (naive: local time), a date, or an ISO 8601
+            string.
+        columns
+            Only these columns (and ``timestamp``), e.g. ``["model", "cost_usd"]``.
+        where
+            Equality or membership filters on columns, e.g. ``{"model": "gpt-4o", "status": ["ok", "cached"]}``
+            (None matches a missing value).
+
+        Raises
+        ------
+        ipyllm.InvalidInputError
+            An unknown column, or a time that is not one.
         """
-        return self.records.frame(all_sessions)
+        window = Window(since=moment(since, "since"), until=moment(until, "until"), where=dict(where or {}))
+        return self.records.frame(all_sessions, window, columns)
 
     def map(self, template: str | Callable[[Any], Any], data: Any, **options: Any) -> Any:
         """One prompt per row of ``data``, sent concurrently; see ``ipyllm.map``."""
@@ -293,8 +322,15 @@ def estimate(prompt_or_messages: str | Sequence[dict[str, Any]], *, images: Any 
     return session.estimate(prompt_or_messages, images=images, files=files, **overrides)
 
 
-def usage(all_sessions: bool = False) -> pd.DataFrame:
-    return session.usage(all_sessions)
+def usage(
+    all_sessions: bool = False,
+    *,
+    since: Any = None,
+    until: Any = None,
+    columns: Sequence[str] | None = None,
+    where: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    return session.usage(all_sessions, since=since, until=until, columns=columns, where=where)
 
 
 def map(  # noqa: A001 - ipyllm.map, as SPEC names it

@@ -45,7 +45,18 @@ from ipyllm._store import Headroom, Hold, Limit, MemoryLedger, Sizer, Store, tig
 from ipyllm._usage import UsageRow
 from ipyllm.errors import BudgetExceededError, LedgerUnavailableError
 
-__all__ = ["INPUT_MARGIN", "MIN_OUTPUT_TOKENS", "Budgets", "Need", "Reservation", "host_name", "local_midnight", "usd", "user_name"]
+__all__ = [
+    "INPUT_MARGIN",
+    "MIN_OUTPUT_TOKENS",
+    "Budgets",
+    "Need",
+    "Reservation",
+    "host_name",
+    "local_midnight",
+    "notebook_path",
+    "usd",
+    "user_name",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
@@ -68,6 +79,11 @@ def _login_name() -> str:
         return getpass.getuser()
     except Exception:  # no login name in some containers
         return "unknown"
+
+
+def notebook_path() -> str | None:
+    """The notebook this kernel belongs to, as Jupyter Server names it in the kernel's ``JPY_SESSION_NAME`` (None elsewhere)."""
+    return os.environ.get("JPY_SESSION_NAME") or None
 
 
 @lru_cache(maxsize=1)

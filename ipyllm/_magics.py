@@ -31,7 +31,7 @@ from ipyllm._llmcall import answer, deliver, dry_run, read_call, with_attachment
 from ipyllm._mapcell import run_map
 from ipyllm._models import models
 from ipyllm._prompt import interpolate, is_one_llm_line, keep_question_marks, parse_options
-from ipyllm._usageview import GROUPINGS, figure_bundle, plot_usage, usage_table
+from ipyllm._usageview import GROUPINGS, figure_bundle, grouped_table, plot_usage
 from ipyllm.errors import SettingError
 
 if TYPE_CHECKING:
@@ -180,18 +180,18 @@ class LLMMagics(Magics):
     # -- %llm_usage ------------------------------------------------------------------------------------
     @magic_arguments()
     @argument("--all", action="store_true", help="include earlier sessions from the ledger (usage_db)")
-    @argument("--by", choices=GROUPINGS, default="model", help="group by model (default), day, cell, batch, user or host")
+    @argument("--by", choices=GROUPINGS, default="model", help="group by model (default), day, cell, batch, user, host or notebook")
     @argument("--plot", action="store_true", help="draw cost over time and by model (needs matplotlib)")
     @line_magic
     def llm_usage(self, line: str) -> pd.DataFrame | None:
         """Show the spend so far: calls, tokens, cost and saving (USD), errors, retries and mean latency, with a total."""
         args = parse_options(self.llm_usage.parser, line)
-        frame = _api.usage(all_sessions=args.all)
         if args.plot:
-            figure = plot_usage(frame)
+            figure = plot_usage(_api.usage(all_sessions=args.all))
             self.shell.display_pub.publish(data=figure_bundle(figure), metadata={})
             return None
-        return usage_table(frame, args.by, config.prices)
+        # Summed by the database (GROUP BY, on its running totals), never the ledger's rows read into Python.
+        return grouped_table(_api.session.records.sums(args.by, args.all), args.by, config.prices)
 
     # -- %llm_chat -------------------------------------------------------------------------------------
     @magic_arguments()

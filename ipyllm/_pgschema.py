@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipyllm._batchclaim import PG_CLAIMS
 from ipyllm._batchledger import PG_TABLE
+from ipyllm._totals import BACKFILL, TABLES, pg_trigger
 from ipyllm._usage import COLUMNS, frame_from_columns
 from ipyllm.errors import LedgerUnavailableError
 
@@ -85,6 +86,15 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
         "ALTER TABLE usage ADD COLUMN IF NOT EXISTS images INTEGER",
     ),
+    (
+        # Issue 21: the notebook a row came from (an earlier row's is unknown: NULL); a session's own rows read by time.
+        "ALTER TABLE usage ADD COLUMN IF NOT EXISTS notebook TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_session_time ON usage (session, timestamp_us)",
+        # Issue 21: the running totals the views read instead of a million rows (``_totals``).
+        *TABLES("BIGINT", "DOUBLE PRECISION"),
+        *pg_trigger(),
+        *BACKFILL,
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -140,15 +150,17 @@ def write_entry(cursor: psycopg.Connection[Any] | psycopg.Cursor[Any], uid: str,
         cursor.execute(INSERT_SETTLING, [release, uid, *values])
 
 
-def csv_frame(buffer: io.BytesIO) -> pd.DataFrame:
-    """The usage frame from ``COPY`` CSV of ``id`` and the row columns, sorted as the SQLite ledger sorts."""
+def csv_frame(buffer: io.BytesIO, columns: list[str] | None = None) -> pd.DataFrame:
+    """The usage frame from ``COPY`` CSV of ``id`` and the row columns (``columns``, the time among them: default all),
+    sorted as the SQLite ledger sorts."""
     import pandas as pd
 
-    names = ["id", *COLUMNS]
-    dtypes = {"id": "int64", "timestamp": "int64", **{name: dtype for name, dtype in COLUMNS.items() if name != "timestamp"}}
+    columns = columns or list(COLUMNS)
+    names = ["id", *columns]
+    dtypes = {"id": "int64", "timestamp": "int64", **{name: COLUMNS[name] for name in columns if name != "timestamp"}}
     buffer.seek(0)
     if not buffer.getbuffer().nbytes:
-        return frame_from_columns({name: [] for name in COLUMNS})
+        return frame_from_columns({name: [] for name in columns})
     frame = pd.read_csv(
         buffer, header=None, names=names, dtype=dtypes, keep_default_na=False, na_values=["\\N"], true_values=["t"], false_values=["f"]
     )

@@ -13,7 +13,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ipyllm._budget import local_midnight
@@ -23,6 +23,7 @@ from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
 from ipyllm._notices import notice
 from ipyllm._store import BatchRecord, Claim, MemoryLedger, Store
 from ipyllm._usage import UsageRow, to_frame
+from ipyllm._views import MEASURES, Window, aggregate, fold, memory_reader, selected_columns
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
@@ -147,12 +148,15 @@ class Records:
         for row in rows:
             self.memory.append(row)
 
-    def frame(self, all_sessions: bool = False) -> pd.DataFrame:
-        """This session's rows as the usage frame; with ``all_sessions``, every row in the ledger too."""
-        mine = to_frame(self.memory.rows(None if all_sessions else self.session_id))
+    def frame(self, all_sessions: bool = False, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """This session's rows as the usage frame; with ``all_sessions``, every row in the ledger too. Of ``window`` only
+        (filtered in the database) and ``columns`` only (and the time)."""
+        window = window or Window()
+        names = selected_columns(columns)
+        mine = to_frame([row for row in self.memory.rows(None if all_sessions else self.session_id) if window.matches(row)])[names]
         if not all_sessions:
             return mine
-        others = self.using_store(lambda store: store.frame(exclude_session=self.session_id))
+        others = self.using_store(lambda store: store.frame(self.session_id, window, names))
         if others is None or others.empty:
             return mine
         import pandas as pd
@@ -160,22 +164,33 @@ class Records:
         both = pd.concat([others, mine], ignore_index=True) if not mine.empty else others
         return both.sort_values("timestamp", kind="stable", ignore_index=True)
 
+    def sums(self, by: str, all_sessions: bool = False) -> list[tuple[Any, ...]]:
+        """This session's rows (with ``all_sessions``, the ledger's too) summed per ``by`` and model (``_views.aggregate``):
+        this session's from memory, the others' by the database (its running totals, less this session's rows)."""
+        rows = aggregate(memory_reader(self.memory.rows(None if all_sessions else self.session_id)), by, Window(), per_model=True)
+        if all_sessions:
+            rows += self.using_store(lambda store: aggregate(store, by, Window(exclude_session=self.session_id), per_model=True)) or []
+        return rows
+
     def spend_today(self, user: str) -> tuple[float, float] | None:
         """The team's and ``user``'s spend since local midnight on a shared ledger (None otherwise).
 
         Other sessions' spend is read from the server at most every two seconds (the picker asks after every
-        call); this session's comes from memory, so its calls show at once, written to the server or not.
+        call), in one query on its running totals, less this session's rows; this session's comes from memory, so
+        its calls show at once, written to the server or not.
         """
         store = self.store()
         if store is None or not store.shared:
             return None
         midnight, now = local_midnight(), time.monotonic()
         if self._spend_today is None or now - self._spend_today[0] > 2:
-            team = self.using_store(lambda s: s.spend(midnight, exclude_session=self.session_id))
-            theirs = self.using_store(lambda s: s.spend(midnight, exclude_session=self.session_id, user=user))
-            if team is None or theirs is None:
+            window = Window(since=midnight, exclude_session=self.session_id)
+            by_user = self.using_store(lambda s: fold(aggregate(s, "user", window), "user"))
+            if by_user is None:
                 return None
-            self._spend_today = (now, team, theirs)
+            cost, counted = MEASURES.index("cost_usd"), MEASURES.index("cost_n")
+            spent = {key: float(values[cost] or 0) if values[counted] else 0.0 for key, values in by_user.items()}
+            self._spend_today = (now, sum(spent.values()), spent.get(user, 0.0))
         mine = self.memory.spend(since=midnight, session=self.session_id)
         mine_as_user = self.memory.spend(since=midnight, session=self.session_id, user=user)
         return self._spend_today[1] + mine, self._spend_today[2] + mine_as_user

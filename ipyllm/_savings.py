@@ -20,11 +20,22 @@ from ipyllm._pricemap import model_prices, rate
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["list_usd", "saved_usd"]
+__all__ = ["list_usd", "rates_of", "saved_usd"]
 
 
 def _rate(model: Any, name: str, prices: Mapping[str, Any] | None) -> float | None:
     return rate(model_prices(model, prices) if isinstance(model, str) else None, name)
+
+
+def rates_of(models: Any, prices: Mapping[str, Any] | None = None) -> dict[str, tuple[float, float]]:
+    """Each of ``models``' input and output rates per token, for those that have both."""
+    found = {}
+    for name in models:
+        if isinstance(name, str):
+            rates = (_rate(name, "input_cost_per_token", prices), _rate(name, "output_cost_per_token", prices))
+            if rates[0] is not None and rates[1] is not None:
+                found[name] = (float(rates[0]), float(rates[1]))
+    return found
 
 
 def _rates(frame: pd.DataFrame, prices: Mapping[str, Any] | None) -> tuple[Any, Any]:

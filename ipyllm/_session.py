@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ipyllm._budget import Budgets, Reservation, host_name, user_name
+from ipyllm._budget import Budgets, Reservation, host_name, notebook_path, user_name
 from ipyllm._calls import Prepared, prepare_chat, prepare_embedding, split_overrides
 from ipyllm._config import LLMConfig, Settings
 from ipyllm._engine import Client, Embeddings, Reply
@@ -102,10 +102,11 @@ class Session:
     def stamper(self, source: str, batch: str | None = None) -> Callable[[UsageRow], UsageRow]:
         """Stamps rows with this session, the running cell, ``source``, who and where."""
         cell = current_cell()
-        user, host = self.config.user or user_name(), host_name()
+        user, host, notebook = self.config.user or user_name(), host_name(), notebook_path()
 
         def stamp(row: UsageRow) -> UsageRow:
             row.session, row.cell, row.source, row.batch, row.user, row.host = self.id, cell, source, batch, user, host
+            row.notebook = notebook
             return row
 
         return stamp

@@ -23,9 +23,10 @@ from ipyllm._batchledger import CLAIM_BATCH, INSERT_BATCH, SELECT_BATCHES, UPDAT
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
-from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, ROW_COLUMNS, SCHEMA_VERSION, Entry, apply, committed
+from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, SCHEMA_VERSION, Entry, apply, committed
 from ipyllm._store import CacheEntry, Headroom, Hold, Limit, Refusal, Sizer, fixed, process_alive, tightest
-from ipyllm._usage import COLUMNS, UsageRow, frame_from_columns, micros, row_values, utc_now
+from ipyllm._usage import UsageRow, frame_from_columns, micros, row_values, utc_now
+from ipyllm._views import Window, column_list, selected_columns
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ class SQLiteStore:
         self.path = location.path
         self.name = str(location)
         self.shared = False
+        self.dialect = "sqlite"
         self.busy_timeout = busy_timeout
         #: The file, watched: its connection, its spool and its lock.
         self.file = LedgerFile(location, busy_timeout, spool)
@@ -182,12 +184,15 @@ class SQLiteStore:
             if pid and not process_alive(int(pid)):
                 connection.execute("DELETE FROM holds WHERE id = ?", [hold_id])
 
-    def frame(self, exclude_session: str | None = None) -> pd.DataFrame:
-        """Every row in the ledger (but ``exclude_session``'s), oldest first, as the usage frame."""
-        where, parameters = ("WHERE session IS NOT ?", [exclude_session]) if exclude_session else ("", [])
-        records = self._run(f"SELECT {ROW_COLUMNS} FROM usage {where} ORDER BY timestamp_us, id", parameters, retry_now=True)
-        columns = list(zip(*records, strict=True)) if records else [() for _ in COLUMNS]
-        return frame_from_columns(dict(zip(COLUMNS, columns, strict=True)), timestamps_in_micros=True)
+    def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows in the ledger (but ``exclude_session``'s; of ``window`` only, filtered in SQL), oldest first, as the
+        usage frame (of ``columns`` only, and the time)."""
+        window = replace(window or Window(), exclude_session=exclude_session) if exclude_session else window or Window()
+        names = selected_columns(columns)
+        where, parameters = window.sql()
+        records = self._run(f"SELECT {column_list(names)} FROM usage{where} ORDER BY timestamp_us, id", parameters, retry_now=True)
+        values = list(zip(*records, strict=True)) if records else [() for _ in names]
+        return frame_from_columns(dict(zip(names, values, strict=True)), timestamps_in_micros=True)
 
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
         """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""
@@ -200,6 +205,10 @@ class SQLiteStore:
 
     def count(self) -> int:
         return int(self._run("SELECT COUNT(*) FROM usage", retry_now=True)[0][0])
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query (``?`` placeholders), for the ledger's views (``ipyllm._views``)."""
+        return self._run(sql, parameters, retry_now=True)
 
     # -- the response cache ----------------------------------------------------------------------------
     def cache_get(self, key: str) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 from ipyllm._batchclaim import SQLITE_CLAIMS
 from ipyllm._batchledger import SQLITE_TABLE
 from ipyllm._spool import SpooledEntry
+from ipyllm._totals import BACKFILL, TABLES, sqlite_trigger
 from ipyllm._usage import COLUMNS
 
 __all__ = [
@@ -97,6 +98,16 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (
         # Issue 20: images sent with a call (an earlier row's is unknown: NULL).
         "ALTER TABLE usage ADD COLUMN images INTEGER",
+    ),
+    (
+        # Issue 21: the notebook a row came from (an earlier row's is unknown: NULL); a session's own rows and a
+        # notebook's, read by time without scanning the ledger.
+        "ALTER TABLE usage ADD COLUMN notebook TEXT",
+        "CREATE INDEX IF NOT EXISTS usage_session_time ON usage (session, timestamp_us)",
+        # Issue 21: the running totals the views read instead of a million rows (``_totals``).
+        *TABLES("INTEGER", "REAL"),
+        sqlite_trigger(),
+        *BACKFILL,
     ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ipyllm._batchclaim import Claim, is_stale
 from ipyllm._batchledger import BatchRecord
@@ -22,6 +22,8 @@ from ipyllm._usage import UsageRow, utc_now
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from ipyllm._views import Window
 
 __all__ = [
     "BatchRecord",
@@ -235,6 +237,8 @@ class Store(Protocol):
     name: str
     #: True for a ledger shared by a team (a server): the picker then shows the team's spend today.
     shared: bool
+    #: The SQL the store speaks, for the ledger's views (``ipyllm._views``): ``sqlite`` or ``postgresql``.
+    dialect: str
 
     def append(self, row: UsageRow, release: str | None = None) -> None: ...
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
@@ -249,7 +253,15 @@ class Store(Protocol):
 
     def release(self, hold_id: str) -> None: ...
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float: ...
-    def frame(self, exclude_session: str | None = None) -> pd.DataFrame: ...
+    def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """The rows (but ``exclude_session``'s; of ``window`` only, filtered in the database), oldest first, as the usage
+        frame (of ``columns`` only, and the time)."""
+        ...
+
+    def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """The rows of one read-only query in the store's ``dialect`` (its placeholders: ``?`` or ``%s``)."""
+        ...
+
     def cache_get(self, key: str) -> str | None: ...
     def cache_get_many(self, keys: Sequence[str]) -> dict[str, str]:
         """The payloads of those of ``keys`` that are cached: a batch looks up its rows ahead, many at once."""

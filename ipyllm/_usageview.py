@@ -13,15 +13,85 @@ from typing import TYPE_CHECKING, Any
 
 from IPython.core.error import UsageError
 
-from ipyllm._savings import saved_usd
+from ipyllm._savings import rates_of, saved_usd
+from ipyllm._views import MEASURES, fold
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["GROUPINGS", "figure_bundle", "plot_usage", "usage_table"]
+__all__ = ["GROUPINGS", "figure_bundle", "grouped_table", "plot_usage", "usage_table"]
 
 
-GROUPINGS = ("model", "day", "cell", "batch", "user", "host")
+GROUPINGS = ("model", "day", "cell", "batch", "user", "host", "notebook")
+_AT = {name: n for n, name in enumerate(MEASURES)}
+_COUNTS = ["calls", "input_tokens", "output_tokens", "errors", "retries"]
+_TABLE = ["calls", "input_tokens", "output_tokens", "cost_usd", "saved_usd", "errors", "retries", "mean_latency_s"]
+
+
+def _empty(by: str) -> pd.DataFrame:
+    import pandas as pd
+
+    empty = pd.DataFrame({c: [0] for c in _TABLE}, index=pd.Index(["total"], name=by)).astype(dict.fromkeys(_COUNTS, "Int64"))
+    return empty.assign(cost_usd=0.0, saved_usd=0.0, mean_latency_s=math.nan)
+
+
+def grouped_table(rows: list[tuple[Any, ...]], by: str = "model", prices: Mapping[str, Any] | None = None) -> pd.DataFrame:
+    """``usage_table``'s table from sums the database made (``_views.aggregate`` per group and model, of one query or
+    several): the same rows, columns, dtypes and total, without reading a row of the ledger into Python. Each model's
+    saving is priced here, from its sums (``_savings``)."""
+    import datetime as dt
+
+    import pandas as pd
+
+    several = by != "cell" or len({row[0] for row in rows if row[2 + 1 + _AT["calls"]]}) > 1
+    merged = fold(rows, by, per_model=True, several_sessions=several)
+    rates = rates_of({model for _, model in merged}, prices)
+    table: dict[Any, list[float]] = {}
+    for (key, model), values in merged.items():
+        calls = values[_AT["calls"]] or 0
+        if not calls:
+            continue  # a session's rows taken away left nothing
+        known = rates.get(model)
+        saved = math.nan
+        if known is not None and values[_AT["saved_rows"]]:
+            saved = float(values[_AT["saved_prompt"]]) * known[0] + float(values[_AT["saved_completion"]]) * known[1]
+            saved -= float(values[_AT["saved_cost"]])
+        cost = float(values[_AT["cost_usd"]]) if values[_AT["cost_n"]] else math.nan
+        counted = [
+            float(values[_AT[name]] or 0) for name in ("input_tokens", "output_tokens", "errors", "retries", "latency_sum", "latency_n")
+        ]
+        figures = [float(calls), *counted[:2], cost, saved, *counted[2:]]
+        before = table.get(key)
+        table[key] = figures if before is None else [_plus(a, b) for a, b in zip(before, figures, strict=True)]
+    if not table:
+        return _empty(by)
+    keys = sorted(table, key=lambda k: (k is None, k if k is not None else ""))
+    labels: list[Any] = [None if k is None else dt.date.fromisoformat(k) for k in keys] if by == "day" else list(keys)
+    grid = [table[k] for k in keys]
+    total = [math.nan] * len(grid[0])
+    for line in grid:
+        total = [_plus(a, b) for a, b in zip(total, line, strict=True)]
+    grid.append(total)
+    # One frame built from columns (pandas' own operations cost more than the sums, for a few groups).
+    columns: dict[str, Any] = {}
+    for n, name in enumerate(_TABLE[:-1]):
+        cells = [line[n] for line in grid]
+        if name in _COUNTS:
+            columns[name] = pd.array([int(v) if not math.isnan(v) else 0 for v in cells], dtype="Int64")
+        else:
+            columns[name] = pd.array([None if math.isnan(v) else v for v in cells], dtype="Float64")
+    latency = [line[-2] / line[-1] if line[-1] and not math.isnan(line[-1]) else None for line in grid]
+    columns["mean_latency_s"] = pd.array(latency, dtype="Float64")
+    # As pandas' groupby names them: a missing key NaN, the groups' index joined to the total's.
+    index = pd.Index([math.nan if k is None else k for k in labels], dtype=object).append(pd.Index(["total"]))
+    return pd.DataFrame(columns, index=index.rename(by))
+
+
+def _plus(left: float, right: float) -> float:
+    """NaN-skipping sum (as pandas' ``sum(min_count=1)``): NaN only when both are."""
+    if math.isnan(left):
+        return right
+    return left if math.isnan(right) else left + right
 
 
 def usage_table(frame: pd.DataFrame, by: str = "model", prices: Mapping[str, Any] | None = None) -> pd.DataFrame:

@@ -72,7 +72,13 @@ def write_settings(settings_dir: Path) -> None:
 
 
 @pytest.fixture
-def lab(tmp_path: Path, stub: StubServer) -> Iterator[Lab]:
+def lab_environment() -> dict[str, str]:
+    """Settings a test module adds to the server's (and so its kernels') environment: override it there."""
+    return {}
+
+
+@pytest.fixture
+def lab(tmp_path: Path, stub: StubServer, lab_environment: dict[str, str]) -> Iterator[Lab]:
     """JupyterLab on 127.0.0.1 with a token; its kernels reach the stub server with a secret key."""
     require(CHROMIUM.exists(), f"Chromium at {CHROMIUM}")
     try:
@@ -105,6 +111,7 @@ def lab(tmp_path: Path, stub: StubServer) -> Iterator[Lab]:
             "LLM_USAGE_DB": ":memory:",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             "LITELLM_OFFLINE_MODE": "true",
+            **lab_environment,
         }
     )
     log = tmp_path / "jupyterlab.log"

@@ -29,9 +29,9 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
      {"_retry", "_answers", "_explain", "_validate", "_attach", "_schema", "_callrow", "_attempt", "_engine", "_jobfile", "_batchlink"}),
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory",
-     {"_batchledger", "_batchclaim", "_store",
+     {"_batchledger", "_batchclaim", "_store", "_totals",
       "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_pglink", "_pgwriter", "_pgbudget", "_postgres", "_ledger",
-      "_budget", "_records"}),
+      "_budget", "_views", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
     ("batches: map/amap, progress, helper processes",
      {"_progress", "_helpers", "_batchdata", "_pace", "_writer", "_routes", "_rows", "_batchrun", "_batchresults", "_provider_batch",
@@ -41,7 +41,7 @@ LAYERS: list[tuple[str, set[str]]] = [
       "_prompt", "_assignments", "_usageview", "_mapcell", "_llmcall", "_magics",
       "testing._faults", "testing._replies", "testing._caching", "testing._anthropic", "testing._batches", "testing._batchroutes",
       "testing._handler", "testing._server", "testing._notebooks", "testing._cli",
-      "testing", "testing.__main__", "__init__"}),
+      "testing", "testing.__main__", "_server", "__init__"}),
 ]  # fmt: skip
 LAYER_OF = {name: number for number, (_, names) in enumerate(LAYERS) for name in names}
 

@@ -37,6 +37,7 @@ SPEC_DTYPES = {
     "images": "Int64",
     "batch": "string",
     "tier": "string",
+    "notebook": "string",
     "user": "string",
     "host": "string",
 }
