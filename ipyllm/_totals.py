@@ -13,14 +13,29 @@ and '' stay apart.
 
 from __future__ import annotations
 
-__all__ = ["BACKFILL", "DAY_US", "FIGURES", "KEYS", "LEVELS", "QUARTER_US", "TABLES", "contributions", "pg_trigger", "sqlite_trigger"]
+__all__ = [
+    "BACKFILL",
+    "DAY_US",
+    "EVER_US",
+    "FIGURES",
+    "KEYS",
+    "LEVELS",
+    "QUARTER_US",
+    "TABLES",
+    "contributions",
+    "pg_trigger",
+    "sqlite_trigger",
+]
 
 #: The totals' time steps: a quarter hour (every time zone's offset is a whole number of them), for days and hours
-#: in any time zone and the edges of a window; a UTC day, for the many days inside a window, 96 times fewer rows.
+#: in any time zone and the edges of a window; a UTC day, for the many days inside a window, 96 times fewer rows;
+#: and all time, for a view of the whole ledger.
 QUARTER_US = 900_000_000
 DAY_US = 96 * QUARTER_US
+#: A step longer than any ledger's time (every row's bucket is 0): the all-time totals ``%llm_usage --all`` reads.
+EVER_US = 1 << 62
 #: Each level of totals: its table and its step.
-LEVELS = (("usage_totals", QUARTER_US), ("usage_day_totals", DAY_US))
+LEVELS = (("usage_totals", QUARTER_US), ("usage_day_totals", DAY_US), ("usage_all_totals", EVER_US))
 #: The totals' keys besides the quarter hour, and each one's bit in ``nulls``.
 KEYS = ("model", "user", "notebook", "host")
 _Q = '"user"'  # a reserved word in PostgreSQL
