@@ -119,14 +119,27 @@ def sqlite_trigger() -> str:
     return f"CREATE TRIGGER IF NOT EXISTS usage_totals_add AFTER INSERT ON usage BEGIN {_upserts()} END"
 
 
+def _statement_upserts(rows: str) -> str:
+    """Every level's totals of the rows of one statement (the trigger's transition table ``rows``), added in one upsert
+    per level: PostgreSQL keeps each update of a row as a new version until the transaction ends, so a row of totals
+    updated once per inserted row would cost time quadratic in the rows a transaction inserts."""
+    statements = []
+    for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
+        added = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name, _ in FIGURES)
+        grouped = backfill.replace(" FROM usage GROUP BY ", f" FROM {rows} GROUP BY ")
+        statements.append(f"{grouped} ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {added};")
+    return " ".join(statements)
+
+
 def pg_trigger() -> tuple[str, str, str]:
-    """The trigger's function, and the trigger (made anew)."""
+    """The trigger's function, and the trigger (made anew): once per statement, on the rows it inserted."""
     function = (
         "CREATE OR REPLACE FUNCTION ipyllm_usage_totals() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN "
-        f"{_upserts()} RETURN NULL; END $body$"
+        f"{_statement_upserts('added')} RETURN NULL; END $body$"
     )
     return (
         function,
         "DROP TRIGGER IF EXISTS usage_totals_add ON usage",
-        "CREATE TRIGGER usage_totals_add AFTER INSERT ON usage FOR EACH ROW EXECUTE FUNCTION ipyllm_usage_totals()",
+        "CREATE TRIGGER usage_totals_add AFTER INSERT ON usage REFERENCING NEW TABLE AS added"
+        " FOR EACH STATEMENT EXECUTE FUNCTION ipyllm_usage_totals()",
     )
