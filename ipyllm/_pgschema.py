@@ -27,6 +27,7 @@ __all__ = [
     "ROW_COLUMNS",
     "SCHEMA_VERSION",
     "csv_frame",
+    "insert_rows",
     "migrate",
     "write_entry",
 ]
@@ -35,6 +36,14 @@ __all__ = [
 NAMES = ["timestamp_us", *(f'"{c}"' if c == "user" else c for c in list(COLUMNS)[1:])]
 ROW_COLUMNS = ", ".join(NAMES)
 INSERT_ROW = f"INSERT INTO usage (uid, {ROW_COLUMNS}) VALUES (%s, {', '.join(['%s'] * len(COLUMNS))}) ON CONFLICT (uid) DO NOTHING"
+
+
+def insert_rows(count: int) -> str:
+    """One statement inserting ``count`` rows (each: uid, then the row columns); rows already there skipped."""
+    row = f"({', '.join(['%s'] * (len(COLUMNS) + 1))})"
+    return f"INSERT INTO usage (uid, {ROW_COLUMNS}) VALUES {', '.join([row] * count)} ON CONFLICT (uid) DO NOTHING"
+
+
 # One statement, so one round trip, and atomic: the row lands and its hold goes, or neither.
 INSERT_SETTLING = f"WITH settled AS (DELETE FROM holds WHERE id = %s) {INSERT_ROW}"
 

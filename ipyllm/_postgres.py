@@ -43,7 +43,7 @@ from ipyllm._batchledger import (
 from ipyllm._locations import Server
 from ipyllm._pgbudget import TeamBudgets
 from ipyllm._pglink import ServerLink, driver_errors
-from ipyllm._pgschema import INSERT_ROW, MIGRATIONS, SCHEMA_VERSION, csv_frame
+from ipyllm._pgschema import MIGRATIONS, SCHEMA_VERSION, csv_frame, insert_rows
 from ipyllm._pgwriter import SpoolWriter
 from ipyllm._spool import Spool, spool_path
 from ipyllm._store import CacheEntry, Hold, Limit, Refusal, Sizer, fixed, process_alive
@@ -262,7 +262,10 @@ class PostgresStore:
                     cursor.execute(f"{postgres(CLAIM_BATCH)} RETURNING id", [status, now, batch_id])
                     if cursor.fetchone() is None:
                         return False
-                    cursor.executemany(INSERT_ROW, [[uuid.uuid4().hex, *row_values(row)] for row in rows])
+                    # Many rows to a statement: the running totals are added once per statement (``_totals``).
+                    for start in range(0, len(rows), 500):
+                        chunk = [[uuid.uuid4().hex, *row_values(row)] for row in rows[start : start + 500]]
+                        cursor.execute(insert_rows(len(chunk)), [value for values in chunk for value in values])
                     cursor.executemany(
                         "INSERT INTO cache (key, created_us, kind, model, payload) VALUES (%s, %s, %s, %s, %s) "
                         "ON CONFLICT (key) DO UPDATE SET created_us = EXCLUDED.created_us, payload = EXCLUDED.payload",

@@ -13,14 +13,29 @@ and '' stay apart.
 
 from __future__ import annotations
 
-__all__ = ["BACKFILL", "DAY_US", "FIGURES", "KEYS", "LEVELS", "QUARTER_US", "TABLES", "contributions", "pg_trigger", "sqlite_trigger"]
+__all__ = [
+    "BACKFILL",
+    "DAY_US",
+    "EVER_US",
+    "FIGURES",
+    "KEYS",
+    "LEVELS",
+    "QUARTER_US",
+    "TABLES",
+    "contributions",
+    "pg_trigger",
+    "sqlite_trigger",
+]
 
 #: The totals' time steps: a quarter hour (every time zone's offset is a whole number of them), for days and hours
-#: in any time zone and the edges of a window; a UTC day, for the many days inside a window, 96 times fewer rows.
+#: in any time zone and the edges of a window; a UTC day, for the many days inside a window, 96 times fewer rows;
+#: and all time, for a view of the whole ledger.
 QUARTER_US = 900_000_000
 DAY_US = 96 * QUARTER_US
+#: A step longer than any ledger's time (every row's bucket is 0): the all-time totals ``%llm_usage --all`` reads.
+EVER_US = 1 << 62
 #: Each level of totals: its table and its step.
-LEVELS = (("usage_totals", QUARTER_US), ("usage_day_totals", DAY_US))
+LEVELS = (("usage_totals", QUARTER_US), ("usage_day_totals", DAY_US), ("usage_all_totals", EVER_US))
 #: The totals' keys besides the quarter hour, and each one's bit in ``nulls``.
 KEYS = ("model", "user", "notebook", "host")
 _Q = '"user"'  # a reserved word in PostgreSQL
@@ -104,14 +119,27 @@ def sqlite_trigger() -> str:
     return f"CREATE TRIGGER IF NOT EXISTS usage_totals_add AFTER INSERT ON usage BEGIN {_upserts()} END"
 
 
+def _statement_upserts(rows: str) -> str:
+    """Every level's totals of the rows of one statement (the trigger's transition table ``rows``), added in one upsert
+    per level: PostgreSQL keeps each update of a row as a new version until the transaction ends, so a row of totals
+    updated once per inserted row would cost time quadratic in the rows a transaction inserts."""
+    statements = []
+    for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
+        added = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name, _ in FIGURES)
+        grouped = backfill.replace(" FROM usage GROUP BY ", f" FROM {rows} GROUP BY ")
+        statements.append(f"{grouped} ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {added};")
+    return " ".join(statements)
+
+
 def pg_trigger() -> tuple[str, str, str]:
-    """The trigger's function, and the trigger (made anew)."""
+    """The trigger's function, and the trigger (made anew): once per statement, on the rows it inserted."""
     function = (
         "CREATE OR REPLACE FUNCTION ipyllm_usage_totals() RETURNS trigger LANGUAGE plpgsql AS $body$ BEGIN "
-        f"{_upserts()} RETURN NULL; END $body$"
+        f"{_statement_upserts('added')} RETURN NULL; END $body$"
     )
     return (
         function,
         "DROP TRIGGER IF EXISTS usage_totals_add ON usage",
-        "CREATE TRIGGER usage_totals_add AFTER INSERT ON usage FOR EACH ROW EXECUTE FUNCTION ipyllm_usage_totals()",
+        "CREATE TRIGGER usage_totals_add AFTER INSERT ON usage REFERENCING NEW TABLE AS added"
+        " FOR EACH STATEMENT EXECUTE FUNCTION ipyllm_usage_totals()",
     )

@@ -261,6 +261,9 @@ def aggregate(reader: Reader, by: str, window: Window, per_model: bool = False) 
     if by in ("session", "cell", "batch") or window.session is not None or not filtered <= set(KEYS) or not getattr(reader, "totals", True):
         return _raw(reader, keys, window)
     since, until = window.bounds()
+    (quarters, _), (days, _), (ever, _) = LEVELS
+    if since is None and until is None and by not in ("day", "hour"):
+        return _from_totals(reader, ever, by, per_model, window, None, None) + _excluded(reader, keys, window)
     first = None if since is None else -(-since // QUARTER_US)
     end = None if until is None else until // QUARTER_US
     if first is not None and end is not None and first >= end:
@@ -270,7 +273,6 @@ def aggregate(reader: Reader, by: str, window: Window, per_model: bool = False) 
         rows += _raw(reader, keys, window, until_us=first * QUARTER_US)
     if end is not None and until is not None and end * QUARTER_US < until:
         rows += _raw(reader, keys, window, since_us=end * QUARTER_US)
-    (quarters, _), (days, _) = LEVELS
     per_day = DAY_US // QUARTER_US
     first_day = None if first is None else -(-first // per_day)
     end_day = None if end is None else end // per_day
