@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from ..helpers import ROOT, execute_notebook, text_of
 
 NOTEBOOKS = {path.stem: path for path in sorted((ROOT / "notebooks").glob("*.ipynb"))}
 INSTALL_CHECKS = os.environ.get("IPYLLM_INSTALL_CHECKS") == "1"
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A stray font-cache notice from a fresh matplotlib is not the notebook's doing.
 _HARMLESS_STDERR = ("Matplotlib is building the font cache",)
 
@@ -235,6 +237,7 @@ def test_binder_installs_jupyterlab_with_ipyllm_and_runs_every_notebook(tmp_path
     """What repo2docker does with binder/, in a fresh virtual environment; then every notebook, executed there."""
     # repo2docker builds a clone of the repository: so does this test (an editable install writes into its source).
     copy = copy_of_the_repository(tmp_path / "ipyllm")
+    assert not (copy / "ipyllm" / "labextension").exists() and not (copy / "node_modules").exists(), "a fresh copy has nothing built"
     venv = tmp_path / "venv"
     env = offline_environment(dict(os.environ), tmp_path / "jupyter-data")
     env.pop("VIRTUAL_ENV", None)
@@ -261,13 +264,40 @@ def test_binder_installs_jupyterlab_with_ipyllm_and_runs_every_notebook(tmp_path
     for name in names:
         check_executed(nbformat.read(out / f"{name}.ipynb", as_version=4))
     executed = time.perf_counter() - started - installed
+    # The same copy installed as a wheel (`pip install .`; the extension built above is not built again): JupyterLab
+    # finds the prebuilt extension and the server extension in the environment, enabled and OK.
+    subprocess.run([str(venv / "bin" / "pip"), "install", "--quiet", "--no-deps", "."], cwd=copy, env=env, check=True)
+    check_jupyterlab_extensions(venv, jupyter)
     print(f"binder check: install {installed:.0f} s, notebooks {executed:.0f} s")
+
+
+def check_jupyterlab_extensions(venv: Path, jupyter: Callable[..., str]) -> None:
+    """ipyllm's wheel ships its JupyterLab extension as shared data and its server extension's config in
+    ``etc/jupyter/jupyter_server_config.d``; ``jupyter labextension list`` and ``jupyter server extension list`` show
+    both enabled and OK."""
+    shared = venv / "share" / "jupyter" / "labextensions" / "ipyllm"
+    assert json.loads((shared / "package.json").read_text())["name"] == "ipyllm"
+    assert json.loads((shared / "install.json").read_text())["packageName"] == "ipyllm"
+    assert (shared / "static" / "style.js").is_file() and (shared / "schemas" / "ipyllm" / "plugin.json").is_file()
+    config = venv / "etc" / "jupyter" / "jupyter_server_config.d" / "ipyllm.json"
+    assert json.loads(config.read_text()) == {"ServerApp": {"jpserver_extensions": {"ipyllm": True}}}
+    site = next((venv / "lib").glob("python3*/site-packages/ipyllm"))
+    assert (site / "py.typed").is_file() and not (site / "__editable__").exists()
+    assert not (site / "labextension").exists(), "the built extension is shared data, not package data"
+    labextensions = ANSI.sub("", jupyter("labextension", "list"))
+    assert re.search(r"ipyllm v0\.1\.0 enabled\s+OK \(python, ipyllm\)", labextensions), labextensions
+    servers = ANSI.sub("", jupyter("server", "extension", "list"))
+    assert re.search(r"^\s*ipyllm enabled\s*$", servers, re.M), servers
+    assert re.search(r"^\s*ipyllm( \S+)?\s+OK\s*$", servers, re.M), servers
 
 
 @install_check
 def test_run_quickstart_from_a_fresh_copy_writes_the_executed_notebook(tmp_path: Path) -> None:
     """The README's first command in a copy of the repository's files: no .venv, nothing installed by hand."""
     copy = copy_of_the_repository(tmp_path / "ipyllm")
+    # The binder check above builds the JupyterLab extension from source; here the one already built is copied in,
+    # so that installing does not run npm a second time (hatch-jupyter-builder skips a built extension).
+    shutil.copytree(ROOT / "ipyllm" / "labextension", copy / "ipyllm" / "labextension")
     env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     env.update(JUPYTER_DATA_DIR=str(tmp_path / "jupyter-data"), OPENAI_API_KEY="sk-must-not-be-used", LLM_MODEL="gpt-4o")
     done = subprocess.run(["./run-quickstart"], cwd=copy, env=env, capture_output=True, text=True, timeout=900)
