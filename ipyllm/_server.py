@@ -241,6 +241,8 @@ class LedgerHandler(APIHandler):
         for name, values in self.request.query_arguments.items():
             if name == "token":  # Jupyter's own: the token may come in the URL instead of a header
                 continue
+            if name.isdigit() and values == [b""]:  # JupyterLab's cache buster: a bare `?1733312345678` on a GET
+                continue
             if name not in allowed:
                 takes = ", ".join(allowed) if allowed else "no parameters"
                 raise BadParameterError(f"unknown parameter {name!r}: {self.request.path} takes {takes}")

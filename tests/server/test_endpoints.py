@@ -225,6 +225,17 @@ async def test_a_parameter_given_twice_is_a_400(
     assert json.loads(response.body)["message"] == "give by once (got it 2 times)"
 
 
+@SQLITE_ONLY
+async def test_jupyterlabs_cache_buster_is_taken_as_no_parameter(
+    http_server_client: Any, jp_base_url: str, jp_auth_header: dict[str, str], server_environ: Ledger
+) -> None:
+    """JupyterLab's requests may end in a bare ``?<milliseconds>``; a named parameter with a number is still refused."""
+    ok = await http_server_client.fetch(f"{jp_base_url}ipyllm/api/usage?by=model&1733312345678", headers=jp_auth_header, raise_error=False)
+    assert ok.code == 200 and json.loads(ok.body)["by"] == "model"
+    bad = await http_server_client.fetch(f"{jp_base_url}ipyllm/api/summary?1733312345678=1", headers=jp_auth_header, raise_error=False)
+    assert bad.code == 400 and "unknown parameter '1733312345678'" in json.loads(bad.body)["message"]
+
+
 async def test_every_endpoint_is_refused_without_the_token(
     jp_fetch: Any, http_server_client: Any, jp_base_url: str, writer: Any, ledger: Ledger
 ) -> None:
