@@ -127,7 +127,8 @@ def _statement_upserts(rows: str) -> str:
     for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
         added = ", ".join(f"{name} = {table}.{name} + EXCLUDED.{name}" for name, _ in FIGURES)
         grouped = backfill.replace(" FROM usage GROUP BY ", f" FROM {rows} GROUP BY ")
-        statements.append(f"{grouped} ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {added};")
+        # In key order, so that two kernels adding to the same rows of totals lock them in the same order (no deadlock).
+        statements.append(f"{grouped} ORDER BY {_GROUPS} ON CONFLICT ({_KEY_COLUMNS}) DO UPDATE SET {added};")
     return " ".join(statements)
 
 
