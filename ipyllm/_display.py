@@ -113,8 +113,9 @@ class LiveOutput:
         now = time.monotonic()
         if not final and self.shown and now - self._last < self.interval:
             return
-        self._publisher.publish(data=bundle, metadata={}, transient={"display_id": self.display_id}, update=self.shown)
-        self.shown = True
+        # Marked shown before it goes out: a Ctrl-C landing inside publish() must still find it to withdraw.
+        update, self.shown = self.shown, True
+        self._publisher.publish(data=bundle, metadata={}, transient={"display_id": self.display_id}, update=update)
         self._last = now
 
     def withdraw(self, trace: str) -> None:
