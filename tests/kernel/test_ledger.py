@@ -68,7 +68,8 @@ def test_two_kernels_on_one_ledger_stay_within_the_daily_budget(stub: StubServer
             while True:
                 message = client.get_iopub_msg(timeout=30)
                 # stdout: a kernel kept waiting on the other's lock says so on stderr first (and spools its rows).
-                if message["parent_header"].get("msg_id") == msg_id and message["msg_type"] == "stream" and message["content"]["name"] == "stdout":
+                ours = message["parent_header"].get("msg_id") == msg_id
+                if ours and message["msg_type"] == "stream" and message["content"]["name"] == "stdout":
                     printed.append(json.loads(message["content"]["text"]))
                     break
     finally:
