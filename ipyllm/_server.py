@@ -183,14 +183,10 @@ class LedgerReader:
         """Let go of a ledger file someone deleted or replaced, without writing it back.
 
         A kernel's store recreates a vanished ledger with all it held (its rows must not be lost); the server only
-        reads, and is always running: it would bring back a ledger the user deleted to start afresh. So it closes
-        its connection alone, and opens whatever file is at the path when one is there.
+        reads, and is always running: it would bring back a ledger the user deleted to start afresh. So it lets go
+        of the file, and opens whatever file is at the path when one is there.
         """
-        file = store.file
-        with file.lock:
-            if file.connection is not None:
-                file.connection.close()
-            file.connection, file._identity, file._vanished = None, None, None
+        store.file.let_go()
         self._store, self._opened = None, False
 
     async def run(self, action: Callable[[_views.Reader], T]) -> T:

@@ -333,6 +333,16 @@ class LedgerFile:
                 pass  # said when the spool could not be written
         return found
 
+    def let_go(self) -> None:
+        """Close the connection to a file that was deleted or replaced, without writing it back: for a reader (the
+        Jupyter Server extension), which must not bring back a ledger the user deleted. The next use opens whatever
+        file is at the path then."""
+        with self.lock:
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = self._vanished = None
+            self._identity = None
+
     def close(self) -> None:
         """Write what a vanished file held and what waits in the spool, if the file can be written now; then close."""
         with self.lock:
