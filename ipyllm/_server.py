@@ -247,10 +247,16 @@ class LedgerHandler(APIHandler):
             found[name] = self.decode_argument(values[0], name=name)
         return found
 
-    async def answer(self, compute: Callable[[], Callable[[_views.Reader], Mapping[str, Any]]]) -> None:
+    def compute(self) -> Callable[[_views.Reader], Mapping[str, Any]]:
+        """The request's parameters checked (``BadParameterError``: a 400), and what to read from the ledger."""
+        raise NotImplementedError
+
+    @web.authenticated
+    @authorized(resource=RESOURCE)
+    async def get(self) -> None:
         """Parse (400 on a bad parameter), read the ledger on its thread (503 while it cannot be read), reply."""
         try:
-            action = compute()
+            action = self.compute()
         except BadParameterError as error:
             self.refuse(400, str(error))
             return
@@ -272,42 +278,27 @@ class LedgerHandler(APIHandler):
 
 
 class SummaryHandler(LedgerHandler):
-    @web.authenticated
-    @authorized(resource=RESOURCE)
-    async def get(self) -> None:
-        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
-            self.parameters(())
-            return self.reader.summary
-
-        await self.answer(compute)
+    def compute(self) -> Callable[[_views.Reader], Mapping[str, Any]]:
+        self.parameters(())
+        return self.reader.summary
 
 
 class UsageHandler(LedgerHandler):
-    @web.authenticated
-    @authorized(resource=RESOURCE)
-    async def get(self) -> None:
-        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
-            given = self.parameters(("by", "since", "until"))
-            by = given.get("by", "model")
-            if by not in BY:
-                raise BadParameterError(f"by must be one of {', '.join(BY)} (got {by!r})")
-            since, until = usage_window(given.get("since"), given.get("until"))
-            return lambda store: self.reader.usage(store, by, since, until)
-
-        await self.answer(compute)
+    def compute(self) -> Callable[[_views.Reader], Mapping[str, Any]]:
+        given = self.parameters(("by", "since", "until"))
+        by = given.get("by", "model")
+        if by not in BY:
+            raise BadParameterError(f"by must be one of {', '.join(BY)} (got {by!r})")
+        since, until = usage_window(given.get("since"), given.get("until"))
+        return lambda store: self.reader.usage(store, by, since, until)
 
 
 class CallsHandler(LedgerHandler):
-    @web.authenticated
-    @authorized(resource=RESOURCE)
-    async def get(self) -> None:
-        def compute() -> Callable[[_views.Reader], Mapping[str, Any]]:
-            given = self.parameters(("limit",))
-            most = self.reader.server_settings.max_calls
-            text = given.get("limit", "50")
-            if not re.fullmatch(r"\s*\d+\s*", text) or not 1 <= int(text) <= most:
-                raise BadParameterError(f"limit must be a whole number from 1 to {most} (got {text!r})")
-            limit = int(text)
-            return lambda store: self.reader.calls(store, limit)
-
-        await self.answer(compute)
+    def compute(self) -> Callable[[_views.Reader], Mapping[str, Any]]:
+        given = self.parameters(("limit",))
+        most = self.reader.server_settings.max_calls
+        text = given.get("limit", "50")
+        if not re.fullmatch(r"\s*\d+\s*", text) or not 1 <= int(text) <= most:
+            raise BadParameterError(f"limit must be a whole number from 1 to {most} (got {text!r})")
+        limit = int(text)
+        return lambda store: self.reader.calls(store, limit)
