@@ -19,7 +19,7 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -28,6 +28,9 @@ from ipyllm import _api  # noqa: E402
 from ipyllm._engine import Client  # noqa: E402
 from ipyllm._store import MemoryLedger  # noqa: E402
 from ipyllm.testing import StubServer  # noqa: E402
+
+if TYPE_CHECKING:
+    from .postgres.pg import PostgresServer
 
 #: The mutation check (tests/tools/mutate.py) is run by hand, not collected.
 collect_ignore = ["tools"]
@@ -164,3 +167,25 @@ def ip(live: StubServer) -> Iterator[object]:
     shell.run_line_magic("unload_ext", "ipyllm")
     _magics.conversation.clear()
     InteractiveShell.clear_instance()
+
+
+@pytest.fixture(scope="session")
+def pg() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server, one per test process (the team ledger's, the server's and the browser's tests);
+    skipped when PostgreSQL or psycopg is not installed, except under CI=true, where that fails."""
+    from .postgres.pg import PostgresServer, find_binaries  # here: tests.helpers, which pg uses, imports this module
+
+    binaries = find_binaries()
+    if binaries is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): .ci/run installs it with apt")
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): the team ledger tests need a real server")
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip("psycopg is not installed (pip install 'ipyllm[postgres]')")
+    server = PostgresServer(binaries).start()
+    yield server
+    server.remove()

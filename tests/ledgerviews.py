@@ -49,6 +49,21 @@ def random_rows(count: int, seed: int, sessions: tuple[str | None, ...] = ("s1",
     return rows
 
 
+#: A window whose edges fall inside quarter hours and days: totals inside, rows at the edges.
+SINCE, UNTIL = NOW - timedelta(days=2, minutes=7, seconds=3), NOW - timedelta(hours=5, minutes=1)
+#: The windows each ledger's tables are checked over: whole, cut at both ends, a session taken away, a user, filters
+#: on keys of the totals, and filters on other columns (read from the rows).
+WINDOWS = (
+    Window(),
+    Window(since=SINCE, until=UNTIL),
+    Window(exclude_session="s2"),
+    Window(since=SINCE, exclude_session="s1", user="ada"),
+    Window(until=UNTIL, where={"model": ["gpt-4o", None], "notebook": "a.ipynb"}),
+    Window(where={"status": ["ok", "cached"]}),
+    Window(where={"status": ["ok", "cached"], "tokens_estimated": False}),
+)
+
+
 def windowed(frame: pd.DataFrame, window: Window) -> pd.DataFrame:
     """The frame's rows in ``window``, chosen by pandas."""
     keep = pd.Series(True, index=frame.index)

@@ -12,7 +12,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
@@ -21,23 +20,13 @@ import pytest
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from ..postgres.pg import PostgresServer, find_binaries
+from ..postgres.pg import PostgresServer
 from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, require, run_cell, wait_for_prompt_number
 from .test_usage_panel import DOCS_IMAGES, FRESH_MS, installed_labextension
 
 pytestmark = pytest.mark.browser
 
 CALL_COST = 1.25
-
-
-@pytest.fixture
-def pg() -> Iterator[PostgresServer]:
-    binaries = find_binaries()
-    require(binaries is not None, "PostgreSQL (apt-get install postgresql)")
-    assert binaries is not None
-    server = PostgresServer(binaries).start()
-    yield server
-    server.remove()
 
 
 @pytest.fixture

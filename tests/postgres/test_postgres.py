@@ -32,28 +32,10 @@ from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import BatchScript, Fault, StubServer
 
 from ..helpers import ROOT, free_port, wait_for
-from .pg import PostgresServer, find_binaries
+from .pg import PostgresServer
 
 #: $0.001 per output token and max_tokens=10: every call to the stub costs exactly $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
-    binaries = find_binaries()
-    if binaries is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): .ci/run installs it with apt")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): the team ledger tests need a real server")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("psycopg is not installed (pip install 'ipyllm[postgres]')")
-    server = PostgresServer(binaries).start()
-    yield server
-    server.remove()
 
 
 @pytest.fixture

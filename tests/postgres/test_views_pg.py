@@ -23,18 +23,17 @@ from ipyllm._usageview import usage_table
 from ipyllm._views import Window, grouped, latest, summary
 from ipyllm.testing import StubServer
 
-from ..ledgerviews import NOW, check_grouped, check_tables, folded_calls, random_rows
+from ..ledgerviews import NOW, SINCE, UNTIL, WINDOWS, check_grouped, check_tables, folded_calls, random_rows
 from .pg import PostgresServer
-from .test_postgres import pg  # noqa: F401 - the session's server, shared with the team ledger's tests
 
 
 @pytest.fixture
-def database(pg: PostgresServer) -> str:  # noqa: F811
+def database(pg: PostgresServer) -> str:
     return pg.new_database()
 
 
 @pytest.fixture
-def store(pg: PostgresServer, database: str) -> Iterator[PostgresStore]:  # noqa: F811
+def store(pg: PostgresServer, database: str) -> Iterator[PostgresStore]:
     opened = open_store(parse_location(pg.url(database)))
     assert isinstance(opened, PostgresStore)
     yield opened
@@ -48,20 +47,12 @@ def test_grouped_and_tables_equal_pandas_on_a_random_team_ledger(store: Postgres
     frame = store.frame()
     assert len(frame) == 500
     check_grouped(store, frame)
-    since, until = NOW - timedelta(days=2, minutes=7, seconds=3), NOW - timedelta(hours=5, minutes=1)
-    check_grouped(store, frame, since, until)
-    for window in (
-        Window(),
-        Window(since=since, until=until),
-        Window(exclude_session="s2"),
-        Window(since=since, exclude_session="s1", user="ada"),
-        Window(until=until, where={"model": ["gpt-4o", None], "notebook": "a.ipynb"}),
-        Window(where={"status": ["ok", "cached"], "tokens_estimated": False}),
-    ):
+    check_grouped(store, frame, SINCE, UNTIL)
+    for window in WINDOWS:
         check_tables(store, frame, window)
 
 
-def test_the_running_totals_equal_the_rows(store: PostgresStore, pg: PostgresServer, database: str) -> None:  # noqa: F811
+def test_the_running_totals_equal_the_rows(store: PostgresStore, pg: PostgresServer, database: str) -> None:
     store.append_many(random_rows(300, seed=4))
     assert store.flush()
     for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
@@ -99,7 +90,7 @@ def test_summary_on_a_team_ledger_shows_the_team(store: PostgresStore) -> None:
     assert "password" not in repr(seen) and "pw-" not in repr(seen)
 
 
-def test_older_rows_read_the_notebook_as_na_and_count_in_the_totals(pg: PostgresServer, database: str) -> None:  # noqa: F811
+def test_older_rows_read_the_notebook_as_na_and_count_in_the_totals(pg: PostgresServer, database: str) -> None:
     pg.sql("CREATE TABLE schema_version (version INTEGER NOT NULL)", database=database)
     for statements in MIGRATIONS[:7]:  # issue 20's schema: no notebook column, no totals
         for statement in statements:
@@ -118,7 +109,7 @@ def test_older_rows_read_the_notebook_as_na_and_count_in_the_totals(pg: Postgres
         store.close()
 
 
-def test_usage_filters_and_llm_usage_all_on_the_server(ip: Any, live: StubServer, pg: PostgresServer, database: str) -> None:  # noqa: F811
+def test_usage_filters_and_llm_usage_all_on_the_server(ip: Any, live: StubServer, pg: PostgresServer, database: str) -> None:
     url = pg.url(database)
     other = open_store(parse_location(url))
     assert isinstance(other, PostgresStore)

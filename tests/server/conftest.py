@@ -8,7 +8,6 @@ a real ipyllm session calling the stub server (``write_calls``), or in bulk (``w
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
 from ..helpers import free_port
-from ..postgres.pg import PostgresServer, find_binaries
+from ..postgres.pg import PostgresServer
 
 #: $0.001 per output token and max_tokens=10: every call to the stub costs exactly $0.01.
 PRICED = {"gpt-4o-mini": {"input_cost_per_token": 0.0, "output_cost_per_token": 0.001}}
@@ -47,25 +46,6 @@ class Ledger:
     kind: str
     location: str
     secrets: list[str] = field(default_factory=list)
-
-
-@pytest.fixture(scope="session")
-def pg() -> Iterator[PostgresServer]:
-    """The real PostgreSQL server (skipped when not installed, except under CI=true, as in tests/postgres)."""
-    binaries = find_binaries()
-    if binaries is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb): .ci/run installs it with apt")
-        pytest.skip("PostgreSQL is not installed (apt-get install postgresql): the team ledger tests need a real server")
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        if os.environ.get("CI") == "true":
-            raise
-        pytest.skip("psycopg is not installed (pip install 'ipyllm[postgres]')")
-    server = PostgresServer(binaries).start()
-    yield server
-    server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -26,7 +26,7 @@ from ipyllm.errors import InvalidInputError
 from ipyllm.testing import StubServer
 
 from ..helpers import older_ledger
-from ..ledgerviews import NOW, check_grouped, check_tables, folded_calls, random_rows
+from ..ledgerviews import NOW, SINCE, UNTIL, WINDOWS, check_grouped, check_tables, folded_calls, random_rows
 
 
 @pytest.fixture
@@ -44,17 +44,8 @@ def test_grouped_and_tables_equal_pandas_on_a_random_ledger(store: SQLiteStore) 
     frame = store.frame()
     assert len(frame) == 600
     check_grouped(store, frame)
-    # A window whose edges fall inside quarter hours and days: totals inside, rows at the edges.
-    since, until = NOW - timedelta(days=2, minutes=7, seconds=3), NOW - timedelta(hours=5, minutes=1)
-    check_grouped(store, frame, since, until)
-    for window in (
-        Window(),
-        Window(since=since, until=until),
-        Window(exclude_session="s2"),
-        Window(since=since, exclude_session="s1", user="ada"),
-        Window(until=until, where={"model": ["gpt-4o", None], "notebook": "a.ipynb"}),
-        Window(where={"status": ["ok", "cached"]}),  # not a key of the totals: read from the rows
-    ):
+    check_grouped(store, frame, SINCE, UNTIL)
+    for window in WINDOWS:
         check_tables(store, frame, window)
 
 
