@@ -12,11 +12,13 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbformat
 import pytest
 
 from ipyllm.testing import StubServer
@@ -195,3 +197,34 @@ def wait_for_prompt_number(page: Any, index: int) -> None:
     while not re.fullmatch(r"\[\d+\]:", prompt.inner_text().strip()):
         assert time.monotonic() < deadline, f"cell {index} did not finish"
         page.wait_for_timeout(200)
+
+
+@contextmanager
+def notebook_page(
+    lab: Lab, name: str, cells: Sequence[str], *, viewport: tuple[int, int] = (1200, 1000), failure_shot: str = "browser-failure.png"
+) -> Iterator[Any]:
+    """Write the notebook ``name`` of code ``cells`` into the lab's root and open it in headless Chromium: the page,
+    once JupyterLab shows its last cell and an idle kernel. On a failure, a screenshot in ``artifacts/`` and the end
+    of JupyterLab's log, to see why."""
+    from playwright.sync_api import expect, sync_playwright
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, lab.root / name)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
+            page.set_default_timeout(STEP_MS)
+            page.goto(f"{lab.url}/lab/tree/{name}?token={lab.token}")
+            page.locator(".jp-Notebook .jp-Cell").nth(len(cells) - 1).wait_for()
+            expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).not_to_have_count(0)
+            yield page
+        except BaseException:
+            page.screenshot(path=str(ARTIFACTS / failure_shot))
+            print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
+            raise
+        finally:
+            browser.close()

@@ -15,7 +15,7 @@ import pytest
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, run_cell, wait_for_prompt_number
+from .conftest import Lab, notebook_page, run_cell, wait_for_prompt_number
 
 pytestmark = pytest.mark.browser
 
@@ -35,34 +35,16 @@ CELLS = [
 
 
 def test_jupyterlab_saves_no_empty_output(lab: Lab, stub: StubServer) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     notebook = lab.root / "outputs.ipynb"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, notebook)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.set_default_timeout(STEP_MS)
-            page.goto(f"{lab.url}/lab/tree/outputs.ipynb?token={lab.token}")
-            page.locator(".jp-Notebook .jp-Cell").nth(len(CELLS) - 1).wait_for()
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).not_to_have_count(0)
-            for index in range(len(CELLS)):
-                run_cell(page, index)
-                wait_for_prompt_number(page, index)
-            page.keyboard.press("Control+s")
-            expect(page.locator(".jp-mod-dirty")).to_have_count(0)
-            page.wait_for_timeout(500)
-        except BaseException:
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "browser-outputs-failure.png"))
-            print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
-            raise
-        finally:
-            browser.close()
+    with notebook_page(lab, "outputs.ipynb", CELLS, failure_shot="browser-outputs-failure.png") as page:
+        for index in range(len(CELLS)):
+            run_cell(page, index)
+            wait_for_prompt_number(page, index)
+        page.keyboard.press("Control+s")
+        expect(page.locator(".jp-mod-dirty")).to_have_count(0)
+        page.wait_for_timeout(500)
 
     saved = nbformat.read(notebook, as_version=4)
     outputs: list[list[dict[str, Any]]] = [cell.outputs for cell in saved.cells]

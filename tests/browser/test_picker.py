@@ -14,13 +14,12 @@ import shutil
 import time
 from typing import Any
 
-import nbformat
 import pytest
 
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
-from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, outputs_text, run_cell, wait_for_prompt_number
+from .conftest import ARTIFACTS, STEP_MS, Lab, notebook_page, outputs_text, run_cell, wait_for_prompt_number
 
 pytestmark = pytest.mark.browser
 
@@ -30,92 +29,72 @@ CELLS = ["%load_ext ipyllm", "%llm_config", f"%%llm\n{PROMPT}"]
 
 
 def test_the_picker_in_jupyterlab(lab: Lab, stub: StubServer) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     # Assertions wait as long as steps do: %llm_config waits for litellm's import (10 s and more on a busy machine).
     expect.set_options(timeout=STEP_MS)
     started = time.perf_counter()
+
     notebook = lab.root / "picker.ipynb"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, notebook)
-    ARTIFACTS.mkdir(exist_ok=True)
+    with notebook_page(lab, "picker.ipynb", CELLS) as page:
+        run_cell(page, 0)
+        wait_for_prompt_number(page, 0)
+        run_cell(page, 1)
+        picker = page.locator(".ipyllm-picker")
+        expect(picker).to_be_visible()
+        expect(picker).to_contain_text("gpt-4o-mini (openai)")
+        expect(picker).to_contain_text("key: set for this session")
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 1000})
-            page.set_default_timeout(STEP_MS)
-            page.goto(f"{lab.url}/lab/tree/picker.ipynb?token={lab.token}")
-            page.locator(".jp-Notebook .jp-Cell").nth(2).wait_for()
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).not_to_have_count(0)
+        # Search the list, then choose gpt-4o with the mouse.
+        search = picker.locator("input[type='text']").first
+        search.click()
+        page.keyboard.type("gpt-4o")
+        option = picker.locator("select[size] option", has_text=re.compile(r"^gpt-4o$"))
+        expect(option).to_have_count(1)
+        # The list shows the session's model (gpt-4o-mini); gpt-4o is above it: scroll up with the wheel.
+        picker.locator("select[size]").hover()
+        page.mouse.wheel(0, -2000)
+        page.wait_for_timeout(300)
+        box, shown = option.bounding_box(), picker.locator("select[size]").bounding_box()
+        assert box is not None and shown is not None
+        assert shown["y"] <= box["y"] and box["y"] + box["height"] <= shown["y"] + shown["height"], "gpt-4o is in view"
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        expect(picker).to_contain_text("gpt-4o (openai)")
 
-            run_cell(page, 0)
-            wait_for_prompt_number(page, 0)
-            run_cell(page, 1)
-            picker = page.locator(".ipyllm-picker")
-            expect(picker).to_be_visible()
-            expect(picker).to_contain_text("gpt-4o-mini (openai)")
-            expect(picker).to_contain_text("key: set for this session")
+        # A key typed into the password field goes to the session and leaves the widget.
+        key_field = picker.locator("input[type='password']")
+        key_field.click()
+        page.keyboard.type(TYPED_KEY)
+        page.keyboard.press("Enter")
+        expect(picker).to_contain_text("API key applied to this session")
+        expect(key_field).to_have_value("")
 
-            # Search the list, then choose gpt-4o with the mouse.
-            search = picker.locator("input[type='text']").first
-            search.click()
-            page.keyboard.type("gpt-4o")
-            option = picker.locator("select[size] option", has_text=re.compile(r"^gpt-4o$"))
-            expect(option).to_have_count(1)
-            # The list shows the session's model (gpt-4o-mini); gpt-4o is above it: scroll up with the wheel.
-            picker.locator("select[size]").hover()
-            page.mouse.wheel(0, -2000)
-            page.wait_for_timeout(300)
-            box, shown = option.bounding_box(), picker.locator("select[size]").bounding_box()
-            assert box is not None and shown is not None
-            assert shown["y"] <= box["y"] and box["y"] + box["height"] <= shown["y"] + shown["height"], "gpt-4o is in view"
-            page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-            expect(picker).to_contain_text("gpt-4o (openai)")
-
-            # A key typed into the password field goes to the session and leaves the widget.
-            key_field = picker.locator("input[type='password']")
-            key_field.click()
-            page.keyboard.type(TYPED_KEY)
+        # A refused value is explained in the picker and the field goes back; an accepted one is used.
+        def enter(label: str, text: str) -> Any:
+            field = picker.locator(".widget-text", has_text=label).locator("input")
+            field.click()
+            page.keyboard.press("Control+a")
+            page.keyboard.type(text)
             page.keyboard.press("Enter")
-            expect(picker).to_contain_text("API key applied to this session")
-            expect(key_field).to_have_value("")
+            return field
 
-            # A refused value is explained in the picker and the field goes back; an accepted one is used.
-            def enter(label: str, text: str) -> Any:
-                field = picker.locator(".widget-text", has_text=label).locator("input")
-                field.click()
-                page.keyboard.press("Control+a")
-                page.keyboard.type(text)
-                page.keyboard.press("Enter")
-                return field
+        temperature = enter("Temperature", "7")
+        expect(picker).to_contain_text("temperature must be a number from 0 to 2 (got '7'); the old value stays.")
+        expect(temperature).to_have_value("")
+        enter("Temperature", "0.2")
+        expect(picker).not_to_contain_text("temperature must be")
+        expect(enter("Budget (USD)", "0.50")).to_have_value("0.5")
+        expect(picker).to_contain_text("of $0.50 budget")
 
-            temperature = enter("Temperature", "7")
-            expect(picker).to_contain_text("temperature must be a number from 0 to 2 (got '7'); the old value stays.")
-            expect(temperature).to_have_value("")
-            enter("Temperature", "0.2")
-            expect(picker).not_to_contain_text("temperature must be")
-            expect(enter("Budget (USD)", "0.50")).to_have_value("0.5")
-            expect(picker).to_contain_text("of $0.50 budget")
+        run_cell(page, 2)
+        wait_for_prompt_number(page, 2)
+        assert f"[gpt-4o] {PROMPT}" in outputs_text(page, 2)
+        expect(picker).to_contain_text("Session spend: 1 call")
+        picker.screenshot(path=str(ARTIFACTS / "picker.png"))
 
-            run_cell(page, 2)
-            wait_for_prompt_number(page, 2)
-            assert f"[gpt-4o] {PROMPT}" in outputs_text(page, 2)
-            expect(picker).to_contain_text("Session spend: 1 call")
-            picker.screenshot(path=str(ARTIFACTS / "picker.png"))
-
-            page.keyboard.press("Control+s")
-            expect(page.locator(".jp-mod-dirty")).to_have_count(0)
-            page.wait_for_timeout(500)
-        except BaseException:
-            # What the browser showed and what the server said, to see why.
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
-            print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
-            raise
-        finally:
-            browser.close()
+        page.keyboard.press("Control+s")
+        expect(page.locator(".jp-mod-dirty")).to_have_count(0)
+        page.wait_for_timeout(500)
 
     chat = [r for r in stub.requests if r.path.endswith("/chat/completions")]
     assert [(r.body["model"], r.body.get("temperature")) for r in chat] == [("gpt-4o", 0.2)]

@@ -17,13 +17,12 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from ipyllm.testing import StubServer
 
 from ..helpers import ROOT
-from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, outputs_text, require, run_cell, wait_for_prompt_number
+from .conftest import ARTIFACTS, STEP_MS, Lab, notebook_page, outputs_text, require, run_cell, wait_for_prompt_number
 
 pytestmark = pytest.mark.browser
 
@@ -63,104 +62,86 @@ def lab_environment(ledger: Path) -> dict[str, str]:
 
 
 def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer, ledger: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     require(installed_labextension() is not None, "the built ipyllm labextension (pip install -e . builds it with npm)")
     expect.set_options(timeout=STEP_MS)
     stub.usage_cost = CALL_COST
-    notebook = lab.root / "moons.ipynb"
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in CELLS]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, notebook)
-    ARTIFACTS.mkdir(exist_ok=True)
     shots = {"statusbar.png": ARTIFACTS / "statusbar.png", "usage-panel.png": ARTIFACTS / "usage-panel.png"}
     lags: list[float] = []
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.set_default_timeout(STEP_MS)
-            page.goto(f"{lab.url}/lab/tree/moons.ipynb?token={lab.token}")
-            page.locator(".jp-Notebook .jp-Cell").nth(3).wait_for()
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).not_to_have_count(0)
-            item = page.locator(".ipyllm-StatusItem")
-            expect(item).to_have_text("LLM today $0.00 of $3.00 · 0 calls")
-            expect(item).to_have_class(_has("ipyllm-ok"))
+    notebook = lab.root / "moons.ipynb"
+    with notebook_page(lab, "moons.ipynb", CELLS, viewport=(1280, 1000)) as page:
+        item = page.locator(".ipyllm-StatusItem")
+        expect(item).to_have_text("LLM today $0.00 of $3.00 · 0 calls")
+        expect(item).to_have_class(_has("ipyllm-ok"))
 
-            def run_and_see(index: int, text: str, level: str) -> None:
-                run_cell(page, index)
-                wait_for_prompt_number(page, index)
-                finished = time.perf_counter()
-                expect(item).to_have_text(text, timeout=FRESH_MS)
-                lags.append(time.perf_counter() - finished)
-                expect(item).to_have_class(_has(f"ipyllm-{level}"), timeout=FRESH_MS)
-
-            run_cell(page, 0)
-            wait_for_prompt_number(page, 0)
-            run_and_see(1, "LLM today $1.25 of $3.00 · 1 call", "ok")
-            run_and_see(2, "LLM today $2.50 of $3.00 · 2 calls", "warn")
-            page.locator("#jp-main-statusbar").screenshot(path=str(shots["statusbar.png"]))
-
-            # The panel, from the status item: the last call is in the table, the budget shows what is left.
-            item.click()
-            panel = page.locator(".ipyllm-Panel")
-            expect(panel).to_be_visible()
-            expect(panel.locator(".ipyllm-Panel-about")).to_contain_text("ada · sqlite ledger")
-            calls = panel.locator(".ipyllm-section", has_text="Latest calls").locator("tbody tr")
-            expect(calls).to_have_count(2)
-            expect(calls.first).to_contain_text("gpt-4o-mini")
-            expect(calls.first).to_contain_text("ok")
-            expect(calls.first).to_contain_text("$1.25")
-            by_model = panel.locator(".ipyllm-by-model tbody tr")
-            expect(by_model).to_have_count(1)
-            expect(by_model.first).to_contain_text("gpt-4o-mini")
-            expect(by_model.first).to_contain_text("$2.50")
-            budgets = panel.locator(".ipyllm-section", has_text="Budgets")
-            expect(budgets).to_contain_text("$0.50")  # left of the $3.00 daily budget
-            expect(panel.locator(".ipyllm-bar")).not_to_have_count(0)
-
-            # The third call passes the daily budget: the item turns red, and the panel follows without a click.
-            page.locator(".lm-TabBar-tab", has_text="moons.ipynb").click()
-            run_and_see(3, "LLM today $3.75 of $3.00 · 3 calls", "over")
-            background = item.evaluate("node => getComputedStyle(node).backgroundColor")
-            assert background not in ("rgba(0, 0, 0, 0)", "transparent"), background
-            page.locator(".lm-TabBar-tab", has_text="LLM usage").click()
-            expect(calls).to_have_count(3)
-            expect(panel.locator(".ipyllm-Panel-status")).to_have_class(_has("ipyllm-over"))
-            page.wait_for_timeout(300)
-            panel.screenshot(path=str(shots["usage-panel.png"]))
-
-            # "Insert as code" puts the ipyllm.usage() code for the by-model table into a new cell of the notebook.
-            cells = page.locator(".jp-Notebook .jp-Cell")
-            before = cells.count()
-            panel.locator(".ipyllm-by-model button", has_text="Insert as code").click()
-            expect(cells).to_have_count(before + 1)
-            inserted = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
-            expect(inserted).to_contain_text(f'since="{time.strftime("%Y-%m-%d")}"')
-            expect(inserted).to_contain_text('groupby("model"')
-            # Run, it gives the panel's figures for the model.
-            index = before  # below the active cell, which was the last (empty) one
-            expect(cells.nth(index)).to_have_class(_has("jp-mod-active"))
+        def run_and_see(index: int, text: str, level: str) -> None:
             run_cell(page, index)
             wait_for_prompt_number(page, index)
-            answer = outputs_text(page, index)
-            assert "gpt-4o-mini" in answer and "3.75" in answer and "Error" not in answer, answer
+            finished = time.perf_counter()
+            expect(item).to_have_text(text, timeout=FRESH_MS)
+            lags.append(time.perf_counter() - finished)
+            expect(item).to_have_class(_has(f"ipyllm-{level}"), timeout=FRESH_MS)
 
-            # The command palette opens the panel too.
-            page.locator(".lm-TabBar-tab", has_text="LLM usage").locator(".lm-TabBar-tabCloseIcon").click()
-            expect(panel).to_have_count(0)
-            page.keyboard.press("Control+Shift+c")
-            page.keyboard.type("LLM usage")
-            page.keyboard.press("Enter")
-            expect(page.locator(".ipyllm-Panel")).to_be_visible()
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
-            print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
-            raise
-        finally:
-            browser.close()
+        run_cell(page, 0)
+        wait_for_prompt_number(page, 0)
+        run_and_see(1, "LLM today $1.25 of $3.00 · 1 call", "ok")
+        run_and_see(2, "LLM today $2.50 of $3.00 · 2 calls", "warn")
+        page.locator("#jp-main-statusbar").screenshot(path=str(shots["statusbar.png"]))
+
+        # The panel, from the status item: the last call is in the table, the budget shows what is left.
+        item.click()
+        panel = page.locator(".ipyllm-Panel")
+        expect(panel).to_be_visible()
+        expect(panel.locator(".ipyllm-Panel-about")).to_contain_text("ada · sqlite ledger")
+        calls = panel.locator(".ipyllm-section", has_text="Latest calls").locator("tbody tr")
+        expect(calls).to_have_count(2)
+        expect(calls.first).to_contain_text("gpt-4o-mini")
+        expect(calls.first).to_contain_text("ok")
+        expect(calls.first).to_contain_text("$1.25")
+        by_model = panel.locator(".ipyllm-by-model tbody tr")
+        expect(by_model).to_have_count(1)
+        expect(by_model.first).to_contain_text("gpt-4o-mini")
+        expect(by_model.first).to_contain_text("$2.50")
+        budgets = panel.locator(".ipyllm-section", has_text="Budgets")
+        expect(budgets).to_contain_text("$0.50")  # left of the $3.00 daily budget
+        expect(panel.locator(".ipyllm-bar")).not_to_have_count(0)
+
+        # The third call passes the daily budget: the item turns red, and the panel follows without a click.
+        page.locator(".lm-TabBar-tab", has_text="moons.ipynb").click()
+        run_and_see(3, "LLM today $3.75 of $3.00 · 3 calls", "over")
+        background = item.evaluate("node => getComputedStyle(node).backgroundColor")
+        assert background not in ("rgba(0, 0, 0, 0)", "transparent"), background
+        page.locator(".lm-TabBar-tab", has_text="LLM usage").click()
+        expect(calls).to_have_count(3)
+        expect(panel.locator(".ipyllm-Panel-status")).to_have_class(_has("ipyllm-over"))
+        page.wait_for_timeout(300)
+        panel.screenshot(path=str(shots["usage-panel.png"]))
+
+        # "Insert as code" puts the ipyllm.usage() code for the by-model table into a new cell of the notebook.
+        cells = page.locator(".jp-Notebook .jp-Cell")
+        before = cells.count()
+        panel.locator(".ipyllm-by-model button", has_text="Insert as code").click()
+        expect(cells).to_have_count(before + 1)
+        inserted = page.locator(".jp-Notebook .jp-Cell.jp-mod-active")
+        expect(inserted).to_contain_text(f'since="{time.strftime("%Y-%m-%d")}"')
+        expect(inserted).to_contain_text('groupby("model"')
+        # Run, it gives the panel's figures for the model.
+        index = before  # below the active cell, which was the last (empty) one
+        expect(cells.nth(index)).to_have_class(_has("jp-mod-active"))
+        run_cell(page, index)
+        wait_for_prompt_number(page, index)
+        answer = outputs_text(page, index)
+        assert "gpt-4o-mini" in answer and "3.75" in answer and "Error" not in answer, answer
+
+        # The command palette opens the panel too.
+        page.locator(".lm-TabBar-tab", has_text="LLM usage").locator(".lm-TabBar-tabCloseIcon").click()
+        expect(panel).to_have_count(0)
+        page.keyboard.press("Control+Shift+c")
+        page.keyboard.type("LLM usage")
+        page.keyboard.press("Enter")
+        expect(page.locator(".ipyllm-Panel")).to_be_visible()
 
     # What the panel showed is what the kernels wrote to the ledger.
     with sqlite3.connect(ledger) as db:

@@ -14,14 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pytest
 
 from ipyllm.testing import StubServer
 
 from ..conftest import SECRET
 from ..postgres.pg import PostgresServer
-from .conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, STEP_MS, Lab, require, run_cell, wait_for_prompt_number
+from .conftest import ARTIFACTS, STEP_MS, Lab, notebook_page, require, run_cell, wait_for_prompt_number
 from .test_usage_panel import DOCS_IMAGES, FRESH_MS, installed_labextension
 
 pytestmark = pytest.mark.browser
@@ -46,7 +45,7 @@ def lab_environment(team_url: str) -> dict[str, str]:
 
 
 def test_team_figures_and_the_by_user_table(lab: Lab, stub: StubServer, pg: PostgresServer, team_url: str, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     require(installed_labextension() is not None, "the built ipyllm labextension (pip install -e . builds it with npm)")
     expect.set_options(timeout=STEP_MS)
@@ -57,63 +56,45 @@ def test_team_figures_and_the_by_user_table(lab: Lab, stub: StubServer, pg: Post
     code = "import ipyllm\nfor q in ('one', 'two'):\n    ipyllm.complete(q)\n"
     subprocess.run([sys.executable, "-c", code], env=grace, cwd=tmp_path, check=True, timeout=180, capture_output=True)
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in ["%load_ext ipyllm", "%%llm\nHow many moons has Mars?"]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, lab.root / "team.ipynb")
-    ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "usage-panel-team.png"
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(STEP_MS)
-            page.goto(f"{lab.url}/lab/tree/team.ipynb?token={lab.token}")
-            page.locator(".jp-Notebook .jp-Cell").nth(1).wait_for()
-            expect(page.locator(".jp-StatusBar-Widget", has_text="Idle")).not_to_have_count(0)
-            item = page.locator(".ipyllm-StatusItem")
-            expect(item).to_have_text("LLM today $0.00 of $5.00 · 0 calls · team $2.50 of $20.00 · 2 calls")
+    with notebook_page(lab, "team.ipynb", ["%load_ext ipyllm", "%%llm\nHow many moons has Mars?"], viewport=(1280, 1100)) as page:
+        item = page.locator(".ipyllm-StatusItem")
+        expect(item).to_have_text("LLM today $0.00 of $5.00 · 0 calls · team $2.50 of $20.00 · 2 calls")
 
-            run_cell(page, 0)
-            wait_for_prompt_number(page, 0)
-            run_cell(page, 1)
-            wait_for_prompt_number(page, 1)
-            expect(item).to_have_text("LLM today $1.25 of $5.00 · 1 call · team $3.75 of $20.00 · 3 calls", timeout=FRESH_MS)
+        run_cell(page, 0)
+        wait_for_prompt_number(page, 0)
+        run_cell(page, 1)
+        wait_for_prompt_number(page, 1)
+        expect(item).to_have_text("LLM today $1.25 of $5.00 · 1 call · team $3.75 of $20.00 · 3 calls", timeout=FRESH_MS)
 
-            item.click()
-            panel = page.locator(".ipyllm-Panel")
-            expect(panel.locator(".ipyllm-Panel-about")).to_contain_text("ada · postgresql ledger")
-            by_user = panel.locator(".ipyllm-by-user tbody tr")
-            expect(by_user).to_have_count(2)
-            expect(panel.locator(".ipyllm-by-user tbody tr", has_text="grace")).to_contain_text("$2.50")
-            expect(panel.locator(".ipyllm-by-user tbody tr", has_text="ada")).to_contain_text("$1.25")
-            expect(panel.locator(".ipyllm-by-model tbody tr")).to_have_count(2)
-            calls = panel.locator(".ipyllm-section", has_text="Latest calls").locator("tbody tr")
-            expect(calls).to_have_count(3)
-            expect(calls.first).to_contain_text("ada")
-            budgets = panel.locator(".ipyllm-section", has_text="Budgets")
-            expect(budgets).to_contain_text("$16.25")  # left of the team's $20.00
-            expect(budgets).to_contain_text("$3.75")  # left of ada's $5.00
-            page.wait_for_timeout(300)
-            panel.screenshot(path=str(shot))
-            assert pg.password not in page.content()
+        item.click()
+        panel = page.locator(".ipyllm-Panel")
+        expect(panel.locator(".ipyllm-Panel-about")).to_contain_text("ada · postgresql ledger")
+        by_user = panel.locator(".ipyllm-by-user tbody tr")
+        expect(by_user).to_have_count(2)
+        expect(panel.locator(".ipyllm-by-user tbody tr", has_text="grace")).to_contain_text("$2.50")
+        expect(panel.locator(".ipyllm-by-user tbody tr", has_text="ada")).to_contain_text("$1.25")
+        expect(panel.locator(".ipyllm-by-model tbody tr")).to_have_count(2)
+        calls = panel.locator(".ipyllm-section", has_text="Latest calls").locator("tbody tr")
+        expect(calls).to_have_count(3)
+        expect(calls.first).to_contain_text("ada")
+        budgets = panel.locator(".ipyllm-section", has_text="Budgets")
+        expect(budgets).to_contain_text("$16.25")  # left of the team's $20.00
+        expect(budgets).to_contain_text("$3.75")  # left of ada's $5.00
+        page.wait_for_timeout(300)
+        panel.screenshot(path=str(shot))
+        assert pg.password not in page.content()
 
-            # The settings: amounts in euros at 0.8 per dollar, without the team's figures (read when the page loads).
-            settings = tmp_path / "home" / "lab-settings" / "ipyllm" / "plugin.jupyterlab-settings"
-            settings.parent.mkdir(parents=True, exist_ok=True)
-            settings.write_text(json.dumps({"currency": "EUR", "usdRate": 0.8, "showTeam": False}))
-            page.reload()
-            expect(item).to_have_text("LLM today €1.00 of €4.00 · 1 call")
-            item.click()
-            expect(panel.locator(".ipyllm-by-model tbody tr", has_text="gpt-4o-mini")).to_contain_text("€1.00")
-            expect(panel.locator(".ipyllm-by-user")).to_have_count(0)
-        except BaseException:
-            page.screenshot(path=str(ARTIFACTS / "browser-failure.png"))
-            print(f"JupyterLab's log:\n{lab.log.read_text()[-5000:]}")
-            raise
-        finally:
-            browser.close()
+        # The settings: amounts in euros at 0.8 per dollar, without the team's figures (read when the page loads).
+        settings = tmp_path / "home" / "lab-settings" / "ipyllm" / "plugin.jupyterlab-settings"
+        settings.parent.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps({"currency": "EUR", "usdRate": 0.8, "showTeam": False}))
+        page.reload()
+        expect(item).to_have_text("LLM today €1.00 of €4.00 · 1 call")
+        item.click()
+        expect(panel.locator(".ipyllm-by-model tbody tr", has_text="gpt-4o-mini")).to_contain_text("€1.00")
+        expect(panel.locator(".ipyllm-by-user")).to_have_count(0)
 
     if os.environ.get("IPYLLM_UPDATE_SCREENSHOTS") == "1":
         DOCS_IMAGES.mkdir(parents=True, exist_ok=True)
