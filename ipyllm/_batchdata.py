@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import string
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -221,6 +222,10 @@ def is_missing(value: Any) -> bool:
         return True
     if isinstance(value, str):
         return False
+    if isinstance(value, float):
+        return math.isnan(value)
+    if type(value) in (int, bool, list, tuple, dict, bytes):
+        return False  # a list of plain values needs no pandas (seconds to import in a fresh kernel)
     import pandas as pd
 
     return bool(pd.api.types.is_scalar(value) and pd.isna(value))
@@ -273,9 +278,10 @@ class Fields(dict):  # type: ignore[type-arg]
 
 def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
     """The input's index, its length, and (fields for a str template, what a callable template gets) per row."""
-    import pandas as pd
+    # Not imported for a list (seconds in a fresh kernel, while litellm imports): data that is not pandas' needs none.
+    pd = sys.modules.get("pandas")
 
-    if isinstance(data, pd.DataFrame):
+    if pd is not None and isinstance(data, pd.DataFrame):
         names = [str(c) for c in data.columns]
 
         def frame_rows() -> Iterator[tuple[Any, Any]]:
@@ -284,7 +290,7 @@ def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
                 yield Fields({"index": label, **row}), row
 
         return data.index, len(data), frame_rows()
-    if isinstance(data, pd.Series):
+    if pd is not None and isinstance(data, pd.Series):
         name = data.name if isinstance(data.name, str) else None
 
         def series_rows() -> Iterator[tuple[Any, Any]]:
@@ -314,7 +320,7 @@ def rows_of(data: Any) -> tuple[Any, int, Iterator[tuple[Any, Any]]]:
             fields = Fields({"index": position, **item}) if isinstance(item, dict) else Fields({"index": position, "value": item})
             yield fields, item
 
-    return pd.RangeIndex(len(items)), len(items), item_rows()
+    return range(len(items)), len(items), item_rows()
 
 
 def fill(template: str | Callable[[Any], Any], fields: Fields, row: Any, table_budget: int = 2000) -> Any:

@@ -198,11 +198,12 @@ def plan_prompt_cache(
     None where caching would not pay (a model that does not cache, a prefix under its minimum, one row)."""
     if rows < 2:
         return None
-    model = settings.model
-    provider = resolve_provider(model, settings.base_url)
-    rule = policy(model, provider)
-    shared = shared_messages(messages, text) if rule.style is not None else []
+    shared = shared_messages(messages, text)
     if not shared:
+        return None  # rows that share nothing: nothing to ask litellm's model map
+    model = settings.model
+    rule = policy(model, resolve_provider(model, settings.base_url))
+    if rule.style is None:
         return None
     tokens = count_tokens(model, shared)
     if not pays(rule, tokens, rows, rates(model, rule, prices)):
