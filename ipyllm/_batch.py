@@ -211,7 +211,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
     if not dry_run and via == "live":
         _start_helpers(session, processes)
-    rows = Rows(session, template, data, schema, overrides, missing, "map")
+    rows = Rows(session, template, data, schema, overrides, missing, "map", helpers=processes > 1 and via == "live" and not dry_run)
     if dry_run:
         return rows.estimate(concurrency)
     if via == "batch":
@@ -288,7 +288,8 @@ async def amap(
             raise
         return _batch_report(handle, errors)
     _start_helpers(session, processes)
-    run = Run(session, Rows(session, template, data, schema, overrides, missing, "amap"), concurrency, processes, resume)
+    rows = Rows(session, template, data, schema, overrides, missing, "amap", helpers=processes > 1)
+    run = Run(session, rows, concurrency, processes, resume)
     display = progress_display(progress, run.tally)
     job = _loop.submit(run.run())
     try:

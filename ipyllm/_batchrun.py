@@ -35,6 +35,11 @@ __all__ = ["Run"]
 _FATAL = (MissingKeyError, AuthenticationError, UnknownModelError)
 
 
+async def _acompletion(**kwargs: Any) -> Any:
+    """``litellm.acompletion`` of this process (imported by the time a ``Spread`` sends here)."""
+    return await load_litellm().acompletion(**kwargs)
+
+
 class Run:
     """One batch: its rows, its result (``Batch``), its pace, its writer, and the calls it has in flight."""
 
@@ -82,7 +87,8 @@ class Run:
         self._primed = asyncio.Event() if self.rows.cache is not None else None
         rows = self.rows.calls(self.counted, self.session.records, self.resume)
         if self.processes > 1 and self.session.client._acompletion is None:
-            self.send = Spread(load_litellm().acompletion, self.processes - 1)
+            self.send = Spread(_acompletion, self.processes - 1)
+            await self.send.ready(self.settings.model, self.settings.base_url)
 
         async def worker() -> None:
             for position, call, problem, hit in rows:

@@ -183,9 +183,9 @@ class Client:
         attempt is sent with ``send`` (``litellm.acompletion`` by default; a batch's ``_helpers.Spread``); ``cache`` is a
         map's prompt caching (a marker or a ``prompt_cache_key``). Cancelling the task records an ``interrupted`` row.
         """
-        litellm = load_litellm()
         kwargs = chat_arguments(settings, messages, extra, cap, cache)
-        acompletion = self._acompletion or send or litellm.acompletion
+        # A batch's ``send`` may go out through a helper process before this process's litellm is imported.
+        acompletion = self._acompletion or send or load_litellm().acompletion
         call = self._begin("chat", settings.model, settings, messages=messages)
         call.check_key = self._acompletion is None and "api_key" not in kwargs and "api_base" not in kwargs
         response = await self._arun(call, async_attempt(call, acompletion, kwargs, around_attempt), on_retry, report, sleep)

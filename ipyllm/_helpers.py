@@ -8,8 +8,9 @@ arguments, runs ``litellm.acompletion`` and sends back the response (or the exce
 Everything else stays in the calling process: the retry policy, the rate-limit pause, budgets, the ledger,
 the cache and the progress. A helper only makes single attempts, so one attempt is still one request, and
 whether it ran here or there, the row is the same. Calls go where the fewest are in flight, so a busier
-process gets fewer. Helpers start on first use (importing litellm takes seconds: until a helper is ready,
-calls stay here), live as long as the session, and exit when its pipe closes.
+process gets fewer. Helpers start on first use and live as long as the session, and exit when its pipe closes.
+Importing litellm takes seconds, here and in each helper, at once on a fresh kernel's cores: calls start with
+whichever is ready first (a helper's litellm then tells this process the model's provider).
 
 Not ``multiprocessing``: a spawned child would import the notebook's or script's ``__main__`` again.
 """
@@ -30,7 +31,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ipyllm._litellm import load_litellm, unlogged
+from ipyllm._litellm import defer_tokenizers, learn_provider, litellm_loaded, load_litellm, provider_of, unlogged, warm_up
 
 __all__ = ["Spread", "helpers"]
 
@@ -133,7 +134,10 @@ def serve() -> None:
     def count(ident: int, _: Any) -> None:
         _send(writer, (ident, True, len(tasks)), lock)
 
-    actions = {"call": start, "cancel": cancel, "count": count}
+    def provider(ident: int, target: tuple[str, str | None]) -> None:
+        _send(writer, (ident, True, provider_of(litellm, *target)), lock)
+
+    actions: dict[str, Callable[[int, Any], None]] = {"call": start, "cancel": cancel, "count": count, "provider": provider}
 
     def read() -> None:
         while (message := _receive(reader)) is not None:
@@ -242,6 +246,12 @@ class Helper:
                     _send(self.process.stdin, ("cancel", ident, None), self._lock)
             raise
 
+    async def provider(self, model: str, base_url: str | None) -> str | None:
+        """The provider the helper's litellm routes ``model`` to."""
+        import asyncio
+
+        return await asyncio.wrap_future(self._ask("provider", (model, base_url))[1])  # type: ignore[no-any-return]
+
     def running(self, timeout: float = 10) -> int:
         """How many attempts the helper process is running now (asked over its pipe)."""
         return int(self._ask("count")[1].result(timeout))
@@ -279,18 +289,42 @@ def close_all() -> None:
 
 class Spread:
     """``acompletion`` for a batch: each attempt runs here (``local``) or in a ready helper, wherever the fewest
-    attempts are in flight."""
+    attempts are in flight.
+
+    In a fresh kernel this process's litellm and the helpers' import at once (seconds each, one per core); calls
+    start with whichever is ready first (``ready``), and go only to the helpers until this process's is.
+    """
+
+    #: How often ``ready`` looks whether litellm has finished importing, here or in a helper (seconds).
+    POLL = 0.02
 
     def __init__(self, local: Callable[..., Awaitable[Any]], count: int) -> None:
         self.local = local
         self.helpers = helpers(count)
         self.in_flight = 0
         self.here = 0
+        if not litellm_loaded():
+            defer_tokenizers()  # not beside this batch's calls: a count loads them when first needed
+            warm_up()  # this process's litellm imports meanwhile (a second thread only waits for one importing)
+
+    async def ready(self, model: str, base_url: str | None) -> None:
+        """Wait until calls can go out: this process's litellm is imported, or a helper is ready (whose litellm then
+        resolves ``model``'s provider, so that the rows need none of this process's until it is)."""
+        import asyncio
+
+        while not litellm_loaded():
+            helper = next((helper for helper in self.helpers if helper.usable()), None)
+            if helper is not None:
+                learn_provider(model, base_url, await helper.provider(model, base_url))
+                return
+            if not any(helper.alive for helper in self.helpers):
+                return  # no helper will come: the calls wait for this process's litellm
+            await asyncio.sleep(self.POLL)
 
     async def __call__(self, **kwargs: Any) -> Any:
         ready = [helper for helper in self.helpers if helper.usable()]
         helper = min(ready, key=lambda h: h.in_flight, default=None)
-        if helper is not None and helper.in_flight < self.in_flight:
+        if helper is not None and (helper.in_flight < self.in_flight or not litellm_loaded()):
             return await helper.acompletion(**kwargs)
         self.in_flight += 1
         self.here += 1

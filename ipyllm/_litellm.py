@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import warnings
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -37,15 +37,18 @@ __all__ = [
     "check_environment",
     "create_batch",
     "create_file",
+    "defer_tokenizers",
     "file_content",
     "has_callbacks",
     "hidden_params",
+    "learn_provider",
     "litellm_loaded",
     "load_litellm",
     "max_output_tokens",
     "model_names",
     "prompt_cache_minimum",
     "provider_chunks",
+    "provider_of",
     "provider_parameters",
     "repeated_chunk_limit",
     "resolve_provider",
@@ -140,9 +143,9 @@ def _internal(flag: Any) -> Any:
 def _prime(litellm: ModuleType, count_tokens: bool = True) -> None:
     """Load what litellm loads on its first call (tokenizers, the completion path's modules): seconds that
     would otherwise land, unannounced, in the first call and its ``latency_s``. Nothing is sent."""
+    if count_tokens:
+        _prime_tokens(litellm)
     try:
-        if count_tokens:
-            litellm.token_counter(model="gpt-4o-mini", text="warm up")
         # Not when the user has logging callbacks: they would record the mock call.
         if not has_callbacks(litellm):
             with unlogged(litellm):
@@ -153,14 +156,36 @@ def _prime(litellm: ModuleType, count_tokens: bool = True) -> None:
         pass
 
 
+def _prime_tokens(litellm: ModuleType) -> None:
+    with suppress(Exception):  # a first count is slower, not wrong
+        litellm.token_counter(model="gpt-4o-mini", text="warm up")
+
+
 def litellm_loaded() -> bool:
     """Whether litellm is imported and primed: a call made before then waits for it (seconds)."""
     return _module is not None
 
 
+#: Set by a batch that sends through helper processes: a warm-up then leaves the tokenizers (a second of CPU beside
+#: the batch's calls, in a fresh kernel) to load when a count first needs them.
+_tokenizers_wait = threading.Event()
+
+
+def defer_tokenizers() -> None:
+    """A warm-up still under way skips loading the tokenizers (``_warm_up``)."""
+    _tokenizers_wait.set()
+
+
+def _warm_up() -> None:
+    """litellm ready for calls first (a map waits for it), then its tokenizers (for estimates and budgets)."""
+    litellm = load_litellm(count_tokens=False)
+    if not _tokenizers_wait.is_set():
+        _prime_tokens(litellm)
+
+
 def warm_up() -> threading.Thread:
     """Import litellm in a background thread, so the first call does not stall."""
-    thread = threading.Thread(target=load_litellm, name="ipyllm-warm-up", daemon=True)
+    thread = threading.Thread(target=_warm_up, name="ipyllm-warm-up", daemon=True)
     thread.start()
     return thread
 
@@ -190,16 +215,35 @@ class _NoRetries(int):
 NO_RETRIES = _NoRetries(0)
 
 
-@functools.lru_cache(maxsize=256)
-def resolve_provider(model: str, base_url: str | None) -> str | None:
-    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None.
+#: Providers resolved by a helper process's litellm (``learn_provider``), while this process's is still importing.
+_learned: dict[tuple[str, str | None], str | None] = {}
 
-    Memoized: litellm's lookup scans its endpoint list (about 1 ms) and depends only on these two.
-    """
+
+def resolve_provider(model: str, base_url: str | None) -> str | None:
+    """The provider litellm routes ``model`` to (``openai``, ``anthropic``, ``azure``, ...), or None."""
+    if (model, base_url) in _learned:
+        return _learned[(model, base_url)]
+    return _resolved(model, base_url)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(model: str, base_url: str | None) -> str | None:
+    """Memoized: litellm's lookup scans its endpoint list (about 1 ms) and depends only on these two."""
+    return provider_of(load_litellm(), model, base_url)
+
+
+def provider_of(litellm: ModuleType, model: str, base_url: str | None) -> str | None:
+    """``resolve_provider`` with a given litellm (a helper process's, which then tells the calling process)."""
     try:
-        return str(load_litellm().get_llm_provider(model, api_base=base_url)[1])
+        return str(litellm.get_llm_provider(model, api_base=base_url)[1])
     except Exception:
         return None
+
+
+def learn_provider(model: str, base_url: str | None, provider: str | None) -> None:
+    """What a helper's litellm resolved: a map's calls can then go out through the helper before this process's
+    litellm has finished importing (they would otherwise wait for it, seconds in a fresh kernel)."""
+    _learned[(model, base_url)] = provider
 
 
 def model_names() -> list[str]:

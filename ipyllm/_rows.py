@@ -49,6 +49,7 @@ class Rows:
         overrides: dict[str, Any],
         missing: str = "skip",
         caller: str = "map",
+        helpers: bool = False,
     ) -> None:
         if not (isinstance(template, str) or callable(template)):
             raise SettingError("template must be a str with {field}s or a callable row -> prompt or messages", "template")
@@ -65,7 +66,11 @@ class Rows:
         # A str template's fields are checked for missing values (None, NaN, NA, NaT) row by row; a callable
         # template gets the row as it is and handles its own.
         self.missing_fields = template_fields(template) if isinstance(template, str) and missing == "skip" else ()
-        load_litellm()
+        if not helpers:
+            # litellm imported here, before the first row: its seconds do not land in a row's latency. With helper
+            # processes the rows need it only for what they send (a prompt cache, keywords, a schema, images); the
+            # calls go out through the first helper ready, or through this process once its litellm is.
+            load_litellm()
         self.settings, extra = session.split_overrides(overrides)
         if extra:  # as complete() checks them: a typo such as max_token would be sent with every row, and billed
             check_keywords("chat", self.settings.model, resolve_provider(self.settings.model, self.settings.base_url), extra, caller)

@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +28,7 @@ from ipyllm.errors import AuthenticationError, SettingError
 from ipyllm.testing import Fault, StubServer
 
 from ..conftest import SECRET
-from ..helpers import chat_requests
+from ..helpers import ROOT, chat_requests
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +190,52 @@ def test_the_map_magic_takes_processes(ip: Any, live: StubServer, helper: _helpe
     assert list(ip.user_ns["out"]) == [f"[gpt-4o-mini] Say item {i}" for i in range(24)]
     assert helper.sent > before, "the helper took part"
     assert len(chat_requests(live)) == 24
+
+
+def test_a_fresh_process_sends_through_the_ready_helper_before_its_own_litellm_is_imported(live: StubServer, tmp_path: Path) -> None:
+    """In a fresh kernel both litellm imports run at once; calls start with whichever is ready first. Here this
+    process's import is held back (its lock taken) until the map has sent every row through the helper: the rows
+    still have their provider, tokens and price, and pandas (seconds to import) waited for the end. The tokenizers
+    (a second of CPU beside the calls) are left to load when a count first needs them."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys, threading
+        import ipyllm
+        from ipyllm import _helpers, _litellm
+        ipyllm.config.update(base_url={live.base_url!r}, api_key="sk-fresh", usage_db={str(tmp_path / "usage.sqlite")!r})
+        sent = []
+        calls = _helpers.Helper.acompletion
+
+        async def recorded(self, **kwargs):
+            sent.append((_litellm.litellm_loaded(), "pandas" in sys.modules))
+            return await calls(self, **kwargs)
+
+        _helpers.Helper.acompletion = recorded
+        _litellm._import_lock.acquire()  # this process's litellm cannot import until the rows are sent
+        (helper,) = _helpers.helpers(1)
+        assert helper.ready.wait(120)
+        result = ipyllm.map("{{value}}", [f"item {{i}}" for i in range(6)], concurrency=3, processes=2, progress=False)
+        _litellm._import_lock.release()
+        rows = ipyllm.usage()
+        for thread in threading.enumerate():
+            if thread.name == "ipyllm-warm-up":
+                thread.join(120)
+        import tiktoken.registry
+        print(json.dumps({{
+            "result": list(result), "sent": sent, "index": type(result.index).__name__,
+            "tokenizers": sorted(tiktoken.registry.ENCODINGS),
+            "rows": rows[["status", "provider", "prompt_tokens"]].astype(str).values.tolist(),
+            "priced": bool(rows["cost_usd"].gt(0).all()),
+        }}))
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    answer = json.loads(done.stdout.strip().splitlines()[-1])
+    assert answer["result"] == [f"[gpt-4o-mini] item {i}" for i in range(6)] and answer["index"] == "RangeIndex"
+    assert answer["sent"] == [[False, False]] * 6, "every row went out through the helper, before litellm and pandas here"
+    assert [row[:2] for row in answer["rows"]] == [["ok", "openai"]] * 6 and all(int(row[2]) > 0 for row in answer["rows"])
+    assert answer["priced"], "priced by the helper's litellm"
+    assert answer["tokenizers"] == [], "the warm-up left the tokenizers alone while the batch sent"
+    assert len(chat_requests(live)) == 6
