@@ -67,8 +67,8 @@ def rows(count: int, seed: int = 1, end_us: int | None = None) -> Iterator[tuple
         )
 
 
-def fill_sqlite(path: Path, count: int, seed: int = 1) -> float:
-    """A SQLite ledger at ``path`` with ``count`` more rows; the seconds it took."""
+def fill_sqlite(path: Path, count: int, seed: int = 1, end_us: int | None = None) -> float:
+    """A SQLite ledger at ``path`` with ``count`` more rows (over the year before ``end_us``); the seconds it took."""
     started = time.perf_counter()
     store = SQLiteStore(SQLiteFile(path))
     store.count()  # made and migrated
@@ -78,7 +78,7 @@ def fill_sqlite(path: Path, count: int, seed: int = 1) -> float:
     connection.execute("PRAGMA synchronous = OFF")
     connection.execute("BEGIN IMMEDIATE")
     connection.execute("DROP TRIGGER usage_totals_add")
-    connection.executemany(f"INSERT INTO usage (uid, {ROW_COLUMNS}) VALUES ({marks})", rows(count, seed))
+    connection.executemany(f"INSERT INTO usage (uid, {ROW_COLUMNS}) VALUES ({marks})", rows(count, seed, end_us))
     for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
         connection.execute(f"DELETE FROM {table}")
         connection.execute(backfill)
@@ -89,8 +89,8 @@ def fill_sqlite(path: Path, count: int, seed: int = 1) -> float:
     return time.perf_counter() - started
 
 
-def fill_postgres(url: str, count: int, seed: int = 1) -> float:
-    """The PostgreSQL ledger at ``url`` with ``count`` more rows (``COPY``); the seconds it took."""
+def fill_postgres(url: str, count: int, seed: int = 1, end_us: int | None = None) -> float:
+    """The PostgreSQL ledger at ``url`` with ``count`` more rows (``COPY``; over the year before ``end_us``); the seconds it took."""
     import psycopg
 
     from ipyllm._pgschema import ROW_COLUMNS as PG_COLUMNS
@@ -105,7 +105,7 @@ def fill_postgres(url: str, count: int, seed: int = 1) -> float:
         with connection.transaction():
             connection.execute("ALTER TABLE usage DISABLE TRIGGER usage_totals_add")
             with connection.cursor() as cursor, cursor.copy(f"COPY usage (uid, {PG_COLUMNS}) FROM STDIN") as copy:
-                for row in rows(count, seed):
+                for row in rows(count, seed, end_us):
                     copy.write_row(row)
             for (table, _), backfill in zip(LEVELS, BACKFILL, strict=True):
                 connection.execute(f"DELETE FROM {table}")

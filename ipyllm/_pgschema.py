@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any
 from ipyllm._batchclaim import PG_CLAIMS
 from ipyllm._batchledger import PG_TABLE
 from ipyllm._totals import BACKFILL, TABLES, pg_trigger
-from ipyllm._usage import COLUMNS, frame_from_columns
+from ipyllm._usage import COLUMNS, column_array, frame_from_columns
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import psycopg
 
@@ -159,9 +160,10 @@ def write_entry(cursor: psycopg.Connection[Any] | psycopg.Cursor[Any], uid: str,
         cursor.execute(INSERT_SETTLING, [release, uid, *values])
 
 
-def csv_frame(buffer: io.BytesIO, columns: list[str] | None = None) -> pd.DataFrame:
-    """The usage frame from ``COPY`` CSV of ``id`` and the row columns (``columns``, the time among them: default all),
-    sorted as the SQLite ledger sorts."""
+def csv_frame(buffer: io.BytesIO, columns: list[str] | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+    """The rows' ids and usage frame from ``COPY`` CSV of ``id`` and the row columns (``columns``, the time among them:
+    default all), sorted as the SQLite ledger sorts (by time, then id)."""
+    import numpy as np
     import pandas as pd
 
     columns = columns or list(COLUMNS)
@@ -169,10 +171,11 @@ def csv_frame(buffer: io.BytesIO, columns: list[str] | None = None) -> pd.DataFr
     dtypes = {"id": "int64", "timestamp": "int64", **{name: COLUMNS[name] for name in columns if name != "timestamp"}}
     buffer.seek(0)
     if not buffer.getbuffer().nbytes:
-        return frame_from_columns({name: [] for name in columns})
+        return np.zeros(0, dtype="int64"), frame_from_columns({name: [] for name in columns})
     frame = pd.read_csv(
         buffer, header=None, names=names, dtype=dtypes, keep_default_na=False, na_values=["\\N"], true_values=["t"], false_values=["f"]
     )
-    frame = frame.sort_values(["timestamp", "id"], kind="stable", ignore_index=True).drop(columns="id")
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"].to_numpy(), unit="us", utc=True).as_unit("ns")
-    return frame
+    frame = frame.sort_values(["timestamp", "id"], kind="stable", ignore_index=True)
+    ids = frame.pop("id").to_numpy(dtype="int64")
+    frame["timestamp"] = column_array(COLUMNS["timestamp"], frame["timestamp"].to_numpy())
+    return ids, frame

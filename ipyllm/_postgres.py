@@ -23,7 +23,6 @@ from __future__ import annotations
 import io
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +39,8 @@ from ipyllm._batchledger import (
     record_of,
     update_values,
 )
+from ipyllm._framecache import FrameCache
+from ipyllm._framefile import identity_of
 from ipyllm._locations import Server
 from ipyllm._pgbudget import TeamBudgets
 from ipyllm._pglink import ServerLink, driver_errors
@@ -48,10 +49,11 @@ from ipyllm._pgwriter import SpoolWriter
 from ipyllm._spool import Spool, spool_path
 from ipyllm._store import CacheEntry, Hold, Limit, Refusal, Sizer, fixed, process_alive
 from ipyllm._usage import UsageRow, micros, row_values, utc_now
-from ipyllm._views import Window, column_list, selected_columns
+from ipyllm._views import Window, column_list
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "PostgresStore"]
@@ -83,6 +85,8 @@ class PostgresStore:
         self.budgets = TeamBudgets(self.link)
         self.writer = SpoolWriter(self.link, self.spool, self.budgets.settled)
         self._lock = self.link.lock
+        #: The frames read, kept and extended with the rows added since (and the whole ledger's kept on disk).
+        self.frames = FrameCache(self, identity_of(server))
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.name!r})"
@@ -117,14 +121,16 @@ class PostgresStore:
 
     def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows on the server (but ``exclude_session``'s; of ``window`` only, filtered in SQL), oldest first, as the
-        usage frame (of ``columns`` only, and the time).
+        usage frame (of ``columns`` only, and the time): the frame last read, extended with the rows added since
+        (``_framecache``)."""
+        return self.frames.frame(exclude_session, window, columns)
+
+    def frame_rows(self, where: str, parameters: Sequence[Any], names: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        """The rows of ``where`` (``?`` placeholders), ordered by time, then id: their ids and their frame of ``names``.
 
         Read with ``COPY ... TO STDOUT`` as CSV and parsed by pandas' C parser: 100,000 rows in well under a
         second, where fetching them as Python tuples takes several.
         """
-        window = replace(window or Window(), exclude_session=exclude_session) if exclude_session else window or Window()
-        names = selected_columns(columns)
-        where, parameters = window.sql()
         buffer = io.BytesIO()
         with self._lock:
             connection = self.link.usable()

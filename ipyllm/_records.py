@@ -161,7 +161,11 @@ class Records:
             return mine
         import pandas as pd
 
-        both = pd.concat([others, mine], ignore_index=True) if not mine.empty else others
+        if mine.empty:
+            return others
+        both = pd.concat([others, mine], ignore_index=True)
+        if mine["timestamp"].is_monotonic_increasing and others["timestamp"].iloc[-1] <= mine["timestamp"].iloc[0]:
+            return both  # this session's rows are the latest, as usual: in time order already
         return both.sort_values("timestamp", kind="stable", ignore_index=True)
 
     def sums(self, by: str, all_sessions: bool = False) -> list[tuple[Any, ...]]:

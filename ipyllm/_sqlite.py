@@ -20,16 +20,19 @@ from typing import TYPE_CHECKING, Any
 
 from ipyllm._batchclaim import DELETE_CLAIM, INSERT_CLAIM, SELECT_CLAIM, Claim, claim_of, claim_values, is_stale
 from ipyllm._batchledger import CLAIM_BATCH, INSERT_BATCH, SELECT_BATCHES, UPDATE_BATCH, BatchRecord, batch_values, record_of, update_values
+from ipyllm._framecache import FrameCache
+from ipyllm._framefile import identity_of
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
 from ipyllm._sqlfile import LedgerFile
 from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, SCHEMA_VERSION, Entry, apply, committed
 from ipyllm._store import CacheEntry, Headroom, Hold, Limit, Refusal, Sizer, fixed, process_alive, tightest
 from ipyllm._usage import UsageRow, frame_from_columns, micros, row_values, utc_now
-from ipyllm._views import Window, column_list, selected_columns
+from ipyllm._views import Window, column_list
 from ipyllm.errors import LedgerUnavailableError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
@@ -66,6 +69,8 @@ class SQLiteStore:
         #: The file, watched: its connection, its spool and its lock.
         self.file = LedgerFile(location, busy_timeout, spool)
         self._lock = self.file.lock
+        #: The frames read, kept and extended with the rows added since (and the whole ledger's kept on disk).
+        self.frames = FrameCache(self, identity_of(location))
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.name!r})"
@@ -186,13 +191,17 @@ class SQLiteStore:
 
     def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows in the ledger (but ``exclude_session``'s; of ``window`` only, filtered in SQL), oldest first, as the
-        usage frame (of ``columns`` only, and the time)."""
-        window = replace(window or Window(), exclude_session=exclude_session) if exclude_session else window or Window()
-        names = selected_columns(columns)
-        where, parameters = window.sql()
-        records = self._run(f"SELECT {column_list(names)} FROM usage{where} ORDER BY timestamp_us, id", parameters, retry_now=True)
-        values = list(zip(*records, strict=True)) if records else [() for _ in names]
-        return frame_from_columns(dict(zip(names, values, strict=True)), timestamps_in_micros=True)
+        usage frame (of ``columns`` only, and the time): the frame last read, extended with the rows added since
+        (``_framecache``)."""
+        return self.frames.frame(exclude_session, window, columns)
+
+    def frame_rows(self, where: str, parameters: Sequence[Any], names: list[str]) -> tuple[np.ndarray, pd.DataFrame]:
+        """The rows of ``where``, ordered by time, then id: their ids and their frame of ``names``."""
+        import numpy as np
+
+        records = self._run(f"SELECT id, {column_list(names)} FROM usage{where} ORDER BY timestamp_us, id", parameters, retry_now=True)
+        ids, *values = list(zip(*records, strict=True)) if records else [() for _ in range(len(names) + 1)]
+        return np.asarray(ids, dtype="int64"), frame_from_columns(dict(zip(names, values, strict=True)), timestamps_in_micros=True)
 
     def spend(self, since: datetime, exclude_session: str | None = None, user: str | None = None) -> float:
         """USD recorded since ``since`` (of ``user`` only, when given; unknown prices count as 0)."""

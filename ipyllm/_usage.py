@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "STATUSES", "UsageRow", "frame_from_columns", "micros", "row_values", "to_frame", "utc_now"]
+__all__ = ["COLUMNS", "STATUSES", "UsageRow", "column_array", "frame_from_columns", "micros", "row_values", "to_frame", "utc_now"]
 
 
 #: The usage frame's columns and their dtypes (SPEC section 5).
@@ -105,23 +105,43 @@ def micros(moment: datetime) -> int:
 
 
 def frame_from_columns(columns: dict[str, Sequence[Any]], timestamps_in_micros: bool = False) -> pd.DataFrame:
-    """Build the usage frame from column lists (the fast path for 100,000 rows): the columns given, in frame order."""
-    import numpy as np
+    """Build the usage frame from column sequences (a database's values, None where missing): the columns given, in frame
+    order. Column-wise: each column becomes one numpy array and a mask of its missing values, without Python work per value."""
     import pandas as pd
 
     data: dict[str, Any] = {}
     for name, dtype in COLUMNS.items():
-        if name not in columns:
-            continue
-        values = columns[name]
-        if name == "timestamp":
-            stamps = np.asarray(values if timestamps_in_micros else [micros(v) for v in values], dtype="int64")
-            data[name] = pd.to_datetime(stamps, unit="us", utc=True).as_unit("ns")
-        elif dtype == "float64":
-            data[name] = np.asarray([math.nan if v is None else v for v in values], dtype="float64")
-        else:
-            data[name] = pd.array(list(values), dtype=dtype)
-    return pd.DataFrame(data, columns=list(data))
+        if name in columns:
+            values = columns[name]
+            if name == "timestamp" and not timestamps_in_micros:
+                values = [micros(v) for v in values]
+            data[name] = column_array(dtype, values)
+    return pd.DataFrame(data, columns=list(data), copy=False)
+
+
+def column_array(dtype: str, values: Any, missing: Any = None) -> Any:
+    """One column of the usage frame (``dtype`` one of ``COLUMNS``'s) from a sequence or array of its values, None (or
+    NaN) where missing, the time in microseconds; or, for a nullable number, from its values and a mask of the missing
+    ones."""
+    import numpy as np
+    import pandas as pd
+
+    if dtype.startswith("datetime64"):
+        return pd.to_datetime(np.asarray(values, dtype="int64"), unit="us", utc=True).as_unit("ns")
+    # Python's values into an object array by iteration: 4-5 times faster than np.asarray, which looks into each.
+    objects = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=object, count=len(values))
+    if dtype == "string":
+        return pd.array(objects, dtype="string")  # pandas' own C loop: None -> NA
+    if missing is None:
+        flags = pd.isna(objects)
+        objects = np.where(flags, np.nan if dtype == "float64" else 0, objects) if flags.any() else objects
+    else:
+        flags = np.asarray(missing, dtype=bool)
+    if dtype == "float64":
+        return objects.astype("float64")
+    if dtype == "boolean":
+        return pd.arrays.BooleanArray(objects.astype(bool), flags)
+    return pd.arrays.IntegerArray(objects.astype("int64"), flags)
 
 
 def to_frame(rows: Iterable[UsageRow]) -> pd.DataFrame:

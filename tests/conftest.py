@@ -6,6 +6,8 @@ import os
 
 # Nothing a test does may touch the user's own Jupyter data (the default ledger lives there).
 os.environ["JUPYTER_DATA_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ipyllm-tests-{os.getpid()}", "jupyter-data")
+# ... nor the user's cache (the usage frames kept between kernels: ``ipyllm._framefile``).
+os.environ["IPYLLM_CACHE_DIR"] = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"ipyllm-tests-{os.getpid()}", "cache")
 
 # Before anything imports litellm: bundled price map, no tokenizer or catalogue downloads.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -76,7 +78,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
     - ``JUPYTER_DATA_DIR`` is this test's own directory, so the default ledger (and the cache in it) is
       fresh, and kernels the test starts inherit it: no test reads rows another test or kernel wrote,
-      nor the user's ledger.
+      nor the user's ledger. So is ``IPYLLM_CACHE_DIR``, where usage frames are kept between kernels.
     - The working directory is ``tmp_path``: what a test, or a process it starts without a ``cwd`` of its own
       (ipyllm's helper processes, say), writes to a relative path lands there, never in the repository.
     - ``ipyllm._api.session`` is a fresh session (no rows, no open ledger files, no warnings said).
@@ -85,6 +87,7 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
       closed in any case, and no observer of the configuration may remain.
     """
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+    monkeypatch.setenv("IPYLLM_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("LLM_USAGE_DB", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(_api, "session", _api.Session(config=ipyllm.config, ledger=MemoryLedger(), client=Client(), id=_api.SESSION_ID))
@@ -129,6 +132,7 @@ def clean_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ip
     The default ledger lands in this test's own Jupyter data directory, never the user's.
     """
     monkeypatch.setenv("JUPYTER_DATA_DIR", str(tmp_path / "jupyter-data"))
+    monkeypatch.setenv("IPYLLM_CACHE_DIR", str(tmp_path / "cache"))
     saved = ipyllm.config.settings()
     defaults = {name: trait.default() for name, trait in ipyllm.config.traits(config=True).items()}
     ipyllm.config.update(**defaults)

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
+import numpy as np
 import pandas as pd
+import pytest
 
 import ipyllm
 from ipyllm import _api
 from ipyllm._locations import default_usage_db
 from ipyllm._sqlite import SQLiteStore
 from ipyllm._store import MemoryLedger
-from ipyllm._usage import COLUMNS, UsageRow, to_frame
+from ipyllm._usage import COLUMNS, UsageRow, frame_from_columns, to_frame
 from ipyllm.testing import Fault, StubServer
 
 SPEC_DTYPES = {
@@ -117,3 +120,40 @@ def test_cache_reads_and_writes_are_read_from_either_providers_usage() -> None:
     assert (cached_tokens(openai), cache_creation_tokens(openai)) == (1536, None)
     assert (cached_tokens(anthropic), cache_creation_tokens(anthropic)) == (0, 1100)
     assert cache_creation_tokens({"cache_creation_input_tokens": True}) is None
+
+
+def pandas_frame(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """The usage frame built value by value, as pandas builds a column from a list (the way it was built before)."""
+    data: dict[str, Any] = {}
+    for name, dtype in COLUMNS.items():
+        values = columns[name]
+        if name == "timestamp":
+            data[name] = pd.to_datetime(np.asarray(values, dtype="int64"), unit="us", utc=True).as_unit("ns")
+        elif dtype == "float64":
+            data[name] = np.asarray([math.nan if v is None else v for v in values], dtype="float64")
+        else:
+            data[name] = pd.array(list(values), dtype=dtype)
+    return pd.DataFrame(data)
+
+
+#: Four values of each kind of column, the second one missing; and a value to stand in for it.
+SAMPLES: dict[str, tuple[list[Any], Any]] = {
+    "string": (["gpt-4o", None, "ü ✓", ""], "x"),
+    "Int64": ([3, None, 0, 2**40], 7),
+    "boolean": ([1, None, 0, 1], 0),
+    "float64": ([0.5, None, math.nan, 0.0], 1.5),
+}
+
+
+@pytest.mark.parametrize("shape", ["mixed", "all missing", "none missing", "empty"])
+def test_the_frame_is_built_column_wise_with_the_values_and_dtypes_pandas_gives(shape: str) -> None:
+    def values(dtype: str) -> list[Any]:
+        sample, stand_in = SAMPLES[dtype]
+        shaped = {"mixed": sample, "all missing": [None] * 4, "none missing": [stand_in if v is None else v for v in sample]}
+        return shaped.get(shape, [])
+
+    columns = {name: values(dtype) for name, dtype in COLUMNS.items() if name != "timestamp"}
+    columns["timestamp"] = [1_700_000_000_000_000 - n for n in range(len(columns["cell"]))]
+    frame = frame_from_columns(columns, timestamps_in_micros=True)
+    pd.testing.assert_frame_equal(frame, pandas_frame(columns))
+    assert dtypes(frame) == SPEC_DTYPES
