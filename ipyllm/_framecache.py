@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from ipyllm import _framefile
 from ipyllm._framefile import Mark, Snapshot
 from ipyllm._usage import COLUMNS
-from ipyllm._views import Window, selected_columns
+from ipyllm._views import Window, run_query, selected_columns
 
 if TYPE_CHECKING:
     import numpy as np
@@ -104,7 +104,7 @@ class FrameCache:
             if known is None and key == _WHOLE and self.identity is not None:
                 known = _framefile.load(self.identity)
                 self._filed = None if known is None else len(known.ids)
-            top, total, above, uid_at_mark, uid_at_top = self.source.read(self._sql(_STATE), [known.mark.top if known else 0] * 2)[0]
+            top, total, above, uid_at_mark, uid_at_top = run_query(self.source, _STATE, [known.mark.top if known else 0] * 2)[0]
             mark = Mark(int(top or 0), int(total), uid_at_top)
             where, parameters = window.sql()
             if known is not None and int(total) - int(above) == known.mark.count and uid_at_mark == known.mark.uid:
@@ -129,9 +129,6 @@ class FrameCache:
         """The window's rows with an id in ``(after, top]``."""
         bounded = f"{where} AND id > ? AND id <= ?" if where else " WHERE id > ? AND id <= ?"
         return self.source.frame_rows(bounded, [*parameters, after, top], names)
-
-    def _sql(self, sql: str) -> str:
-        return sql.replace("?", "%s") if self.source.dialect == "postgresql" else sql
 
 
 def _outgrown(filed: int | None, rows: int) -> bool:

@@ -38,6 +38,7 @@ __all__ = [
     "latest",
     "memory_reader",
     "moment",
+    "run_query",
     "selected_columns",
     "summary",
 ]
@@ -182,7 +183,8 @@ def _stored(name: str, value: Any) -> Any:
     return value
 
 
-def _run(reader: Reader, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+def run_query(reader: Reader, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """One read-only query (``?`` placeholders) in the reader's dialect."""
     if reader.dialect == "postgresql":
         sql = sql.replace("?", "%s")
     return reader.read(sql, parameters)
@@ -208,7 +210,7 @@ def _positions(count: int) -> str:
 
 def _raw(reader: Reader, keys: list[str], window: Window, **narrowed: Any) -> list[tuple[Any, ...]]:
     where, parameters = window.sql(**narrowed)
-    return _run(reader, f"SELECT {', '.join(keys)}, {_SUMS} FROM usage{where} GROUP BY {_positions(len(keys))}", parameters)
+    return run_query(reader, f"SELECT {', '.join(keys)}, {_SUMS} FROM usage{where} GROUP BY {_positions(len(keys))}", parameters)
 
 
 def _total_key(name: str) -> str:
@@ -239,7 +241,7 @@ def _from_totals(
         parameters.extend(present)
     where = f" WHERE {' AND '.join(terms)}" if terms else ""
     sql = f"SELECT {', '.join(keys)}, {_TOTAL_SUMS} FROM {table}{where} GROUP BY {_positions(len(keys))}"
-    return _run(reader, sql, parameters)
+    return run_query(reader, sql, parameters)
 
 
 def _negated(rows: list[tuple[Any, ...]], width: int) -> list[tuple[Any, ...]]:
@@ -393,7 +395,7 @@ def latest(store: Reader, *, limit: int = 50, user: str | None = None, prompts: 
     """The latest ``limit`` calls (of ``user``), newest first; their prompts (``source``) only with ``prompts``."""
     columns = [*_LATEST, *_LATEST_AFTER, *(["source"] if prompts else [])]
     where, parameters = Window(user=user).sql()
-    rows = _run(
+    rows = run_query(
         store,
         f"SELECT {', '.join(map(_quoted, columns))} FROM usage{where} ORDER BY timestamp_us DESC, id DESC LIMIT ?",
         [*parameters, max(0, int(limit))],
@@ -450,8 +452,8 @@ def summary(store: Reader, *, user: str | None, budgets: Mapping[str, float | No
         elif spent is not None and round(spent, 9) >= round(0.8 * limit, 9) and level == "ok":  # 0.8 * 0.05 is 0.04000000000000001
             level = "warn"
     # Two queries: each is one step down its index (together in one, SQLite would scan the table).
-    last_id = _run(store, "SELECT MAX(id) FROM usage", [])[0][0]
-    last_us = _run(store, "SELECT MAX(timestamp_us) FROM usage", [])[0][0]
+    last_id = run_query(store, "SELECT MAX(id) FROM usage", [])[0][0]
+    last_us = run_query(store, "SELECT MAX(timestamp_us) FROM usage", [])[0][0]
     return {
         "user": user,
         "team": shared,
