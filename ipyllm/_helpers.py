@@ -116,18 +116,18 @@ def serve() -> None:
             return  # the parent gave up on this attempt: it records the row
         except Exception as exc:
             message = (ident, False, portable(exc))
-        finally:
-            tasks.pop(ident, None)
         try:
             _send(writer, message, lock)
         except Exception as exc:  # a response that does not pickle: the attempt fails, the helper goes on
             _send(writer, (ident, False, portable(RuntimeError(f"ipyllm's helper could not send the response back ({exc})"))), lock)
 
     def start(ident: int, kwargs: dict[str, Any]) -> None:
-        tasks[ident] = loop.create_task(call(ident, kwargs))
+        task = tasks[ident] = loop.create_task(call(ident, kwargs))
+        # Not a ``finally`` in ``call``: a task cancelled before its first step never runs its body.
+        task.add_done_callback(lambda _: tasks.pop(ident, None))
 
     def cancel(ident: int, _: Any) -> None:
-        task = tasks.get(ident)
+        task = tasks.pop(ident, None)  # no longer running for the parent, even before its cancellation lands
         if task is not None:
             task.cancel()
 

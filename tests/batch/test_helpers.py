@@ -144,6 +144,21 @@ def test_cancelling_a_call_cancels_it_in_the_helper(fast: StubServer, helper: _h
     assert list(ipyllm.usage()["status"]) == ["interrupted"]
 
 
+def test_an_attempt_cancelled_as_soon_as_it_is_sent_leaves_nothing_running_in_the_helper(fast: StubServer, helper: _helpers.Helper) -> None:
+    # The cancel often reaches the helper before the attempt has taken its first step (a Ctrl-C right after a
+    # row went out): such a task never runs its body, and was once counted as running for ever.
+    fast.delay = 0.3
+    for _ in range(20):
+        message = [{"role": "user", "content": "x"}]
+        kwargs = {"model": "openai/gpt-4o-mini", "messages": message, "api_key": "sk-test", "base_url": fast.url, "max_retries": 0}
+        ident, _answer = helper._ask("call", kwargs)
+        helper.pending.pop(ident)
+        _helpers._send(helper.process.stdin, ("cancel", ident, None), helper._lock)
+    assert helper.running() == 0, "a cancelled attempt still counts as running"
+    time.sleep(0.5)
+    assert helper.running() == 0
+
+
 def test_a_helper_that_dies_fails_its_call_and_gets_no_more(fast: StubServer) -> None:
     dying = _helpers.Helper()
     try:
