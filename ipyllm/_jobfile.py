@@ -28,7 +28,7 @@ MAX_REQUESTS = 50_000
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 #: litellm's arguments that are about the client, not the request: never in a request file.
-_CLIENT_ONLY = ("api_key", "api_base", "api_version", "timeout", "max_retries")
+_CLIENT_ONLY = ("api_key", "api_base", "api_version", "timeout", "max_retries", "custom_llm_provider")
 
 
 def request_body(settings: Settings, model: str, messages: list[dict[str, Any]], extra: dict[str, Any], cap: int | None) -> dict[str, Any]:

@@ -52,6 +52,34 @@ def test_settings_and_overrides_reach_the_server(live: StubServer) -> None:
     assert ipyllm.config.model == "gpt-4o-mini", "an override is for one call only"
 
 
+@pytest.mark.parametrize(
+    ("model", "base_url"),
+    [
+        ("gpt-4o-mini", "http://127.0.0.1:9/v1"),
+        ("ollama/llama3", None),
+        ("azure/gpt-4o", "https://x.openai.azure.com"),
+        ("mistral/mistral-small", None),
+    ],
+)
+def test_the_provider_litellm_resolved_is_passed_on_and_routes_the_same(
+    clean_config: ipyllm.LLMConfig, model: str, base_url: str | None
+) -> None:
+    # Told the provider, litellm skips resolving it again (its scan of known endpoints for a base URL): the same
+    # model, provider and endpoint as resolving it itself.
+    from ipyllm._engine import chat_arguments
+
+    litellm = load_litellm()
+    config = clean_config
+    config.update(model=model, base_url=base_url)
+    kwargs = chat_arguments(config.snapshot(), [{"role": "user", "content": "hi"}], {})
+    resolved = litellm.get_llm_provider(model, api_base=base_url)
+    assert kwargs["custom_llm_provider"] == resolved[1]
+    assert litellm.get_llm_provider(model, custom_llm_provider=kwargs["custom_llm_provider"], api_base=base_url) == resolved
+    assert chat_arguments(clean_config.snapshot(), [], {"custom_llm_provider": "openai"})["custom_llm_provider"] == "openai", (
+        "the user's own wins"
+    )
+
+
 def test_streamed_and_plain_calls_give_the_same_tokens(live: StubServer) -> None:
     pieces: list[str] = []
     plain = ipyllm.complete("Count these tokens, please.")
