@@ -287,6 +287,11 @@ def close_all() -> None:
         _helpers.clear()
 
 
+def _pandas_after_litellm() -> None:
+    load_litellm(count_tokens=False)  # waits for the import under way: the calls start first
+    importlib.import_module("pandas")
+
+
 class Spread:
     """``acompletion`` for a batch: each attempt runs here (``local``) or in a ready helper, wherever the fewest
     attempts are in flight.
@@ -306,6 +311,10 @@ class Spread:
         if not litellm_loaded():
             defer_tokenizers()  # not beside this batch's calls: a count loads them when first needed
             warm_up()  # this process's litellm imports meanwhile (a second thread only waits for one importing)
+            if "pandas" not in sys.modules:
+                # The result needs pandas (half a second to import): imported while the helpers send, not after the
+                # last answer, when they would wait idle for it.
+                threading.Thread(target=_pandas_after_litellm, name="ipyllm-pandas", daemon=True).start()
 
     async def ready(self, model: str, base_url: str | None) -> None:
         """Wait until calls can go out: this process's litellm is imported, or a helper is ready (whose litellm then
