@@ -127,7 +127,7 @@ def serve() -> None:
         task.add_done_callback(lambda _: tasks.pop(ident, None))
 
     def cancel(ident: int, _: Any) -> None:
-        task = tasks.pop(ident, None)  # no longer running for the parent, even before its cancellation lands
+        task = tasks.get(ident)
         if task is not None:
             task.cancel()
 

@@ -453,8 +453,8 @@ MUTATIONS: list[Mutation] = [
         "helpers",
         "a cancelled attempt keeps running in the helper process",
         "ipyllm/_helpers.py",
-        "        if task is not None:\n            task.cancel()",
-        "        if task is not None:\n            pass",
+        "            task.cancel()",
+        "            pass",
         "tests/batch/test_helpers.py",
     ),
     m(
