@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ipyllm import _batch, _loop
 from ipyllm._batchdata import Batch
+from ipyllm._batchledger import batches_frame
 from ipyllm._batchlink import BatchLink
 from ipyllm._calls import estimate_chat
 from ipyllm._config import config
@@ -43,12 +44,6 @@ __all__ = [
     "session",
     "usage",
 ]
-
-#: ``ipyllm.batches()``'s columns, in order.
-BATCH_FRAME_COLUMNS = (
-    "id", "status", "provider", "model", "rows", "completed", "failed", "submitted", "ended", "collected", "session", "user", "host",
-    "part", "parts", "estimate_usd", "input_file_id", "output_file_id", "error_file_id", "map_key",
-)  # fmt: skip
 
 
 class Session(_Session):
@@ -222,50 +217,7 @@ class Session(_Session):
     def batches(self) -> pd.DataFrame:
         """The provider batches recorded in the ledger (``map(via="batch")``, every kernel's), oldest first: id, status,
         provider, model, rows, the provider's counts, when submitted, ended and collected, by whom, and the files."""
-        import pandas as pd
-
-        records = self.records.batches()
-        data = {
-            "id": [r.id for r in records],
-            "status": [r.status for r in records],
-            "provider": [r.provider for r in records],
-            "model": [r.model for r in records],
-            "rows": [len(r.keys) for r in records],
-            "completed": [r.completed for r in records],
-            "failed": [r.failed for r in records],
-            "submitted": pd.to_datetime([r.submitted for r in records], utc=True),
-            "ended": pd.to_datetime([r.ended for r in records], utc=True),
-            "collected": pd.to_datetime([r.collected for r in records], utc=True),
-            "session": [r.session for r in records],
-            "user": [r.user for r in records],
-            "host": [r.host for r in records],
-            "part": [r.part for r in records],
-            "parts": [r.parts for r in records],
-            "estimate_usd": [r.estimate_usd for r in records],
-            "input_file_id": [r.input_file_id for r in records],
-            "output_file_id": [r.output_file_id for r in records],
-            "error_file_id": [r.error_file_id for r in records],
-            "map_key": [r.map_key for r in records],
-        }
-        frame = pd.DataFrame(data, columns=list(BATCH_FRAME_COLUMNS))
-        for name in ("rows", "completed", "failed", "part", "parts"):
-            frame[name] = frame[name].astype("Int64")
-        for name in (
-            "id",
-            "status",
-            "provider",
-            "model",
-            "session",
-            "user",
-            "host",
-            "input_file_id",
-            "output_file_id",
-            "error_file_id",
-            "map_key",
-        ):
-            frame[name] = frame[name].astype("string")
-        frame["estimate_usd"] = frame["estimate_usd"].astype("float64")
-        return frame
+        return batches_frame(self.records.batches())
 
     def batch(self, batch_id: str) -> ProviderBatch:
         """The provider batch ``batch_id`` recorded in the ledger, to ``.wait()`` for, take its ``.result()`` (a Series

@@ -15,10 +15,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "BATCH_COLUMNS",
+    "BATCH_FRAME_COLUMNS",
     "CLAIM_BATCH",
     "DONE",
     "ENDED",
@@ -29,10 +33,17 @@ __all__ = [
     "UPDATE_BATCH",
     "BatchRecord",
     "batch_values",
+    "batches_frame",
     "postgres",
     "record_of",
     "update_values",
 ]
+
+#: ``ipyllm.batches()``'s columns, in order.
+BATCH_FRAME_COLUMNS = (
+    "id", "status", "provider", "model", "rows", "completed", "failed", "submitted", "ended", "collected", "session", "user", "host",
+    "part", "parts", "estimate_usd", "input_file_id", "output_file_id", "error_file_id", "map_key",
+)  # fmt: skip
 
 #: Provider statuses after which nothing more happens at the provider.
 ENDED = ("completed", "failed", "expired", "cancelled")
@@ -174,3 +185,50 @@ def update_values(record: BatchRecord) -> list[Any]:
         _micros(record.ended),
         record.id,
     ]
+
+
+def batches_frame(records: Sequence[BatchRecord]) -> pd.DataFrame:
+    """``ipyllm.batches()``: the records as a frame, a row each, with nullable integers and strings."""
+    import pandas as pd
+
+    data = {
+        "id": [r.id for r in records],
+        "status": [r.status for r in records],
+        "provider": [r.provider for r in records],
+        "model": [r.model for r in records],
+        "rows": [len(r.keys) for r in records],
+        "completed": [r.completed for r in records],
+        "failed": [r.failed for r in records],
+        "submitted": pd.to_datetime([r.submitted for r in records], utc=True),
+        "ended": pd.to_datetime([r.ended for r in records], utc=True),
+        "collected": pd.to_datetime([r.collected for r in records], utc=True),
+        "session": [r.session for r in records],
+        "user": [r.user for r in records],
+        "host": [r.host for r in records],
+        "part": [r.part for r in records],
+        "parts": [r.parts for r in records],
+        "estimate_usd": [r.estimate_usd for r in records],
+        "input_file_id": [r.input_file_id for r in records],
+        "output_file_id": [r.output_file_id for r in records],
+        "error_file_id": [r.error_file_id for r in records],
+        "map_key": [r.map_key for r in records],
+    }
+    frame = pd.DataFrame(data, columns=list(BATCH_FRAME_COLUMNS))
+    for name in ("rows", "completed", "failed", "part", "parts"):
+        frame[name] = frame[name].astype("Int64")
+    for name in (
+        "id",
+        "status",
+        "provider",
+        "model",
+        "session",
+        "user",
+        "host",
+        "input_file_id",
+        "output_file_id",
+        "error_file_id",
+        "map_key",
+    ):
+        frame[name] = frame[name].astype("string")
+    frame["estimate_usd"] = frame["estimate_usd"].astype("float64")
+    return frame

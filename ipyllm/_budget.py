@@ -204,6 +204,29 @@ class Reservation:
         self.release()
 
 
+def unpriced_message(model: str, limit: str) -> str:
+    """Why a call to a model without a price is refused while ``limit`` is set, and the two ways out."""
+    return (
+        f"no price is known for {model}, so {limit} cannot count it: give it one with prices "
+        f"(e.g. ipyllm.config.prices = {{{model!r}: 'gpt-4o-mini'}}, or per-token input/output prices), or unset {limit}"
+    )
+
+
+def new_hold(session: str, user: str, lifetime: float, durable: bool) -> Hold:
+    """An empty hold of this session and process, living ``lifetime`` seconds (``durable``: tied to no process)."""
+    now = datetime.now(timezone.utc)
+    return Hold(
+        id=uuid.uuid4().hex,
+        amount=0.0,
+        session=session,
+        user=user,
+        host=host_name(),
+        pid=0 if durable else os.getpid(),  # 0: not tied to a process (see _drop_dead_holds)
+        created=now,
+        expires=now + timedelta(seconds=lifetime),
+    )
+
+
 class Budgets:
     """The holds of this session, and the check that takes them.
 
@@ -263,23 +286,9 @@ class Budgets:
             return Reservation(self, None, record)
         wanted = need()
         if not wanted.priced:
-            message = (
-                f"no price is known for {model}, so {limits[0]} cannot count it: give it one with prices "
-                f"(e.g. ipyllm.config.prices = {{{model!r}: 'gpt-4o-mini'}}, or per-token input/output prices), or unset {limits[0]}"
-            )
-            raise self._refuse(kind, model, provider, message, record, quiet=quiet)
-        now = datetime.now(timezone.utc)
+            raise self._refuse(kind, model, provider, unpriced_message(model, limits[0]), record, quiet=quiet)
         user = user_name(settings)
-        hold = Hold(
-            id=uuid.uuid4().hex,
-            amount=0.0,
-            session=self.session_id,
-            user=user,
-            host=host_name(),
-            pid=0 if durable else os.getpid(),  # 0: not tied to a process (see _drop_dead_holds)
-            created=now,
-            expires=now + timedelta(seconds=hold_lifetime(settings) if lifetime is None else lifetime),
-        )
+        hold = new_hold(self.session_id, user, hold_lifetime(settings) if lifetime is None else lifetime, durable)
         chosen: list[tuple[Headroom, int | None]] = []
 
         def size(rooms: Sequence[Headroom]) -> float | None:

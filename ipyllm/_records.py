@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ipyllm._batchrecords import BatchRecords, CacheWrite
 from ipyllm._budget import local_midnight
 from ipyllm._config import LLMConfig
 from ipyllm._ledger import open_store, store_key
 from ipyllm._locations import Memory, Server, SQLiteFile, default_usage_db
 from ipyllm._notices import notice
-from ipyllm._store import BatchRecord, Claim, MemoryLedger, Store
+from ipyllm._store import MemoryLedger, Store
 from ipyllm._usage import UsageRow, to_frame
 from ipyllm._views import MEASURES, Window, aggregate, fold, memory_reader, selected_columns
 from ipyllm.errors import LedgerUnavailableError
@@ -33,14 +34,12 @@ __all__ = ["CacheWrite", "Records"]
 
 T = TypeVar("T")
 
-#: A cache entry to write: key, kind, model, and the value (JSON-able).
-CacheWrite = tuple[str, str, str, dict[str, Any]]
 
 #: What the default ledger's place (the Jupyter data directory) depends on.
 _DATA_DIR_VARIABLES = ("JUPYTER_DATA_DIR", "JUPYTER_PLATFORM_DIRS", "XDG_DATA_HOME", "HOME", "APPDATA")
 
 
-class Records:
+class Records(BatchRecords):
     """A session's rows and cache.
 
     Parameters
@@ -222,55 +221,3 @@ class Records:
                 self._memory_cache[key] = payload
         else:
             self.using_store(lambda store: store.cache_put(key, kind, model, payload))
-
-    # -- provider batches ----------------------------------------------------------------------------------------
-    def _on_store(self, action: Callable[[Store], T]) -> tuple[bool, T | None]:
-        """``action`` on the ledger: (True, its result); (False, None) when there is none, or it cannot be used."""
-        done: list[T] = []
-        self.using_store(lambda store: done.append(action(store)))
-        return (True, done[0]) if done else (False, None)
-
-    def batch_add(self, record: BatchRecord) -> None:
-        """Record a submitted batch in the ledger (in memory only, when there is none)."""
-        if not self._on_store(lambda store: store.batch_add(record))[0]:
-            self.memory.batch_add(record)
-
-    def batch_update(self, record: BatchRecord) -> None:
-        if not self._on_store(lambda store: store.batch_update(record))[0]:
-            self.memory.batch_update(record)
-
-    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
-        """The recorded batches (of one map, or the one with that id): the ledger's, and this session's in memory."""
-        _, records = self._on_store(lambda store: store.batches(map_key, batch_id))
-        known = {record.id for record in records or ()}
-        return [*(records or ()), *(r for r in self.memory.batches(map_key, batch_id) if r.id not in known)]
-
-    def batch_claim(self, claim: Claim) -> Claim | None:
-        """Claim sending a map's batches (in the ledger; in memory when there is none, or it cannot be used): None
-        when this session has it, else the claim holding it."""
-        found, holder = self._on_store(lambda store: store.batch_claim(claim))
-        return holder if found else self.memory.batch_claim(claim)
-
-    def batch_unclaim(self, claim: Claim) -> None:
-        self.memory.batch_unclaim(claim)
-        self._on_store(lambda store: store.batch_unclaim(claim))
-
-    def batch_collect(
-        self, record: BatchRecord, rows: list[UsageRow], entries: list[CacheWrite], release: str | None, status: str = "collected"
-    ) -> bool:
-        """Take a batch's results once (its rows, cache entries, the hold's end and its status, together); False when
-        they were already taken, by this kernel or another (nothing is written then)."""
-        cached = [(key, kind, model, json.dumps(value)) for key, kind, model, value in entries]
-        if any(r.id == record.id for r in self.memory.batches(batch_id=record.id)):
-            if self.memory.batch_collect(record.id, status):
-                self.record_many(rows, entries)
-                return True
-            return False
-        found, taken = self._on_store(lambda store: store.batch_collect(record.id, rows, cached, release, status))
-        if not found:  # the ledger cannot be written now: the rows wait in memory (and the ledger's spool)
-            self.record_many(rows, entries)
-            return True
-        if taken:
-            for row in rows:
-                self.memory.append(row)
-        return bool(taken)

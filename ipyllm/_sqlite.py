@@ -9,7 +9,6 @@ in one line, and its rows wait in a local spool (and in memory) until it can be 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -18,14 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ipyllm._batchclaim import DELETE_CLAIM, INSERT_CLAIM, SELECT_CLAIM, Claim, claim_of, claim_values, is_stale
-from ipyllm._batchledger import CLAIM_BATCH, INSERT_BATCH, SELECT_BATCHES, UPDATE_BATCH, BatchRecord, batch_values, record_of, update_values
 from ipyllm._framecache import FrameCache
 from ipyllm._framefile import identity_of
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
+from ipyllm._sqlbatches import FileBatches
 from ipyllm._sqlfile import LedgerFile
-from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, SCHEMA_VERSION, Entry, apply, committed
+from ipyllm._sqlschema import INSERT_ROW, MIGRATIONS, PUT_CACHE, SCHEMA_VERSION, Entry, apply, committed, new_uid
 from ipyllm._store import CacheEntry, Headroom, Hold, Limit, Refusal, Sizer, fixed, process_alive, tightest
 from ipyllm._usage import UsageRow, frame_from_columns, micros, row_values, utc_now
 from ipyllm._views import Window, column_list
@@ -38,11 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["MIGRATIONS", "SCHEMA_VERSION", "SQLiteStore"]
 
 
-def _new_uid() -> str:
-    return os.urandom(16).hex()
-
-
-class SQLiteStore:
+class SQLiteStore(FileBatches):
     """The persistent ledger (and the response cache) in one SQLite file, watched.
 
     Opened on first use. While the file cannot be written, rows and cache entries wait in a spool. A file that
@@ -134,13 +128,13 @@ class SQLiteStore:
     # -- usage rows ------------------------------------------------------------------------------------
     def append(self, row: UsageRow, release: str | None = None) -> None:
         """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
-        self._write([(_new_uid(), release, row_values(row))])
+        self._write([(new_uid(), release, row_values(row))])
 
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
         """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
         created = micros(utc_now())
         cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
-        self._write([(_new_uid(), None, row_values(row)) for row in rows], cached)
+        self._write([(new_uid(), None, row_values(row)) for row in rows], cached)
 
     # -- budgets ---------------------------------------------------------------------------------------
     def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
@@ -167,7 +161,7 @@ class SQLiteStore:
 
     def release(self, hold_id: str) -> None:
         """Drop a hold whose call left no row to settle it (it failed before sending)."""
-        self._write([(_new_uid(), hold_id, None)])
+        self._write([(new_uid(), hold_id, None)])
 
     @staticmethod
     def _headroom(connection: sqlite3.Connection, limit: Limit, now: int) -> Headroom:
@@ -230,51 +224,3 @@ class SQLiteStore:
 
     def cache_put(self, key: str, kind: str, model: str, payload: str) -> None:
         self._write((), [(key, micros(utc_now()), kind, model, payload)])
-
-    # -- provider batches ----------------------------------------------------------------------------------
-    def batch_add(self, record: BatchRecord) -> None:
-        with self._transaction() as connection:
-            connection.execute(INSERT_BATCH, batch_values(record))
-
-    def batch_update(self, record: BatchRecord) -> None:
-        with self._transaction() as connection:
-            connection.execute(UPDATE_BATCH, update_values(record))
-
-    def batches(self, map_key: str | None = None, batch_id: str | None = None) -> list[BatchRecord]:
-        rows = self._run(
-            f"{SELECT_BATCHES} WHERE (? IS NULL OR map_key = ?) AND (? IS NULL OR id = ?) ORDER BY submitted_us, part",
-            [map_key, map_key, batch_id, batch_id],
-            retry_now=True,
-        )
-        return [record_of(row) for row in rows]
-
-    def batch_collect(
-        self, batch_id: str, rows: Sequence[UsageRow], entries: Sequence[CacheEntry], release: str | None, status: str = "collected"
-    ) -> bool:
-        """One ``BEGIN IMMEDIATE`` transaction: the batch claimed, its rows, cache entries and the hold's end; or nothing."""
-        now = micros(utc_now())
-        with self._transaction() as connection:
-            if connection.execute(CLAIM_BATCH, [status, now, batch_id]).rowcount == 0:
-                connection.execute("ROLLBACK")
-                return False
-            cached = [(key, now, kind, model, payload) for key, kind, model, payload in entries]
-            apply(connection, [(_new_uid(), None, row_values(row)) for row in rows], cached)
-            if release is not None:
-                connection.execute("DELETE FROM holds WHERE id = ?", [release])
-        return True
-
-    def batch_claim(self, claim: Claim) -> Claim | None:
-        """One ``BEGIN IMMEDIATE`` transaction: kernels sharing the file claim one at a time, so one of them gets it."""
-        with self._transaction() as connection:
-            row = connection.execute(SELECT_CLAIM, [claim.map_key]).fetchone()
-            if row is not None:
-                holder = claim_of(row)
-                if not is_stale(holder, claim.host, process_alive):
-                    return holder
-                connection.execute(DELETE_CLAIM, [holder.id])
-            connection.execute(INSERT_CLAIM, claim_values(claim))
-        return None
-
-    def batch_unclaim(self, claim: Claim) -> None:
-        with self._transaction() as connection:
-            connection.execute(DELETE_CLAIM, [claim.id])

@@ -3,6 +3,7 @@ cache entries, shared by the store (``ipyllm._sqlite``) and its watched file (``
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -26,6 +27,7 @@ __all__ = [
     "cached",
     "committed",
     "migrate",
+    "new_uid",
 ]
 
 ROW_COLUMNS = ", ".join(["timestamp_us", *list(COLUMNS)[1:]])
@@ -126,6 +128,11 @@ def committed(connection: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
+
+
+def new_uid() -> str:
+    """A row's unique id (a row written twice is stored once)."""
+    return os.urandom(16).hex()
 
 
 def apply(connection: sqlite3.Connection, entries: Sequence[Entry], cache: Sequence[SpooledEntry]) -> int:
