@@ -14,7 +14,7 @@ litellm translates for every provider (``ipyllm._parts`` converts one object):
 A prompt without such objects stays one string, exactly as before. Before a call with parts is sent (or
 estimated), ``prepare_media`` checks it: a model that does not take images (litellm's ``supports_vision``,
 or a ``prices`` entry that declares it) or PDFs (``supports_pdf_input``) is refused in one line naming
-models that do; each image is brought within the provider's limits (``_parts.fit_images``, a one-line note
+models that do; each image is brought within the provider's limits (``_imagefit.fit_images``, a one-line note
 for each one changed); the session's ``image_detail`` goes on every image that has none. Nothing here sends
 or displays anything, and no image bytes ever reach a message meant for the user (``shown``).
 """
@@ -34,6 +34,7 @@ from typing import Any
 
 from ipyllm import _parts
 from ipyllm._config import Settings
+from ipyllm._imagefit import fit_images
 from ipyllm._notices import notice
 from ipyllm._pricemap import declared, model_prices, price_map
 from ipyllm.errors import InvalidInputError
@@ -310,7 +311,7 @@ def prepare_media(settings: Settings, messages: Messages) -> Messages:
                 f"image {number} (message {index}) cannot be decoded: send PNG, JPEG, GIF or WebP bytes, a figure or a PIL image"
             )
         decoded.append(_parts.Image(data, size[0], size[1], size[2]))
-    fitted, notes = _parts.fit_images([image for image in decoded if image is not None], _provider(settings, model))
+    fitted, notes = fit_images([image for image in decoded if image is not None], _provider(settings, model))
     for line in notes:
         notice(line)
     replaced = iter(fitted)

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "ipyllm"
 #: Bottom to top: a module may import from its own layer and the ones above it in this list.
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation: exceptions, rows, notices, the price map's names, the event loop, message parts (images, files, tables)",
-     {"errors", "_usage", "_notices", "_pricemap", "_loop", "_imagesize", "_tables", "_parts"}),
+     {"errors", "_usage", "_notices", "_pricemap", "_loop", "_imagesize", "_tables", "_parts", "_imagefit"}),
     ("configuration: settings, the key, the ledger's location, the environment", {"_secrets", "_locations", "_config"}),
     ("the litellm adapter: its import, private flags, callbacks", {"_litellm"}),
     ("prices, estimates, savings, prompt caching's plan, the model list, how replies look",

@@ -22,17 +22,16 @@ import PIL.Image
 import pytest
 from matplotlib.figure import Figure
 
-from ipyllm import _parts
+from ipyllm import _imagefit, _parts
+from ipyllm._imagefit import Limits, fit_images
 from ipyllm._parts import (
     File,
     Image,
-    Limits,
     as_file,
     as_image,
     content_label,
     count_images,
     count_text_tokens,
-    fit_images,
     image_size,
     image_tokens,
     scrub_data_urls,
@@ -404,8 +403,8 @@ def test_a_large_image_is_downscaled_with_a_note() -> None:
     assert (fitted[1].width, fitted[1].height) == (2048, 1366) == decoded_size(fitted[1].data)
     assert fitted[1].mime == "image/png"
     assert notes == [
-        f"image 2 (4096×2731, {_parts._size_text(len(big.data))}) was downscaled to 2048×1366 "
-        f"({_parts._size_text(len(fitted[1].data))}) to fit openai's limits"
+        f"image 2 (4096×2731, {_parts.size_text(len(big.data))}) was downscaled to 2048×1366 "
+        f"({_parts.size_text(len(fitted[1].data))}) to fit openai's limits"
     ]
     same, none = fit_images([big], "anthropic")  # 8000 px a side
     assert same == [big] and none == []
@@ -417,7 +416,7 @@ def test_an_image_over_the_byte_limit_is_re_encoded() -> None:
     fitted, notes = fit_images([heavy], "anthropic")
     assert fitted[0].mime == "image/jpeg" and len(fitted[0].data) * 4 / 3 <= 5_000_000
     assert decoded_size(fitted[0].data) == (fitted[0].width, fitted[0].height)
-    assert notes[0].startswith(f"image 1 (1500×1500, {_parts._size_text(len(heavy.data))}) was ")
+    assert notes[0].startswith(f"image 1 (1500×1500, {_parts.size_text(len(heavy.data))}) was ")
     assert notes[0].endswith("to fit anthropic's limits") and "JPEG" in notes[0]
     bedrock, _ = fit_images([heavy], "bedrock")
     assert len(bedrock[0].data) * 4 / 3 <= 5_000_000, "Claude on Bedrock has Anthropic's limits"
@@ -439,7 +438,7 @@ def test_too_many_images_or_one_that_cannot_fit_are_refused(monkeypatch: pytest.
     with pytest.raises(InvalidInputError, match=r"^101 images is more than anthropic's limit of 100 per request: send at most 100$"):
         fit_images([tiny] * 101, "anthropic")
     assert len(fit_images([tiny] * 101, "gemini")[0]) == 101
-    monkeypatch.setitem(_parts.LIMITS, "default", Limits(max_bytes=100, max_side=8000, max_images=100))
+    monkeypatch.setitem(_imagefit.LIMITS, "default", Limits(max_bytes=100, max_side=8000, max_images=100))
     heavy = as_image(noise(300, 300))
     assert heavy is not None
     with pytest.raises(InvalidInputError, match=r"^image 1 \(300×300, .*\) cannot be brought within the usual limits"):
