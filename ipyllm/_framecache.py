@@ -11,8 +11,10 @@ frame is then read whole again.
 
 The frame of the whole ledger (every column, no filter but a session left out) is also kept on disk
 (``_framefile``), so a fresh kernel checks and extends it instead of reading every row; the session left out is
-taken away in pandas. It is rewritten when it was not there or did not check out, and when the rows added since it
-was written are more than a twentieth of it.
+taken away in pandas. It is rewritten (by a thread of its own, so the read does not wait) when it was not there or
+did not check out, and when the rows added since it was written are more than a twentieth of it. Where there is no
+such file, a store whose rows are packed in chunks (``_framechunks``) reads the whole ledger's rows from those; the
+cache also has its store pack them as it writes (``written``).
 
 Every read hands out a copy the caller may change (under pandas' copy-on-write, a shallow one). Frames of more than
 a million rows are not kept; of the windows read, the last four are.
@@ -26,7 +28,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ipyllm import _framefile
+from ipyllm import _framechunks, _framefile
+from ipyllm._framechunks import CHECK_EVERY
 from ipyllm._framefile import Mark, Snapshot
 from ipyllm._usage import COLUMNS
 from ipyllm._views import Window, run_query, selected_columns
@@ -76,15 +79,48 @@ class FrameCache:
         The store.
     identity
         The ledger's identity (``_framefile.identity_of``), naming its frame file; None to keep no file.
+    chunks
+        Whether the store packs its rows in chunks (``_framechunks``: ``source`` is ``Packable`` too).
     """
 
-    def __init__(self, source: Source, identity: str | None) -> None:
+    def __init__(self, source: Source, identity: str | None, chunks: bool = False) -> None:
         self.source = source
         self.identity = identity
+        self.chunks = chunks
         self._frames: OrderedDict[Any, Snapshot] = OrderedDict()
         #: How many rows the frame file held when this kernel last read or wrote it (None: no file known).
         self._filed: int | None = None
         self._lock = threading.Lock()
+        #: Rows this store has written, and when it next looks for rows to pack.
+        self._written, self._next_pack = 0, CHECK_EVERY
+        #: The threads packing rows and writing the frame file (at most one of each at a time), and whether to stop.
+        self._packer: threading.Thread | None = None
+        self._saver: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._starting = threading.Lock()
+
+    def written(self, rows: int = 1) -> None:
+        """The store wrote ``rows`` rows: after every ``CHECK_EVERY``, a thread packs what is due (``_framechunks``)."""
+        self._written += rows
+        if self._written >= self._next_pack:
+            self._next_pack = self._written + CHECK_EVERY
+            self._pack()
+
+    def close(self) -> None:
+        """Stop packing (after the chunk being written) and wait for the frame file being written: the store closes."""
+        self._closed.set()
+        for thread in (self._packer, self._saver):
+            if thread is not None:
+                thread.join(10)
+
+    def _pack(self) -> None:
+        with self._starting:
+            if not self.chunks or self._closed.is_set() or (self._packer is not None and self._packer.is_alive()):
+                return
+            self._packer = threading.Thread(
+                target=_framechunks.packed_quietly, args=[self.source, self._closed.is_set], name="ipyllm-pack", daemon=True
+            )
+            self._packer.start()
 
     def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows (but ``exclude_session``'s; of ``window`` only, filtered in the database), oldest first, as the usage
@@ -108,10 +144,11 @@ class FrameCache:
             mark = Mark(int(top or 0), int(total), uid_at_top)
             where, parameters = window.sql()
             if known is not None and int(total) - int(above) == known.mark.count and uid_at_mark == known.mark.uid:
-                added = self._rows(where, parameters, names, known.mark.top, mark.top) if mark.top > known.mark.top else None
+                above = known.mark.top
+                added = self._rows(where, parameters, names, above, mark.top, whole=key == _WHOLE) if mark.top > above else None
                 snapshot = known if added is None else _extended(known, *added, mark)
             else:
-                ids, frame = self._rows(where, parameters, names, 0, mark.top)
+                ids, frame = self._rows(where, parameters, names, 0, mark.top, whole=key == _WHOLE)
                 snapshot = Snapshot(frame, ids, mark)
                 if key == _WHOLE:
                     self._filed = None
@@ -121,12 +158,23 @@ class FrameCache:
                 while len(self._frames) > MAX_FRAMES:
                     self._frames.popitem(last=False)
                 if key == _WHOLE and self.identity is not None and _outgrown(self._filed, len(snapshot.ids)):
-                    _framefile.save(self.identity, snapshot)
+                    if self._saver is not None:
+                        self._saver.join()
+                    # Not a daemon: a process that ends meanwhile still leaves the file for the next one.
+                    self._saver = threading.Thread(target=_framefile.save, args=[self.identity, snapshot], name="ipyllm-frame-file")
+                    self._saver.start()
                     self._filed = len(snapshot.ids)
             return snapshot
 
-    def _rows(self, where: str, parameters: list[Any], names: list[str], after: int, top: int) -> tuple[np.ndarray, pd.DataFrame]:
-        """The window's rows with an id in ``(after, top]``."""
+    def _rows(
+        self, where: str, parameters: list[Any], names: list[str], after: int, top: int, whole: bool = False
+    ) -> tuple[np.ndarray, pd.DataFrame]:
+        """The window's rows with an id in ``(after, top]`` (of the ``whole`` ledger: from its chunks, if packed)."""
+        if whole and self.chunks:
+            ids, frame, loose = _framechunks.read(self.source, after, top)  # type: ignore[arg-type]  # a Packable source
+            if loose >= _framechunks.CHUNK_ROWS:  # rows no chunk held (a ledger older than chunks, rows written by older kernels)
+                self._pack()
+            return ids, frame
         bounded = f"{where} AND id > ? AND id <= ?" if where else " WHERE id > ? AND id <= ?"
         return self.source.frame_rows(bounded, [*parameters, after, top], names)
 

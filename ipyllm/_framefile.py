@@ -6,8 +6,8 @@ empty, no copy is kept), else ``~/.cache/ipyllm/frames/`` (``$XDG_CACHE_HOME``; 
 ``%LOCALAPPDATA%`` on Windows). It is named by a hash of the ledger's identity: a file's path, or a server's host,
 port, database and user (never its password, which is in no name and no content).
 
-The file is numpy's ``.npz`` (a zip of arrays, each with its CRC): strings dictionary-encoded (codes, and the
-distinct values as UTF-8 text with their offsets), nullable numbers as values and a mask. It is loaded with
+The file is numpy's ``.npz`` (a zip of arrays, each with its CRC) of the frame's arrays (``_framecodec``: strings
+dictionary-encoded, nullable numbers as values and a mask), with the format, the ledger and the mark. It is loaded with
 ``allow_pickle=False``, so a file put there can hold data only, never code. It is written to a temporary file (its
 owner's only: mode 0600) renamed over the old one, so a reader never sees half of it. A file that cannot be read,
 is damaged, or belongs to another ledger or another ipyllm is ignored (and replaced): never an error.
@@ -21,19 +21,16 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ipyllm._framecodec import FORMAT, build, decode, encode
 from ipyllm._locations import Server, SQLiteFile
-from ipyllm._usage import COLUMNS, column_array
 
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
 __all__ = ["Mark", "Snapshot", "frame_file", "identity_of", "load", "save"]
-
-#: Changes whenever the file's layout or the frame's columns do: a file of another layout is ignored.
-_FORMAT = f"ipyllm-frame-1:{','.join(f'{name}={dtype}' for name, dtype in COLUMNS.items())}"
 
 
 @dataclass(frozen=True)
@@ -90,12 +87,10 @@ def save(identity: str, snapshot: Snapshot) -> None:
     temporary = None
     try:
         arrays = {
-            "about": np.array([_FORMAT, identity, snapshot.mark.uid or ""]),
+            "about": np.array([FORMAT, identity, snapshot.mark.uid or ""]),
             "mark": np.array([snapshot.mark.top, snapshot.mark.count]),
         }
-        arrays["ids"] = np.asarray(snapshot.ids, dtype="int64")
-        for name, dtype in COLUMNS.items():
-            arrays.update(_encoded(name, dtype, snapshot.frame[name]))
+        arrays.update(encode(snapshot.ids, snapshot.frame))
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".frame-", suffix=".tmp")  # mode 0600
         with os.fdopen(handle, "wb") as file:
@@ -118,55 +113,10 @@ def load(identity: str) -> Snapshot | None:
         with np.load(path, allow_pickle=False) as stored:
             arrays = {name: stored[name] for name in stored.files}
         about = [str(text) for text in arrays["about"]]
-        if about[:2] != [_FORMAT, identity]:
+        if about[:2] != [FORMAT, identity]:
             return None
         top, count = (int(number) for number in arrays["mark"])
-        ids = arrays["ids"].astype("int64", copy=False)
-        import pandas as pd
-
-        data = {name: _decoded(name, dtype, arrays, len(ids)) for name, dtype in COLUMNS.items()}
-        return Snapshot(pd.DataFrame(data, columns=list(COLUMNS), copy=False), ids, Mark(top, count, about[2] or None))
+        ids, frame = build([decode(arrays)])
+        return Snapshot(frame, ids, Mark(top, count, about[2] or None))
     except Exception:  # anything unreadable is no frame: the ledger is read instead, and the file replaced
         return None
-
-
-def _encoded(name: str, dtype: str, column: pd.Series) -> dict[str, Any]:
-    import numpy as np
-    import pandas as pd
-
-    if dtype.startswith("datetime64"):
-        return {name: np.asarray(column.array.asi8) // 1000}  # microseconds, as the ledger keeps them
-    if dtype == "float64":
-        return {name: column.to_numpy(dtype="float64")}
-    missing = column.isna().to_numpy(dtype=bool)
-    if dtype != "string":
-        return {name: column.to_numpy(dtype="int64" if dtype == "Int64" else bool, na_value=0), f"{name}.missing": missing}
-    codes, distinct = pd.factorize(column, use_na_sentinel=True)
-    texts = [str(value) for value in distinct]
-    ends = np.cumsum([len(text) for text in texts], dtype="int64")
-    return {
-        f"{name}.codes": codes.astype("int32"),
-        f"{name}.text": np.frombuffer("".join(texts).encode(), dtype="uint8"),
-        f"{name}.ends": ends,
-    }
-
-
-def _decoded(name: str, dtype: str, arrays: dict[str, np.ndarray], rows: int) -> Any:
-    """One column from its arrays, checked: a damaged file raises here (its CRC, a length or a code out of range)."""
-    import numpy as np
-
-    if dtype == "string":
-        codes, ends = arrays[f"{name}.codes"].astype("int64"), arrays[f"{name}.ends"].astype("int64")
-        text = arrays[f"{name}.text"].astype("uint8", copy=False).tobytes().decode()
-        starts = np.concatenate([[0], ends]).astype("int64")[:-1]
-        in_range = not len(codes) or -1 <= codes.min() <= codes.max() < len(ends)
-        if len(codes) != rows or not in_range or (len(ends) and (ends[-1] != len(text) or (ends < starts).any())):
-            raise ValueError(f"{name}: damaged")
-        distinct = np.empty(len(ends) + 1, dtype=object)  # the last one, at code -1, is a missing value
-        distinct[:-1] = [text[start:end] for start, end in zip(starts.tolist(), ends.tolist(), strict=True)]
-        return column_array(dtype, distinct.take(codes))
-    values = arrays[name]
-    missing = arrays.get(f"{name}.missing")
-    if values.shape != (rows,) or (missing is not None and missing.shape != (rows,)):
-        raise ValueError(f"{name}: damaged")
-    return column_array(dtype, values, missing)

@@ -105,6 +105,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         *pg_trigger(),
         *BACKFILL,
     ),
+    (
+        # Issue 21: the rows packed in column chunks, so that a fresh kernel reads a whole ledger's frame fast
+        # (``_framechunks``).
+        """CREATE TABLE IF NOT EXISTS frame_chunks (
+            after_id BIGINT PRIMARY KEY, last_id BIGINT NOT NULL, row_count INTEGER NOT NULL, last_uid TEXT NOT NULL,
+            format TEXT NOT NULL, data BYTEA NOT NULL)""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

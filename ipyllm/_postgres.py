@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._framecache import FrameCache
+from ipyllm._framechunks import PUT
 from ipyllm._framefile import identity_of
 from ipyllm._locations import Server
 from ipyllm._pgbatches import ServerBatches
@@ -76,7 +77,7 @@ class PostgresStore(ServerBatches):
         self.writer = SpoolWriter(self.link, self.spool, self.budgets.settled)
         self._lock = self.link.lock
         #: The frames read, kept and extended with the rows added since (and the whole ledger's kept on disk).
-        self.frames = FrameCache(self, identity_of(server))
+        self.frames = FrameCache(self, identity_of(server), chunks=True)
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.name!r})"
@@ -87,6 +88,7 @@ class PostgresStore(ServerBatches):
 
     def close(self) -> None:
         """Write what waits (briefly, if the server is there), then stop the writer and disconnect."""
+        self.frames.close()
         if not self.link.closed:
             self.flush(2.0)
         with self._lock:
@@ -108,6 +110,7 @@ class PostgresStore(ServerBatches):
         with self._lock:
             self.budgets.count(row, release)
         self.writer.keep(uid, release, values)
+        self.frames.written()
 
     def frame(self, exclude_session: str | None = None, window: Window | None = None, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """The rows on the server (but ``exclude_session``'s; of ``window`` only, filtered in SQL), oldest first, as the
@@ -157,6 +160,21 @@ class PostgresStore(ServerBatches):
         if rows is None:
             raise self._unreachable("the number of rows is not known")
         return int(rows[0][0])
+
+    def put_chunk(self, values: Sequence[Any]) -> None:
+        """Keep a chunk of packed rows (``_framechunks.PUT``); none while the server is away. Only a lost connection
+        counts as the server away: a refusal (a member not allowed to write the chunks) is the packer's alone."""
+        import psycopg
+
+        with self._lock:
+            connection = self.link.usable()
+            if connection is None:
+                return
+            try:
+                connection.execute(PUT.replace("?", "%s"), values)  # type: ignore[arg-type]
+            except psycopg.OperationalError as error:
+                self.link.lost(error)
+                raise
 
     def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read-only query (``%s`` placeholders), for the ledger's views (``ipyllm._views``)."""

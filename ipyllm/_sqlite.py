@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._framecache import FrameCache
+from ipyllm._framechunks import PUT
 from ipyllm._framefile import identity_of
 from ipyllm._locations import SQLiteFile
 from ipyllm._spool import SpooledEntry
@@ -64,7 +65,7 @@ class SQLiteStore(FileBatches):
         self.file = LedgerFile(location, busy_timeout, spool)
         self._lock = self.file.lock
         #: The frames read, kept and extended with the rows added since (and the whole ledger's kept on disk).
-        self.frames = FrameCache(self, identity_of(location))
+        self.frames = FrameCache(self, identity_of(location), chunks=True)
 
     def __repr__(self) -> str:
         return f"SQLiteStore({self.name!r})"
@@ -123,18 +124,21 @@ class SQLiteStore(FileBatches):
 
     def close(self) -> None:
         """Write what waits (a vanished file's rows, the spool), if the file can be written now; then close it."""
+        self.frames.close()
         self.file.close()
 
     # -- usage rows ------------------------------------------------------------------------------------
     def append(self, row: UsageRow, release: str | None = None) -> None:
         """Insert one row, committed at once; the hold ``release`` (the call's reservation) goes in the same transaction."""
         self._write([(new_uid(), release, row_values(row))])
+        self.frames.written()
 
     def append_many(self, rows: Sequence[UsageRow], entries: Sequence[CacheEntry] = ()) -> None:
         """Rows and cache entries in one transaction: one commit for all that a batch's writer found waiting."""
         created = micros(utc_now())
         cached = [(key, created, kind, model, payload) for key, kind, model, payload in entries]
         self._write([(new_uid(), None, row_values(row)) for row in rows], cached)
+        self.frames.written(len(rows))
 
     # -- budgets ---------------------------------------------------------------------------------------
     def reserve(self, hold: Hold, limits: Sequence[Limit], size: Sizer | None = None) -> Hold | Refusal:
@@ -208,6 +212,12 @@ class SQLiteStore(FileBatches):
 
     def count(self) -> int:
         return int(self._run("SELECT COUNT(*) FROM usage", retry_now=True)[0][0])
+
+    def put_chunk(self, values: Sequence[Any]) -> None:
+        """Keep a chunk of packed rows (``_framechunks.PUT``). An error is the packer's alone (it tries again later): not
+        an outage of the ledger, which its rows would be spooled for."""
+        with self._lock:
+            self._connect().execute(PUT, values)
 
     def read(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """The rows of one read-only query (``?`` placeholders), for the ledger's views (``ipyllm._views``)."""

@@ -111,6 +111,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
         sqlite_trigger(),
         *BACKFILL,
     ),
+    (
+        # Issue 21: the rows packed in column chunks, so that a fresh kernel reads a whole ledger's frame fast
+        # (``_framechunks``).
+        """CREATE TABLE IF NOT EXISTS frame_chunks (
+            after_id INTEGER PRIMARY KEY, last_id INTEGER NOT NULL, row_count INTEGER NOT NULL, last_uid TEXT NOT NULL,
+            format TEXT NOT NULL, data BLOB NOT NULL)""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -39,14 +39,17 @@ READS: list[tuple[str | None, Window | None, list[str] | None]] = [
 
 
 class Spy:
-    """Records which rows each read of a store asks the ledger for: the id it reads above (0: every row)."""
+    """Records which rows each read of a store (in this thread: not the packing of chunks) asks the ledger for: the id
+    it reads above (0: every row)."""
 
     def __init__(self, store: Any) -> None:
         self.after: list[int] = []
         read = store.frame_rows
+        reader = threading.current_thread()
 
         def frame_rows(where: str, parameters: Sequence[Any], names: list[str]) -> Any:
-            self.after.append(int(parameters[-2]))
+            if threading.current_thread() is reader:
+                self.after.append(int(parameters[-2]))
             return read(where, parameters, names)
 
         store.frame_rows = frame_rows

@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("the call engine: arguments, retries, streaming, answers, errors, input checks, schemas",
      {"_retry", "_answers", "_explain", "_validate", "_attach", "_schema", "_callrow", "_attempt", "_engine", "_jobfile", "_batchlink"}),
     ("the ledger and budgets: rows, holds, the cache in SQLite, PostgreSQL or memory, the frames read kept",
-     {"_batchledger", "_batchclaim", "_store", "_totals", "_framefile", "_framecache",
+     {"_batchledger", "_batchclaim", "_store", "_totals", "_framecodec", "_framechunks", "_framefile", "_framecache",
       "_spool", "_sqlschema", "_sqlfile", "_sqlite", "_pgschema", "_pglink", "_pgwriter", "_pgbudget", "_pgbatches", "_postgres", "_ledger",
       "_sqlbatches", "_batchrecords", "_budget", "_views", "_records"}),
     ("the session and its one cached-call path", {"_calls", "_session"}),
