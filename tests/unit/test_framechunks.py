@@ -21,7 +21,7 @@ from ipyllm import _framechunks
 from ipyllm._framecodec import FORMAT
 from ipyllm._locations import SQLiteFile
 from ipyllm._sqlite import SQLiteStore
-from ipyllm._usage import UsageRow
+from ipyllm._usage import COLUMNS, UsageRow
 
 from ..helpers import ROOT
 from ..ledgerviews import random_rows
@@ -63,6 +63,13 @@ def fresh_read(path: Path) -> tuple[object, list[int]]:
         store.close()
 
 
+def checked_read(path: Path) -> list[int]:
+    """A fresh store's whole frame, checked against an uncached read; the ids above which it read rows."""
+    frame, after = fresh_read(path)
+    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    return after
+
+
 def packed(path: Path) -> int:
     store = SQLiteStore(SQLiteFile(path))
     try:
@@ -80,30 +87,23 @@ def test_a_fresh_store_reads_the_chunks_and_only_the_rows_above_them(path: Path)
     assert packed(path) == 4
     assert chunks(path) == [(0, 20, 20), (20, 40, 20), (40, 60, 20), (60, 80, 20)]
     assert packed(path) == 0, "packed once"
-    frame, after = fresh_read(path)
-    assert after == [80], "the rows of no chunk only"
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
-    assert "ünïcödé 模型" in set(frame["model"]) and "gpt-4o\n\x1f" in set(frame["model"])  # type: ignore[index]
+    assert checked_read(path) == [80], "the rows of no chunk only"
+    models = set(fresh_read(path)[0]["model"])  # type: ignore[index]
+    assert "ünïcödé 模型" in models and "gpt-4o\n\x1f" in models
 
 
 def test_rows_appended_after_packing_and_an_unpacked_ledger_are_read_whole(path: Path) -> None:
-    frame, after = fresh_read(path)
-    assert after == [0]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [0]
     packed(path)
     appended(path, random_rows(30, seed=2))
-    frame, after = fresh_read(path)
-    assert after == [80]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [80]
 
 
 def test_a_chunk_whose_range_lost_a_row_is_passed_over(path: Path) -> None:
     packed(path)
     with sqlite3.connect(path) as connection:
         connection.execute("DELETE FROM usage WHERE id = 27")
-    frame, after = fresh_read(path)
-    assert after == [20, 80], "the stale chunk's rows are read, and the rows above the chunks"
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [20, 80], "the stale chunk's rows are read, and the rows above the chunks"
 
 
 def test_a_row_committed_into_a_packed_range_later_is_read(path: Path) -> None:
@@ -161,21 +161,17 @@ def test_a_damaged_chunk_is_passed_over(path: Path, damage: object) -> None:
     with sqlite3.connect(path) as connection:
         data = connection.execute("SELECT data FROM frame_chunks WHERE after_id = 40").fetchone()[0]
         connection.execute("UPDATE frame_chunks SET data = ? WHERE after_id = 40", [damage(data)])  # type: ignore[operator]
-    frame, after = fresh_read(path)
-    assert after == [40, 80]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [40, 80]
 
 
 def test_a_chunk_of_another_format_is_passed_over_and_packed_again(path: Path) -> None:
     packed(path)
     with sqlite3.connect(path) as connection:
         connection.execute("UPDATE frame_chunks SET format = 'ipyllm-frame-0' WHERE after_id = 0")
-    frame, after = fresh_read(path)
-    assert after == [0, 80]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [0, 80]
     store = SQLiteStore(SQLiteFile(path))
     uid = store.read("SELECT uid FROM usage WHERE id = 20")[0][0]
-    blob = _framechunks._encoded(*store.frame_rows(" WHERE id <= 20", [], list(frame.columns)))  # type: ignore[attr-defined]
+    blob = _framechunks._encoded(*store.frame_rows(" WHERE id <= 20", [], list(COLUMNS)))
     store.put_chunk([0, 20, 20, uid, FORMAT, blob])
     store.close()
     assert fresh_read(path)[1] == [80], "a chunk of this format replaces the other one"
@@ -194,9 +190,7 @@ def test_a_store_packs_as_it_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     store.frames._packer.join(10)
     assert [last for _, last, _ in chunks(path)] == [20, 40]
     store.close()
-    frame, after = fresh_read(path)
-    assert after == [40]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [40]
 
 
 def test_reading_many_unpacked_rows_packs_them_for_the_next_reader(path: Path) -> None:
@@ -225,9 +219,7 @@ def test_two_kernels_packing_at_once_leave_one_chunk_per_range(path: Path) -> No
     for store in stores:
         store.close()
     assert [(after, last) for after, last, _ in chunks(path)] == [(0, 20), (20, 40), (40, 60), (60, 80)]
-    frame, after = fresh_read(path)
-    assert after == [80]
-    assert_frame_equal(frame, uncached(path))  # type: ignore[arg-type]
+    assert checked_read(path) == [80]
 
 
 def test_a_fresh_process_reads_the_chunks(path: Path, tmp_path: Path) -> None:
