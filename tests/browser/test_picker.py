@@ -49,15 +49,24 @@ def test_the_picker_in_jupyterlab(lab: Lab, stub: StubServer) -> None:
         search = picker.locator("input[type='text']").first
         search.click()
         page.keyboard.type("gpt-4o")
-        option = picker.locator("select[size] option", has_text=re.compile(r"^gpt-4o$"))
+        listbox = picker.locator("select[size]")
+        option = listbox.locator("option", has_text=re.compile(r"^gpt-4o$"))
         expect(option).to_have_count(1)
+        # The list filters as you type, one kernel round trip per key: wait for the last key's list, or it
+        # is redrawn (and scrolled back to the session's model) after the wheel below.
+        expect(listbox.locator("option").filter(has_not_text="gpt-4o")).to_have_count(0)
         # The list shows the session's model (gpt-4o-mini); gpt-4o is above it: scroll up with the wheel.
-        picker.locator("select[size]").hover()
+        listbox.hover()
         page.mouse.wheel(0, -2000)
-        page.wait_for_timeout(300)
-        box, shown = option.bounding_box(), picker.locator("select[size]").bounding_box()
-        assert box is not None and shown is not None
-        assert shown["y"] <= box["y"] and box["y"] + box["height"] <= shown["y"] + shown["height"], "gpt-4o is in view"
+        deadline = time.monotonic() + STEP_MS / 1000
+        while True:  # the wheel scrolls smoothly: wait until gpt-4o is wholly in view
+            box, shown = option.bounding_box(), listbox.bounding_box()
+            assert box is not None and shown is not None
+            if shown["y"] <= box["y"] and box["y"] + box["height"] <= shown["y"] + shown["height"]:
+                break
+            assert time.monotonic() < deadline, f"gpt-4o is in view: option {box}, list {shown}"
+            page.wait_for_timeout(200)
+            page.mouse.wheel(0, -2000)  # and again, should a late redraw have scrolled the list back
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
         expect(picker).to_contain_text("gpt-4o (openai)")
 
