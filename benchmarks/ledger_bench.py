@@ -10,7 +10,8 @@ hold the GIL meanwhile):
 - ``%llm_usage --all --by model`` over every row (target <= 0.3 s);
 - a session's own ``%llm_usage`` (its 20 calls, in a ledger of every row; target <= 50 ms);
 - ``ipyllm.usage(all_sessions=True)`` of a ledger of ``--frame-rows`` rows (target <= 0.3 s), four ways: in a fresh
-  process with no frame file kept (``_framefile``; the process has imported pandas, numpy and psycopg, and opens the
+  process with no frame file kept (``_framefile``: it reads the ledger's packed chunks, ``_framechunks``, which
+  ``ledger_fill`` packs as writing kernels would; the process has imported pandas, numpy and psycopg, and opens the
   ledger in the time), in a fresh process with the frame file kept, read again in this process, and read in this
   process after 1,000 rows were appended by another connection (at times among the rows held: re-sorted).
 
