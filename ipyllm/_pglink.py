@@ -23,6 +23,17 @@ if TYPE_CHECKING:
 __all__ = ["ServerLink", "driver_errors"]
 
 
+#: PostgreSQL's "transaction rollback" errors that another transaction's writes cause: a deadlock (the trigger of
+#: two kernels' batches can lock the same rows of totals in opposite orders, e.g. across a quarter hour) and a
+#: serialization failure. The server is there: the same writes succeed when made again.
+_ROLLED_BACK = frozenset({"40001", "40P01"})
+
+
+def rolled_back(error: BaseException) -> bool:
+    """Whether PostgreSQL rolled the transaction back to settle a conflict with another one (write it again)."""
+    return getattr(error, "sqlstate", None) in _ROLLED_BACK
+
+
 def driver_errors() -> tuple[type[BaseException], ...]:
     """psycopg's errors (none when it is not installed: then no connection is ever made)."""
     try:

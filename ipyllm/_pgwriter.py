@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ipyllm._notices import notice
-from ipyllm._pglink import ServerLink, driver_errors
+from ipyllm._pglink import ServerLink, driver_errors, rolled_back
 from ipyllm._pgschema import write_entry
 from ipyllm._spool import Spool
 from ipyllm.errors import LedgerUnavailableError
@@ -42,6 +42,9 @@ class SpoolWriter:
 
     #: Longest wait, in seconds, between two attempts to reach a server that is away.
     max_backoff = 10.0
+    #: How many times in a row a batch is written again after PostgreSQL rolled it back for another kernel's writes
+    #: (a deadlock), before that counts as an outage.
+    max_rewrites = 5
 
     def __init__(self, link: ServerLink, spool: Spool, settled: Callable[[Iterable[str | None]], None]) -> None:
         self.link = link
@@ -92,6 +95,7 @@ class SpoolWriter:
         link = self.link
         connection: psycopg.Connection[Any] | None = None
         delay = 0.0
+        rewrites = 0
         while not link.closed:
             if delay:
                 time.sleep(delay)
@@ -112,11 +116,17 @@ class SpoolWriter:
                         raise LedgerUnavailableError("the database is read-only")
                 written = self.drain(connection)
             except Exception as error:
+                if rolled_back(error) and connection is not None and not connection.closed and rewrites < self.max_rewrites:
+                    # Not an outage: the server chose this batch to end a deadlock with another kernel's. Again, now.
+                    rewrites += 1
+                    self._pending.set()
+                    continue
                 link.lost(error, connection)
                 connection = None
                 delay = min(max(delay * 2, 0.25), self.max_backoff)
                 continue
             delay = 0.0
+            rewrites = 0
             if fresh:  # only a new connection that wrote is news that the server is back
                 link.found(written)
         if connection is not None:

@@ -487,6 +487,54 @@ def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresSe
     second.close()
 
 
+def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
+    pg: PostgresServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Two transactions that add rows on either side of a quarter hour lock the same totals in opposite orders (the
+    quarter hour's, then the day's): PostgreSQL ends the deadlock by rolling one back. The writer's batch is written
+    again; that is no outage, so nothing is said and budgets keep reading the server."""
+    from datetime import datetime, timezone
+
+    import psycopg
+
+    from ipyllm._totals import QUARTER_US
+
+    database = pg.new_database()
+    store = open_store(parse_location(pg.url(database)))
+    assert store is not None
+    try:
+        store.append(UsageRow(session="first", model="m", user="ada", host="h"))  # migrates the database
+        assert store.flush()  # type: ignore[attr-defined]
+        boundary = (int(time.time() * 1e6) // QUARTER_US) * QUARTER_US
+
+        def at(micros: int) -> datetime:
+            return datetime.fromtimestamp(micros / 1e6, timezone.utc)
+
+        other = psycopg.connect(pg.url(database))  # another kernel's batch, in one transaction
+        insert = 'INSERT INTO usage (uid, timestamp_us, session, model, "user", host, status) VALUES (%s, %s, %s, %s, %s, %s, %s)'
+        try:
+            other.execute(insert, ["other-1", boundary - 1, "other", "m", "ada", "h", "ok"])  # its quarter hour, the day
+            store.append(UsageRow(timestamp=at(boundary + 1), session="ours", model="m", user="ada", host="h"))
+            # Ours locks the next quarter hour and waits for the day; the other then wants that quarter hour.
+            waiting = f"SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'"
+            assert wait_for(lambda: pg.sql(waiting) == [(1,)], timeout=10)
+            other.execute(insert, ["other-2", boundary + 2, "other", "m", "ada", "h", "ok"])
+            other.commit()
+        finally:
+            other.close()
+        assert store.flush(timeout=15)  # type: ignore[attr-defined]
+        assert pg.sql("SELECT session, COUNT(*) FROM usage GROUP BY session ORDER BY session", database=database) == [
+            ("first", 1),
+            ("other", 2),
+            ("ours", 1),
+        ]
+        assert wait_for(lambda: pg.sql(f"SELECT deadlocks FROM pg_stat_database WHERE datname = '{database}'")[0][0] >= 1, timeout=10)
+        assert ledger_lines(capfd.readouterr().err) == []
+        assert not store.link.away  # type: ignore[attr-defined]
+    finally:
+        store.close()
+
+
 def test_a_frame_of_100000_rows_reads_quickly(pg: PostgresServer) -> None:
     database = pg.new_database()
     store = open_store(parse_location(pg.url(database)))

@@ -622,6 +622,15 @@ MUTATIONS: list[Mutation] = [
         "            self.spool.put_many(entries, ())",
         "tests/unit/test_sqlfile.py -k unwritable or cache_lookups or killed",
     ),
+    m(
+        "deadlock-taken-for-an-outage",
+        "ledger faults",
+        "a batch PostgreSQL rolled back to end a deadlock with another kernel's is taken for an outage: a notice, rows late",
+        "ipyllm/_pglink.py",
+        'return getattr(error, "sqlstate", None) in _ROLLED_BACK',
+        "return False",
+        "tests/postgres/test_postgres.py -k deadlock",
+    ),
     # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
     m(
         "budget-cap-not-sent",
