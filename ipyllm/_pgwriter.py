@@ -75,12 +75,16 @@ class SpoolWriter:
             connection = link.usable()
             if connection is None:
                 return
-            try:
-                write_entry(connection, uid, release, values)
-            except driver_errors() as error:
-                link.lost(error)
-            else:
-                self.settled([release])
+            for rewrite in range(self.max_rewrites + 1):
+                try:
+                    write_entry(connection, uid, release, values)
+                except driver_errors() as error:
+                    if rolled_back(error) and rewrite < self.max_rewrites:
+                        continue  # rolled back to end a deadlock with another kernel's writes: not an outage
+                    link.lost(error)
+                else:
+                    self.settled([release])
+                return
 
     def wake(self) -> None:
         """Tell the writer there is something to write (starting it on first use)."""

@@ -487,12 +487,14 @@ def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresSe
     second.close()
 
 
+@pytest.mark.parametrize("spool", ["kept", "unwritable"])
 def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
-    pg: PostgresServer, capfd: pytest.CaptureFixture[str]
+    pg: PostgresServer, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, spool: str
 ) -> None:
     """Two transactions that add rows on either side of a quarter hour lock the same totals in opposite orders (the
-    quarter hour's, then the day's): PostgreSQL ends the deadlock by rolling one back. The writer's batch is written
-    again; that is no outage, so nothing is said and budgets keep reading the server."""
+    quarter hour's, then the day's): PostgreSQL ends the deadlock by rolling one back. The writer's batch (or, while
+    the spool cannot be written, the row sent straight to the server) is written again; that is no outage, so
+    nothing is said and budgets keep reading the server."""
     from datetime import datetime, timezone
 
     import psycopg
@@ -510,11 +512,21 @@ def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
         def at(micros: int) -> datetime:
             return datetime.fromtimestamp(micros / 1e6, timezone.utc)
 
+        def disk_full(*_: Any) -> None:
+            raise OSError("disk full")
+
+        said = []
+        if spool == "unwritable":  # the row goes straight to the server, on the caller's thread
+            monkeypatch.setattr(store.spool, "put", disk_full)  # type: ignore[attr-defined]
+            said = [f"ipyllm: cannot write the spool {store.spool.path} (disk full): rows go straight to the server or stay in memory"]  # type: ignore[attr-defined]
         other = psycopg.connect(pg.url(database))  # another kernel's batch, in one transaction
         insert = 'INSERT INTO usage (uid, timestamp_us, session, model, "user", host, status) VALUES (%s, %s, %s, %s, %s, %s, %s)'
         try:
             other.execute(insert, ["other-1", boundary - 1, "other", "m", "ada", "h", "ok"])  # its quarter hour, the day
-            store.append(UsageRow(timestamp=at(boundary + 1), session="ours", model="m", user="ada", host="h"))
+            ours = threading.Thread(
+                target=store.append, args=(UsageRow(timestamp=at(boundary + 1), session="ours", model="m", user="ada", host="h"),)
+            )
+            ours.start()
             # Ours locks the next quarter hour and waits for the day; the other then wants that quarter hour.
             waiting = f"SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'"
             assert wait_for(lambda: pg.sql(waiting) == [(1,)], timeout=10)
@@ -522,6 +534,8 @@ def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
             other.commit()
         finally:
             other.close()
+        ours.join(15)
+        assert not ours.is_alive()
         assert store.flush(timeout=15)  # type: ignore[attr-defined]
         assert pg.sql("SELECT session, COUNT(*) FROM usage GROUP BY session ORDER BY session", database=database) == [
             ("first", 1),
@@ -529,7 +543,7 @@ def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
             ("ours", 1),
         ]
         assert wait_for(lambda: pg.sql(f"SELECT deadlocks FROM pg_stat_database WHERE datname = '{database}'")[0][0] >= 1, timeout=10)
-        assert ledger_lines(capfd.readouterr().err) == []
+        assert ledger_lines(capfd.readouterr().err) == said
         assert not store.link.away  # type: ignore[attr-defined]
     finally:
         store.close()
