@@ -141,10 +141,12 @@ class Run:
 
         batch = self.batch
 
+        sent = [0.0]  # when the row's latest attempt went out
+
         def on_retry(note: RetryNote) -> None:
             self.tally.retries += 1
             if "429" in note.reason:
-                pace.rate_limited(note.wait)
+                pace.rate_limited(note.wait, sent_at=sent[0])
 
         reservation = await self.reserve(call)
         if reservation is None:
@@ -159,7 +161,7 @@ class Run:
                     report=reservation.report,
                     on_retry=on_retry,
                     extra=call.extra,
-                    around_attempt=pace.attempt,
+                    around_attempt=lambda: pace.attempt(sent),
                     send=self.send,
                     cap=reservation.cap,
                     cache=self.rows.cache,

@@ -4,11 +4,16 @@ A 429 pauses new attempts of every worker until its wait is over (the provider's
 policy's jittered wait) and halves the number of calls in flight; each success adds back a little (additive
 increase, multiplicative decrease). Restarts after a pause are spread over a tenth of it, so workers do not
 retry in lockstep.
+
+A 429 to a request sent before the pause began belongs to that pause, even when it comes back after the pause
+is over (a slow answer, a busy machine): it lengthens the wait, but neither halves the calls in flight again nor
+counts as another pause.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +31,7 @@ class Pace:
         self.window = float(concurrency)
         self.in_flight = 0
         self.resume_at = 0.0
+        self.paused_at = -math.inf  # when the latest pause began
         self.tally = tally
         tally.concurrency = concurrency
         import asyncio  # imported when a batch runs, so that ``import ipyllm`` stays fast
@@ -33,8 +39,11 @@ class Pace:
         self._slots = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def attempt(self) -> AsyncIterator[None]:
-        """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight."""
+    async def attempt(self, sent: list[float] | None = None) -> AsyncIterator[None]:
+        """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight.
+
+        ``sent``, when given, gets the time the attempt went out in its one item, for ``rate_limited``.
+        """
         import asyncio
 
         while (left := self.resume_at - time.monotonic()) > 0:
@@ -43,6 +52,8 @@ class Pace:
         async with self._slots:
             await self._slots.wait_for(lambda: self.in_flight < max(1, int(self.window)))
             self.in_flight += 1
+        if sent is not None:
+            sent[:] = [time.monotonic()]
         try:
             yield
         finally:
@@ -50,11 +61,15 @@ class Pace:
                 self.in_flight -= 1
                 self._slots.notify_all()
 
-    def rate_limited(self, wait: float) -> None:
+    def rate_limited(self, wait: float, sent_at: float = math.inf) -> None:
+        """A 429 to a request sent at ``sent_at``: wait ``wait`` seconds; a new pause unless it is the last one's."""
         now = time.monotonic()
-        if now >= self.resume_at:  # a new pause: halve once per pause, not once per 429
+        # Halve once per pause, not once per 429: a 429 during the pause, or to a request sent before it began,
+        # is that pause's.
+        if now >= self.resume_at and sent_at >= self.paused_at:
             self.window = max(1.0, self.window / 2)
             self.tally.pauses += 1
+            self.paused_at = now
         self.resume_at = max(self.resume_at, now + wait)
         self.tally.paused_until = self.resume_at
         self.tally.concurrency = int(self.window)

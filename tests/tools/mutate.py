@@ -449,6 +449,15 @@ MUTATIONS: list[Mutation] = [
         "tests/batch/test_map.py -k rerun",
     ),
     m(
+        "late-429-another-pause",
+        "batch",
+        "a 429 to a request sent before a rate-limit pause, back after it ended, halves the calls in flight again",
+        "ipyllm/_pace.py",
+        "if now >= self.resume_at and sent_at >= self.paused_at:",
+        "if now >= self.resume_at:",
+        "tests/unit/test_pace.py",
+    ),
+    m(
         "helper-ignores-cancel",
         "helpers",
         "a cancelled attempt keeps running in the helper process",
