@@ -165,8 +165,17 @@ def lab(tmp_path: Path, stub: StubServer, lab_environment: dict[str, str]) -> It
             pass
 
 
-def outputs_text(page: Any, index: int) -> str:
-    return str(page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea").inner_text())
+def outputs_text(page: Any, index: int, showing: str) -> str:
+    """The text of cell ``index``'s outputs, once they show ``showing``.
+
+    The prompt's number can show before the outputs are drawn (a Markdown output renders after the reply has
+    come), so a single read right after it may find the area still empty.
+    """
+    from playwright.sync_api import expect
+
+    area = page.locator(".jp-Notebook .jp-Cell").nth(index).locator(".jp-OutputArea")
+    expect(area).to_contain_text(showing, timeout=STEP_MS)
+    return str(area.inner_text())
 
 
 def run_cell(page: Any, index: int) -> None:

@@ -97,7 +97,7 @@ def test_the_picker_in_jupyterlab(lab: Lab, stub: StubServer) -> None:
 
         run_cell(page, 2)
         wait_for_prompt_number(page, 2)
-        assert f"[gpt-4o] {PROMPT}" in outputs_text(page, 2)
+        assert f"[gpt-4o] {PROMPT}" in outputs_text(page, 2, showing="[gpt-4o]")
         expect(picker).to_contain_text("Session spend: 1 call")
         picker.screenshot(path=str(ARTIFACTS / "picker.png"))
 

@@ -132,7 +132,7 @@ def test_status_bar_and_usage_panel_follow_the_ledger(lab: Lab, stub: StubServer
         expect(cells.nth(index)).to_have_class(_has("jp-mod-active"))
         run_cell(page, index)
         wait_for_prompt_number(page, index)
-        answer = outputs_text(page, index)
+        answer = outputs_text(page, index, showing="gpt-4o-mini")
         assert "gpt-4o-mini" in answer and "3.75" in answer and "Error" not in answer, answer
 
         # The command palette opens the panel too.
