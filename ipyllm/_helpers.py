@@ -2,8 +2,10 @@
 
 litellm spends about 9 ms of CPU on every call (building the request, parsing and pricing the answer), all
 of it under one GIL, so one process drives at most ~110 calls a second however many the provider allows.
-A helper is a plain ``python -m ipyllm._helpers`` child with its own litellm: it receives one attempt's
-arguments, runs ``litellm.acompletion`` and sends back the response (or the exception) over its pipes.
+A helper is a plain Python child running this module's ``serve`` with its own litellm: it receives one attempt's
+arguments, runs ``litellm.acompletion`` and sends back the response (or the exception) over its pipes. It imports
+this module and ``_litellm`` only, not the package's ``__init__`` and the API behind it (0.1-0.2 s a helper would
+otherwise spend before its litellm import, while the first batch waits for it).
 
 Everything else stays in the calling process: the retry policy, the rate-limit pause, budgets, the ledger,
 the cache and the progress. A helper only makes single attempts, so one attempt is still one request, and
@@ -36,6 +38,13 @@ from ipyllm._litellm import defer_tokenizers, learn_provider, litellm_loaded, lo
 __all__ = ["Spread", "helpers"]
 
 _HEADER = struct.Struct("!I")
+
+#: A helper's main: ``ipyllm`` as a bare package of the given directory (its ``__init__`` not run), then ``serve``.
+_BOOT = (
+    "import sys, types; "
+    "package = types.ModuleType('ipyllm'); package.__path__ = [sys.argv[1]]; sys.modules['ipyllm'] = package; "
+    "from ipyllm._helpers import serve; serve()"
+)
 _helpers: list[Helper] = []
 _helpers_lock = threading.Lock()
 
@@ -158,14 +167,11 @@ class Helper:
 
     def __init__(self) -> None:
         # The child imports this very ipyllm, wherever it was imported from here.
-        here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        path = os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ipyllm._helpers"],
+            [sys.executable, "-c", _BOOT, os.path.dirname(os.path.abspath(__file__))],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": path},
         )
         self.ready = threading.Event()
         self.alive = True
@@ -341,7 +347,3 @@ class Spread:
             return await self.local(**kwargs)
         finally:
             self.in_flight -= 1
-
-
-if __name__ == "__main__":
-    serve()

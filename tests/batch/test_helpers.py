@@ -1,6 +1,6 @@
 """``ipyllm.map(..., processes=N)``: attempts sent from helper processes over real HTTP to the stub server.
 
-The helper is a real ``python -m ipyllm._helpers`` child with its own litellm; what it raises comes back
+The helper is a real Python child running ``ipyllm._helpers.serve`` with its own litellm; what it raises comes back
 as litellm's own exception, so the retry policy, Retry-After, the error messages and the key's secrecy are
 the same as for a call made here.
 """
@@ -44,6 +44,15 @@ def helper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_helpers.Helper
     assert started.ready.wait(120), "the helper process did not get ready"
     yield started
     _helpers.close_all()
+
+
+def test_a_helper_imports_only_what_it_runs(tmp_path: Path) -> None:
+    """Not the package's ``__init__`` and the API behind it: a helper's litellm import starts at once."""
+    boot = _helpers._BOOT.replace("serve()", "print(sorted(name for name in sys.modules if name.startswith('ipyllm')))")
+    package = str(Path(_helpers.__file__).parent)
+    shown = subprocess.run([sys.executable, "-c", boot, package], capture_output=True, text=True, cwd=tmp_path, check=True, timeout=60)
+    assert shown.stdout.split() == ["['ipyllm',", "'ipyllm._helpers',", "'ipyllm._litellm']"]
+    assert "serve()" in _helpers._BOOT
 
 
 def one_attempt(helper: _helpers.Helper, waits: list[float], prompt: str = "hello") -> Any:
