@@ -89,14 +89,19 @@ class ServerLink:
         if self._tried and self.away:
             return None
         self._tried = True
+        connection: psycopg.Connection[Any] | None = None
         try:
             connection = self.open()
             if len(self.spool):
                 # Rows left by an earlier kernel (perhaps killed while the server was away) go first.
                 self.drain(connection)
         except Exception as error:
-            self.lost(error)
-            return None
+            if connection is None or not rolled_back(error):
+                self.lost(error, connection)
+                return None
+            # Rolled back to end a deadlock with another kernel's writes: the server is there, and the writer
+            # writes what is left.
+            self.wake()
         self.connection = connection
         return connection
 

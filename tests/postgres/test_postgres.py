@@ -14,7 +14,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,9 @@ import ipyllm
 from ipyllm import _api
 from ipyllm._batchclaim import Claim
 from ipyllm._ledger import open_store
-from ipyllm._locations import parse_location
+from ipyllm._locations import Server, parse_location
 from ipyllm._pgschema import MIGRATIONS, SCHEMA_VERSION
+from ipyllm._spool import Spool
 from ipyllm._store import Headroom, Hold, Limit
 from ipyllm._usage import COLUMNS, UsageRow
 from ipyllm.testing import BatchScript, Fault, StubServer
@@ -457,7 +459,7 @@ def test_the_picker_shows_the_teams_and_the_users_spend_today(team: str) -> None
 
 
 def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresServer) -> None:
-    from datetime import datetime, timedelta, timezone
+    from datetime import timedelta
 
     url = parse_location(pg.url(pg.new_database()))
     first, second = open_store(url), open_store(url)
@@ -487,30 +489,51 @@ def test_holds_on_the_server_count_for_every_kernel_until_settled(pg: PostgresSe
     second.close()
 
 
+def quarter_hour_deadlock(pg: PostgresServer, database: str, boundary: int, ours: Callable[[], Any]) -> None:
+    """Make ``ours`` (which writes one row just after the quarter hour ``boundary``) deadlock with another kernel's
+    batch, one transaction of two rows on either side of it. Two transactions that add rows on either side of a
+    quarter hour lock the same totals in opposite orders (the quarter hour's, then the day's): PostgreSQL ends the
+    deadlock by rolling ours back (it waited first). The other batch is committed."""
+    import psycopg
+
+    other = psycopg.connect(pg.url(database))
+    insert = 'INSERT INTO usage (uid, timestamp_us, session, model, "user", host, status) VALUES (%s, %s, %s, %s, %s, %s, %s)'
+    try:
+        other.execute(insert, ["other-1", boundary - 1, "other", "m", "ada", "h", "ok"])  # its quarter hour, the day
+        thread = threading.Thread(target=ours)
+        thread.start()
+        # Ours locks the next quarter hour and waits for the day; the other then wants that quarter hour.
+        waiting = f"SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'"
+        assert wait_for(lambda: pg.sql(waiting) == [(1,)], timeout=10)
+        other.execute(insert, ["other-2", boundary + 2, "other", "m", "ada", "h", "ok"])
+        other.commit()
+    finally:
+        other.close()
+    thread.join(15)
+    assert not thread.is_alive()
+    assert wait_for(lambda: pg.sql(f"SELECT deadlocks FROM pg_stat_database WHERE datname = '{database}'")[0][0] >= 1, timeout=10)
+
+
+def after_quarter_hour() -> tuple[int, datetime]:
+    """The latest quarter-hour boundary (microseconds) and a time just after it."""
+    from ipyllm._totals import QUARTER_US
+
+    boundary = (int(time.time() * 1e6) // QUARTER_US) * QUARTER_US
+    return boundary, datetime.fromtimestamp((boundary + 1) / 1e6, timezone.utc)
+
+
 @pytest.mark.parametrize("spool", ["kept", "unwritable"])
 def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
     pg: PostgresServer, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, spool: str
 ) -> None:
-    """Two transactions that add rows on either side of a quarter hour lock the same totals in opposite orders (the
-    quarter hour's, then the day's): PostgreSQL ends the deadlock by rolling one back. The writer's batch (or, while
-    the spool cannot be written, the row sent straight to the server) is written again; that is no outage, so
-    nothing is said and budgets keep reading the server."""
-    from datetime import datetime, timezone
-
-    import psycopg
-
-    from ipyllm._totals import QUARTER_US
-
+    """The writer's batch (or, while the spool cannot be written, the row sent straight to the server) rolled back to
+    end a deadlock is written again; that is no outage, so nothing is said and budgets keep reading the server."""
     database = pg.new_database()
     store = open_store(parse_location(pg.url(database)))
     assert store is not None
     try:
         store.append(UsageRow(session="first", model="m", user="ada", host="h"))  # migrates the database
         assert store.flush()  # type: ignore[attr-defined]
-        boundary = (int(time.time() * 1e6) // QUARTER_US) * QUARTER_US
-
-        def at(micros: int) -> datetime:
-            return datetime.fromtimestamp(micros / 1e6, timezone.utc)
 
         def disk_full(*_: Any) -> None:
             raise OSError("disk full")
@@ -519,34 +542,60 @@ def test_a_deadlock_with_another_kernels_writes_is_written_again_without_a_word(
         if spool == "unwritable":  # the row goes straight to the server, on the caller's thread
             monkeypatch.setattr(store.spool, "put", disk_full)  # type: ignore[attr-defined]
             said = [f"ipyllm: cannot write the spool {store.spool.path} (disk full): rows go straight to the server or stay in memory"]  # type: ignore[attr-defined]
-        other = psycopg.connect(pg.url(database))  # another kernel's batch, in one transaction
-        insert = 'INSERT INTO usage (uid, timestamp_us, session, model, "user", host, status) VALUES (%s, %s, %s, %s, %s, %s, %s)'
-        try:
-            other.execute(insert, ["other-1", boundary - 1, "other", "m", "ada", "h", "ok"])  # its quarter hour, the day
-            ours = threading.Thread(
-                target=store.append, args=(UsageRow(timestamp=at(boundary + 1), session="ours", model="m", user="ada", host="h"),)
-            )
-            ours.start()
-            # Ours locks the next quarter hour and waits for the day; the other then wants that quarter hour.
-            waiting = f"SELECT COUNT(*) FROM pg_stat_activity WHERE datname = '{database}' AND wait_event_type = 'Lock'"
-            assert wait_for(lambda: pg.sql(waiting) == [(1,)], timeout=10)
-            other.execute(insert, ["other-2", boundary + 2, "other", "m", "ada", "h", "ok"])
-            other.commit()
-        finally:
-            other.close()
-        ours.join(15)
-        assert not ours.is_alive()
+        boundary, just_after = after_quarter_hour()
+
+        def ours() -> None:
+            store.append(UsageRow(timestamp=just_after, session="ours", model="m", user="ada", host="h"))
+
+        quarter_hour_deadlock(pg, database, boundary, ours)
         assert store.flush(timeout=15)  # type: ignore[attr-defined]
         assert pg.sql("SELECT session, COUNT(*) FROM usage GROUP BY session ORDER BY session", database=database) == [
             ("first", 1),
             ("other", 2),
             ("ours", 1),
         ]
-        assert wait_for(lambda: pg.sql(f"SELECT deadlocks FROM pg_stat_database WHERE datname = '{database}'")[0][0] >= 1, timeout=10)
         assert ledger_lines(capfd.readouterr().err) == said
         assert not store.link.away  # type: ignore[attr-defined]
     finally:
         store.close()
+
+
+def test_a_deadlock_while_a_new_kernel_writes_what_an_earlier_one_left_is_no_outage(
+    pg: PostgresServer, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A new kernel's first connection writes the rows an earlier kernel left in the spool; rolled back there to end
+    a deadlock, the connection is kept (its read answers) and the writer writes those rows, without a word."""
+    from ipyllm._postgres import PostgresStore
+
+    database = pg.new_database()
+    server = parse_location(pg.url(database))
+    assert isinstance(server, Server)
+    spool = tmp_path / "spool.sqlite3"
+    boundary, just_after = after_quarter_hour()
+    earlier = PostgresStore(server, spool=spool)
+    try:
+        earlier.count()  # migrates the database
+        monkeypatch.setattr(earlier.writer, "wake", lambda: None)  # killed before its writer wrote the row
+        earlier.append(UsageRow(timestamp=just_after, session="left", model="m", user="ada", host="h"))
+    finally:
+        earlier.link.close()
+        earlier.writer.stop()
+    assert len(Spool(spool)) == 1
+
+    later = PostgresStore(server, spool=spool)
+    try:
+        counted: list[int] = []
+        quarter_hour_deadlock(pg, database, boundary, lambda: counted.append(later.count()))
+        assert later.flush(timeout=15)
+        assert pg.sql("SELECT session, COUNT(*) FROM usage GROUP BY session ORDER BY session", database=database) == [
+            ("left", 1),
+            ("other", 2),
+        ]
+        assert len(counted) == 1 and counted[0] in (0, 2)  # read on the kept connection, while the row still waits
+        assert ledger_lines(capfd.readouterr().err) == []
+        assert not later.link.away
+    finally:
+        later.close()
 
 
 def test_a_frame_of_100000_rows_reads_quickly(pg: PostgresServer) -> None:

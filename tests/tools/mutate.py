@@ -640,6 +640,15 @@ MUTATIONS: list[Mutation] = [
         "return False",
         "tests/postgres/test_postgres.py -k deadlock",
     ),
+    m(
+        "left-rows-deadlock-an-outage",
+        "ledger faults",
+        "a new connection's write of the rows an earlier kernel left, rolled back for a deadlock, is taken for an outage",
+        "ipyllm/_pglink.py",
+        "if connection is None or not rolled_back(error):",
+        "if True:",
+        "tests/postgres/test_postgres.py -k deadlock",
+    ),
     # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
     m(
         "budget-cap-not-sent",
