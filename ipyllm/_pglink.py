@@ -96,12 +96,8 @@ class ServerLink:
                 # Rows left by an earlier kernel (perhaps killed while the server was away) go first.
                 self.drain(connection)
         except Exception as error:
-            if connection is None or not rolled_back(error):
-                self.lost(error, connection)
-                return None
-            # Rolled back to end a deadlock with another kernel's writes: the server is there, and the writer
-            # writes what is left.
-            self.wake()
+            self.lost(error, connection)
+            return None
         self.connection = connection
         return connection
 

@@ -75,16 +75,23 @@ class SpoolWriter:
             connection = link.usable()
             if connection is None:
                 return
-            for rewrite in range(self.max_rewrites + 1):
-                try:
-                    write_entry(connection, uid, release, values)
-                except driver_errors() as error:
-                    if rolled_back(error) and rewrite < self.max_rewrites:
-                        continue  # rolled back to end a deadlock with another kernel's writes: not an outage
-                    link.lost(error)
-                else:
-                    self.settled([release])
+            try:
+                self._again(lambda: write_entry(connection, uid, release, values))
+            except driver_errors() as error:
+                link.lost(error)
+            else:
+                self.settled([release])
+
+    def _again(self, write: Callable[[], None]) -> None:
+        """Run ``write`` (one transaction), and again at once while PostgreSQL rolls it back to end a deadlock with
+        another kernel's writes (not an outage), up to ``max_rewrites`` times."""
+        for rewrite in range(self.max_rewrites + 1):
+            try:
+                write()
                 return
+            except Exception as error:
+                if not rolled_back(error) or rewrite == self.max_rewrites:
+                    raise
 
     def wake(self) -> None:
         """Tell the writer there is something to write (starting it on first use)."""
@@ -99,7 +106,6 @@ class SpoolWriter:
         link = self.link
         connection: psycopg.Connection[Any] | None = None
         delay = 0.0
-        rewrites = 0
         while not link.closed:
             if delay:
                 time.sleep(delay)
@@ -120,31 +126,30 @@ class SpoolWriter:
                         raise LedgerUnavailableError("the database is read-only")
                 written = self.drain(connection)
             except Exception as error:
-                if rolled_back(error) and connection is not None and not connection.closed and rewrites < self.max_rewrites:
-                    # Not an outage: the server chose this batch to end a deadlock with another kernel's. Again, now.
-                    rewrites += 1
-                    self._pending.set()
-                    continue
                 link.lost(error, connection)
                 connection = None
                 delay = min(max(delay * 2, 0.25), self.max_backoff)
                 continue
             delay = 0.0
-            rewrites = 0
             if fresh:  # only a new connection that wrote is news that the server is back
                 link.found(written)
         if connection is not None:
             connection.close()
 
     def drain(self, connection: psycopg.Connection[Any]) -> int:
-        """Write the spool to the server in order, a batch per transaction; rows already there are skipped by uid."""
+        """Write the spool to the server in order, a batch per transaction (written again after a deadlock); rows
+        already there are skipped by uid."""
         written = 0
         with self._draining:
             while batch := self.spool.peek():
-                with connection.transaction(), connection.cursor() as cursor:
-                    for _seq, uid, release, values in batch:
-                        write_entry(cursor, uid, release, values)
-                        written += values is not None
+
+                def write() -> None:
+                    with connection.transaction(), connection.cursor() as cursor:
+                        for _seq, uid, release, values in batch:
+                            write_entry(cursor, uid, release, values)
+
+                self._again(write)
+                written += sum(values is not None for _, _, _, values in batch)
                 self.spool.drop(batch[-1][0])
                 self.settled(release for _, _, release, _ in batch)
         return written

@@ -641,12 +641,12 @@ MUTATIONS: list[Mutation] = [
         "tests/postgres/test_postgres.py -k deadlock",
     ),
     m(
-        "left-rows-deadlock-an-outage",
+        "spool-drain-deadlock-an-outage",
         "ledger faults",
-        "a new connection's write of the rows an earlier kernel left, rolled back for a deadlock, is taken for an outage",
-        "ipyllm/_pglink.py",
-        "if connection is None or not rolled_back(error):",
-        "if True:",
+        "a batch of the spool rolled back for a deadlock is taken for an outage, by the writer and by a new kernel's first connection",
+        "ipyllm/_pgwriter.py",
+        "                self._again(write)",
+        "                write()",
         "tests/postgres/test_postgres.py -k deadlock",
     ),
     # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
