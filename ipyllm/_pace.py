@@ -39,10 +39,10 @@ class Pace:
         self._slots = asyncio.Condition()
 
     @contextlib.asynccontextmanager
-    async def attempt(self, sent: list[float] | None = None) -> AsyncIterator[None]:
+    async def attempt(self, sent: list[float]) -> AsyncIterator[None]:
         """Around every attempt: wait out a rate-limit pause, then for a place among the requests in flight.
 
-        ``sent``, when given, gets the time the attempt went out in its one item, for ``rate_limited``.
+        ``sent[0]`` becomes the time the attempt went out, for ``rate_limited``.
         """
         import asyncio
 
@@ -52,8 +52,7 @@ class Pace:
         async with self._slots:
             await self._slots.wait_for(lambda: self.in_flight < max(1, int(self.window)))
             self.in_flight += 1
-        if sent is not None:
-            sent[:] = [time.monotonic()]
+        sent[0] = time.monotonic()
         try:
             yield
         finally:
@@ -61,7 +60,7 @@ class Pace:
                 self.in_flight -= 1
                 self._slots.notify_all()
 
-    def rate_limited(self, wait: float, sent_at: float = math.inf) -> None:
+    def rate_limited(self, wait: float, sent_at: float) -> None:
         """A 429 to a request sent at ``sent_at``: wait ``wait`` seconds; a new pause unless it is the last one's."""
         now = time.monotonic()
         # Halve once per pause, not once per 429: a 429 during the pause, or to a request sent before it began,

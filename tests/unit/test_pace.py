@@ -61,7 +61,7 @@ def test_429s_during_a_pause_are_that_pause(clock: Clock) -> None:
 
 def test_an_attempt_notes_when_it_went_out(clock: Clock) -> None:
     pace = Pace(2, Tally(total=1))
-    sent: list[float] = []
+    sent = [0.0]
 
     async def one() -> None:
         async with pace.attempt(sent):
