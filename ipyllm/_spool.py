@@ -14,6 +14,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 from ipyllm._locations import Server, SQLiteFile, default_usage_db
 from ipyllm._usage import COLUMNS, UsageRow
 
-__all__ = ["Spool", "SpooledEntry", "spool_path"]
+__all__ = ["Spool", "SpooledEntry", "spool_path", "write_ahead"]
 
 #: A cache entry as the ledger stores it: key, created (microseconds), kind, model, payload (JSON text).
 SpooledEntry = tuple[str, int, str, str, str]
@@ -62,6 +63,22 @@ def spool_path(location: SQLiteFile | Server) -> Path:
     return default_usage_db().path.parent / "spool" / f"{digest}.sqlite"
 
 
+def write_ahead(connection: sqlite3.Connection, timeout: float) -> None:
+    """Put the file in WAL mode. SQLite's busy timeout does not cover this switch: two kernels opening a new file at
+    the same moment (a ledger, a shared spool) get "database is locked" at once, and one would take the file for
+    unusable (a ledger's budgets then counting that kernel's calls only). So it is tried again, for up to
+    ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 class Spool:
     """Entries ``(seq, uid, release, values)`` and cache entries in one SQLite file, opened on first use.
 
@@ -79,7 +96,7 @@ class Spool:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
             try:
-                connection.execute("PRAGMA journal_mode = WAL")
+                write_ahead(connection, 10)
                 # Durable when the process is killed (the promise here); no fsync per row, which would cost milliseconds.
                 connection.execute("PRAGMA synchronous = NORMAL")
                 for table in _TABLES:

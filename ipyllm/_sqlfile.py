@@ -28,7 +28,7 @@ from typing import Any
 
 from ipyllm._locations import SQLiteFile
 from ipyllm._notices import notice
-from ipyllm._spool import Spool, SpooledEntry, spool_path
+from ipyllm._spool import Spool, SpooledEntry, spool_path, write_ahead
 from ipyllm._sqlschema import COPIES, INSERT_ROW, Entry, apply, cached, committed, migrate
 from ipyllm._usage import micros, utc_now
 from ipyllm.errors import LedgerUnavailableError
@@ -137,7 +137,7 @@ def _new_connection(file: str, timeout: float) -> tuple[sqlite3.Connection, tupl
     connection = sqlite3.connect(file, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
         connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        connection.execute("PRAGMA journal_mode = WAL")
+        write_ahead(connection, timeout)
         connection.execute("PRAGMA synchronous = NORMAL")
         migrate(connection)
         status = os.stat(file)

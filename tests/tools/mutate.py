@@ -649,6 +649,15 @@ MUTATIONS: list[Mutation] = [
         "                write()",
         "tests/postgres/test_postgres.py -k deadlock",
     ),
+    m(
+        "wal-switch-not-retried",
+        "ledger faults",
+        "two kernels opening a new ledger at once: one gets 'database is locked' and takes it for unusable",
+        "ipyllm/_spool.py",
+        '            if "locked" not in str(error) or time.monotonic() >= deadline:',
+        "            if True:",
+        "tests/unit/test_sqlfile.py -k same_moment",
+    ),
     # -- issue 17: budgets that assume nothing ----------------------------------------------------------------
     m(
         "budget-cap-not-sent",

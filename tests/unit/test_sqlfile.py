@@ -367,6 +367,38 @@ def test_rows_spooled_by_a_killed_process_are_written_once_by_the_next(tmp_path:
     second.close()
 
 
+def test_two_kernels_opening_a_new_ledger_at_the_same_moment_both_use_it(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """Switching a new file to WAL mode is not covered by SQLite's busy timeout: without trying again, about one
+    opening in twenty (two connections at once) got "database is locked", and that kernel took the ledger for
+    unusable, its daily budget counting its own calls only (two maps then spent past it)."""
+    for attempt in range(100):
+        path = tmp_path / f"ledger-{attempt}.sqlite"
+        spool = tmp_path / f"spool-{attempt}.sqlite"  # one spool for both, as kernels on one team ledger share it
+        start, failures = threading.Barrier(2), []
+        threads = [threading.Thread(target=open_at_once, args=(path, spool, start, failures)) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert failures == [], f"opening {attempt}"
+        assert "ipyllm:" not in capfd.readouterr().err, f"opening {attempt}"
+        with closing(sqlite3.connect(path)) as connection:
+            assert connection.execute("SELECT COUNT(*) FROM usage").fetchone() == (2,)
+
+
+def open_at_once(path: Path, spool: Path, start: threading.Barrier, failures: list[Exception]) -> None:
+    """A kernel's first write to the ledger ``path`` and its first use of the spool file ``spool``, after ``start``."""
+    store = SQLiteStore(SQLiteFile(path), spool=spool)
+    try:
+        start.wait()
+        store.append(UsageRow(model="m", cost_usd=0.01))
+        Spool(spool).open()
+    except Exception as error:
+        failures.append(error)
+    finally:
+        store.close()
+
+
 def test_an_older_ledger_gets_a_unique_id_for_every_row(tmp_path: Path) -> None:
     ledger = tmp_path / "old.sqlite"
     older_ledger(ledger, 3, *(f"INSERT INTO usage (timestamp_us, session, model) VALUES ({t}, 'old', 'm')" for t in (1, 2, 3)))
