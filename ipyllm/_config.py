@@ -211,6 +211,35 @@ ENVIRONMENT = {
 }
 
 
+def _checked_prices(prices: dict[str, Any]) -> dict[str, Any]:
+    """The ``prices`` setting, each entry checked: a base model litellm can price, or a dict of rates and flags."""
+    for model, price in prices.items():
+        if isinstance(price, str) and price.strip():
+            # A base model litellm cannot price would leave the model unpriced without a word (a set lookup
+            # once the price map is read; every call with overrides validates the prices again).
+            if not priceable(price):
+                close = close_names(price)
+                hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+                raise SettingError(
+                    f"prices: litellm has no price for the base model {price!r} (of {model!r}): {hint}"
+                    "name a model in litellm's price map, or give {'input_cost_per_token': x, 'output_cost_per_token': y}; "
+                    "the old value stays.",
+                    "prices",
+                )
+            continue
+        if isinstance(price, dict) and price and set(price) <= {*PRICE_KEYS, *CAPABILITY_KEYS}:
+            # A dict of flags alone declares what the model takes and leaves its price as it was (unknown for a
+            # model litellm cannot price, so a budget still refuses it until it gets one).
+            rates = [v for k, v in price.items() if k in PRICE_KEYS]
+            flags = [v for k, v in price.items() if k in CAPABILITY_KEYS]
+            if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in rates) and all(
+                isinstance(v, bool) for v in flags
+            ):
+                continue
+        raise SettingError.refused("prices", {model: price}, _PRICES_ALLOWED)
+    return dict(prices)
+
+
 class LLMConfig(Configurable):
     """ipyllm's session configuration (``ipyllm.config``).
 
@@ -320,33 +349,7 @@ class LLMConfig(Configurable):
 
     @validate("prices")
     def _check_prices(self, proposal: Any) -> dict[str, Any]:
-        allowed = _PRICES_ALLOWED
-        prices = proposal["value"]
-        for model, price in prices.items():
-            if isinstance(price, str) and price.strip():
-                # A base model litellm cannot price would leave the model unpriced without a word (a set lookup
-                # once the price map is read; every call with overrides validates the prices again).
-                if not priceable(price):
-                    close = close_names(price)
-                    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-                    raise SettingError(
-                        f"prices: litellm has no price for the base model {price!r} (of {model!r}): {hint}"
-                        "name a model in litellm's price map, or give {'input_cost_per_token': x, 'output_cost_per_token': y}; "
-                        "the old value stays.",
-                        "prices",
-                    )
-                continue
-            if isinstance(price, dict) and price and set(price) <= {*PRICE_KEYS, *CAPABILITY_KEYS}:
-                # A dict of flags alone declares what the model takes and leaves its price as it was (unknown for a
-                # model litellm cannot price, so a budget still refuses it until it gets one).
-                rates = [v for k, v in price.items() if k in PRICE_KEYS]
-                flags = [v for k, v in price.items() if k in CAPABILITY_KEYS]
-                if all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0 for v in rates) and all(
-                    isinstance(v, bool) for v in flags
-                ):
-                    continue
-            raise SettingError.refused("prices", {model: price}, allowed)
-        return dict(prices)
+        return _checked_prices(proposal["value"])
 
     # -- attributes ------------------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:

@@ -147,6 +147,20 @@ def _new_connection(file: str, timeout: float) -> tuple[sqlite3.Connection, tupl
     return connection, (status.st_dev, status.st_ino), {suffix: _identity_of(file + suffix) for suffix in ("-wal", "-shm")}
 
 
+def _outage_line(path: Path, spool: Spool, reason: str) -> tuple[str, bool]:
+    """What an outage of the ledger file says, and whether its spool cannot be written either."""
+    try:
+        spool.open()
+    except (sqlite3.Error, OSError) as error:
+        broken, kept = (
+            True,
+            f"rows are kept in memory for this session only (the spool {spool.path} cannot be written either: {_reason(error)})",
+        )
+    else:
+        broken, kept = False, f"rows are kept in memory for this session and wait in {spool.path} until it can be written again"
+    return f"cannot use the usage ledger {path} ({reason}): {kept}; {_advice(reason)}", broken
+
+
 class LedgerFile:
     """The ledger file, watched (see the module's docstring); its lock serializes every use.
 
@@ -259,22 +273,11 @@ class LedgerFile:
             reason = f"it was {self._vanished.how} while in use and cannot be recreated: {reason}"
         if not self.away:
             self.away, self._delay = True, 0.0
-            self.last_said = self._outage_line(reason)
+            self.last_said, self._spool_broken = _outage_line(self.path, self.spool, reason)
             notice(self.last_said)
         self._delay = min(max(self._delay * 2, 0.25), self.max_backoff)
         self._retry_at = time.monotonic() + self._delay
         return self._outage()
-
-    def _outage_line(self, reason: str) -> str:
-        try:
-            self.spool.open()
-        except (sqlite3.Error, OSError) as error:
-            self._spool_broken = True
-            kept = f"rows are kept in memory for this session only (the spool {self.spool.path} cannot be written either: {_reason(error)})"
-        else:
-            self._spool_broken = False
-            kept = f"rows are kept in memory for this session and wait in {self.spool.path} until it can be written again"
-        return f"cannot use the usage ledger {self.path} ({reason}): {kept}; {_advice(reason)}"
 
     def _outage(self) -> LedgerUnavailableError:
         return LedgerUnavailableError(self.last_said, transient=True, said=True)

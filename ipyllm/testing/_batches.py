@@ -215,6 +215,35 @@ class _Batch:
     def status(self) -> str:
         return self.path[self.stage]
 
+    def payload(self) -> dict[str, Any]:
+        """The batch object as the Batches API shows it."""
+        created = self.stamps["created"]
+        stamp = self.stamps.get
+        return {
+            "id": self.id,
+            "object": "batch",
+            "endpoint": self.endpoint,
+            "model": next((line["body"].get("model") for line in self.lines if isinstance(line.get("body"), dict)), None),
+            "errors": {"object": "list", "data": self.errors} if self.status == "failed" else None,
+            "input_file_id": self.input_file_id,
+            "completion_window": self.completion_window,
+            "status": self.status,
+            "output_file_id": self.output_file_id,
+            "error_file_id": self.error_file_id,
+            "created_at": created,
+            "in_progress_at": stamp("in_progress"),
+            "expires_at": created + 24 * 3600,
+            "finalizing_at": stamp("finalizing"),
+            "completed_at": stamp("completed"),
+            "failed_at": stamp("failed"),
+            "expired_at": stamp("expired"),
+            "cancelling_at": stamp("cancelling"),
+            "cancelled_at": stamp("cancelled"),
+            "request_counts": dict(self.counts),
+            "usage": self.usage,
+            "metadata": self.metadata,
+        }
+
 
 class Batches:
     """The files and batches of one stub server, thread-safe.
@@ -288,13 +317,13 @@ class Batches:
             batch = _Batch(_new_id("batch_"), endpoint, input_file_id, completion_window, metadata, script, lines, errors, path)
             batch.stamps["created"] = int(time.time())
             self.batches[batch.id] = batch
-            return self._payload(batch)
+            return batch.payload()
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
         with self._lock:
             batch = self.batches[batch_id]
             self._advance(batch, poll=True)
-            return self._payload(batch)
+            return batch.payload()
 
     def cancel(self, batch_id: str) -> dict[str, Any] | None:
         """The batch, now ``cancelling``; None when it has already ended."""
@@ -306,7 +335,7 @@ class Batches:
             batch.done = {"validating": 0, "in_progress": min(batch.script.progress, len(batch.lines))}.get(batch.status, len(batch.lines))
             batch.path = [*batch.path[: batch.stage + 1], "cancelling", "cancelled"]
             self._enter(batch, batch.stage + 1)
-            return self._payload(batch)
+            return batch.payload()
 
     def listing(self, limit: int = 20, after: str | None = None) -> dict[str, Any]:
         """``GET /v1/batches``: the newest first, ``limit`` of them after the batch ``after``."""
@@ -317,7 +346,7 @@ class Batches:
             page = ordered[:limit]
             for batch in page:
                 self._advance(batch, poll=False)
-            data = [self._payload(b) for b in page]
+            data = [b.payload() for b in page]
         return {
             "object": "list",
             "data": data,
@@ -393,31 +422,3 @@ class Batches:
                 data = "".join(json.dumps(row) + "\n" for row in rows).encode()
                 stored = self.add_file(f"batch_{batch.id}_{kind}.jsonl", "batch_output", data)
                 setattr(batch, f"{kind}_file_id", stored.id)
-
-    def _payload(self, batch: _Batch) -> dict[str, Any]:
-        created = batch.stamps["created"]
-        stamp = batch.stamps.get
-        return {
-            "id": batch.id,
-            "object": "batch",
-            "endpoint": batch.endpoint,
-            "model": next((line["body"].get("model") for line in batch.lines if isinstance(line.get("body"), dict)), None),
-            "errors": {"object": "list", "data": batch.errors} if batch.status == "failed" else None,
-            "input_file_id": batch.input_file_id,
-            "completion_window": batch.completion_window,
-            "status": batch.status,
-            "output_file_id": batch.output_file_id,
-            "error_file_id": batch.error_file_id,
-            "created_at": created,
-            "in_progress_at": stamp("in_progress"),
-            "expires_at": created + 24 * 3600,
-            "finalizing_at": stamp("finalizing"),
-            "completed_at": stamp("completed"),
-            "failed_at": stamp("failed"),
-            "expired_at": stamp("expired"),
-            "cancelling_at": stamp("cancelling"),
-            "cancelled_at": stamp("cancelled"),
-            "request_counts": dict(batch.counts),
-            "usage": batch.usage,
-            "metadata": batch.metadata,
-        }
