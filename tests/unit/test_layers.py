@@ -168,3 +168,39 @@ def test_the_test_reads_subpackages_and_relative_imports(tmp_path: Path, monkeyp
     ]
     with pytest.raises(AssertionError, match="inside a function"):
         test_imports_point_down_and_stay_at_module_level("testing._server")
+
+
+#: Issue 18's sizes: a module is read in one sitting, a class holds one job.
+MODULE_LINES, CLASS_LINES = 500, 200
+
+
+def too_big(name: str) -> list[str]:
+    """What in ``name`` is over the sizes: the module's lines, and each class's lines without its docstring."""
+    path = module_path(name)
+    where, text = Path("ipyllm", path.relative_to(PACKAGE)).as_posix(), path.read_text()
+    found = [f"{where} has {len(text.splitlines())} lines"] if len(text.splitlines()) > MODULE_LINES else []
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef):
+            size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+                size -= first.end_lineno - first.lineno + 1  # type: ignore[operator]
+            if size > CLASS_LINES:
+                found.append(f"{where}:{node.lineno} class {node.name} has {size} lines besides its docstring")
+    return found
+
+
+def test_no_module_over_500_lines_and_no_class_over_200() -> None:
+    found = [line for name in modules() for line in too_big(name)]
+    assert not found, "split these: " + "; ".join(found)
+
+
+def test_the_size_check_counts_code_not_docstrings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above can fail: a class of 201 lines of code is caught, and one of 200 with a long docstring is not."""
+    methods = "".join(f"    def m{i}(self):\n        return {i}\n\n" for i in range(66))  # 198 lines
+    documented = 'class Fine:\n    """' + "\n" * 30 + '"""\n' + methods + "    x = 1\n"  # 200 lines besides the docstring
+    (tmp_path / "_big.py").write_text(documented + "\n\nclass Big:\n" + methods + "    x = 1\n    y = 2\n")
+    monkeypatch.setattr(__import__(__name__, fromlist=["PACKAGE"]), "PACKAGE", tmp_path)
+    assert too_big("_big") == [f"ipyllm/_big.py:{documented.count(chr(10)) + 3} class Big has 201 lines besides its docstring"]
+    (tmp_path / "_long.py").write_text("x = 1\n" * 501)
+    assert too_big("_long") == ["ipyllm/_long.py has 501 lines"]
