@@ -99,6 +99,8 @@ def call_overhead(n: int = 300, rounds: int = 3) -> None:
                 own_cpu.append(statistics.median(own[1]))
                 others.append(statistics.median(p - c for p, c in zip(own[2], own[1], strict=True)))
             within = statistics.median(i[0] for i in inside)
+            # Closed before its folder goes: a ledger deleted while in use is recreated, folder and all.
+            _api.session.close()
     finally:
         process.terminate()
         process.wait()

@@ -5,9 +5,9 @@ contender takes a core, and the figures are ratios of wall times). Everything is
 server in a process of its own, answering in 50 ms (the ledger is a SQLite file in a temporary directory).
 
 1. **In-process map**: ``ipyllm.map(1,000 prompts, concurrency=32)`` against a bare ``litellm.acompletion`` +
-   ``Semaphore(32)`` loop, both warm, in alternating rounds; target ≥ 0.9x the loop's throughput.
+   ``Semaphore(32)`` loop, both warm, each first in turn; target ≥ 0.9x the loop's throughput.
 2. **One call**: ``ipyllm.complete(prompt)`` against ``litellm.completion(...)`` as a user would call it (the
-   median of 300 calls each, in alternating blocks, to a stub that answers at once); target ≤ 1.05x its time.
+   median of 300 calls each, taken turn about, to a stub that answers at once); target ≤ 1.05x its time.
    ``bench.py call`` shows ipyllm's own time per call, against litellm's time inside ``complete``.
 3. **A first map(processes=2) in a fresh kernel** against ``litellm.batch_completion(max_workers=32)``; target
    ≥ 1.3x its throughput. Each contender runs in a fresh process, timed from the first cell on: ``%load_ext
@@ -46,14 +46,17 @@ MODEL, KEY = batch_bench.MODEL, batch_bench.KEY
 
 
 def in_process_map(base_url: str, rounds: int, rows: int, concurrency: int) -> list[float]:
-    """Throughput ratios map / bare loop, one per round (each round: the loop, then the map, on new prompts)."""
+    """Throughput ratios map / bare loop, one per round (each round: both on new prompts, each first in turn)."""
     batch_bench.bare_loop(base_url, batch_bench.prompts(40), concurrency)
     batch_bench.ipyllm_map(base_url, [f"warm {i}" for i in range(40)], concurrency)
     ratios = []
     for round_ in range(rounds):
         items = batch_bench.prompts(rows)
+        if round_ % 2:  # each goes first in turn
+            mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
         bare = batch_bench.bare_loop(base_url, [f"{p} (bare {round_})" for p in items], concurrency)
-        mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
+        if not round_ % 2:
+            mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
         ratios.append(bare / mapped)
         print(f"  round {round_ + 1}: bare loop {bare:5.2f} s, map {mapped:5.2f} s: {bare / mapped:.2f}x  (load {os.getloadavg()[0]:.2f})")
     return ratios
@@ -78,15 +81,17 @@ def one_call(base_url: str, rounds: int, calls: int) -> list[float]:
         bare()
         ours()
     ratios = []
+    contenders = {"litellm.completion": bare, "ipyllm.complete": ours}
     for round_ in range(rounds):
-        medians = {}
-        for name, call in (("litellm.completion", bare), ("ipyllm.complete", ours)):
-            times = []
-            for _ in range(calls):
+        times: dict[str, list[float]] = {name: [] for name in contenders}
+        for turn in range(calls):
+            # Call by call, each first in turn: a machine that speeds up or slows down during the round (it does, by up to
+            # a third here) weighs on both alike, where one block after the other credited it to one of them.
+            for name in list(contenders)[:: 1 if turn % 2 else -1]:
                 started = time.perf_counter()
-                call()
-                times.append(time.perf_counter() - started)
-            medians[name] = statistics.median(times)
+                contenders[name]()
+                times[name].append(time.perf_counter() - started)
+        medians = {name: statistics.median(values) for name, values in times.items()}
         ratio = medians["ipyllm.complete"] / medians["litellm.completion"]
         ratios.append(ratio)
         shown = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in medians.items())
@@ -151,8 +156,12 @@ def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tup
     from_load, warm_only = [], []
     for round_ in range(rounds):
         items = [f"{p} (fresh {round_})" for p in batch_bench.prompts(rows)]
+        # Each goes first in turn, as in the other targets: neither always runs on the machine the other left.
+        if round_ % 2:
+            cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
         batch = fresh(_FRESH_BATCH, base_url, [f"{p} (batch)" for p in items], concurrency, "cold")
-        cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
+        if not round_ % 2:
+            cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
         warm = fresh(_FRESH_MAP, base_url, [f"{p} (warm)" for p in items], concurrency, "warm")
         from_load.append(batch["total"] / cold["total"])
         warm_only.append(batch["batch"] / warm["map"])
@@ -166,7 +175,10 @@ def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tup
 
 
 def shown(values: list[float]) -> str:
-    return f"{min(values):.2f}-{max(values):.2f}x" if len(values) > 1 else f"{values[0]:.2f}x"
+    """The rounds' range and median: one round's figure moves by a tenth or more with the machine."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}x"
+    return f"{min(values):.2f}-{max(values):.2f}x, median {statistics.median(values):.2f}x"
 
 
 def main() -> None:
