@@ -692,7 +692,7 @@ MUTATIONS: list[Mutation] = [
         "a map stops at the first refusal while its own calls in flight hold the room",
         "ipyllm/_batchrun.py",
         "                if await self.flight.room_may_come(error.refusal, need()):",
-        "            if False:",
+        "                if False:",
         "tests/batch/test_budget.py -k map_over_long",
     ),
     m(
