@@ -1010,6 +1010,12 @@ def apply(mutation: Mutation, root: Path) -> bool:
         if found != mutation.count:
             raise SystemExit(f"{mutation.name}: the old text occurs {found} times in {mutation.file}, expected {mutation.count}")
         changed = text.replace(mutation.old, mutation.new)
+    if path.suffix == ".py":
+        # A mutant that does not compile fails every test it reaches: it would count as killed and show nothing.
+        try:
+            compile(changed, str(path), "exec")
+        except SyntaxError as error:
+            raise SystemExit(f"{mutation.name}: the mutated {mutation.file} does not compile ({error.msg}, line {error.lineno})") from None
     path.write_text(changed)
     return True
 
