@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import functools
 import json
 import os
 import statistics
@@ -33,7 +34,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
@@ -43,6 +46,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import batch_bench  # the contenders of the batch benchmark, shared
 
 MODEL, KEY = batch_bench.MODEL, batch_bench.KEY
+A, B = TypeVar("A"), TypeVar("B")
+
+
+def in_turn(turn: int, first: Callable[[], A], second: Callable[[], B]) -> tuple[A, B]:
+    """``(first(), second())``, ``second`` run first on odd turns: neither contender always runs on the machine the
+    other left (warmer caches, a busier disk, a clock that changed speed)."""
+    if turn % 2:
+        b = second()
+        return first(), b
+    a = first()
+    return a, second()
 
 
 def in_process_map(base_url: str, rounds: int, rows: int, concurrency: int) -> list[float]:
@@ -52,11 +66,11 @@ def in_process_map(base_url: str, rounds: int, rows: int, concurrency: int) -> l
     ratios = []
     for round_ in range(rounds):
         items = batch_bench.prompts(rows)
-        if round_ % 2:  # each goes first in turn
-            mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
-        bare = batch_bench.bare_loop(base_url, [f"{p} (bare {round_})" for p in items], concurrency)
-        if not round_ % 2:
-            mapped, _ = batch_bench.ipyllm_map(base_url, [f"{p} (map {round_})" for p in items], concurrency)
+        bare, (mapped, _) = in_turn(
+            round_,
+            functools.partial(batch_bench.bare_loop, base_url, [f"{p} (bare {round_})" for p in items], concurrency),
+            functools.partial(batch_bench.ipyllm_map, base_url, [f"{p} (map {round_})" for p in items], concurrency),
+        )
         ratios.append(bare / mapped)
         print(f"  round {round_ + 1}: bare loop {bare:5.2f} s, map {mapped:5.2f} s: {bare / mapped:.2f}x  (load {os.getloadavg()[0]:.2f})")
     return ratios
@@ -80,18 +94,18 @@ def one_call(base_url: str, rounds: int, calls: int) -> list[float]:
     for _ in range(20):
         bare()
         ours()
+
+    def timed(call: Callable[[], None]) -> float:
+        started = time.perf_counter()
+        call()
+        return time.perf_counter() - started
+
     ratios = []
-    contenders = {"litellm.completion": bare, "ipyllm.complete": ours}
     for round_ in range(rounds):
-        times: dict[str, list[float]] = {name: [] for name in contenders}
-        for turn in range(calls):
-            # Call by call, each first in turn: a machine that speeds up or slows down during the round (it does, by up to
-            # a third here) weighs on both alike, where one block after the other credited it to one of them.
-            for name in list(contenders)[:: 1 if turn % 2 else -1]:
-                started = time.perf_counter()
-                contenders[name]()
-                times[name].append(time.perf_counter() - started)
-        medians = {name: statistics.median(values) for name, values in times.items()}
+        # Call by call, each first in turn: a machine that speeds up or slows down during the round (it does, by up to
+        # a third here) weighs on both alike, where one block after the other credited it to one of them.
+        pairs = [in_turn(turn, functools.partial(timed, bare), functools.partial(timed, ours)) for turn in range(calls)]
+        medians = {name: statistics.median(pair[i] for pair in pairs) for i, name in enumerate(("litellm.completion", "ipyllm.complete"))}
         ratio = medians["ipyllm.complete"] / medians["litellm.completion"]
         ratios.append(ratio)
         shown = ", ".join(f"{name} {value * 1000:.2f} ms" for name, value in medians.items())
@@ -156,12 +170,11 @@ def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tup
     from_load, warm_only = [], []
     for round_ in range(rounds):
         items = [f"{p} (fresh {round_})" for p in batch_bench.prompts(rows)]
-        # Each goes first in turn, as in the other targets: neither always runs on the machine the other left.
-        if round_ % 2:
-            cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
-        batch = fresh(_FRESH_BATCH, base_url, [f"{p} (batch)" for p in items], concurrency, "cold")
-        if not round_ % 2:
-            cold = fresh(_FRESH_MAP, base_url, items, concurrency, "cold")
+        batch, cold = in_turn(
+            round_,
+            functools.partial(fresh, _FRESH_BATCH, base_url, [f"{p} (batch)" for p in items], concurrency, "cold"),
+            functools.partial(fresh, _FRESH_MAP, base_url, items, concurrency, "cold"),
+        )
         warm = fresh(_FRESH_MAP, base_url, [f"{p} (warm)" for p in items], concurrency, "warm")
         from_load.append(batch["total"] / cold["total"])
         warm_only.append(batch["batch"] / warm["map"])
