@@ -178,7 +178,8 @@ def too_big(name: str) -> list[str]:
     """What in ``name`` is over the sizes: the module's lines, and each class's lines without its docstring."""
     path = module_path(name)
     where, text = Path("ipyllm", path.relative_to(PACKAGE)).as_posix(), path.read_text()
-    found = [f"{where} has {len(text.splitlines())} lines"] if len(text.splitlines()) > MODULE_LINES else []
+    lines = len(text.splitlines())
+    found = [f"{where} has {lines} lines"] if lines > MODULE_LINES else []
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, ast.ClassDef):
             size = node.end_lineno - node.lineno + 1  # type: ignore[operator]
