@@ -165,6 +165,9 @@ def serve() -> None:
 class Helper:
     """One helper process, its pipes and the attempts it is running."""
 
+    #: How long ``close`` waits for a ready helper to finish and exit (seconds) before it is killed.
+    CLOSE_WAIT = 2.0
+
     def __init__(self) -> None:
         # The child imports this very ipyllm, wherever it was imported from here.
         self.process = subprocess.Popen(
@@ -263,13 +266,16 @@ class Helper:
         return int(self._ask("count")[1].result(timeout))
 
     def close(self) -> None:
-        """Close the helper's pipe (it exits), then make sure it has."""
+        """Close the helper's pipe (it exits), then make sure it has; one still importing litellm has no call to
+        finish and would read its pipe only seconds later, so it is stopped at once."""
         self.alive = False
         with contextlib.suppress(OSError, ValueError):
             assert self.process.stdin is not None
             self.process.stdin.close()
+        if not self.ready.is_set():
+            self.process.kill()
         try:
-            self.process.wait(timeout=2)
+            self.process.wait(timeout=self.CLOSE_WAIT)
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()

@@ -177,8 +177,15 @@ def defer_tokenizers() -> None:
 
 
 def _warm_up() -> None:
-    """litellm ready for calls first (a map waits for it), then its tokenizers (for estimates and budgets)."""
-    litellm = load_litellm(count_tokens=False)
+    """litellm ready for calls first (a map waits for it), then its tokenizers (for estimates and budgets).
+
+    A warm-up that fails says nothing: the first call imports litellm again and reports what is wrong. (A script
+    that ends during the import gets "can't register atexit after shutdown" from litellm's imports, not a traceback.)
+    """
+    try:
+        litellm = load_litellm(count_tokens=False)
+    except Exception:
+        return
     if not _tokenizers_wait.is_set():
         _prime_tokens(litellm)
 

@@ -215,6 +215,20 @@ def test_the_map_magic_takes_processes(ip: Any, live: StubServer, helper: _helpe
     assert len(chat_requests(live)) == 24
 
 
+def test_a_helper_still_importing_is_stopped_at_once_when_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel that exits (or a script that ends) right after ``%load_ext`` with ``LLM_PROCESSES=2`` does not wait for
+    a helper that is still importing litellm and has no call to finish: here one that would take a minute."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(_helpers, "_BOOT", "import time; time.sleep(60)")
+    monkeypatch.setattr(_helpers.Helper, "CLOSE_WAIT", 60.0)
+    helper = _helpers.Helper()
+    closing = threading.Thread(target=helper.close)
+    closing.start()
+    closing.join(20)
+    assert not closing.is_alive(), "close waited for a helper that was not ready"
+    assert helper.process.returncode == -9 and not helper.alive
+
+
 def test_a_fresh_process_sends_through_the_ready_helper_before_its_own_litellm_is_imported(live: StubServer, tmp_path: Path) -> None:
     """In a fresh kernel both litellm imports run at once; calls start with whichever is ready first. Here this
     process's import is held back (its lock taken) until the map has sent every row through the helper: the rows

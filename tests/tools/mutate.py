@@ -484,6 +484,24 @@ MUTATIONS: list[Mutation] = [
         "        if False:",
         "tests/batch/test_helpers.py",
     ),
+    m(
+        "helper-close-waits-for-import",
+        "helpers",
+        "closing a helper still importing litellm waits for it: a script or kernel exit right after %load_ext stalls",
+        "ipyllm/_helpers.py",
+        "        if not self.ready.is_set():\n            self.process.kill()\n",
+        "",
+        "tests/batch/test_helpers.py",
+    ),
+    m(
+        "warm-up-failure-raises",
+        "helpers",
+        "a warm-up cut short (a script ending during litellm's import) prints a traceback from its thread",
+        "ipyllm/_litellm.py",
+        "    try:\n        litellm = load_litellm(count_tokens=False)\n    except Exception:\n        return\n",
+        "    litellm = load_litellm(count_tokens=False)\n",
+        "tests/unit/test_litellm.py",
+    ),
     # -- issue 17: input checks
     m(
         "config-typos-allowed",

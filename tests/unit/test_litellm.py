@@ -144,3 +144,17 @@ def test_a_litellm_callback_the_user_registered_still_sees_every_call(live: Stub
     asyncio.run(ipyllm.acomplete("hello async"))
     # litellm's worker runs the callbacks when it gets to them: seconds on a loaded machine, not a fixed sleep
     wait_until(lambda: "sync" in seen and "async" in seen, 30, "the user's litellm callback to see the sync and the async call")
+
+
+def test_a_warm_up_that_fails_says_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first call imports litellm again and says what is wrong; a script that ends during the background import
+    (litellm's imports then raise "can't register atexit after shutdown") prints no traceback."""
+    primed: list[Any] = []
+
+    def interrupted(count_tokens: bool = True) -> Any:
+        raise RuntimeError("can't register atexit after shutdown")
+
+    monkeypatch.setattr(_litellm, "load_litellm", interrupted)
+    monkeypatch.setattr(_litellm, "_prime_tokens", primed.append)
+    assert _litellm._warm_up() is None
+    assert primed == []
