@@ -13,8 +13,9 @@ server in a process of its own, answering in 50 ms (the ledger is a SQLite file 
    ≥ 1.3x its throughput. Each contender runs in a fresh process, timed from the first cell on: ``%load_ext
    ipyllm`` then ``ipyllm.map(..., processes=2)`` in an IPython shell, against ``import litellm`` then
    ``litellm.batch_completion(...)``: both pay litellm's import once, ipyllm in this process and in its helper
-   at once. Also shown: the map alone, once the kernel's litellm is warm but the helper not yet started,
-   against a warm ``batch_completion`` (the helper's start is then all on the map's clock).
+   at once. Also shown, against a warm ``batch_completion``: the map alone, once the kernel's litellm is warm
+   (a notebook's next cell, a few seconds after ``%load_ext``), with the helper not yet started (its start is
+   then all on the map's clock), and with it started early by ``%load_ext`` (``LLM_PROCESSES=2``).
 
 ipyllm's modules are byte-compiled first, as ``pip install`` leaves an installed package (litellm's are): this
 machine sets ``PYTHONDONTWRITEBYTECODE=1``, under which a source checkout would compile every ipyllm module again
@@ -124,7 +125,7 @@ from ipyllm import _litellm
 loaded = time.perf_counter()
 ipyllm.config.update(base_url=sys.argv[1], api_key=sys.argv[2], model=sys.argv[3])
 items = json.loads(sys.argv[4])
-if sys.argv[5] == "warm":  # the kernel's litellm warm, as a while after %load_ext; the helper not started
+if sys.argv[5] in ("warm", "early"):  # the kernel's litellm warm, as a while after %load_ext (early: the helper too)
     _litellm.load_litellm()
     started = time.perf_counter()
 mapped = time.perf_counter()
@@ -150,10 +151,13 @@ print(json.dumps({"total": ended - started, "batch": ended - imported, "import":
 
 
 def fresh(code: str, base_url: str, items: list[str], concurrency: int, mode: str) -> dict[str, float]:
+    """One contender in a fresh process; ``early``: ``LLM_PROCESSES=2``, so that ``%load_ext`` starts the helper."""
     environment = {
-        **os.environ,
+        **{name: value for name, value in os.environ.items() if name != "LLM_PROCESSES"},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")])),
     }
+    if mode == "early":
+        environment["LLM_PROCESSES"] = "2"
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), base_url, KEY, MODEL, json.dumps(items), mode, str(concurrency)],
         capture_output=True,
@@ -164,10 +168,11 @@ def fresh(code: str, base_url: str, items: list[str], concurrency: int, mode: st
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tuple[list[float], list[float]]:
-    """Throughput ratios of a first map(processes=2) in a fresh kernel over batch_completion: from the first cell,
-    and the map alone with the kernel's litellm warm (against a warm batch_completion)."""
-    from_load, warm_only = [], []
+def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tuple[list[float], list[float], list[float]]:
+    """Throughput ratios of a first map(processes=2) in a fresh kernel over batch_completion: from the first cell;
+    and the map alone with the kernel's litellm warm, the helper started by the map or by ``%load_ext`` (against a
+    warm batch_completion)."""
+    from_load, warm_only, early_only = [], [], []
     for round_ in range(rounds):
         items = [f"{p} (fresh {round_})" for p in batch_bench.prompts(rows)]
         batch, cold = in_turn(
@@ -175,16 +180,22 @@ def fresh_kernel(base_url: str, rounds: int, rows: int, concurrency: int) -> tup
             functools.partial(fresh, _FRESH_BATCH, base_url, [f"{p} (batch)" for p in items], concurrency, "cold"),
             functools.partial(fresh, _FRESH_MAP, base_url, items, concurrency, "cold"),
         )
-        warm = fresh(_FRESH_MAP, base_url, [f"{p} (warm)" for p in items], concurrency, "warm")
+        warm, early = in_turn(
+            round_,
+            functools.partial(fresh, _FRESH_MAP, base_url, [f"{p} (warm)" for p in items], concurrency, "warm"),
+            functools.partial(fresh, _FRESH_MAP, base_url, [f"{p} (early)" for p in items], concurrency, "early"),
+        )
         from_load.append(batch["total"] / cold["total"])
         warm_only.append(batch["batch"] / warm["map"])
+        early_only.append(batch["batch"] / early["map"])
         print(
             f"  round {round_ + 1}: import litellm + batch_completion {batch['total']:5.2f} s "
             f"({batch['import']:.2f} + {batch['batch']:.2f}); "
             f"%load_ext + map(processes=2) {cold['total']:5.2f} s: {from_load[-1]:.2f}x; "
-            f"map(processes=2) with litellm warm, helper cold {warm['map']:5.2f} s: {warm_only[-1]:.2f}x  (load {os.getloadavg()[0]:.2f})"
+            f"map(processes=2) with litellm warm, helper cold {warm['map']:5.2f} s: {warm_only[-1]:.2f}x; "
+            f"helper started by %load_ext {early['map']:5.2f} s: {early_only[-1]:.2f}x  (load {os.getloadavg()[0]:.2f})"
         )
-    return from_load, warm_only
+    return from_load, warm_only, early_only
 
 
 def shown(values: list[float]) -> str:
@@ -224,9 +235,10 @@ def main() -> None:
             verdicts.append(f"complete / litellm.completion: {shown(ratios)} (target <= 1.05x)")
         if "fresh" in only:
             print(f"3. a first map(processes=2) in a fresh kernel, {args.rows:,} prompts (target >= 1.30x batch_completion)")
-            from_load, warm_only = fresh_kernel(base_url, args.rounds, args.rows, args.concurrency)
+            from_load, warm_only, early_only = fresh_kernel(base_url, args.rounds, args.rows, args.concurrency)
             verdicts.append(f"fresh kernel, map(processes=2) / batch_completion, from the first cell: {shown(from_load)} (target >= 1.30x)")
             verdicts.append(f"  the map alone, kernel's litellm warm, helper cold, / warm batch_completion: {shown(warm_only)}")
+            verdicts.append(f"  the map alone, helper started by %load_ext (LLM_PROCESSES=2), / warm batch_completion: {shown(early_only)}")
     finally:
         stub.terminate()
         from ipyllm import _api

@@ -109,6 +109,11 @@ def _start_helpers(session: Session, processes: int) -> None:
         helpers(processes - 1)
 
 
+def _processes(session: Session, processes: int | None) -> int:
+    """The processes a map runs in: its own argument, else the ``processes`` setting."""
+    return session.config.snapshot().processes if processes is None else _whole("processes", processes)
+
+
 def _check_errors(errors: str) -> None:
     if errors not in ("keep", "raise"):
         raise SettingError(f"errors must be 'keep' or 'raise' (got {errors!r})", "errors")
@@ -134,7 +139,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     resume: bool = True,
     progress: bool = True,
     dry_run: bool = False,
-    processes: int = 1,
+    processes: int | None = None,
     missing: str = "skip",
     via: str = "live",
     wait: bool = True,
@@ -169,9 +174,10 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
     processes
         Spread litellm's work over this many processes: this one and ``processes - 1`` helper processes,
         started on first use and kept for the session (each imports litellm: seconds, and ~300 MB). One
-        process drives about 100 calls a second (litellm spends ~9 ms of CPU per call); worth it only when
+        process drives about 250 calls a second (litellm spends 3-4 ms of CPU per call); worth it only when
         the provider allows more, with a core free for each helper. Retries, rate-limit pauses, budgets and
-        the ledger stay in this process.
+        the ledger stay in this process. Unset: the ``processes`` setting (1 unless ``LLM_PROCESSES`` says
+        otherwise), whose helpers ``%load_ext`` starts at once.
     missing
         ``"skip"`` (the default): a row whose template fields hold a missing value (``None``, ``NaN``, ``pd.NA``,
         ``NaT``) is not sent; its result is NA, its reason in ``ipyllm.last_batch().errors`` is ``missing value in
@@ -208,7 +214,7 @@ def map(  # noqa: A001 - ipyllm.map, as SPEC names it
 
     _check_errors(errors)
     _check_via(via, wait)
-    concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
+    concurrency, processes = _whole("concurrency", concurrency), _processes(session, processes)
     if not dry_run and via == "live":
         _start_helpers(session, processes)
     rows = Rows(session, template, data, schema, overrides, missing, "map", helpers=processes > 1 and via == "live" and not dry_run)
@@ -260,7 +266,7 @@ async def amap(
     errors: str = "keep",
     resume: bool = True,
     progress: bool = True,
-    processes: int = 1,
+    processes: int | None = None,
     missing: str = "skip",
     via: str = "live",
     wait: bool = True,
@@ -275,7 +281,7 @@ async def amap(
 
     _check_errors(errors)
     _check_via(via, wait)
-    concurrency, processes = _whole("concurrency", concurrency), _whole("processes", processes)
+    concurrency, processes = _whole("concurrency", concurrency), _processes(session, processes)
     if via == "batch":
         batch_job = MapJob(session, Rows(session, template, data, schema, overrides, missing, "amap"), resume)
         handle = await asyncio.to_thread(batch_job.start)

@@ -208,6 +208,7 @@ ENVIRONMENT = {
     "cache": "LLM_CACHE",
     "batch_poll_min_wait": "LLM_BATCH_POLL_MIN_WAIT",
     "batch_poll_max_wait": "LLM_BATCH_POLL_MAX_WAIT",
+    "processes": "LLM_PROCESSES",
 }
 
 
@@ -295,6 +296,16 @@ class LLMConfig(Configurable):
     )
     batch_poll_max_wait = Number(
         60.0, low=0, high=3600, help="Longest wait between two looks at a provider batch, seconds (LLM_BATCH_POLL_MAX_WAIT)."
+    )
+    processes = Number(
+        1,
+        low=1,
+        high=64,
+        integer=True,
+        help=(
+            "Processes a map spreads litellm's work over when it names none (LLM_PROCESSES); above 1, with %load_ext, "
+            "the helper processes start at once, so that the first map finds them ready."
+        ),
     )
     prices = Prices(
         {},
@@ -460,6 +471,7 @@ class Settings:
     cache: bool
     batch_poll_min_wait: float = 5.0
     batch_poll_max_wait: float = 60.0
+    processes: int = 1
     prices: dict[str, Any] = field(default_factory=dict)
     image_detail: str = "auto"
     table_token_budget: int = 2000

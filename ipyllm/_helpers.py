@@ -35,7 +35,7 @@ from typing import Any
 
 from ipyllm._litellm import defer_tokenizers, learn_provider, litellm_loaded, load_litellm, provider_of, unlogged, warm_up
 
-__all__ = ["Spread", "helpers"]
+__all__ = ["Spread", "helpers", "start_early", "stop_early"]
 
 _HEADER = struct.Struct("!I")
 
@@ -290,6 +290,24 @@ def helpers(count: int) -> list[Helper]:
                 atexit.register(close_all)
             _helpers.append(Helper())
         return _helpers[:count]
+
+
+def _on_processes(change: Any) -> None:
+    if change["new"] > 1:
+        helpers(change["new"] - 1)
+
+
+def start_early(config: Any) -> None:
+    """The helpers the ``processes`` setting asks for, started now and whenever it is raised (``%load_ext``): each
+    imports litellm, seconds of a core, while the notebook goes on, and the first map finds them ready."""
+    config.observe(_on_processes, names="processes")
+    _on_processes({"new": config.processes})
+
+
+def stop_early(config: Any) -> None:
+    """No more helpers started when ``processes`` is raised (``%unload_ext``); those running stay for the session."""
+    with contextlib.suppress(ValueError):
+        config.unobserve(_on_processes, names="processes")
 
 
 def close_all() -> None:

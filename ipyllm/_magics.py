@@ -26,6 +26,7 @@ from ipyllm._chat import cell_key, chat_reset, conversation
 from ipyllm._config import config
 from ipyllm._display import FORMATS, LiveOutput
 from ipyllm._engine import Reply
+from ipyllm._helpers import start_early, stop_early
 from ipyllm._litellm import warm_up
 from ipyllm._llmcall import answer, deliver, dry_run, read_call, with_attachments
 from ipyllm._mapcell import run_map
@@ -87,7 +88,7 @@ class LLMMagics(Magics):
     @argument("--no-cache", action="store_true", help="send the request even when the cache holds an identical one")
     @argument("--map", metavar="DATA", help="%%%%llm only: the cell body is a template run over every row of DATA (see ipyllm.map)")
     @argument("--concurrency", type=int, default=8, metavar="N", help="with --map: most calls in flight (default 8)")
-    @argument("--processes", type=int, default=1, metavar="N", help="with --map: spread litellm's work over N processes (default 1)")
+    @argument("--processes", type=int, metavar="N", help="with --map: spread litellm's work over N processes (default: setting processes)")
     @argument("--schema", metavar="NAME", help="with --map: a pydantic model or JSON-schema dict; one column per field")
     @argument(
         "--missing",
@@ -249,6 +250,7 @@ def load(shell: Any, picker: Callable[[], Any]) -> None:
             config.update_config(shell.config)
     _loaded[id(shell)] = magics
     warm_up()
+    start_early(config)
 
 
 def unload(shell: Any) -> None:
@@ -267,6 +269,7 @@ def unload(shell: Any) -> None:
     shell.magics_manager.registry.pop(type(magics).__name__, None)
     if config in shell.configurables:
         shell.configurables.remove(config)
+    stop_early(config)
     if keep_question_marks in shell.input_transformers_cleanup:
         shell.input_transformers_cleanup.remove(keep_question_marks)
 

@@ -215,6 +215,72 @@ def test_the_map_magic_takes_processes(ip: Any, live: StubServer, helper: _helpe
     assert len(chat_requests(live)) == 24
 
 
+def test_a_map_that_names_no_processes_takes_the_setting(ip: Any, fast: StubServer, helper: _helpers.Helper) -> None:
+    fast.delay = 0.05
+    ipyllm.config.processes = 2
+    before = helper.sent
+    result = ipyllm.map("{value}", [f"row {i}" for i in range(40)], concurrency=8, progress=False)
+    assert list(result) == [f"[gpt-4o-mini] row {i}" for i in range(40)]
+    assert helper.sent > before, "the setting's helper took part"
+    before = helper.sent
+    ipyllm.map("{value}", [f"here {i}" for i in range(20)], concurrency=8, processes=1, progress=False)
+    assert helper.sent == before, "processes=1, named: this process only"
+    ip.user_ns["items"] = [f"cell {i}" for i in range(24)]
+    ip.run_cell_magic("llm", "--map items -o out --concurrency 6", "Say {value}")
+    assert list(ip.user_ns["out"]) == [f"[gpt-4o-mini] Say cell {i}" for i in range(24)]
+    assert helper.sent > before, "%%llm --map without --processes: the setting's helper took part"
+    assert len(chat_requests(fast)) == 84
+
+
+_EARLY = """
+import json, sys
+from IPython.core.interactiveshell import InteractiveShell
+shell = InteractiveShell.instance()
+shell.run_line_magic("load_ext", "ipyllm")
+import ipyllm
+from ipyllm import _helpers
+seen = {"at_load": len(_helpers._helpers)}
+if sys.argv[1] == "environment":
+    # LLM_PROCESSES=2: %load_ext started one helper, which gets ready with no map; the first map uses it.
+    pids = [helper.pid for helper in _helpers._helpers if helper.ready.wait(120)]
+    ipyllm.config.update(base_url=sys.argv[2], api_key="sk-early", usage_db=sys.argv[3])
+    result = ipyllm.map("{value}", [f"item {i}" for i in range(24)], concurrency=6, progress=False)
+    seen.update(ready=len(pids), result=list(result), sent=sum(helper.sent for helper in _helpers._helpers),
+                same=[helper.pid for helper in _helpers._helpers] == pids)
+else:
+    # No variable: none at %load_ext; raising the setting starts one; after %unload_ext, raising it starts none.
+    shell.run_line_magic("llm_config", "processes=2")
+    seen["raised"] = len(_helpers._helpers)
+    shell.run_line_magic("unload_ext", "ipyllm")
+    ipyllm.config.processes = 3
+    seen["unloaded"] = len(_helpers._helpers)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("how", ["environment", "raised"])
+def test_the_processes_setting_starts_its_helpers_before_the_first_map(live: StubServer, tmp_path: Path, how: str) -> None:
+    """Each helper imports litellm (seconds): started with ``%load_ext`` or when the setting is raised, it is ready
+    by the time the notebook gets to its map."""
+    env = {name: value for name, value in os.environ.items() if name != "LLM_PROCESSES"}
+    env["PYTHONPATH"] = str(ROOT)
+    if how == "environment":
+        env["LLM_PROCESSES"] = "2"
+    usage = str(tmp_path / "usage.sqlite")
+    done = subprocess.run(
+        [sys.executable, "-c", _EARLY, how, live.base_url, usage], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    if how == "environment":
+        assert seen["at_load"] == 1 and seen["ready"] == 1, "%load_ext started the helper; it got ready with no map"
+        assert seen["result"] == [f"[gpt-4o-mini] item {i}" for i in range(24)]
+        assert seen["sent"] > 0 and seen["same"], "the map sent through that helper, and started no other"
+        assert len(chat_requests(live)) == 24
+    else:
+        assert (seen["at_load"], seen["raised"], seen["unloaded"]) == (0, 1, 1)
+
+
 def test_a_helper_still_importing_is_stopped_at_once_when_closed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A kernel that exits (or a script that ends) right after ``%load_ext`` with ``LLM_PROCESSES=2`` does not wait for
     a helper that is still importing litellm and has no call to finish: here one that would take a minute."""

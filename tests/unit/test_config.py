@@ -28,6 +28,7 @@ def test_defaults_match_the_spec() -> None:
     assert fresh.api_key is None and fresh.base_url is None and fresh.budget_usd is None
     assert fresh.cache is False and fresh.prices == {}
     assert (fresh.image_detail, fresh.table_token_budget) == ("auto", 2000)
+    assert fresh.processes == 1, "one process: helpers only when asked for"
     assert SETTING_NAMES[-3:] == ("prices", "image_detail", "table_token_budget"), "in SPEC section 2's order"
 
 
@@ -47,6 +48,7 @@ def test_environment_variables_are_read() -> None:
         "LLM_DAILY_BUDGET_USD": "10",
         "LLM_USAGE_DB": ":memory:",
         "LLM_CACHE": "on",
+        "LLM_PROCESSES": "2",
     }
     cfg = LLMConfig(environ=environ)
     assert cfg.model == "ollama/llama3"
@@ -56,6 +58,7 @@ def test_environment_variables_are_read() -> None:
     assert cfg.embedding_model == "text-embedding-3-large" and cfg.embedding_deployment == "embed-prod"
     assert (cfg.num_retries, cfg.retry_min_wait, cfg.retry_max_wait, cfg.timeout) == (2, 0.5, 4.0, 30.0)
     assert (cfg.budget_usd, cfg.daily_budget_usd, cfg.usage_db, cfg.cache) == (1.5, 10.0, Memory(), True)
+    assert cfg.processes == 2 and cfg.snapshot().processes == 2
 
 
 def test_a_bad_environment_variable_is_said_once_and_keeps_the_default(capfd: pytest.CaptureFixture[str]) -> None:
@@ -99,6 +102,10 @@ def test_config_files_win_over_the_environment() -> None:
         ("table_token_budget", 0, "table_token_budget must be a whole number >= 1 (got 0)"),
         ("table_token_budget", "lots", "table_token_budget must be a whole number >= 1 (got 'lots')"),
         ("table_token_budget", 20.5, "table_token_budget must be a whole number >= 1 (got 20.5)"),
+        ("processes", 0, "processes must be a whole number from 1 to 64 (got 0)"),
+        ("processes", "two", "processes must be a whole number from 1 to 64 (got 'two')"),
+        ("processes", 1.5, "processes must be a whole number from 1 to 64 (got 1.5)"),
+        ("processes", True, "processes must be a whole number from 1 to 64 (got True)"),
         ("prices", {"llava": {"supports_vision": "yes"}}, "prices must be a dict"),
         ("prices", {"llava": {"input_cost_per_token": 0, "supports_audio": True}}, "prices must be a dict"),
     ],
