@@ -1,7 +1,7 @@
 """Helper processes for ``ipyllm.map(..., processes=N)``: litellm's own work spread over more than one core.
 
-litellm spends about 9 ms of CPU on every call (building the request, parsing and pricing the answer), all
-of it under one GIL, so one process drives at most ~110 calls a second however many the provider allows.
+litellm spends 3-4 ms of CPU on every call (building the request, parsing and pricing the answer), all
+of it under one GIL, so one process drives at most ~250-300 calls a second however many the provider allows.
 A helper is a plain Python child running this module's ``serve`` with its own litellm: it receives one attempt's
 arguments, runs ``litellm.acompletion`` and sends back the response (or the exception) over its pipes. It imports
 this module and ``_litellm`` only, not the package's ``__init__`` and the API behind it (0.1-0.2 s a helper would
@@ -10,7 +10,8 @@ otherwise spend before its litellm import, while the first batch waits for it).
 Everything else stays in the calling process: the retry policy, the rate-limit pause, budgets, the ledger,
 the cache and the progress. A helper only makes single attempts, so one attempt is still one request, and
 whether it ran here or there, the row is the same. Calls go where the fewest are in flight, so a busier
-process gets fewer. Helpers start on first use and live as long as the session, and exit when its pipe closes.
+process gets fewer. Helpers start on first use, or early with the ``processes`` setting (``start_early``),
+live as long as the session, and exit when its pipe closes.
 Importing litellm takes seconds, here and in each helper, at once on a fresh kernel's cores: calls start with
 whichever is ready first (a helper's litellm then tells this process the model's provider).
 
