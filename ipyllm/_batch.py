@@ -31,7 +31,7 @@ from ipyllm._batchdata import Batch
 from ipyllm._batchjob import MapJob
 from ipyllm._batchrun import Run
 from ipyllm._budget import usd
-from ipyllm._helpers import helpers
+from ipyllm._helpers import start_for
 from ipyllm._notices import notice
 from ipyllm._progress import INTERVAL, Display, progress_display
 from ipyllm._provider_batch import ProviderBatch
@@ -105,8 +105,8 @@ def _start_helpers(session: Session, processes: int) -> None:
     """The helper processes a batch will use, started before anything else: each imports litellm (seconds), which
     then overlaps this process's own work (its litellm import in a fresh kernel, the rows' preparation) rather than
     following it; until a helper is ready, its share of the calls runs here."""
-    if processes > 1 and session.client._acompletion is None:
-        helpers(processes - 1)
+    if session.client._acompletion is None:
+        start_for(processes)
 
 
 def _processes(session: Session, processes: int | None) -> int:

@@ -36,7 +36,7 @@ from typing import Any
 
 from ipyllm._litellm import defer_tokenizers, learn_provider, litellm_loaded, load_litellm, provider_of, unlogged, warm_up
 
-__all__ = ["Spread", "helpers", "start_early", "stop_early"]
+__all__ = ["Spread", "helpers", "start_early", "start_for", "stop_early"]
 
 _HEADER = struct.Struct("!I")
 
@@ -293,16 +293,22 @@ def helpers(count: int) -> list[Helper]:
         return _helpers[:count]
 
 
+def start_for(processes: int) -> None:
+    """The helpers that ``processes`` processes need besides this one, started if need be (they get ready in the
+    background)."""
+    if processes > 1:
+        helpers(processes - 1)
+
+
 def _on_processes(change: Any) -> None:
-    if change["new"] > 1:
-        helpers(change["new"] - 1)
+    start_for(change["new"])
 
 
 def start_early(config: Any) -> None:
     """The helpers the ``processes`` setting asks for, started now and whenever it is raised (``%load_ext``): each
     imports litellm, seconds of a core, while the notebook goes on, and the first map finds them ready."""
     config.observe(_on_processes, names="processes")
-    _on_processes({"new": config.processes})
+    start_for(config.processes)
 
 
 def stop_early(config: Any) -> None:

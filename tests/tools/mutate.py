@@ -487,10 +487,19 @@ MUTATIONS: list[Mutation] = [
     m(
         "helpers-not-started-early",
         "helpers",
-        "%load_ext and a raised processes setting start no helper: the first map waits for its litellm import",
+        "%load_ext starts no helper: the first map waits for its litellm import",
         "ipyllm/_helpers.py",
-        '    if change["new"] > 1:\n        helpers(change["new"] - 1)',
-        '    if False:\n        helpers(change["new"] - 1)',
+        "    start_for(config.processes)\n",
+        "    pass\n",
+        "tests/batch/test_helpers.py",
+    ),
+    m(
+        "helpers-not-started-when-raised",
+        "helpers",
+        "raising the processes setting starts no helper: the first map waits for its litellm import",
+        "ipyllm/_helpers.py",
+        '    start_for(change["new"])\n',
+        "    pass\n",
         "tests/batch/test_helpers.py",
     ),
     m(
