@@ -24,7 +24,7 @@ from ipyllm._config import Settings
 from ipyllm._display import footer, render
 from ipyllm._litellm import NO_RETRIES, caps_completion_tokens, load_litellm, resolve_provider, unlogged
 from ipyllm._promptcache import CachePlan
-from ipyllm._retry import RetryNote, async_retrying, retrying
+from ipyllm._retry import RetryNote, aretried, retried
 from ipyllm._usage import UsageRow
 
 __all__ = ["Client", "Embeddings", "Reply", "as_messages", "chat_arguments", "common_arguments"]
@@ -194,13 +194,19 @@ class Client:
     # -- the retry loop: the same body, with or without a coroutine; the row is settled in one place -----------
     def _run(self, call: Call, attempt: Callable[[], Any], on_retry: Callable[[RetryNote], Any] | None, report: Report) -> Any:
         settings = call.settings
-        policy = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep, on_retry=on_retry)
         response: Any = None
         error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
-                response = policy(call.counted(attempt))
+                response = retried(
+                    call.counted(attempt),
+                    settings.num_retries,
+                    settings.retry_min_wait,
+                    settings.retry_max_wait,
+                    sleep=self.sleep,
+                    on_retry=on_retry,
+                )
         except BaseException as exc:
             error = call.failure(exc)
         return call.settle(response, error, report)
@@ -213,19 +219,23 @@ class Client:
         report: Report,
         sleep: Callable[[float], Awaitable[Any]] | None,
     ) -> Any:
-        """``_run`` for coroutines: the session's tenacity policy as ``AsyncRetrying``; a cancelled task ends cancelled."""
+        """``_run`` for coroutines: the same policy (``aretried``), its waits spent with ``sleep``; a cancelled task ends cancelled."""
         import asyncio
 
         settings = call.settings
-        policy = async_retrying(
-            settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=sleep or asyncio.sleep, on_retry=on_retry
-        )
         response: Any = None
         error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
-                response = await policy(call.acounted(attempt))
+                response = await aretried(
+                    call.acounted(attempt),
+                    settings.num_retries,
+                    settings.retry_min_wait,
+                    settings.retry_max_wait,
+                    sleep=sleep or asyncio.sleep,
+                    on_retry=on_retry,
+                )
         except BaseException as exc:
             error = call.failure(exc, cancelled=True)
         return call.settle(response, error, report, cancelled=True)

@@ -113,6 +113,33 @@ MUTATIONS: list[Mutation] = [
         "tests/unit/test_retry.py -k interrupt",
         "tests/kernel/test_magics.py -k interrupting",
     ),
+    m(
+        "retry-first-failure-sent-again",
+        "retries",
+        "a first attempt that failed is sent again as the policy's first attempt (one wait and one note short)",
+        "ipyllm/_retry.py",
+        "            raise first.pop()\n        return attempt()",
+        "            first.pop()\n        return attempt()",
+        "tests/unit/test_retry.py",
+    ),
+    m(
+        "retry-async-first-failure-sent-again",
+        "retries",
+        "an async call's failed first attempt is sent again as the policy's first attempt",
+        "ipyllm/_retry.py",
+        "            raise first.pop()\n        return await attempt()",
+        "            first.pop()\n        return await attempt()",
+        "tests/unit/test_retry.py",
+    ),
+    m(
+        "retry-policy-built-for-every-call",
+        "retries",
+        "tenacity is set up for every call, before its first attempt (0.1 ms of the kernel's time a call)",
+        "ipyllm/_retry.py",
+        "    try:\n        return attempt()\n",
+        "    retrying(num_retries, min_wait, max_wait)\n    try:\n        return attempt()\n",
+        "tests/unit/test_retry.py",
+    ),
     # -- Retry-After ------------------------------------------------------------------------------------
     m(
         "retry-after-ignored",

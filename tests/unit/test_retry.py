@@ -6,6 +6,7 @@ the waits and Retry-After also over real HTTP to the stub server.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import statistics
 from typing import Any
@@ -264,6 +265,56 @@ def test_an_interrupt_during_a_wait_stops_at_once_and_records_the_row() -> None:
         client.chat(LLMConfig().snapshot(), [{"role": "user", "content": "hi"}], report=rows.append)
     assert completion.calls == 1
     assert [(r.status, r.attempts) for r in rows] == [("interrupted", 1)]
+
+
+# -- the first attempt, made before the policy is built ------------------------------------------------------
+
+
+@pytest.fixture
+def policies(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the retry policies built from now on (each still built as usual)."""
+    built: list[str] = []
+
+    def counted(name: str) -> Any:
+        real = getattr(_retry, name)
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            built.append(name)
+            return real(*args, **kwargs)
+
+        return counting
+
+    for name in ("retrying", "async_retrying"):
+        monkeypatch.setattr(_retry, name, counted(name))
+    return built
+
+
+def test_a_call_answered_at_once_builds_no_retry_policy(live: StubServer, sleeps: SleepRecorder, policies: list[str]) -> None:
+    """tenacity is set up only once a first attempt failed in a way worth retrying: a call answered at once, or
+    refused for good, pays nothing for the loop (bench.py call: about 0.1 ms of the kernel's time a call)."""
+    ipyllm.config.update(num_retries=3, retry_min_wait=1, retry_max_wait=2)
+    assert ipyllm.complete("hello").usage.attempts == 1
+    assert asyncio.run(ipyllm.acomplete("hello")).usage.attempts == 1
+    assert ipyllm.map("{value}", ["a", "b"], progress=False).notna().all()
+    live.script(Fault.status(400, "bad request"))
+    with pytest.raises(RequestRejectedError):
+        ipyllm.complete("refused")
+    assert policies == [] and sleeps.waits == [] and len(live.requests) == 5
+    live.script(Fault.status(503))
+    assert ipyllm.complete("hello again").usage.attempts == 2
+    assert policies == ["retrying"] and len(sleeps.waits) == 1 and len(live.requests) == 7
+
+
+def test_an_async_call_retried_sends_one_request_per_attempt(live: StubServer, policies: list[str]) -> None:
+    """The first failure is the policy's first attempt, not sent again: one request per attempt, one wait and one
+    note between each two, the count of attempts in the row (as for a synchronous call)."""
+    ipyllm.config.update(num_retries=3, retry_min_wait=0.01, retry_max_wait=0.02)
+    live.script(Fault.status(503), Fault.status(503))
+    notes: list[str] = []
+    reply = asyncio.run(ipyllm.acomplete("hello", on_retry=lambda note: notes.append(str(note))))
+    assert str(reply) and reply.usage.attempts == 3 and len(live.requests) == 3
+    assert [note.split(" in ")[0] for note in notes] == ["server error (503), attempt 2/4", "server error (503), attempt 3/4"]
+    assert "async_retrying" in policies
 
 
 # -- retry timing, over HTTP ------------------------------------------------------------------------------------
