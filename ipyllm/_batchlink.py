@@ -14,7 +14,7 @@ from ipyllm._config import Settings
 from ipyllm._engine import common_arguments
 from ipyllm._explain import explain
 from ipyllm._litellm import BATCH_PROVIDERS
-from ipyllm._retry import retrying
+from ipyllm._retry import retried
 from ipyllm.errors import LLMError, SettingError
 
 __all__ = ["BatchGoneError", "BatchLink", "check_batchable"]
@@ -60,7 +60,6 @@ class BatchLink:
         """``function(connection, provider, *args)`` under the retry policy; ``BatchGoneError`` for a 404 on a batch,
         else one of ipyllm's errors saying ``what`` failed."""
         settings = self.settings
-        policy = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep)
         attempts = 0
 
         def attempt() -> Any:
@@ -71,7 +70,7 @@ class BatchLink:
 
         failure: LLMError | BatchGoneError
         try:
-            return policy(attempt)
+            return retried(attempt, settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep)
         except Exception as exc:
             if getattr(exc, "status_code", None) == 404 and what.startswith("looking at"):
                 failure = BatchGoneError(what)

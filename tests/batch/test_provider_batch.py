@@ -18,7 +18,7 @@ from IPython.core.error import UsageError
 import ipyllm
 from ipyllm import _api, _batchjob, _provider_batch
 from ipyllm._litellm import load_litellm
-from ipyllm.testing import BatchScript, StubServer
+from ipyllm.testing import BatchScript, Fault, StubServer
 
 from ..helpers import chat_requests
 
@@ -90,6 +90,22 @@ def test_a_30_row_map_is_one_upload_and_one_batch_aligned_and_priced_at_the_batc
     recorded = ipyllm.batches()
     assert list(recorded["status"]) == ["collected"] and recorded["rows"].iloc[0] == 30
     assert recorded["id"].iloc[0] == frame_rows["batch"].iloc[0]
+
+
+def test_files_and_batches_calls_that_fail_for_a_moment_are_retried_one_request_per_attempt(batched: StubServer) -> None:
+    """The Files and Batches calls run under the session's retry policy: an upload refused with a 503, then a 429,
+    is sent three times and the map ends as if nothing had happened; with no retries, one 503 ends the map in one line."""
+    ipyllm.config.update(retry_min_wait=0.01, retry_max_wait=0.05)
+    batched.script_api(Fault.status(503), Fault.rate_limit(retry_after=0.01))
+    frame = reviews(5)
+    first = ipyllm.map(TEMPLATE, frame, via="batch", progress=False)
+    assert [request.fault for request in uploads(batched)] == ["status", "status", ""]
+    assert len(creates(batched)) == 1 and first.notna().all()
+    ipyllm.config.update(num_retries=0)
+    batched.script_api(Fault.status(503))
+    with pytest.raises(ipyllm.errors.ProviderUnavailableError, match="503"):
+        ipyllm.map(TEMPLATE, reviews(3, seed=8).assign(text=lambda f: f["text"] + " again"), via="batch", progress=False)
+    assert len(uploads(batched)) == 4, "no retries: one attempt"
 
 
 def test_the_request_file_is_what_live_map_sends_named_by_each_rows_cache_key(batched: StubServer) -> None:

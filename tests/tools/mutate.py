@@ -140,6 +140,15 @@ MUTATIONS: list[Mutation] = [
         "    retrying(num_retries, min_wait, max_wait)\n    try:\n        return attempt()\n",
         "tests/unit/test_retry.py",
     ),
+    m(
+        "batch-api-not-retried",
+        "retries",
+        "the Files and Batches calls of a provider batch are never retried",
+        "ipyllm/_batchlink.py",
+        "retried(attempt, settings.num_retries,",
+        "retried(attempt, 0,",
+        "tests/batch/test_provider_batch.py",
+    ),
     # -- Retry-After ------------------------------------------------------------------------------------
     m(
         "retry-after-ignored",
