@@ -70,7 +70,7 @@ class BatchLink:
 
         failure: LLMError | BatchGoneError
         try:
-            return retried(attempt, settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=self.sleep)
+            return retried(attempt, settings, sleep=self.sleep)
         except Exception as exc:
             if getattr(exc, "status_code", None) == 404 and what.startswith("looking at"):
                 failure = BatchGoneError(what)

@@ -193,20 +193,12 @@ class Client:
 
     # -- the retry loop: the same body, with or without a coroutine; the row is settled in one place -----------
     def _run(self, call: Call, attempt: Callable[[], Any], on_retry: Callable[[RetryNote], Any] | None, report: Report) -> Any:
-        settings = call.settings
         response: Any = None
         error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
-                response = retried(
-                    call.counted(attempt),
-                    settings.num_retries,
-                    settings.retry_min_wait,
-                    settings.retry_max_wait,
-                    sleep=self.sleep,
-                    on_retry=on_retry,
-                )
+                response = retried(call.counted(attempt), call.settings, sleep=self.sleep, on_retry=on_retry)
         except BaseException as exc:
             error = call.failure(exc)
         return call.settle(response, error, report)
@@ -222,20 +214,12 @@ class Client:
         """``_run`` for coroutines: the same policy (``aretried``), its waits spent with ``sleep``; a cancelled task ends cancelled."""
         import asyncio
 
-        settings = call.settings
         response: Any = None
         error: BaseException | None = None
         try:
             call.begin()
             with unlogged():
-                response = await aretried(
-                    call.acounted(attempt),
-                    settings.num_retries,
-                    settings.retry_min_wait,
-                    settings.retry_max_wait,
-                    sleep=sleep or asyncio.sleep,
-                    on_retry=on_retry,
-                )
+                response = await aretried(call.acounted(attempt), call.settings, sleep=sleep or asyncio.sleep, on_retry=on_retry)
         except BaseException as exc:
             error = call.failure(exc, cancelled=True)
         return call.settle(response, error, report, cancelled=True)

@@ -1,7 +1,8 @@
 """The retry policy: what is retried, how long to wait, and the note shown while waiting.
 
 Small tenacity callables, so the policy is testable without a network: ``retrying(..., sleep=...)``
-takes an injected sleep. ``retried`` / ``aretried`` run an attempt under it, the first attempt before tenacity is set up.
+takes an injected sleep. ``retried`` / ``aretried`` run an attempt under the policy a call's settings give, the first
+attempt before tenacity is set up.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 
 from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from ipyllm._config import Settings
 from ipyllm.errors import StreamBrokenError
 
 __all__ = [
@@ -238,14 +240,13 @@ T = TypeVar("T")
 
 def retried(
     attempt: Callable[[], T],
-    num_retries: int,
-    min_wait: float,
-    max_wait: float,
+    settings: Settings,
     *,
     sleep: Callable[[float], Any] = time.sleep,
     on_retry: Callable[[RetryNote], Any] | None = None,
 ) -> T:
-    """``attempt()`` under ``retrying``'s policy, its first attempt made before the policy is built.
+    """``attempt()`` under the policy of ``settings`` (``retrying``: its ``num_retries``, ``retry_min_wait`` and
+    ``retry_max_wait``), its first attempt made before the policy is built.
 
     Nearly every call succeeds the first time, and tenacity's setup and bookkeeping cost such a call about 0.1 ms
     of a kernel's time (its caches cold after litellm's work), a fiftieth of the call. A first attempt that fails
@@ -255,17 +256,16 @@ def retried(
     try:
         return attempt()
     except BaseException as exc:
-        if num_retries < 1 or not should_retry(exc):
+        if settings.num_retries < 1 or not should_retry(exc):
             raise
         first = [exc]
-    return retrying(num_retries, min_wait, max_wait, sleep=sleep, on_retry=on_retry)(_after(first, attempt))
+    policy = retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=sleep, on_retry=on_retry)
+    return policy(_after(first, attempt))
 
 
 async def aretried(
     attempt: Callable[[], Awaitable[T]],
-    num_retries: int,
-    min_wait: float,
-    max_wait: float,
+    settings: Settings,
     *,
     sleep: Callable[[float], Awaitable[Any]],
     on_retry: Callable[[RetryNote], Any] | None = None,
@@ -274,10 +274,10 @@ async def aretried(
     try:
         return await attempt()
     except BaseException as exc:
-        if num_retries < 1 or not should_retry(exc):
+        if settings.num_retries < 1 or not should_retry(exc):
             raise
         first = [exc]
-    policy = async_retrying(num_retries, min_wait, max_wait, sleep=sleep, on_retry=on_retry)
+    policy = async_retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait, sleep=sleep, on_retry=on_retry)
     return await policy(_aafter(first, attempt))  # type: ignore[no-any-return]
 
 

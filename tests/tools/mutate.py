@@ -137,7 +137,7 @@ MUTATIONS: list[Mutation] = [
         "tenacity is set up for every call, before its first attempt (0.1 ms of the kernel's time a call)",
         "ipyllm/_retry.py",
         "    try:\n        return attempt()\n",
-        "    retrying(num_retries, min_wait, max_wait)\n    try:\n        return attempt()\n",
+        "    retrying(settings.num_retries, settings.retry_min_wait, settings.retry_max_wait)\n    try:\n        return attempt()\n",
         "tests/unit/test_retry.py",
     ),
     m(
@@ -145,8 +145,8 @@ MUTATIONS: list[Mutation] = [
         "retries",
         "the Files and Batches calls of a provider batch are never retried",
         "ipyllm/_batchlink.py",
-        "retried(attempt, settings.num_retries,",
-        "retried(attempt, 0,",
+        "retried(attempt, settings,",
+        'retried(attempt, __import__("dataclasses").replace(settings, num_retries=0),',
         "tests/batch/test_provider_batch.py",
     ),
     # -- Retry-After ------------------------------------------------------------------------------------
